@@ -1,0 +1,1 @@
+"""Subcommands of `dossier`. Each module exposes `register(subparsers)`."""

@@ -1,0 +1,221 @@
+"""Every knob of dossier-engine, declared once: environment variable, type, default, doc.
+
+In the manner of faust's settings: a setting is a dataclass field whose metadata names its
+environment variable and documents it. `Settings.from_env()` is the only place the process
+environment is read; nothing reads `os.environ` at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+
+def _home_dir(xdg_var: str, fallback: str) -> Path:
+    base = os.environ.get(xdg_var) or str(Path.home() / fallback)
+    return Path(base) / "dossier-engine"
+
+
+def default_cache_dir() -> Path:
+    """Downloaded artefacts (Kafka jars): outside the repository, reusable across clones."""
+    return _home_dir("XDG_CACHE_HOME", ".cache")
+
+
+def default_state_dir() -> Path:
+    """Data of the local services and the embedded database."""
+    return _home_dir("XDG_STATE_HOME", ".local/state")
+
+
+def setting(env: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+def setting_factory(env: str, factory: Any, doc: str) -> Any:
+    return field(default_factory=factory, metadata={"env": env, "doc": doc})
+
+
+ClockMode = Literal["business", "wall"]
+LogFormat = Literal["text", "json"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka -------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = setting(
+        "DOSSIER_KAFKA_BOOTSTRAP_SERVERS",
+        "127.0.0.1:9092",
+        "Kafka bootstrap servers (comma-separated host:port); the local broker listens here.",
+    )
+    topic_prefix: str = setting(
+        "DOSSIER_TOPIC_PREFIX",
+        "",
+        "Prefix added to every contract topic name, e.g. 'thai-nguyen.'.",
+    )
+    topic_partitions: int = setting(
+        "DOSSIER_TOPIC_PARTITIONS", 6, "Partitions per contract topic when the project creates it."
+    )
+    consumer_group: str = setting(
+        "DOSSIER_CONSUMER_GROUP", "dossier-engine", "Kafka consumer group of the engine."
+    )
+    # --- Local Kafka broker started by deploy/ -----------------------------------------------
+    kafka_version: str = setting(
+        "DOSSIER_KAFKA_VERSION",
+        "3.9.1",
+        "Apache Kafka version fetched from Maven Central for the local broker (3.9.x: see README).",
+    )
+    kafka_controller_port: int = setting(
+        "DOSSIER_KAFKA_CONTROLLER_PORT",
+        9093,
+        "Loopback port of the local broker's KRaft controller listener.",
+    )
+    kafka_data_dir: Path = setting_factory(
+        "DOSSIER_KAFKA_DATA_DIR",
+        lambda: default_state_dir() / "kafka",
+        "Log directory, logs, PID file and config of the local Kafka broker.",
+    )
+    kafka_heap: str = setting(
+        "DOSSIER_KAFKA_HEAP", "-Xms256m -Xmx1g", "JVM heap options of the local Kafka broker."
+    )
+    cache_dir: Path = setting_factory(
+        "DOSSIER_CACHE_DIR",
+        default_cache_dir,
+        "Cache of downloaded artefacts (Kafka jars), outside the repository.",
+    )
+    # --- Database ----------------------------------------------------------------------------
+    database_url: str = setting_factory(
+        "DOSSIER_DATABASE_URL",
+        lambda: f"sqlite:///{default_state_dir() / 'dossier.db'}",
+        "SQLAlchemy URL of the engine's database; SQLite is the embedded default.",
+    )
+    postgres_port: int = setting(
+        "DOSSIER_POSTGRES_PORT", 55432, "Loopback port of the PostgreSQL cluster started by deploy/."
+    )
+    postgres_data_dir: Path = setting_factory(
+        "DOSSIER_POSTGRES_DATA_DIR",
+        lambda: default_state_dir() / "postgres",
+        "Data directory of the PostgreSQL cluster started by deploy/.",
+    )
+    postgres_user: str = setting(
+        "DOSSIER_POSTGRES_USER", "dossier", "Role created by deploy/postgres.sh."
+    )
+    postgres_password: str = setting(
+        "DOSSIER_POSTGRES_PASSWORD", "dossier", "Password of that role (loopback only)."
+    )
+    postgres_db: str = setting(
+        "DOSSIER_POSTGRES_DB", "dossier", "Database created by deploy/postgres.sh."
+    )
+    # --- Engine ------------------------------------------------------------------------------
+    engine_source: str = setting(
+        "DOSSIER_ENGINE_SOURCE",
+        "urn:vn:dossier-engine",
+        "CloudEvents 'source' of every event the engine emits.",
+    )
+    workflows_dir: Path | None = setting(
+        "DOSSIER_WORKFLOWS_DIR",
+        None,
+        "Directory of procedure definitions; empty means the catalogue shipped in workflows/.",
+    )
+    batch_size: int = setting(
+        "DOSSIER_BATCH_SIZE", 500, "Most inputs applied and committed in one transaction."
+    )
+    batch_timeout_ms: int = setting(
+        "DOSSIER_BATCH_TIMEOUT_MS", 200, "Longest wait to fill a batch before committing it."
+    )
+    max_message_bytes: int = setting(
+        "DOSSIER_MAX_MESSAGE_BYTES",
+        1024 * 1024,
+        "Inputs larger than this are dead-lettered as malformed (oversized).",
+    )
+    parked_ttl_seconds: int = setting(
+        "DOSSIER_PARKED_TTL_SECONDS",
+        7 * 24 * 3600,
+        "How long (by the engine clock) an input may stay parked before 'parked-expired'.",
+    )
+    clock_mode: ClockMode = setting(
+        "DOSSIER_CLOCK_MODE",
+        "business",
+        "'business': the latest event time seen drives deadlines (replayable); 'wall': real time.",
+    )
+    # --- Operations --------------------------------------------------------------------------
+    metrics_host: str = setting(
+        "DOSSIER_METRICS_HOST", "127.0.0.1", "Address of the Prometheus /metrics endpoint."
+    )
+    metrics_port: int = setting(
+        "DOSSIER_METRICS_PORT", 9108, "Port of the Prometheus /metrics endpoint (0: disabled)."
+    )
+    log_format: LogFormat = setting("DOSSIER_LOG_FORMAT", "text", "'text' or 'json' log lines.")
+    log_level: str = setting("DOSSIER_LOG_LEVEL", "INFO", "Python logging level.")
+
+    # -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from the environment; unset variables keep their defaults."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, f.metadata["env"], hints[f.name], raw)
+        return cls(**values)
+
+    def topic(self, name: str) -> str:
+        """The deployed name of a contract topic, e.g. topic('dossier.status')."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def kafka_listen(self) -> tuple[str, int]:
+        """Host and port the local broker listens on: the first bootstrap server."""
+        first = self.kafka_bootstrap_servers.split(",")[0].strip()
+        host, _, port = first.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+    @property
+    def postgres_url(self) -> str:
+        """SQLAlchemy URL of the database that deploy/postgres.sh creates."""
+        return (
+            f"postgresql+psycopg://{self.postgres_user}:{self.postgres_password}"
+            f"@127.0.0.1:{self.postgres_port}/{self.postgres_db}"
+        )
+
+    def described(self) -> Iterator[tuple[str, str, str, str]]:
+        """(environment variable, effective value, default, doc) for every setting."""
+        defaults = Settings()
+        for f in dataclasses.fields(self):
+            yield (
+                f.metadata["env"],
+                _render(getattr(self, f.name)),
+                _render(getattr(defaults, f.name)),
+                f.metadata["doc"],
+            )
+
+
+class SettingError(ValueError):
+    pass
+
+
+def _parse(name: str, env: str, hint: Any, raw: str) -> Any:
+    allowed = get_args(hint)
+    if hint is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingError(f"{env}={raw!r}: {name} must be an integer") from None
+    if hint is Path:
+        return Path(raw).expanduser()
+    if hint == (Path | None):
+        return Path(raw).expanduser() if raw else None
+    if allowed and all(isinstance(a, str) for a in allowed):
+        if raw not in allowed:
+            raise SettingError(f"{env}={raw!r}: {name} must be one of {', '.join(allowed)}")
+        return raw
+    return raw
+
+
+def _render(value: Any) -> str:
+    return "" if value is None else str(value)

@@ -1,0 +1,96 @@
+"""Inbound and outbound events as the engine sees them: frozen, versioned, transport-free.
+
+`schemas/` turns wire bytes into `InboundEvent`s and `OutboundEvent`s into wire bytes; the
+engine never touches Kafka or JSON encoding of the envelope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# Contract topic names (without the deployment prefix).
+SUBMISSION_TOPIC = "dossier.submission"
+LEVEL_TOPICS: Mapping[str, str] = {
+    "dossier.commune": "commune",
+    "dossier.district": "district",
+    "dossier.province": "province",
+}
+INBOUND_TOPICS = (SUBMISSION_TOPIC, *LEVEL_TOPICS)
+STATUS_TOPIC = "dossier.status"
+FEE_DISCOUNT_TOPIC = "dossier.fee-discount"
+DEADLINE_TOPIC = "dossier.deadline"
+DLQ_TOPIC = "dossier.dlq"
+AUDIT_CHECKPOINT_TOPIC = "dossier.audit-checkpoint"
+OUTBOUND_TOPICS = (STATUS_TOPIC, FEE_DISCOUNT_TOPIC, DEADLINE_TOPIC, DLQ_TOPIC)
+ALL_TOPICS = (*INBOUND_TOPICS, *OUTBOUND_TOPICS, AUDIT_CHECKPOINT_TOPIC)
+
+TYPE_PREFIX = "vn.gov.dossier."
+
+# The current version of the inbound event shape; older stored inputs are upcast on read.
+CURRENT_SCHEMA_VERSION = 1
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per value, so equal content always hashes equal."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundEvent:
+    """A decoded, schema-valid contract event addressed to one dossier."""
+
+    source: str
+    id: str
+    type: str
+    subject: str
+    time: datetime
+    data: Mapping[str, Any]
+    topic: str
+    schema_version: int = CURRENT_SCHEMA_VERSION
+
+    @property
+    def short_type(self) -> str:
+        """'received' for 'vn.gov.dossier.received'."""
+        return self.type.removeprefix(TYPE_PREFIX)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.source, self.id)
+
+    @property
+    def origin_level(self) -> str | None:
+        """The level whose topic carried the event; None for the submission topic."""
+        return LEVEL_TOPICS.get(self.topic)
+
+    def content_hash(self) -> str:
+        """Digest of what makes two events with the same (source, id) the same event.
+
+        Transport details (topic, partition) and unknown envelope attributes are left out:
+        a re-send of the same event through another path is still a duplicate.
+        """
+        body = canonical_json(
+            {
+                "type": self.type,
+                "subject": self.subject,
+                "time": self.time.isoformat(),
+                "data": self.data,
+            }
+        )
+        return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundEvent:
+    """An event the engine emits; `id` is derived from the dossier and its sequence."""
+
+    topic: str
+    key: str
+    id: str
+    type: str
+    time: datetime
+    data: Mapping[str, Any] = field(default_factory=dict)
