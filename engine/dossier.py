@@ -1,0 +1,124 @@
+"""The dossier aggregate and its typed decisions.
+
+A `Dossier` is an immutable snapshot; applying an input yields a new snapshot plus the
+outbound events that the change causes. Snapshots serialise to plain JSON for storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any, Literal
+
+from engine.events import InboundEvent, OutboundEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Dossier:
+    code: str
+    procedure: str
+    workflow_version: int
+    group: str  # the procedure's group (template), a bounded label for metrics and indicators
+    state: str
+    status_code: int
+    level: str
+    agency: str
+    receiving_agency: str
+    channel: int
+    full_online: bool
+    vneid_authenticated: bool
+    digitised: bool
+    applicant_kind: str
+    submitted_at: datetime
+    last_event_at: datetime
+    received_at: datetime | None = None
+    due_at: datetime | None = None
+    paused_at: datetime | None = None  # start of the running supplementation pause
+    paused_seconds: int = 0  # working seconds spent waiting for the applicant, all pauses
+    rescheduled: bool = False
+    payment_requested: bool = False
+    paid: bool = False
+    paid_online: bool | None = None
+    fees: Mapping[str, int] = field(default_factory=dict)  # assessed base amounts by fee code
+    discounts: Mapping[str, int] = field(default_factory=dict)  # granted, not revoked
+    sequence: int = 0  # last status-changed sequence emitted
+    final: bool = False
+    finished_at: datetime | None = None  # first time the agency's work ended (codes 3, 8, 9, 10)
+    outcome: str | None = None
+    warned_due: datetime | None = None  # the due date a deadline-warning was sent for
+    overdue_due: datetime | None = None  # the due date an overdue notice was sent for
+    inputs_applied: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready mapping; datetimes as RFC 3339 strings."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Dossier:
+        values = dict(raw)
+        for name in _DATETIME_FIELDS:
+            if values.get(name) is not None:
+                values[name] = datetime.fromisoformat(values[name])
+        return cls(**values)
+
+
+_DATETIME_FIELDS = tuple(
+    f.name for f in fields(Dossier) if "datetime" in str(f.type)
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions: what became of one input
+# ---------------------------------------------------------------------------------------------
+
+RejectionReason = Literal[
+    "unknown-procedure", "invalid-transition", "conflict", "unauthenticated", "parked-expired"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    dossier: Dossier
+    outputs: tuple[OutboundEvent, ...]
+    previous_state: str | None
+    outcome: Literal["applied"] = "applied"
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """Same (source, id) and same content as an input already applied: no new output."""
+
+    outcome: Literal["duplicate"] = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class NotYetApplicable:
+    """Valid for this dossier later (or for a dossier not seen yet): park and retry."""
+
+    detail: str
+    outcome: Literal["parked"] = "parked"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Cannot be applied, ever: dead-letter it with this reason."""
+
+    reason: RejectionReason
+    detail: str
+    outcome: Literal["dead_lettered"] = "dead_lettered"
+
+
+Decision = Applied | Duplicate | NotYetApplicable | Rejected
+
+
+def caused_by(event: InboundEvent) -> dict[str, str]:
+    return {"source": event.source, "id": event.id, "type": event.type}

@@ -1,0 +1,412 @@
+"""`Engine.apply(dossier, event) -> Decision`: the pure, deterministic heart.
+
+Business time comes only from the input's `time`; the same catalogue, calendar and inputs
+always give the same dossiers and outputs, which is what makes replay an audit tool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from engine.calendar import VN_TZ, WorkingCalendar
+from engine.dossier import (
+    Applied,
+    Decision,
+    Dossier,
+    NotYetApplicable,
+    Rejected,
+    caused_by,
+)
+from engine.events import (
+    DEADLINE_TOPIC,
+    FEE_DISCOUNT_TOPIC,
+    STATUS_TOPIC,
+    TYPE_PREFIX,
+    InboundEvent,
+    OutboundEvent,
+)
+from engine.machine import CompiledWorkflow, GuardCheck, compile_all
+from engine.procedures import (
+    FINISHED_STATUS_CODES,
+    STATUS_LABELS,
+    Catalogue,
+    DiscountRule,
+    ProcedureVersion,
+)
+
+WORKING_DAY_SECONDS = 8 * 3600
+
+
+def _guard_reschedule_once(dossier: Dossier, event: InboundEvent) -> str | None:
+    if dossier.rescheduled:
+        return "a dossier may be rescheduled only once"
+    try:
+        new_due = datetime.fromisoformat(str(event.data["new_due"]))
+    except (KeyError, ValueError):
+        return "new_due is missing or not a date-time"
+    if dossier.due_at is not None and new_due <= dossier.due_at:
+        return "the new appointment must be later than the current one"
+    return None
+
+
+def _guard_fees_paid(dossier: Dossier, event: InboundEvent) -> str | None:
+    if dossier.payment_requested and not dossier.paid:
+        return "the requested payment has not been completed"
+    return None
+
+
+GUARDS: dict[str, GuardCheck] = {
+    "reschedule_once": _guard_reschedule_once,
+    "fees_paid": _guard_fees_paid,
+}
+
+
+class Engine:
+    """Decides inputs for every procedure of a catalogue; holds no dossier state."""
+
+    def __init__(self, catalogue: Catalogue, calendar: WorkingCalendar) -> None:
+        self.catalogue = catalogue
+        self.calendar = calendar
+        self._machines = compile_all(list(catalogue.all_versions()), GUARDS)
+
+    def workflow(self, code: str, version: int) -> CompiledWorkflow:
+        return self._machines[(code, version)]
+
+    # -----------------------------------------------------------------------------------------
+    def apply(self, dossier: Dossier | None, event: InboundEvent) -> Decision:
+        if event.short_type == "submitted":
+            if dossier is not None:
+                return Rejected("invalid-transition", f"dossier {event.subject} already exists")
+            return self._submit(event)
+        if dossier is None:
+            # The submission travels on another topic and may simply not have arrived yet.
+            return NotYetApplicable(f"dossier {event.subject} is not known yet")
+        compiled = self._machines[(dossier.procedure, dossier.workflow_version)]
+        fired = compiled.fire(dossier, event)
+        if fired is None:
+            return self._diagnose(compiled, dossier, event)
+        return self._effects(compiled.version, dossier, event, fired.dest)
+
+    def _diagnose(
+        self, compiled: CompiledWorkflow, dossier: Dossier, event: InboundEvent
+    ) -> Decision:
+        guard_failure = compiled.last_guard_failure()
+        if guard_failure is not None:
+            return Rejected("invalid-transition", guard_failure)
+        if compiled.holder_mismatch(dossier, event):
+            return Rejected(
+                "unauthenticated",
+                f"agency {event.data.get('agency')} does not hold the dossier "
+                f"(held by {dossier.agency})",
+            )
+        if compiled.applicable_later(dossier.state, event):
+            return NotYetApplicable(
+                f"{event.short_type} from {event.origin_level or 'submission'} "
+                f"not applicable in state {dossier.state} yet"
+            )
+        return Rejected(
+            "invalid-transition",
+            f"{event.short_type} from {event.origin_level or 'submission'} "
+            f"is never applicable after state {dossier.state}",
+        )
+
+    # -----------------------------------------------------------------------------------------
+    def _submit(self, event: InboundEvent) -> Decision:
+        data = event.data
+        procedure_code = str(data.get("procedure", ""))
+        version = self.catalogue.in_force(procedure_code, event.time)
+        if version is None:
+            known = self.catalogue.versions(procedure_code)
+            detail = (
+                f"procedure {procedure_code!r} has no version in force on "
+                f"{event.time.astimezone(VN_TZ).date()}"
+                if known
+                else f"unknown procedure {procedure_code!r}"
+            )
+            return Rejected("unknown-procedure", detail)
+        applicant = data.get("applicant") or {}
+        initial = version.states[version.initial]
+        dossier = Dossier(
+            code=event.subject,
+            procedure=version.code,
+            workflow_version=version.version,
+            group=version.group,
+            state=version.initial,
+            status_code=initial.status_code,
+            level=initial.level or version.receiving_level,
+            agency=str(data.get("agency", "")),
+            receiving_agency=str(data.get("agency", "")),
+            channel=int(data.get("channel", 1)),
+            full_online=bool(data.get("full_online", False)),
+            vneid_authenticated=bool(data.get("vneid_authenticated", False)),
+            digitised=bool(data.get("digitised", False)),
+            applicant_kind=str(applicant.get("kind", "citizen")),
+            submitted_at=event.time,
+            last_event_at=event.time,
+            inputs_applied=1,
+        )
+        outputs: list[OutboundEvent] = []
+        dossier = self._status_changed(version, dossier, event, outputs)
+        dossier = self._grant_discounts(version, dossier, event, _fee_amounts(data), outputs)
+        return Applied(dossier, tuple(outputs), previous_state=None)
+
+    def _effects(
+        self, version: ProcedureVersion, before: Dossier, event: InboundEvent, dest: str
+    ) -> Applied:
+        kind = event.short_type
+        data = event.data
+        state = version.states[dest]
+        changes: dict[str, Any] = {
+            "state": dest,
+            "status_code": state.status_code,
+            "last_event_at": max(before.last_event_at, event.time),
+            "inputs_applied": before.inputs_applied + 1,
+        }
+        if state.level is not None:
+            changes["level"] = state.level
+        if state.final:
+            changes["final"] = True
+        if state.status_code in FINISHED_STATUS_CODES and before.finished_at is None:
+            changes["finished_at"] = event.time
+        outputs: list[OutboundEvent] = []
+        calendar = self.calendar
+        days = version.deadline.working_days
+
+        if kind == "received":
+            changes["received_at"] = event.time
+            changes["due_at"] = calendar.due_at(event.time, days)
+        elif kind == "transferred":
+            changes["level"] = str(data["to_level"])
+            changes["agency"] = str(data["to_agency"])
+        elif kind == "supplement-requested":
+            changes["paused_at"] = event.time
+        elif kind == "supplement-provided" and before.paused_at is not None:
+            paused = calendar.working_seconds_between(
+                calendar.clock_start(before.paused_at), calendar.clock_start(event.time)
+            )
+            changes["paused_seconds"] = before.paused_seconds + max(0, paused)
+            changes["paused_at"] = None
+            if version.deadline.supplementation == "restart" or before.due_at is None:
+                # Decree 61/2018 art. 19.4: the processing time starts again from zero.
+                changes["due_at"] = calendar.due_at(event.time, days)
+            else:
+                changes["due_at"] = calendar.add_working_seconds(before.due_at, max(0, paused))
+        elif kind == "payment-requested":
+            changes["payment_requested"] = True
+            changes["paid"] = False
+        elif kind == "payment-completed":
+            changes["paid"] = True
+            changes["paid_online"] = bool(data.get("online", False))
+        elif kind == "rescheduled":
+            changes["due_at"] = datetime.fromisoformat(str(data["new_due"]))
+            changes["rescheduled"] = True
+        elif kind == "resolved":
+            changes["outcome"] = str(data.get("outcome", "approved"))
+
+        after = replace(before, **changes)
+        if (
+            after.state != before.state
+            or after.level != before.level
+            or after.agency != before.agency
+            or after.due_at != before.due_at
+        ):
+            after = self._status_changed(version, after, event, outputs)
+        if kind == "payment-requested":
+            fees = dict(after.fees) | _fee_amounts(data)
+            after = replace(after, fees=fees)
+            after = self._grant_discounts(version, after, event, _fee_amounts(data), outputs)
+        elif kind == "withdrawal-requested" and not after.paid and after.discounts:
+            after = self._revoke_discounts(version, after, event, outputs)
+        return Applied(after, tuple(outputs), previous_state=before.state)
+
+    # -----------------------------------------------------------------------------------------
+    def _status_changed(
+        self,
+        version: ProcedureVersion,
+        dossier: Dossier,
+        event: InboundEvent,
+        outputs: list[OutboundEvent],
+    ) -> Dossier:
+        sequence = dossier.sequence + 1
+        label, _portal = STATUS_LABELS[dossier.status_code]
+        due = dossier.due_at
+        outputs.append(
+            OutboundEvent(
+                topic=STATUS_TOPIC,
+                key=dossier.code,
+                id=f"{dossier.code}/status/{sequence}",
+                type=f"{TYPE_PREFIX}status-changed",
+                time=event.time,
+                data={
+                    "procedure": dossier.procedure,
+                    "workflow_version": dossier.workflow_version,
+                    "state": dossier.state,
+                    "status_code": dossier.status_code,
+                    "status_label": label,
+                    "level": dossier.level,
+                    "agency": dossier.agency,
+                    "received_at": _iso(dossier.received_at),
+                    "due_at": _iso(due),
+                    "overdue": due is not None and event.time > due,
+                    "sequence": sequence,
+                    "caused_by": caused_by(event),
+                },
+            )
+        )
+        return replace(dossier, sequence=sequence)
+
+    def _grant_discounts(
+        self,
+        version: ProcedureVersion,
+        dossier: Dossier,
+        event: InboundEvent,
+        variable_fees: dict[str, int],
+        outputs: list[OutboundEvent],
+    ) -> Dossier:
+        submitted_on = dossier.submitted_at.astimezone(VN_TZ).date()
+        granted = dict(dossier.discounts)
+        for fee_code, fee in version.fees.items():
+            if fee_code in granted:
+                continue  # at most one grant per (dossier, fee)
+            base = variable_fees.get(fee_code, dict(dossier.fees).get(fee_code, fee.amount))
+            rule = _rule_in_force(version, fee_code, dossier, submitted_on)
+            if rule is None or base <= 0:
+                continue
+            payable = rule.payable(base)
+            discount = base - payable
+            if discount <= 0:
+                continue
+            granted[fee_code] = discount
+            outputs.append(
+                self._discount_event("granted", version, dossier, event, rule, base, discount)
+            )
+        return replace(dossier, discounts=granted)
+
+    def _revoke_discounts(
+        self,
+        version: ProcedureVersion,
+        dossier: Dossier,
+        event: InboundEvent,
+        outputs: list[OutboundEvent],
+    ) -> Dossier:
+        submitted_on = dossier.submitted_at.astimezone(VN_TZ).date()
+        for fee_code, discount in sorted(dossier.discounts.items()):
+            rule = _rule_in_force(version, fee_code, dossier, submitted_on)
+            base = dict(dossier.fees).get(fee_code, version.fees[fee_code].amount)
+            assert rule is not None  # a grant implies its rule applied at submission
+            outputs.append(
+                self._discount_event("revoked", version, dossier, event, rule, base, discount)
+            )
+        return replace(dossier, discounts={})
+
+    @staticmethod
+    def _discount_event(
+        kind: str,
+        version: ProcedureVersion,
+        dossier: Dossier,
+        event: InboundEvent,
+        rule: DiscountRule,
+        base: int,
+        discount: int,
+    ) -> OutboundEvent:
+        return OutboundEvent(
+            topic=FEE_DISCOUNT_TOPIC,
+            key=dossier.code,
+            id=f"{dossier.code}/fee-discount/{rule.fee_code}/{kind}",
+            type=f"{TYPE_PREFIX}fee-discount-{kind}",
+            time=event.time,
+            data={
+                "procedure": dossier.procedure,
+                "fee_code": rule.fee_code,
+                "base_amount": base,
+                "discount_amount": discount,
+                "payable_amount": base - discount,
+                "rule": rule.id,
+                "legal_basis": rule.legal_basis,
+                "channel": dossier.channel,
+                "caused_by": caused_by(event),
+            },
+        )
+
+    # -----------------------------------------------------------------------------------------
+    def deadline_notices(
+        self, dossier: Dossier, now: datetime
+    ) -> tuple[Dossier, tuple[OutboundEvent, ...]]:
+        """Warnings one working day before the due time and overdue notices after it.
+
+        Each is emitted at most once per dossier and due date; `now` is the engine clock
+        (business time by default), so a replay emits the same notices.
+        """
+        due = dossier.due_at
+        if due is None or dossier.final or dossier.finished_at is not None:
+            return dossier, ()
+        if dossier.paused_at is not None:
+            return dossier, ()  # the agency is waiting for the applicant
+        calendar = self.calendar
+        if now > due and dossier.overdue_due != due:
+            late = calendar.working_seconds_between(due, now)
+            notice = self._deadline_event(dossier, now, "overdue", "working_hours_late", late)
+            return replace(dossier, overdue_due=due, warned_due=due), (notice,)
+        if dossier.warned_due != due and now <= due:
+            warn_at = calendar.add_working_seconds(due, -WORKING_DAY_SECONDS)
+            if now >= warn_at:
+                left = calendar.working_seconds_between(now, due)
+                notice = self._deadline_event(
+                    dossier, now, "deadline-warning", "working_hours_left", left
+                )
+                return replace(dossier, warned_due=due), (notice,)
+        return dossier, ()
+
+    def next_notice_at(self, dossier: Dossier) -> datetime | None:
+        """When `deadline_notices` will next have something to say, so storage can index it."""
+        due = dossier.due_at
+        if due is None or dossier.final or dossier.finished_at is not None:
+            return None
+        if dossier.paused_at is not None:
+            return None
+        if dossier.warned_due != due:
+            return self.calendar.add_working_seconds(due, -WORKING_DAY_SECONDS)
+        if dossier.overdue_due != due:
+            return due + timedelta(microseconds=1)
+        return None
+
+    @staticmethod
+    def _deadline_event(
+        dossier: Dossier, now: datetime, kind: str, hours_field: str, seconds: int
+    ) -> OutboundEvent:
+        assert dossier.due_at is not None
+        return OutboundEvent(
+            topic=DEADLINE_TOPIC,
+            key=dossier.code,
+            id=f"{dossier.code}/{kind}/{dossier.due_at.isoformat()}",
+            type=f"{TYPE_PREFIX}{kind}",
+            time=now,
+            data={
+                "procedure": dossier.procedure,
+                "level": dossier.level,
+                "agency": dossier.agency,
+                "due_at": dossier.due_at.isoformat(),
+                hours_field: round(max(0, seconds) / 3600, 2),
+            },
+        )
+
+
+def _fee_amounts(data: Any) -> dict[str, int]:
+    return {str(f["code"]): int(f["amount"]) for f in data.get("fees") or ()}
+
+
+def _rule_in_force(
+    version: ProcedureVersion, fee_code: str, dossier: Dossier, submitted_on: date
+) -> DiscountRule | None:
+    for rule in version.discounts:
+        if rule.fee_code == fee_code and rule.applies(
+            channel=dossier.channel, full_online=dossier.full_online, submitted_on=submitted_on
+        ):
+            return rule
+    return None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()

@@ -1,0 +1,197 @@
+"""One compiled `transitions` machine per (procedure, version), shared by every dossier.
+
+`transitions` binds a machine to model objects; `Machine.add_model` for every dossier grows
+the machine's model list, so adding N dossiers costs O(N^2) and keeps them all in memory (see
+bench/engine_apply.py). Instead each compiled machine owns one cursor model: to decide an
+input, the engine loads the dossier's state into the cursor, fires the trigger, and reads the
+state back. Conditions are evaluated against the input the cursor carries, so the machine is
+the single place where "which transition fires" is decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from transitions import EventData, Machine, MachineError
+
+from engine.dossier import Dossier
+from engine.events import InboundEvent
+from engine.procedures import ProcedureVersion, TransitionDef
+
+
+class _Cursor:
+    """The machine's only model; carries the input being decided.
+
+    No __slots__: transitions attaches trigger and `is_<state>` methods to its models.
+    """
+
+    def __init__(self, initial: str) -> None:
+        self.state = initial
+        self.dossier: Dossier | None = None
+        self.event: InboundEvent | None = None
+        self.fired: TransitionDef | None = None
+        self.guard_failure: str | None = None
+
+
+GuardCheck = Callable[[Dossier, InboundEvent], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    transition: TransitionDef
+    dest: str
+
+
+class CompiledWorkflow:
+    def __init__(self, version: ProcedureVersion, guards: Mapping[str, GuardCheck]) -> None:
+        self.version = version
+        self._guards = guards
+        self._cursor = _Cursor(version.initial)
+        self.machine = Machine(
+            model=self._cursor,
+            states=list(version.states),
+            initial=version.initial,
+            auto_transitions=False,
+            send_event=True,
+            ignore_invalid_triggers=False,
+            model_attribute="state",
+        )
+        for definition in version.transitions:
+            self.machine.add_transition(
+                trigger=definition.event,
+                source=list(definition.sources),
+                dest=definition.dest,  # None makes an internal transition: no exit/enter
+                conditions=[self._condition_for(definition)],
+            )
+        self._reachable = self._reachable_events()
+
+    def _condition_for(self, definition: TransitionDef) -> Callable[[EventData], bool]:
+        guards = [(name, self._guards[name]) for name in definition.guards]
+
+        def condition(event_data: EventData) -> bool:
+            cursor: _Cursor = event_data.model
+            event, dossier = cursor.event, cursor.dossier
+            assert event is not None and dossier is not None
+            if not _matches(definition, event, dossier):
+                return False
+            for name, check in guards:
+                failure = check(dossier, event)
+                if failure is not None:
+                    cursor.guard_failure = f"guard {name}: {failure}"
+                    return False
+            cursor.fired = definition
+            return True
+
+        return condition
+
+    def fire(self, dossier: Dossier, event: InboundEvent) -> Fired | None:
+        """The transition the input fires from the dossier's state, or None."""
+        cursor = self._cursor
+        cursor.state, cursor.dossier, cursor.event = dossier.state, dossier, event
+        cursor.fired, cursor.guard_failure = None, None
+        try:
+            happened = self.machine.events[event.short_type].trigger(cursor)
+        except (MachineError, KeyError):
+            happened = False
+        finally:
+            cursor.dossier = cursor.event = None
+        if not happened or cursor.fired is None:
+            return None
+        return Fired(cursor.fired, cursor.state)
+
+    def last_guard_failure(self) -> str | None:
+        return self._cursor.guard_failure
+
+    def holder_mismatch(self, dossier: Dossier, event: InboundEvent) -> bool:
+        """True when a transition would fire but for the acting agency."""
+        for definition in self.version.transitions:
+            if (
+                definition.event == event.short_type
+                and dossier.state in definition.sources
+                and definition.level == event.origin_level
+                and _when_matches(definition, event)
+                and event.origin_level is not None
+                and event.data.get("agency") != dossier.agency
+            ):
+                return True
+        return False
+
+    def applicable_later(self, state: str, event: InboundEvent) -> bool:
+        """Whether this kind of input fires from some state reachable from `state`."""
+        return (event.short_type, event.origin_level) in self._reachable.get(state, ())
+
+    def _reachable_events(self) -> dict[str, set[tuple[str, str | None]]]:
+        successors: dict[str, set[str]] = {name: set() for name in self.version.states}
+        for definition in self.version.transitions:
+            for source in definition.sources:
+                successors[source].add(definition.dest or source)
+        reachable: dict[str, set[tuple[str, str | None]]] = {}
+        for start in self.version.states:
+            seen, frontier = {start}, [start]
+            while frontier:
+                for nxt in successors[frontier.pop()]:
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        frontier.append(nxt)
+            reachable[start] = {
+                (d.event, d.level)
+                for d in self.version.transitions
+                if seen.intersection(d.sources)
+            }
+        return reachable
+
+    def mermaid(self) -> str:
+        """A Mermaid state diagram, drawn by transitions' own diagram support."""
+        from transitions.extensions.diagrams import GraphMachine
+
+        class _Model:
+            pass
+
+        model = _Model()
+        graph = GraphMachine(
+            model=model,
+            states=list(self.version.states),
+            transitions=[
+                {
+                    "trigger": _label(d),
+                    "source": list(d.sources),
+                    "dest": d.dest or None,
+                }
+                for d in self.version.transitions
+            ],
+            initial=self.version.initial,
+            auto_transitions=False,
+            graph_engine="mermaid",
+            title=f"{self.version.code} v{self.version.version}",
+            show_state_attributes=False,
+        )
+        diagram: Any = model.get_graph().draw(None)  # type: ignore[attr-defined]
+        return str(diagram)
+
+
+def _label(definition: TransitionDef) -> str:
+    where = f"@{definition.level}" if definition.level else "@submission"
+    extra = "".join(f" {k}={v}" for k, v in definition.when.items())
+    return f"{definition.event} {where}{extra}"
+
+
+def _when_matches(definition: TransitionDef, event: InboundEvent) -> bool:
+    data = event.data
+    return all(str(data.get(k)) == v for k, v in definition.when.items())
+
+
+def _matches(definition: TransitionDef, event: InboundEvent, dossier: Dossier) -> bool:
+    if definition.level != event.origin_level:
+        return False
+    if not _when_matches(definition, event):
+        return False
+    # Level topics speak for an agency: only the agency holding the dossier may act on it.
+    return event.origin_level is None or event.data.get("agency") == dossier.agency
+
+
+def compile_all(
+    versions: Sequence[ProcedureVersion], guards: Mapping[str, GuardCheck]
+) -> dict[tuple[str, int], CompiledWorkflow]:
+    return {(v.code, v.version): CompiledWorkflow(v, guards) for v in versions}
