@@ -14,6 +14,7 @@ from dossier.settings import Settings, SettingError
 COMMAND_MODULES = (
     "dossier.commands.config",
     "dossier.commands.services",
+    "dossier.commands.workflows",
 )
 
 

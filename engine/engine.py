@@ -6,7 +6,6 @@ always give the same dossiers and outputs, which is what makes replay an audit t
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -18,6 +17,7 @@ from engine.dossier import (
     NotYetApplicable,
     Rejected,
     caused_by,
+    evolve,
 )
 from engine.events import (
     DEADLINE_TOPIC,
@@ -146,9 +146,9 @@ class Engine:
             submitted_at=event.time,
             last_event_at=event.time,
             inputs_applied=1,
+            sequence=1,
         )
-        outputs: list[OutboundEvent] = []
-        dossier = self._status_changed(version, dossier, event, outputs)
+        outputs = [self._status_event(dossier, event)]
         dossier = self._grant_discounts(version, dossier, event, _fee_amounts(data), outputs)
         return Applied(dossier, tuple(outputs), previous_state=None)
 
@@ -196,6 +196,7 @@ class Engine:
         elif kind == "payment-requested":
             changes["payment_requested"] = True
             changes["paid"] = False
+            changes["fees"] = dict(before.fees) | _fee_amounts(data)
         elif kind == "payment-completed":
             changes["paid"] = True
             changes["paid_online"] = bool(data.get("online", False))
@@ -205,57 +206,49 @@ class Engine:
         elif kind == "resolved":
             changes["outcome"] = str(data.get("outcome", "approved"))
 
-        after = replace(before, **changes)
-        if (
-            after.state != before.state
-            or after.level != before.level
-            or after.agency != before.agency
-            or after.due_at != before.due_at
+        if any(
+            key in changes and changes[key] != getattr(before, key)
+            for key in ("state", "level", "agency", "due_at")
         ):
-            after = self._status_changed(version, after, event, outputs)
+            changes["sequence"] = before.sequence + 1
+            after = evolve(before, **changes)
+            outputs.append(self._status_event(after, event))
+        else:
+            after = evolve(before, **changes)
         if kind == "payment-requested":
-            fees = dict(after.fees) | _fee_amounts(data)
-            after = replace(after, fees=fees)
             after = self._grant_discounts(version, after, event, _fee_amounts(data), outputs)
         elif kind == "withdrawal-requested" and not after.paid and after.discounts:
             after = self._revoke_discounts(version, after, event, outputs)
         return Applied(after, tuple(outputs), previous_state=before.state)
 
     # -----------------------------------------------------------------------------------------
-    def _status_changed(
-        self,
-        version: ProcedureVersion,
-        dossier: Dossier,
-        event: InboundEvent,
-        outputs: list[OutboundEvent],
-    ) -> Dossier:
-        sequence = dossier.sequence + 1
+    @staticmethod
+    def _status_event(dossier: Dossier, event: InboundEvent) -> OutboundEvent:
+        """The status-changed event of a dossier whose `sequence` was just bumped."""
+        sequence = dossier.sequence
         label, _portal = STATUS_LABELS[dossier.status_code]
         due = dossier.due_at
-        outputs.append(
-            OutboundEvent(
-                topic=STATUS_TOPIC,
-                key=dossier.code,
-                id=f"{dossier.code}/status/{sequence}",
-                type=f"{TYPE_PREFIX}status-changed",
-                time=event.time,
-                data={
-                    "procedure": dossier.procedure,
-                    "workflow_version": dossier.workflow_version,
-                    "state": dossier.state,
-                    "status_code": dossier.status_code,
-                    "status_label": label,
-                    "level": dossier.level,
-                    "agency": dossier.agency,
-                    "received_at": _iso(dossier.received_at),
-                    "due_at": _iso(due),
-                    "overdue": due is not None and event.time > due,
-                    "sequence": sequence,
-                    "caused_by": caused_by(event),
-                },
-            )
+        return OutboundEvent(
+            topic=STATUS_TOPIC,
+            key=dossier.code,
+            id=f"{dossier.code}/status/{sequence}",
+            type=f"{TYPE_PREFIX}status-changed",
+            time=event.time,
+            data={
+                "procedure": dossier.procedure,
+                "workflow_version": dossier.workflow_version,
+                "state": dossier.state,
+                "status_code": dossier.status_code,
+                "status_label": label,
+                "level": dossier.level,
+                "agency": dossier.agency,
+                "received_at": _iso(dossier.received_at),
+                "due_at": _iso(due),
+                "overdue": due is not None and event.time > due,
+                "sequence": sequence,
+                "caused_by": caused_by(event),
+            },
         )
-        return replace(dossier, sequence=sequence)
 
     def _grant_discounts(
         self,
@@ -282,7 +275,7 @@ class Engine:
             outputs.append(
                 self._discount_event("granted", version, dossier, event, rule, base, discount)
             )
-        return replace(dossier, discounts=granted)
+        return evolve(dossier, discounts=granted)
 
     def _revoke_discounts(
         self,
@@ -299,7 +292,7 @@ class Engine:
             outputs.append(
                 self._discount_event("revoked", version, dossier, event, rule, base, discount)
             )
-        return replace(dossier, discounts={})
+        return evolve(dossier, discounts={})
 
     @staticmethod
     def _discount_event(
@@ -348,7 +341,7 @@ class Engine:
         if now > due and dossier.overdue_due != due:
             late = calendar.working_seconds_between(due, now)
             notice = self._deadline_event(dossier, now, "overdue", "working_hours_late", late)
-            return replace(dossier, overdue_due=due, warned_due=due), (notice,)
+            return evolve(dossier, overdue_due=due, warned_due=due), (notice,)
         if dossier.warned_due != due and now <= due:
             warn_at = calendar.add_working_seconds(due, -WORKING_DAY_SECONDS)
             if now >= warn_at:
@@ -356,7 +349,7 @@ class Engine:
                 notice = self._deadline_event(
                     dossier, now, "deadline-warning", "working_hours_left", left
                 )
-                return replace(dossier, warned_due=due), (notice,)
+                return evolve(dossier, warned_due=due), (notice,)
         return dossier, ()
 
     def next_notice_at(self, dossier: Dossier) -> datetime | None:

@@ -120,14 +120,18 @@ class CompiledWorkflow:
 
     def applicable_later(self, state: str, event: InboundEvent) -> bool:
         """Whether this kind of input fires from some state reachable from `state`."""
-        return (event.short_type, event.origin_level) in self._reachable.get(state, ())
+        kind, origin = event.short_type, event.origin_level
+        return any(
+            d.event == kind and d.level == origin and _when_matches(d, event)
+            for d in self._reachable.get(state, ())
+        )
 
-    def _reachable_events(self) -> dict[str, set[tuple[str, str | None]]]:
+    def _reachable_events(self) -> dict[str, tuple[TransitionDef, ...]]:
         successors: dict[str, set[str]] = {name: set() for name in self.version.states}
         for definition in self.version.transitions:
             for source in definition.sources:
                 successors[source].add(definition.dest or source)
-        reachable: dict[str, set[tuple[str, str | None]]] = {}
+        reachable: dict[str, tuple[TransitionDef, ...]] = {}
         for start in self.version.states:
             seen, frontier = {start}, [start]
             while frontier:
@@ -135,11 +139,9 @@ class CompiledWorkflow:
                     if nxt not in seen:
                         seen.add(nxt)
                         frontier.append(nxt)
-            reachable[start] = {
-                (d.event, d.level)
-                for d in self.version.transitions
-                if seen.intersection(d.sources)
-            }
+            reachable[start] = tuple(
+                d for d in self.version.transitions if seen.intersection(d.sources)
+            )
         return reachable
 
     def mermaid(self) -> str:
@@ -150,7 +152,7 @@ class CompiledWorkflow:
             pass
 
         model = _Model()
-        graph = GraphMachine(
+        GraphMachine(
             model=model,
             states=list(self.version.states),
             transitions=[

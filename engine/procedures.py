@@ -7,6 +7,7 @@ parameters, so a province's 1,000+ procedures share a handful of shapes.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -203,7 +204,11 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.path}: {self.message}" if self.path else f"{self.file}: {self.message}"
+        return (
+            f"{self.file}: {self.path}: {self.message}"
+            if self.path
+            else f"{self.file}: {self.message}"
+        )
 
 
 class WorkflowError(Exception):
@@ -263,14 +268,18 @@ def _load_templates(directory: Path, problems: list[Problem]) -> dict[str, Templ
     for path in sorted(directory.glob("*.yaml")):
         document = _read_yaml(path, problems)
         if not isinstance(document, dict) or "template" not in document:
-            problems.append(Problem(str(path), "template", "a template file needs a 'template' name"))
+            problems.append(
+                Problem(str(path), "template", "a template file needs a 'template' name")
+            )
             continue
         name = str(document["template"])
         raw_params = document.get("parameters") or {}
         if isinstance(raw_params, list):
             raw_params = {p: None for p in raw_params}
         defaults = {k: v for k, v in raw_params.items() if v is not None}
-        body = {k: v for k, v in document.items() if k not in {"template", "parameters", "description"}}
+        body = {
+            k: v for k, v in document.items() if k not in {"template", "parameters", "description"}
+        }
         templates[name] = TemplateDef(name, tuple(raw_params), defaults, body, str(path))
     return templates
 
@@ -328,7 +337,10 @@ def _parse_version(
     if template_name is not None:
         template = templates.get(str(template_name))
         if template is None:
-            problem("template", f"unknown template {template_name!r} (known: {', '.join(sorted(templates)) or 'none'})")
+            problem(
+                "template",
+                f"unknown template {template_name!r} (known: {', '.join(sorted(templates)) or 'none'})",
+            )
             return None
         params = dict(template.defaults) | dict(raw.get("params") or {})
         missing = [p for p in template.parameters if p not in params]
@@ -464,7 +476,9 @@ def _parse_transitions(
             continue
         event = spec.get("event")
         if event not in INBOUND_TYPES or event == "submitted":
-            problem(f"{where}.event", f"unknown inbound type {event!r} (submitted creates the dossier)")
+            problem(
+                f"{where}.event", f"unknown inbound type {event!r} (submitted creates the dossier)"
+            )
             continue
         sources_raw = spec.get("from")
         sources = tuple(sources_raw if isinstance(sources_raw, list) else [sources_raw])
@@ -485,7 +499,9 @@ def _parse_transitions(
         guards = tuple(spec.get("guards") or ())
         for guard in guards:
             if guard not in KNOWN_GUARDS:
-                problem(f"{where}.guards", f"unknown guard {guard!r} (known: {sorted(KNOWN_GUARDS)})")
+                problem(
+                    f"{where}.guards", f"unknown guard {guard!r} (known: {sorted(KNOWN_GUARDS)})"
+                )
         when = {str(k): str(v) for k, v in (spec.get("when") or {}).items()}
         parsed.append(
             TransitionDef(str(event), tuple(str(s) for s in sources), dest, level, guards, when)
@@ -535,7 +551,9 @@ def _decimal(value: Any, key: str, problem: _Collector) -> Decimal | None:
     return result
 
 
-def _parse_deadline(raw: Any, levels: tuple[str, ...], problem: _Collector) -> DeadlinePolicy | None:
+def _parse_deadline(
+    raw: Any, levels: tuple[str, ...], problem: _Collector
+) -> DeadlinePolicy | None:
     if not isinstance(raw, dict):
         problem("deadline", "a deadline policy (working_days, supplementation) is required")
         return None
@@ -555,7 +573,9 @@ def _parse_deadline(raw: Any, levels: tuple[str, ...], problem: _Collector) -> D
     if days is None:
         return None
     if per_level and sum(per_level.values()) != days:
-        problem("deadline.per_level", f"per-level days add up to {sum(per_level.values())}, not {days}")
+        problem(
+            "deadline.per_level", f"per-level days add up to {sum(per_level.values())}, not {days}"
+        )
     return DeadlinePolicy(days, policy, per_level)
 
 
@@ -567,7 +587,9 @@ def _parse_fees(raw: Any, problem: _Collector) -> dict[str, Fee]:
             problem(f"fees[{i}].code", "missing fee code")
             continue
         if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
-            problem(f"fees[{i}].amount", f"must be whole VND (a non-negative integer), got {amount!r}")
+            problem(
+                f"fees[{i}].amount", f"must be whole VND (a non-negative integer), got {amount!r}"
+            )
             continue
         if code in fees:
             problem(f"fees[{i}].code", f"duplicate fee code {code!r}")
@@ -632,8 +654,10 @@ def _check_overlaps(versions: Sequence[ProcedureVersion], problems: list[Problem
         group.sort(key=lambda v: v.effective_from)
         numbers = [v.version for v in group]
         if len(set(numbers)) != len(numbers):
-            problems.append(Problem(group[0].source_file, code, f"duplicate version numbers {numbers}"))
-        for earlier, later in zip(group, group[1:], strict=False):
+            problems.append(
+                Problem(group[0].source_file, code, f"duplicate version numbers {numbers}")
+            )
+        for earlier, later in itertools.pairwise(group):
             if earlier.effective_to is None or earlier.effective_to >= later.effective_from:
                 problems.append(
                     Problem(

@@ -248,7 +248,9 @@ class _Batch:
                     self._record_applied(parked.position, event, decision)
                     progress = True
                 elif isinstance(decision, Rejected):
-                    self._dead_letter_parked(parked, DeadLetterReason(decision.reason), decision.detail)
+                    self._dead_letter_parked(
+                        parked, DeadLetterReason(decision.reason), decision.detail
+                    )
                 break  # the dossier changed: start again from the oldest parked input
 
     def _park(self, raw: RawInput, event: InboundEvent, detail: str) -> None:
@@ -275,7 +277,9 @@ class _Batch:
             reason, detail, raw.position, raw.key, raw.value, raw.headers, raw.contract_topic
         )
 
-    def _dead_letter_parked(self, parked: ParkedInput, reason: DeadLetterReason, detail: str) -> None:
+    def _dead_letter_parked(
+        self, parked: ParkedInput, reason: DeadLetterReason, detail: str
+    ) -> None:
         self._dead_letter_message(
             reason,
             detail,
@@ -337,7 +341,9 @@ class _Batch:
                 continue
             self.to_unpark.append(parked.id)  # type: ignore[arg-type]
             self._dead_letter_parked(
-                parked, DeadLetterReason.PARKED_EXPIRED, f"parked since {parked.parked_at}: {parked.detail}"
+                parked,
+                DeadLetterReason.PARKED_EXPIRED,
+                f"parked since {parked.parked_at}: {parked.detail}",
             )
 
     def _deadline_notices(self) -> None:

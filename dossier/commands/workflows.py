@@ -1,0 +1,113 @@
+"""`dossier workflows check|show`: validate the catalogue, print a procedure or its diagram."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from dossier.settings import Settings
+from engine.calendar import CalendarDataError, WorkingCalendar
+from engine.machine import CompiledWorkflow
+from engine.procedures import STATUS_LABELS, Catalogue, WorkflowError, load_catalogue
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("workflows", help="check and show procedure definitions")
+    commands = parser.add_subparsers(dest="workflows_command", required=True, metavar="ACTION")
+    check = commands.add_parser("check", help="load and validate every definition")
+    check.add_argument("--dir", type=str, default=None, help="definitions directory")
+    check.set_defaults(func=run_check)
+    show = commands.add_parser("show", help="print one procedure's versions")
+    show.add_argument("code", help="procedure code, e.g. DD.GCN.LD")
+    show.add_argument("--version", type=int, default=None, help="only this version")
+    show.add_argument("--mermaid", action="store_true", help="print a Mermaid state diagram")
+    show.add_argument("--dir", type=str, default=None, help="definitions directory")
+    show.set_defaults(func=run_show)
+
+
+def _load(settings: Settings, directory: str | None) -> Catalogue:
+    from pathlib import Path
+
+    root = Path(directory) if directory else settings.workflows_dir
+    return load_catalogue(root)
+
+
+def run_check(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        catalogue = _load(settings, args.dir)
+        WorkingCalendar.load()  # the official-days file is part of the definitions
+    except WorkflowError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    except CalendarDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    procedures = catalogue.codes()
+    print(f"ok: {len(procedures)} procedures, {len(catalogue)} versions")
+    return 0
+
+
+def run_show(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        catalogue = _load(settings, args.dir)
+    except WorkflowError as exc:
+        print(f"error: the catalogue is invalid:\n{exc}", file=sys.stderr)
+        return 1
+    versions = [
+        v
+        for v in catalogue.versions(args.code)
+        if args.version is None or v.version == args.version
+    ]
+    if not versions:
+        print(f"error: no procedure {args.code!r} (version {args.version})", file=sys.stderr)
+        return 1
+    from engine.engine import GUARDS
+
+    for version in versions:
+        if args.mermaid:
+            print(CompiledWorkflow(version, GUARDS).mermaid())
+            continue
+        until = version.effective_to or "open end"
+        print(f"{version.code} v{version.version}: {version.name}")
+        print(f"  in force {version.effective_from} .. {until}; from {version.source_file}")
+        print(
+            f"  levels {' -> '.join(version.levels)}; receives at {version.receiving_level}, "
+            f"returns at {version.returning_level}; template {version.template or '-'}"
+        )
+        deadline = version.deadline
+        split = ", ".join(f"{k} {v}" for k, v in deadline.per_level.items())
+        print(
+            f"  deadline {deadline.working_days} working days"
+            f"{f' ({split})' if split else ''}; supplementation: {deadline.supplementation}"
+        )
+        for fee in version.fees.values():
+            print(f"  fee {fee.code}: {fee.amount:,} VND {fee.name}")
+        for rule in version.discounts:
+            size = f"{rule.percent}%" if rule.percent is not None else f"{rule.amount:,} VND"
+            window = f"{rule.valid_from or '...'} .. {rule.valid_to or '...'}"
+            print(
+                f"  discount {rule.id}: {size} off {rule.fee_code}, channels "
+                f"{sorted(rule.channels)}{', full online' if rule.full_online else ''}, "
+                f"submitted {window}; {rule.legal_basis}"
+            )
+        print("  states:")
+        for state in version.states.values():
+            label = STATUS_LABELS[state.status_code][0]
+            final = " (final)" if state.final else ""
+            print(
+                f"    {state.name:<22} {state.status_code:>2} {label}"
+                f" @ {state.level or 'unchanged'}{final}"
+            )
+        print("  transitions:")
+        for t in version.transitions:
+            origin = t.level or "submission"
+            when = "".join(f" [{k}={v}]" for k, v in t.when.items())
+            guards = f" guards {', '.join(t.guards)}" if t.guards else ""
+            print(
+                f"    {t.event:<22} from {origin:<10} {'|'.join(t.sources)} -> "
+                f"{t.dest or '(stays)'}{when}{guards}"
+            )
+    return 0
