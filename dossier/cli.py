@@ -13,8 +13,10 @@ from dossier.settings import Settings, SettingError
 # a missing optional piece never breaks the others.
 COMMAND_MODULES = (
     "dossier.commands.config",
+    "dossier.commands.db",
     "dossier.commands.services",
     "dossier.commands.workflows",
+    "dossier.commands.run",
 )
 
 

@@ -29,7 +29,13 @@ from engine.ports import (
     StoredDossier,
     UnitOfWork,
 )
-from schemas.codec import DeadLetterReason, InboundDecoder, dead_letter, encode_outbound
+from schemas.codec import (
+    DeadLetterReason,
+    InboundDecoder,
+    dead_letter,
+    dead_letter_id,
+    encode_outbound,
+)
 from schemas.codec import Rejected as DecodeRejected
 
 Outcome = Literal["applied", "duplicate", "parked", "dead_lettered"]
@@ -55,6 +61,7 @@ class BatchResult:
     discounts_granted: Counter[str] = field(default_factory=Counter)  # group -> count
     discount_vnd: Counter[str] = field(default_factory=Counter)  # group -> VND
     unparked: int = 0
+    redelivered: int = 0  # inputs at or past a position already committed: skipped
     applied_event_times: list[datetime] = field(default_factory=list)
     clock: datetime | None = None
 
@@ -110,6 +117,7 @@ class _Batch:
 
     # -----------------------------------------------------------------------------------------
     def run(self, inputs: Sequence[RawInput]) -> BatchResult:
+        inputs = self._not_yet_processed(inputs)
         decoded: list[tuple[RawInput, InboundEvent | None]] = []
         for raw in inputs:
             try:
@@ -131,6 +139,25 @@ class _Batch:
         self._flush(inputs)
         self.result.clock = self.clock
         return self.result
+
+    def _not_yet_processed(self, inputs: Sequence[RawInput]) -> Sequence[RawInput]:
+        """Drop inputs whose position this database already committed.
+
+        Positions commit with the state, so they, not the broker's committed offsets, say what
+        was processed: a re-delivery after a crash or a rebalance is skipped here, exactly.
+        """
+        if not any(raw.position.offset is not None for raw in inputs):
+            return inputs
+        committed = self.repo.load_positions(self.config.consumer_group)
+        fresh: list[RawInput] = []
+        for raw in inputs:
+            p = raw.position
+            if p.offset is not None and p.partition is not None:
+                if p.offset < committed.get((p.topic, p.partition), 0):
+                    self.result.redelivered += 1
+                    continue
+            fresh.append(raw)
+        return fresh
 
     def _prefetch(self, events: Sequence[InboundEvent]) -> None:
         codes = {e.subject for e in events}
@@ -301,18 +328,21 @@ class _Batch:
         contract_topic: str,
     ) -> None:
         now = self._now()
-        dlq_key, dlq_value, message_id = dead_letter(
+        partition = position.partition if position.partition is not None else -1
+        offset = position.offset if position.offset is not None else -1
+        dlq_key, dlq_value = dead_letter(
             reason,
             detail,
             topic=position.topic,
-            partition=position.partition if position.partition is not None else -1,
-            offset=position.offset if position.offset is not None else -1,
+            partition=partition,
+            offset=offset,
             key=key,
             value=value,
             headers=headers,
             time=now,
             source=self.config.engine_source,
         )
+        message_id = dead_letter_id(position.topic, partition, offset)
         self.outbox.append(OutboxMessage(DLQ_TOPIC, dlq_key, dlq_value, message_id, now))
         self.result.dead_letters[reason.value] += 1
 

@@ -1,0 +1,108 @@
+"""The consuming side: a faust-streaming agent over the four inbound topics.
+
+faust brings what a long-running consumer needs and kafka-python leaves to the caller: a
+worker with signal handling and graceful shutdown, batching with `take_events`, acks that
+happen only after the batch's code returned, and an assignor that gives partition N of every
+co-partitioned topic to the same worker, so one process sees all of a dossier's topics.
+The agent only turns messages into `RawInput`s; everything else is the service layer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+
+from dossier.runtime import Runtime
+from engine.events import INBOUND_TOPICS
+from engine.ports import Position
+from engine.service import RawInput
+
+log = logging.getLogger(__name__)
+
+# A batch that cannot be committed after this many tries ends the process (exit 70) before
+# faust acks it: the supervisor restarts the engine and the batch is consumed again.
+COMMIT_ATTEMPTS = 8
+EXIT_CANNOT_COMMIT = 70
+
+
+def faust_broker_url(bootstrap_servers: str) -> str:
+    """'h1:1,h2:2' -> 'kafka://h1:1;kafka://h2:2', the list form faust accepts."""
+    return ";".join(f"kafka://{s.strip()}" for s in bootstrap_servers.split(",") if s.strip())
+
+
+def to_raw_input(runtime: Runtime, event: Any) -> RawInput:
+    message = event.message
+    return RawInput(
+        contract_topic=runtime.contract_topic(message.topic),
+        position=Position(message.topic, message.partition, message.offset),
+        key=message.key,
+        value=message.value,
+        headers=tuple((str(k), bytes(v or b"")) for k, v in (message.headers or ())),
+    )
+
+
+def build_app(runtime: Runtime) -> faust.App:
+    settings = runtime.settings
+    app = faust.App(
+        settings.consumer_group,
+        broker=faust_broker_url(settings.kafka_bootstrap_servers),
+        store="memory://",
+        datadir=str(settings.kafka_data_dir.parent / "faust" / settings.consumer_group),
+        web_enabled=False,
+        topic_disable_leader=True,  # no leader election topic: the engine keeps no faust tables
+        topic_allow_declare=False,  # the topics are the contract's; deploy/ creates them
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=max(settings.batch_size, 1),
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4 * settings.batch_size, 4096),
+        consumer_max_fetch_size=8 * 1024 * 1024,
+        stream_wait_empty=False,
+        logging_config=None,
+    )
+    topics = app.topic(
+        *(settings.topic(name) for name in INBOUND_TOPICS),
+        key_serializer="raw",
+        value_serializer="raw",
+        allow_empty=True,
+    )
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dossier-batch")
+    within = settings.batch_timeout_ms / 1000
+
+    @app.agent(topics, concurrency=1)
+    async def consume(stream: Any) -> None:
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(settings.batch_size, within=within):
+            inputs = [to_raw_input(runtime, event) for event in events]
+            await _commit_or_exit(loop, executor, runtime, inputs)
+
+    @app.timer(interval=1.0)
+    async def tick() -> None:
+        if settings.clock_mode == "wall":
+            loop = asyncio.get_running_loop()
+            await _commit_or_exit(loop, executor, runtime, [])
+
+    return app
+
+
+async def _commit_or_exit(
+    loop: asyncio.AbstractEventLoop,
+    executor: ThreadPoolExecutor,
+    runtime: Runtime,
+    inputs: list[RawInput],
+) -> None:
+    delay = 0.2
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            await loop.run_in_executor(executor, runtime.process, inputs)
+            return
+        except Exception:
+            log.exception("batch of %d inputs not committed (attempt %d)", len(inputs), attempt)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    log.critical("cannot commit; exiting so the batch is consumed again after restart")
+    os._exit(EXIT_CANNOT_COMMIT)

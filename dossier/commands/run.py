@@ -1,0 +1,107 @@
+"""`dossier run`: consume the inbound topics, apply, commit, publish; until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from typing import Any
+
+from dossier.logs import configure_logging
+from dossier.settings import Settings
+
+log = logging.getLogger("dossier.run")
+
+EXIT_UNREACHABLE = 2
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("run", help="run the engine (consumer, outbox relay, metrics)")
+    parser.set_defaults(func=run)
+
+
+def check_kafka(settings: Settings, timeout_s: float = 10.0) -> str | None:
+    """None if the broker answers and the inbound topics exist; otherwise what is wrong."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from engine.events import INBOUND_TOPICS
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+            request_timeout_ms=int(timeout_s * 1000),
+            client_id="dossier-engine-check",
+        )
+    except (KafkaError, OSError) as exc:
+        return f"Kafka at {settings.kafka_bootstrap_servers} is unreachable ({exc})"
+    try:
+        existing = set(admin.list_topics())
+    finally:
+        admin.close()
+    missing = [settings.topic(t) for t in INBOUND_TOPICS if settings.topic(t) not in existing]
+    if missing:
+        return f"inbound topics missing on {settings.kafka_bootstrap_servers}: {', '.join(missing)}"
+    return None
+
+
+def check_database(settings: Settings) -> str | None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from engine.store.sql import create_db_engine
+
+    db = create_db_engine(settings.database_url)
+    try:
+        with db.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return f"database {db.url.render_as_string(hide_password=True)} is unreachable ({exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc})"
+    finally:
+        db.dispose()
+    return None
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    configure_logging(settings.log_level, settings.log_format)
+    for problem in (check_database(settings), check_kafka(settings)):
+        if problem is not None:
+            print(f"dossier run: {problem}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+
+    import faust
+
+    from consumers.faust_app import build_app
+    from dossier.runtime import Runtime
+    from producers.relay import OutboxRelay, create_producer
+
+    runtime = Runtime.create(settings)
+    producer = create_producer(settings.kafka_bootstrap_servers, max_request_size=8 * 1024 * 1024)
+    relay = OutboxRelay(runtime.uow, producer, settings.topic)
+    stop = threading.Event()
+    relay_thread = threading.Thread(
+        target=relay.run, args=(stop, runtime.outbox_wake), name="outbox-relay", daemon=True
+    )
+    relay_thread.start()
+    app = build_app(runtime)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    log.info(
+        "engine consuming %s as group %s; database %s",
+        settings.kafka_bootstrap_servers,
+        settings.consumer_group,
+        runtime.db.url.render_as_string(hide_password=True),
+    )
+    exit_code = 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        exit_code = int(exc.code or 0)
+    finally:
+        stop.set()
+        runtime.outbox_wake.set()
+        relay_thread.join(timeout=60)
+        producer.close(timeout=10)
+        runtime.close()
+        log.info("engine stopped")
+    return exit_code

@@ -1,0 +1,90 @@
+"""Wiring: settings in, a running engine out. Built only when a command asks for it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import Engine as DbEngine
+
+from dossier.settings import Settings
+from engine.calendar import WorkingCalendar
+from engine.engine import Engine
+from engine.events import INBOUND_TOPICS
+from engine.ports import ConcurrencyError
+from engine.procedures import load_catalogue
+from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
+from engine.store.migrate import upgrade
+from engine.store.sql import SqlUnitOfWork, create_db_engine
+from schemas.codec import InboundDecoder
+
+log = logging.getLogger(__name__)
+
+BatchListener = Callable[[Sequence[RawInput], BatchResult, float], None]
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: DbEngine
+    engine: Engine
+    processor: BatchProcessor
+    batch_listeners: list[BatchListener] = field(default_factory=list)
+    outbox_wake: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def create(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
+        catalogue = load_catalogue(settings.workflows_dir)
+        engine = Engine(catalogue, WorkingCalendar.load())
+        db = create_db_engine(settings.database_url)
+        if migrate:
+            upgrade(db)
+        processor = BatchProcessor(
+            engine,
+            InboundDecoder(settings.max_message_bytes),
+            ServiceConfig(
+                engine_source=settings.engine_source,
+                consumer_group=settings.consumer_group,
+                parked_ttl=timedelta(seconds=settings.parked_ttl_seconds),
+                clock_mode=settings.clock_mode,
+            ),
+        )
+        return cls(settings, db, engine, processor)
+
+    def uow(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.db)
+
+    def contract_topic(self, kafka_topic: str) -> str:
+        contract = kafka_topic.removeprefix(self.settings.topic_prefix)
+        if contract not in INBOUND_TOPICS:
+            raise ValueError(f"not an inbound topic of this deployment: {kafka_topic}")
+        return contract
+
+    def process(self, inputs: Sequence[RawInput], attempts: int = 5) -> BatchResult:
+        """Apply and commit one batch, retrying when another process moved a dossier on."""
+        started = time.perf_counter()
+        for attempt in range(1, attempts + 1):
+            try:
+                result = self.processor.process(self.uow(), inputs)
+                break
+            except ConcurrencyError:
+                if attempt == attempts:
+                    raise
+                log.warning("batch raced another engine process; retrying (%d)", attempt)
+                time.sleep(0.05 * attempt)
+        elapsed = time.perf_counter() - started
+        self.outbox_wake.set()
+        for listener in self.batch_listeners:
+            listener(inputs, result, elapsed)
+        return result
+
+    def tick(self) -> BatchResult:
+        """Deadline notices and parked-input expiry when no input arrives (wall-clock mode)."""
+        return self.process([])
+
+    def close(self) -> None:
+        self.db.dispose()
