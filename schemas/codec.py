@@ -1,0 +1,500 @@
+"""Wire codec for the interop contract: Kafka message bytes <-> engine events.
+
+The JSON Schema files next to this module are the contract's machine-readable form and the
+single source of truth: this module compiles them once with fastjsonschema (generated Python,
+far faster than interpreting them with `jsonschema`) and adds only what JSON Schema cannot say
+(UTF-8 and size limits, which type may arrive on which topic, calendar-valid dates).
+Decisions the contract leaves open are written down in schemas/README.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import date, datetime
+from enum import StrEnum
+from functools import cache
+from importlib import resources
+from typing import Any, Final
+
+import fastjsonschema
+
+from engine.events import (
+    CURRENT_SCHEMA_VERSION,
+    INBOUND_TOPICS,
+    TYPE_PREFIX,
+    InboundEvent,
+    OutboundEvent,
+)
+
+__all__ = [
+    "DEAD_LETTERED_TYPE",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "INBOUND_TOPICS_BY_TYPE",
+    "INBOUND_TYPES",
+    "OUTBOUND_TOPIC_BY_TYPE",
+    "DeadLetterReason",
+    "InboundDecoder",
+    "OutboundSchemaError",
+    "Rejected",
+    "dead_letter",
+    "encode_outbound",
+    "is_dossier_code",
+    "load_schema",
+    "validate_outbound",
+]
+
+DEFAULT_MAX_MESSAGE_BYTES: Final = 1024 * 1024
+DEAD_LETTERED_TYPE: Final = TYPE_PREFIX + "dead-lettered"
+# Dead letters outlive the engine's logs; a bounded detail keeps one bad input from bloating them.
+MAX_DETAIL_CHARS: Final = 1000
+# Without these the value is not a CloudEvent at all (CloudEvents 1.0, "REQUIRED Attributes").
+_CLOUDEVENT_CORE: Final = ("specversion", "id", "source", "type")
+
+Validator = Callable[[Any], Any]
+
+
+class DeadLetterReason(StrEnum):
+    MALFORMED = "malformed"
+    SCHEMA = "schema"
+    UNKNOWN_PROCEDURE = "unknown-procedure"
+    INVALID_TRANSITION = "invalid-transition"
+    CONFLICT = "conflict"
+    UNAUTHENTICATED = "unauthenticated"
+    PARKED_EXPIRED = "parked-expired"
+
+
+class Rejected(Exception):
+    """An input that cannot be applied; `detail` never carries personal data values."""
+
+    def __init__(self, reason: DeadLetterReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class OutboundSchemaError(ValueError):
+    """An engine output that does not satisfy its outbound schema (an engine bug)."""
+
+
+# --------------------------------------------------------------------------- schema files
+
+
+def load_schema(relative_path: str) -> dict[str, Any]:
+    """A schema file of this package, e.g. 'inbound/received.schema.json'."""
+    text = resources.files(__package__ or "schemas").joinpath(relative_path).read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def _compile(schema: Mapping[str, Any]) -> Validator:
+    # Formats are annotations only: every format we rely on is also spelled as a `pattern`, so
+    # fastjsonschema, `jsonschema` and other organisations' validators all enforce the same thing.
+    validator: Validator = fastjsonschema.compile(
+        dict(schema), use_default=False, use_formats=False
+    )
+    return validator
+
+
+_TYPES: Final[Mapping[str, Any]] = load_schema("types.json")
+_TOPIC_CLASSES: Final[Mapping[str, tuple[str, ...]]] = {
+    name: tuple(topics) for name, topics in _TYPES["topic_classes"].items()
+}
+INBOUND_TOPICS_BY_TYPE: Final[Mapping[str, tuple[str, ...]]] = {
+    TYPE_PREFIX + short: _TOPIC_CLASSES[topic_class]
+    for short, topic_class in _TYPES["inbound"].items()
+}
+INBOUND_TYPES: Final = tuple(INBOUND_TOPICS_BY_TYPE)
+OUTBOUND_TOPIC_BY_TYPE: Final[Mapping[str, str]] = {
+    TYPE_PREFIX + short: topic for short, topic in _TYPES["outbound"].items()
+}
+
+_ENVELOPE_SCHEMA: Final = load_schema("cloudevent.schema.json")
+_DOSSIER_CODE_RE: Final = re.compile(_ENVELOPE_SCHEMA["definitions"]["dossierCode"]["pattern"])
+
+
+def is_dossier_code(text: str) -> bool:
+    # re.search, not fullmatch: JSON Schema patterns are unanchored searches; the pattern anchors.
+    return _DOSSIER_CODE_RE.search(text) is not None
+
+
+_Path = tuple[str, ...]  # property names; "*" stands for every item of an array
+
+
+def _resolve(root: Mapping[str, Any], node: Mapping[str, Any]) -> Mapping[str, Any]:
+    while "$ref" in node:
+        ref: str = node["$ref"]
+        node = root["definitions"][ref.rsplit("/", 1)[1]]
+    return node
+
+
+def _paths_where(
+    root: Mapping[str, Any], predicate: Callable[[Mapping[str, Any]], bool]
+) -> list[_Path]:
+    """Paths under `properties`/`items` whose schema satisfies `predicate`."""
+    found: list[_Path] = []
+
+    def walk(node: Mapping[str, Any], prefix: _Path) -> None:
+        node = _resolve(root, node)
+        if predicate(node):
+            found.append(prefix)
+        for name, child in node.get("properties", {}).items():
+            walk(child, (*prefix, name))
+        items = node.get("items")
+        if isinstance(items, Mapping):
+            walk(items, (*prefix, "*"))
+
+    walk(root, ())
+    return found
+
+
+def _values_at(container: Any, path: _Path) -> Iterator[tuple[Any, Any]]:
+    """(parent, key) pairs for every value present at `path`."""
+    if not path:
+        return
+    head, rest = path[0], path[1:]
+    if head == "*":
+        if isinstance(container, list):
+            for index, item in enumerate(container):
+                if rest:
+                    yield from _values_at(item, rest)
+                else:
+                    yield container, index
+    elif isinstance(container, dict) and head in container:
+        if rest:
+            yield from _values_at(container[head], rest)
+        else:
+            yield container, head
+
+
+def _path_name(path: _Path) -> str:
+    return "data" + "".join("[]" if part == "*" else "." + part for part in path)
+
+
+# --------------------------------------------------------------------------- time
+
+
+def _parse_time(text: str) -> datetime:
+    """RFC 3339 (already pattern-checked, so an offset is present) to an aware datetime."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        # RFC 3339 allows lower-case 't'/'z', which Python 3.11 rejects; the upper-cased
+        # retry also re-raises for calendar-impossible dates such as 02-30.
+        return datetime.fromisoformat(text.upper())
+
+
+def _format_time(value: datetime) -> str:
+    offset = value.utcoffset()
+    if offset is None:
+        raise ValueError("a naive datetime has no RFC 3339 form: business times need an offset")
+    if offset.microseconds or offset.seconds % 60:
+        raise ValueError(f"UTC offset {offset} is not whole minutes, RFC 3339 cannot spell it")
+    return value.isoformat()
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+class _NotJSON(ValueError):
+    """Raised from the decoder hooks for input Python's json module would otherwise accept."""
+
+
+def _json_number(text: str) -> float | int:
+    """JSON has one number type: 20000.0 is the integer 20000, so the engine gets an int.
+
+    Called only for literals with a fraction or exponent, so integer-only events pay nothing.
+    """
+    number = float(text)
+    if not math.isfinite(number):
+        # 1e400 would become inf and later serialise as the non-JSON token `Infinity`.
+        raise _NotJSON("number out of range")
+    return int(number) if number.is_integer() else number
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJSON(f"{name} is not a JSON value")
+
+
+# One decoder instance: json.loads with hooks would build a new decoder on every call.
+_JSON_DECODER: Final = json.JSONDecoder(parse_float=_json_number, parse_constant=_reject_constant)
+
+
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89abAB]")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _format_time(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+_JSON_ENCODER: Final = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default
+)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    try:
+        _JSON_ENCODER.encode(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _schema_detail(exc: fastjsonschema.JsonSchemaValueException, *, envelope: bool) -> str:
+    """'<path>: <what is wrong>' built from the schema only, never from the offending value."""
+    name = exc.name or "data"
+    if envelope:
+        # fastjsonschema calls the validated value "data"; for the envelope that is the event.
+        path = name[5:] if name.startswith("data.") else ("event" if name == "data" else name)
+    else:
+        path = name  # the validated value is the CloudEvent `data` attribute: name fits as is
+    if exc.rule == "required" and isinstance(exc.value, dict):
+        required = exc.rule_definition if isinstance(exc.rule_definition, list) else []
+        missing = [field for field in required if field not in exc.value]
+        return _clip(f"{path}: missing {', '.join(missing)}", MAX_DETAIL_CHARS)
+    definition = exc.definition if isinstance(exc.definition, dict) else {}
+    if exc.rule == "pattern" and "title" in definition:
+        # The regex itself is unreadable in a dead letter; every patterned schema has a title.
+        return _clip(f"{path}: not a valid {definition['title']}", MAX_DETAIL_CHARS)
+    message = exc.message
+    tail = message[len(name) :] if message.startswith(name) else " " + message
+    return _clip(f"{path}:{tail}", MAX_DETAIL_CHARS)
+
+
+# --------------------------------------------------------------------------- inbound
+
+
+class _InboundType:
+    __slots__ = ("datetime_paths", "topics", "validate")
+
+    def __init__(self, schema: Mapping[str, Any], topics: tuple[str, ...]) -> None:
+        self.validate = _compile(schema)
+        self.topics = topics
+        # A pattern cannot know that 2025-02-30 does not exist.
+        self.datetime_paths = _paths_where(schema, lambda node: node.get("format") == "date-time")
+
+
+class InboundDecoder:
+    """Turns one inbound Kafka message value into an `InboundEvent` or raises `Rejected`."""
+
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        if max_message_bytes <= 0:
+            raise ValueError("max_message_bytes must be positive")
+        self.max_message_bytes = max_message_bytes
+        self._envelope = _compile(_ENVELOPE_SCHEMA)
+        self._types: dict[str, _InboundType] = {
+            type_: _InboundType(
+                load_schema(f"inbound/{type_.removeprefix(TYPE_PREFIX)}.schema.json"), topics
+            )
+            for type_, topics in INBOUND_TOPICS_BY_TYPE.items()
+        }
+
+    def decode(self, value: bytes | None, topic: str) -> InboundEvent:
+        """`topic` is the contract topic name without the deployment prefix."""
+        if topic not in INBOUND_TOPICS:
+            # A wiring bug in the caller, not a property of the message: fail loudly.
+            raise ValueError(f"{topic!r} is not an inbound contract topic {INBOUND_TOPICS}")
+        malformed = DeadLetterReason.MALFORMED
+        schema = DeadLetterReason.SCHEMA
+
+        if not value:
+            raise Rejected(malformed, "empty value")
+        size = len(value)
+        if size > self.max_message_bytes:
+            raise Rejected(malformed, f"oversized: {size} bytes > {self.max_message_bytes}")
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Rejected(malformed, f"not UTF-8: invalid byte at offset {exc.start}") from None
+        try:
+            event = _JSON_DECODER.decode(text)
+        except json.JSONDecodeError as exc:
+            raise Rejected(malformed, f"not JSON: {exc}") from None
+        except _NotJSON as exc:
+            raise Rejected(malformed, f"not JSON: {exc}") from None
+        except ValueError:
+            # The only other ValueError of the C scanner: an integer beyond the digit limit.
+            raise Rejected(malformed, "not JSON: integer too long") from None
+        except RecursionError:
+            raise Rejected(malformed, "not JSON: nested too deeply") from None
+        if type(event) is not dict:
+            raise Rejected(malformed, "not a JSON object")
+        # A \uD800-style escape can smuggle a lone surrogate past UTF-8 validation; it would
+        # crash every later UTF-8 encoding (hashing, storage), so look whenever one may exist.
+        if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(event):
+            raise Rejected(malformed, "not JSON: lone UTF-16 surrogate in a string")
+
+        try:
+            self._envelope(event)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            missing = [name for name in _CLOUDEVENT_CORE if name not in event]
+            if missing:
+                raise Rejected(
+                    malformed, f"not a CloudEvent: missing {', '.join(missing)}"
+                ) from None
+            raise Rejected(schema, _schema_detail(exc, envelope=True)) from None
+
+        version = int(event.get("schemaversion", CURRENT_SCHEMA_VERSION))
+        if version > CURRENT_SCHEMA_VERSION:
+            raise Rejected(
+                schema, f"schemaversion: {version} is newer than {CURRENT_SCHEMA_VERSION}"
+            )
+        try:
+            time = _parse_time(event["time"])
+        except ValueError:
+            raise Rejected(schema, "time: not a valid date-time") from None
+
+        type_: str = event["type"]
+        known = self._types.get(type_)
+        if known is None:
+            raise Rejected(schema, f"unknown type {json.dumps(_clip(type_))}")
+        if topic not in known.topics:
+            raise Rejected(
+                schema,
+                f"type {type_} not accepted on topic {topic} (only on {', '.join(known.topics)})",
+            )
+
+        data: dict[str, Any] = event["data"]
+        try:
+            known.validate(data)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            raise Rejected(schema, _schema_detail(exc, envelope=False)) from None
+        for path in known.datetime_paths:
+            for parent, key in _values_at(data, path):
+                try:
+                    _parse_time(parent[key])
+                except ValueError:
+                    raise Rejected(schema, f"{_path_name(path)}: not a valid date-time") from None
+
+        return InboundEvent(
+            source=event["source"],
+            id=event["id"],
+            type=type_,
+            subject=event["subject"],
+            time=time,
+            data=data,
+            topic=topic,
+            schema_version=version,
+        )
+
+
+# --------------------------------------------------------------------------- outbound
+
+
+def _envelope(
+    *, id: str, source: str, type: str, subject: str | None, time: datetime, data: Any
+) -> dict[str, Any]:
+    event: dict[str, Any] = {"specversion": "1.0", "id": id, "source": source, "type": type}
+    if subject:
+        event["subject"] = subject
+    event["time"] = _format_time(time)
+    event["datacontenttype"] = "application/json"
+    event["data"] = data
+    return event
+
+
+def encode_outbound(event: OutboundEvent, source: str) -> bytes:
+    """Structured-mode CloudEvent: compact UTF-8 JSON; `subject` is the event's key.
+
+    Aware datetimes in `data` are written as RFC 3339 strings, so the engine may pass them as is.
+    """
+    envelope = _envelope(
+        id=event.id,
+        source=source,
+        type=event.type,
+        subject=event.key,
+        time=event.time,
+        data=event.data,
+    )
+    return _JSON_ENCODER.encode(envelope).encode("utf-8")
+
+
+def _b64(raw: bytes | None) -> str | None:
+    return None if raw is None else base64.b64encode(raw).decode("ascii")
+
+
+def dead_letter_id(topic: str, partition: int, offset: int) -> str:
+    """The dead letter's CloudEvent id: one input, one id, however often it is dead-lettered."""
+    return f"dlq:{topic}:{partition}:{offset}"
+
+
+def dead_letter(
+    reason: DeadLetterReason,
+    detail: str,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes | None]],
+    time: datetime,
+    source: str,
+) -> tuple[bytes | None, bytes]:
+    """(key, value) of the message for `dossier.dlq`; the input is carried byte for byte.
+
+    `topic` is the Kafka topic as consumed (with any deployment prefix): it is what a re-send
+    needs. The id depends only on (topic, partition, offset), so dead-lettering the same input
+    again after a crash yields the same id and downstream can drop the copy.
+    """
+    try:
+        key_text = None if key is None else key.decode("utf-8")
+    except UnicodeDecodeError:
+        key_text = None
+    subject = key_text if key_text is not None and is_dossier_code(key_text) else None
+    data = {
+        "reason": DeadLetterReason(reason).value,
+        "detail": _clip(detail, MAX_DETAIL_CHARS),
+        "original": {
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "key": key_text,
+            "key_base64": _b64(key),
+            "value_base64": _b64(value),
+            "headers": [{"key": name, "value_base64": _b64(raw)} for name, raw in headers],
+        },
+    }
+    envelope = _envelope(
+        id=dead_letter_id(topic, partition, offset),
+        source=source,
+        type=DEAD_LETTERED_TYPE,
+        subject=subject,
+        time=time,
+        data=data,
+    )
+    return key, _JSON_ENCODER.encode(envelope).encode("utf-8")
+
+
+@cache
+def _outbound_validator(type_: str) -> Validator:
+    return _compile(load_schema(f"outbound/{type_.removeprefix(TYPE_PREFIX)}.schema.json"))
+
+
+def validate_outbound(value: bytes) -> dict[str, Any]:
+    """Check an encoded output against its outbound schema (for tests and debugging)."""
+    event = json.loads(value)
+    type_ = event.get("type") if isinstance(event, dict) else None
+    if type_ not in OUTBOUND_TOPIC_BY_TYPE:
+        raise OutboundSchemaError(f"not a contract outbound type: {type_!r}")
+    try:
+        _outbound_validator(type_)(event)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise OutboundSchemaError(_schema_detail(exc, envelope=True)) from None
+    checked: dict[str, Any] = event
+    return checked
