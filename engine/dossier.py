@@ -75,19 +75,25 @@ _DATETIME_FIELDS = tuple(f.name for f in fields(Dossier) if "datetime" in str(f.
 
 
 def _compile_evolve() -> Any:
-    # dataclasses.replace() inspects every field on every call, which made it the largest cost
-    # of apply(); a constructor call generated once per class does the same work 4x faster.
+    # dataclasses.replace() inspects every field and goes through the frozen __init__ (one
+    # object.__setattr__ per field); it was the largest single cost of apply(). Copying the
+    # slots through their descriptors in generated straight-line code is ~4x faster and keeps
+    # the class frozen for everyone else.
     names = [f.name for f in fields(Dossier)]
-    args = ", ".join(f"{n}=changes.pop({n!r}) if {n!r} in changes else d.{n}" for n in names)
-    source = (
-        "def evolve(d, changes):\n"
-        f"    result = Dossier({args})\n"
-        "    if changes:\n"
-        "        raise TypeError(f'unknown Dossier fields: {sorted(changes)}')\n"
-        "    return result\n"
-    )
-    namespace: dict[str, Any] = {"Dossier": Dossier}
-    exec(source, namespace)
+    lines = ["def evolve(d, changes):", "    new = _new(Dossier)"]
+    lines += [f"    _set_{n}(new, d.{n})" for n in names]
+    lines += [
+        "    for name, value in changes.items():",
+        "        setter = _setters.get(name)",
+        "        if setter is None:",
+        "            raise TypeError(f'unknown Dossier field: {name}')",
+        "        setter(new, value)",
+        "    return new",
+    ]
+    setters = {n: getattr(Dossier, n).__set__ for n in names}
+    namespace: dict[str, Any] = {"Dossier": Dossier, "_new": object.__new__, "_setters": setters}
+    namespace.update({f"_set_{n}": setter for n, setter in setters.items()})
+    exec("\n".join(lines), namespace)
     return namespace["evolve"]
 
 

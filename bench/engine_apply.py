@@ -1,0 +1,239 @@
+"""Engine throughput, each figure beside a naive baseline measured in the same run.
+
+    python bench/engine_apply.py [--dossiers 20000] [--postgres URL | --no-postgres]
+
+(a) pure `Engine.apply` in memory on one core, against a `transitions.Machine` built per
+    dossier, plus the cost of `Machine.add_model` as models accumulate (why the engine shares
+    one compiled machine per procedure version);
+(b) decode + apply + batched commit through the service layer into SQLite and PostgreSQL,
+    against one transaction per event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import text  # noqa: E402
+from transitions import Machine  # noqa: E402
+
+from dossier.settings import Settings  # noqa: E402
+from dossier.simulation import SimulatedMessage, Workload  # noqa: E402
+from engine.calendar import WorkingCalendar  # noqa: E402
+from engine.dossier import Applied, Dossier  # noqa: E402
+from engine.engine import Engine  # noqa: E402
+from engine.events import InboundEvent  # noqa: E402
+from engine.ports import Position  # noqa: E402
+from engine.procedures import ProcedureVersion, load_catalogue  # noqa: E402
+from engine.service import BatchProcessor, RawInput, ServiceConfig  # noqa: E402
+from engine.store.migrate import upgrade  # noqa: E402
+from engine.store.sql import SqlUnitOfWork, create_db_engine  # noqa: E402
+from schemas.codec import InboundDecoder  # noqa: E402
+
+
+def workload(dossiers: int) -> list[SimulatedMessage]:
+    catalogue, calendar = load_catalogue(), WorkingCalendar.load()
+    return Workload(
+        catalogue,
+        calendar,
+        seed=20251127,
+        start=datetime.fromisoformat("2025-03-03T00:00:00+07:00"),
+        end=datetime.fromisoformat("2025-05-30T00:00:00+07:00"),
+        dossiers=dossiers,
+    ).messages()
+
+
+def decoded(messages: list[SimulatedMessage]) -> list[InboundEvent]:
+    decoder = InboundDecoder()
+    return [decoder.decode(m.value, m.topic) for m in messages]
+
+
+def pure_apply(engine: Engine, events: list[InboundEvent]) -> tuple[float, int]:
+    dossiers: dict[str, Dossier] = {}
+    applied = 0
+    started = time.perf_counter()
+    for event in events:
+        decision = engine.apply(dossiers.get(event.subject), event)
+        if isinstance(decision, Applied):
+            dossiers[event.subject] = decision.dossier
+            applied += 1
+    return time.perf_counter() - started, applied
+
+
+class NaiveDossier:
+    """The textbook shape: a model with its own Machine."""
+
+    state: str
+
+
+def naive_machine_per_dossier(
+    engine: Engine, events: list[InboundEvent]
+) -> tuple[float, int]:
+    """A transitions Machine built for every dossier; conditions on level and agency only."""
+    models: dict[str, tuple[NaiveDossier, Machine]] = {}
+    versions: dict[str, ProcedureVersion] = {}
+    applied = 0
+    started = time.perf_counter()
+    for event in events:
+        if event.short_type == "submitted":
+            version = engine.catalogue.in_force(str(event.data["procedure"]), event.time)
+            assert version is not None
+            model = NaiveDossier()
+            machine = Machine(
+                model=model,
+                states=list(version.states),
+                initial=version.initial,
+                auto_transitions=False,
+                send_event=True,
+            )
+            for t in version.transitions:
+                machine.add_transition(
+                    t.event,
+                    list(t.sources),
+                    t.dest,
+                    conditions=[_naive_condition(t.level, dict(t.when))],
+                )
+            models[event.subject] = (model, machine)
+            versions[event.subject] = version
+            applied += 1
+            continue
+        model, machine = models[event.subject]
+        try:
+            if machine.events[event.short_type].trigger(model, event):
+                applied += 1
+        except Exception:
+            pass
+    return time.perf_counter() - started, applied
+
+
+def _naive_condition(level: str | None, when: dict[str, str]) -> Callable[[Any], bool]:
+    def condition(event_data: Any) -> bool:
+        event: InboundEvent = event_data.args[0]
+        return event.origin_level == level and all(
+            str(event.data.get(k)) == v for k, v in when.items()
+        )
+
+    return condition
+
+
+def add_model_scaling(version: ProcedureVersion, counts: list[int]) -> list[tuple[int, float]]:
+    figures = []
+    for count in counts:
+        machine = Machine(
+            model=None, states=list(version.states), initial=version.initial, auto_transitions=False
+        )
+        for t in version.transitions:
+            machine.add_transition(t.event, list(t.sources), t.dest)
+        started = time.perf_counter()
+        for _ in range(count):
+            machine.add_model(NaiveDossier())
+        figures.append((count, time.perf_counter() - started))
+    return figures
+
+
+def raw_inputs(messages: list[SimulatedMessage]) -> list[RawInput]:
+    offsets: dict[str, int] = {}
+    result = []
+    for m in messages:
+        offset = offsets.get(m.topic, 0)
+        offsets[m.topic] = offset + 1
+        result.append(RawInput(m.topic, Position(m.topic, 0, offset), m.key, m.value))
+    return result
+
+
+def through_service(url: str, inputs: list[RawInput], batch_size: int) -> float:
+    db = create_db_engine(url)
+    upgrade(db)
+    engine = Engine(load_catalogue(), WorkingCalendar.load())
+    processor = BatchProcessor(
+        engine,
+        InboundDecoder(),
+        ServiceConfig("urn:bench", f"bench-{uuid.uuid4().hex[:8]}", parked_ttl=_week()),
+    )
+    started = time.perf_counter()
+    for i in range(0, len(inputs), batch_size):
+        processor.process(SqlUnitOfWork(db), inputs[i : i + batch_size])
+    elapsed = time.perf_counter() - started
+    db.dispose()
+    return elapsed
+
+
+def _week() -> Any:
+    from datetime import timedelta
+
+    return timedelta(days=7)
+
+
+def postgres_schema_url(base_url: str) -> str:
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    db = create_db_engine(base_url)
+    with db.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    db.dispose()
+    separator = "&" if "?" in base_url else "?"
+    return f"{base_url}{separator}options=-csearch_path%3D{schema}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dossiers", type=int, default=20000)
+    parser.add_argument("--naive-dossiers", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--postgres", default=None, help="SQLAlchemy URL (default: settings)")
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+
+    catalogue = load_catalogue()
+    engine = Engine(catalogue, WorkingCalendar.load())
+    messages = workload(args.dossiers)
+    events = decoded(messages)
+    print(f"workload: {args.dossiers} dossiers, {len(events)} events (3 reference procedures)")
+
+    print("\n(a) pure apply, in memory, one core")
+    elapsed, applied = pure_apply(engine, events)
+    print(f"  shared compiled machine : {len(events) / elapsed:>10,.0f} events/s ({applied} applied)")
+    naive_events = decoded(workload(args.naive_dossiers))
+    elapsed_naive, applied_naive = naive_machine_per_dossier(engine, naive_events)
+    elapsed_same, _ = pure_apply(engine, naive_events)
+    print(
+        f"  machine per dossier     : {len(naive_events) / elapsed_naive:>10,.0f} events/s "
+        f"({args.naive_dossiers} dossiers; shared machine on the same: "
+        f"{len(naive_events) / elapsed_same:,.0f}/s, x{elapsed_naive / elapsed_same:.1f})"
+    )
+    version = catalogue.versions("DD.GCN.LD")[-1]
+    print("  Machine.add_model, cumulative models -> seconds:")
+    for count, seconds in add_model_scaling(version, [1000, 2000, 4000, 8000]):
+        print(f"    {count:>6} models: {seconds:8.3f} s ({seconds / count * 1e6:,.0f} us/model)")
+
+    print(f"\n(b) decode + apply + commit through the service layer (batch {args.batch_size})")
+    inputs = raw_inputs(messages)
+    naive_inputs = inputs[: min(len(inputs), 3000)]
+    targets: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        targets.append(("SQLite", f"sqlite:///{tmp}/bench.db"))
+        targets.append(("SQLite naive", f"sqlite:///{tmp}/naive.db"))
+        if not args.no_postgres:
+            base = args.postgres or Settings.from_env().postgres_url
+            targets.append(("PostgreSQL", postgres_schema_url(base)))
+            targets.append(("PostgreSQL naive", postgres_schema_url(base)))
+        for name, url in targets:
+            naive = name.endswith("naive")
+            batch = 1 if naive else args.batch_size
+            sample = naive_inputs if naive else inputs
+            elapsed = through_service(url, sample, batch)
+            label = f"{name} ({'1 event per transaction' if naive else f'batches of {batch}'})"
+            print(f"  {label:<44}: {len(sample) / elapsed:>10,.0f} events/s ({len(sample)} events)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
