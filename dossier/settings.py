@@ -64,7 +64,7 @@ class Settings:
     # --- Local Kafka broker started by deploy/ -----------------------------------------------
     kafka_version: str = setting(
         "DOSSIER_KAFKA_VERSION",
-        "3.9.1",
+        "3.9.2",
         "Apache Kafka version fetched from Maven Central for the local broker (3.9.x: see README).",
     )
     kafka_controller_port: int = setting(
@@ -84,6 +84,11 @@ class Settings:
         "DOSSIER_CACHE_DIR",
         default_cache_dir,
         "Cache of downloaded artefacts (Kafka jars), outside the repository.",
+    )
+    maven_repo_local: Path | None = setting(
+        "DOSSIER_MAVEN_REPO_LOCAL",
+        None,
+        "Maven local repository used to fetch the Kafka jars; empty means Maven's own (~/.m2).",
     )
     # --- Database ----------------------------------------------------------------------------
     database_url: str = setting_factory(

@@ -1,0 +1,153 @@
+"""Fixtures for tests against the real services that deploy/ starts.
+
+Start them with `dossier kafka up` and `dossier postgres up` (or run `bash .ci/run`). When a
+service is unreachable its tests are skipped, except under CI=true, where that is a failure:
+a CI run that silently skipped every integration test would prove nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from deploy import local_kafka
+from dossier.settings import Settings
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # This hook sees the whole session's items: mark only the ones collected from this folder.
+    for item in items:
+        if HERE in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def unavailable(what: str, service: str, detail: str) -> NoReturn:
+    message = f"{what} is not reachable ({detail})"
+    if in_ci():
+        pytest.fail(f"{message}; CI=true requires `dossier {service} up` first", pytrace=False)
+    pytest.skip(f"{message}; start it with `dossier {service} up`")
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+# --- Kafka -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(settings: Settings) -> str:
+    """The bootstrap servers of a broker that answers, or skip (fail under CI=true)."""
+    host, port = settings.kafka_listen
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            pass
+    except OSError as exc:
+        unavailable("Kafka broker", "kafka", f"{settings.kafka_bootstrap_servers}: {exc}")
+    try:
+        local_kafka.list_topics(settings)
+    except Exception as exc:  # whatever the client raises, the broker is not usable
+        unavailable("Kafka broker", "kafka", f"{settings.kafka_bootstrap_servers}: {exc!r}")
+    return settings.kafka_bootstrap_servers
+
+
+@pytest.fixture
+def unique_topic(settings: Settings, kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """Factory: `unique_topic("roundtrip", partitions=1)` creates a fresh topic, deleted after.
+
+    Names carry the deployment prefix and a random suffix, so reruns and parallel runs
+    never read each other's messages.
+    """
+    created: list[str] = []
+
+    def make(base: str = "topic", partitions: int = 1) -> str:
+        name = settings.topic(f"test.{base}.{uuid.uuid4().hex[:12]}")
+        local_kafka.ensure_topics(settings, [name], partitions)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        # Cleanup must not turn a passing test into an error, nor hide a failing one.
+        with contextlib.suppress(Exception):
+            local_kafka.delete_topics(settings, created)
+
+
+@pytest.fixture
+def unique_group(settings: Settings, kafka_bootstrap: str) -> Iterator[str]:
+    """A consumer group id nobody has used, so offsets start from scratch."""
+    group = f"test-{uuid.uuid4().hex[:12]}"
+    yield group
+    # Best effort: a group that never committed may already be gone.
+    with (
+        contextlib.suppress(Exception),
+        local_kafka.quiet_kafka_logs(),
+        local_kafka.admin_client(settings) as admin,
+    ):
+        admin.delete_groups([group])
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url(settings: Settings) -> str:
+    """The SQLAlchemy URL of the deploy/ PostgreSQL, or skip (fail under CI=true)."""
+    engine = sa.create_engine(settings.postgres_url, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except Exception as exc:  # any driver error means no usable database
+        unavailable("PostgreSQL", "postgres", f"{_redacted(settings)}: {type(exc).__name__}: {exc}")
+    finally:
+        engine.dispose()
+    return settings.postgres_url
+
+
+@pytest.fixture
+def pg_schema(postgres_url: str) -> Iterator[str]:
+    """A URL whose connections see only a fresh schema (search_path), dropped afterwards.
+
+    Pass it wherever a database URL goes (DOSSIER_DATABASE_URL, create_engine, alembic);
+    `pg_engine` is an engine already bound to it.
+    """
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_url)
+    try:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        url = sa.make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+        with admin.begin() as connection:
+            # A connection a test forgot to close would block the drop forever.
+            connection.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+            connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_schema: str) -> Iterator[Engine]:
+    engine = sa.create_engine(pg_schema)
+    yield engine
+    engine.dispose()
+
+
+def _redacted(settings: Settings) -> Any:
+    return sa.make_url(settings.postgres_url).render_as_string(hide_password=True)
