@@ -48,11 +48,14 @@ def to_raw_input(runtime: Runtime, event: Any) -> RawInput:
 
 def build_app(runtime: Runtime) -> faust.App:
     settings = runtime.settings
+    # faust keeps a small amount of worker state on disk even without tables.
+    datadir = settings.kafka_data_dir.parent / "faust" / settings.consumer_group
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.consumer_group,
         broker=faust_broker_url(settings.kafka_bootstrap_servers),
         store="memory://",
-        datadir=str(settings.kafka_data_dir.parent / "faust" / settings.consumer_group),
+        datadir=str(datadir),
         web_enabled=False,
         topic_disable_leader=True,  # no leader election topic: the engine keeps no faust tables
         topic_allow_declare=False,  # the topics are the contract's; deploy/ creates them

@@ -52,14 +52,13 @@ class Dossier:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready mapping; datetimes as RFC 3339 strings."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, datetime):
-                value = value.isoformat()
-            elif isinstance(value, Mapping):
-                value = dict(value)
-            out[f.name] = value
+        out = {name: getattr(self, name) for name in _FIELD_NAMES}
+        for name in _DATETIME_FIELDS:
+            value = out[name]
+            if value is not None:
+                out[name] = value.isoformat()
+        out["fees"] = dict(self.fees)
+        out["discounts"] = dict(self.discounts)
         return out
 
     @classmethod
@@ -71,6 +70,7 @@ class Dossier:
         return cls(**values)
 
 
+_FIELD_NAMES = tuple(f.name for f in fields(Dossier))
 _DATETIME_FIELDS = tuple(f.name for f in fields(Dossier) if "datetime" in str(f.type))
 
 

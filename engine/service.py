@@ -208,7 +208,8 @@ class _Batch:
     def _record_applied(self, position: Position, event: InboundEvent, decision: Applied) -> None:
         dossier = decision.dossier
         self.dirty[dossier.code] = dossier
-        self.applied_keys[event.key] = event.content_hash()
+        content_hash = event.content_hash()
+        self.applied_keys[event.key] = content_hash
         seq = self.history_seq.get(dossier.code, dossier.inputs_applied - 1) + 1
         self.history_seq[dossier.code] = seq
         self.history.append(
@@ -228,7 +229,7 @@ class _Batch:
                 workflow_version=dossier.workflow_version,
             )
         )
-        self.ledger.append(LedgerEntry(event.source, event.id, event.content_hash(), dossier.code))
+        self.ledger.append(LedgerEntry(event.source, event.id, content_hash, dossier.code))
         self._emit(decision.outputs, dossier)
         if decision.previous_state != dossier.state:
             self.result.transitions[(dossier.group, dossier.status_code)] += 1

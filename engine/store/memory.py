@@ -1,0 +1,355 @@
+"""The in-memory adapter of `engine.ports`: plain dicts, same semantics as the SQL one.
+
+For unit tests and for benchmarks of the pure path, so staging has to stay proportional to
+what a batch touches: a unit of work writes into overlays (changed keys, deleted keys) over the
+committed dicts, reads see overlay-then-committed, commit merges the overlays in, and rollback
+drops them. Copying whole collections per batch would make a long benchmark quadratic.
+
+Concurrency is optimistic at the level of the whole store: a unit of work that commits after
+another one committed since it began raises ConcurrencyError, like a database would for the
+rows they both touched (never a lost update, sometimes a spurious retry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+from engine.ports import (
+    ConcurrencyError,
+    HistoryRow,
+    LedgerEntry,
+    OutboxMessage,
+    ParkedInput,
+    Repository,
+    StoredDossier,
+)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+@dataclass
+class InMemoryStore:
+    """The committed state: what a database would hold. Share one between units of work."""
+
+    dossiers: dict[str, StoredDossier] = field(default_factory=dict)
+    ledger: dict[tuple[str, str], LedgerEntry] = field(default_factory=dict)
+    history: dict[str, tuple[HistoryRow, ...]] = field(default_factory=dict)
+    parked: dict[int, ParkedInput] = field(default_factory=dict)  # id order
+    outbox: dict[int, OutboxMessage] = field(default_factory=dict)  # id order, sent or not
+    outbox_ids: dict[str, int] = field(default_factory=dict)  # message_id -> id
+    unsent: dict[int, None] = field(default_factory=dict)  # ordered set of unsent ids
+    sent_at: dict[int, datetime] = field(default_factory=dict)
+    positions: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    clock: datetime | None = None
+    last_id: int = 0  # parked inputs and outbox messages draw ids from one counter
+    generation: int = 0  # bumped by every commit
+
+
+class _Overlay(Generic[K, V]):
+    """Uncommitted changes over a committed dict; iteration keeps the dict's key order."""
+
+    __slots__ = ("base", "changes", "deleted")
+
+    def __init__(self, base: dict[K, V]) -> None:
+        self.base = base
+        self.changes: dict[K, V] = {}
+        self.deleted: set[K] = set()
+
+    def get(self, key: K) -> V | None:
+        if key in self.changes:
+            return self.changes[key]
+        if key in self.deleted:
+            return None
+        return self.base.get(key)
+
+    def __contains__(self, key: K) -> bool:
+        return key in self.changes or (key not in self.deleted and key in self.base)
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self.changes[key] = value
+        self.deleted.discard(key)
+
+    def discard(self, key: K) -> None:
+        self.changes.pop(key, None)
+        if key in self.base:
+            self.deleted.add(key)
+
+    def __len__(self) -> int:
+        new = sum(1 for k in self.changes if k not in self.base)
+        return len(self.base) - len(self.deleted) + new
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        for key, value in self.base.items():
+            if key in self.deleted:
+                continue
+            yield key, self.changes.get(key, value)
+        for key, value in self.changes.items():
+            if key not in self.base:
+                yield key, value
+
+    def merge(self) -> None:
+        for key in self.deleted:
+            self.base.pop(key, None)
+        self.base.update(self.changes)
+
+
+class InMemoryRepository:
+    """`engine.ports.Repository` staging its writes until `_merge()`."""
+
+    def __init__(self, store: InMemoryStore) -> None:
+        self.store = store
+        self.generation = store.generation
+        self.conflicted = False  # set when a ConcurrencyError was raised in this unit of work
+        self._dossiers = _Overlay(store.dossiers)
+        self._ledger = _Overlay(store.ledger)
+        self._history = _Overlay(store.history)
+        self._parked = _Overlay(store.parked)
+        self._outbox = _Overlay(store.outbox)
+        self._outbox_ids = _Overlay(store.outbox_ids)
+        self._unsent = _Overlay(store.unsent)
+        self._sent_at = _Overlay(store.sent_at)
+        self._positions = _Overlay(store.positions)
+        self._clock = store.clock
+        self._last_id = store.last_id
+
+    def _conflict(self, message: str) -> ConcurrencyError:
+        self.conflicted = True
+        return ConcurrencyError(message)
+
+    # --- dossiers ----------------------------------------------------------------------------
+    def load_dossiers(self, codes: Iterable[str]) -> dict[str, StoredDossier]:
+        found: dict[str, StoredDossier] = {}
+        for code in codes:
+            stored = self._dossiers.get(code)
+            if stored is not None:
+                found[code] = stored
+        return found
+
+    def save_dossiers(self, dossiers: Sequence[StoredDossier]) -> None:
+        # Checked before anything is staged, although (as with SQL) a unit of work that saw a
+        # ConcurrencyError may not be committed anyway.
+        seen: set[str] = set()
+        for d in dossiers:
+            code = d.dossier.code
+            current = self._dossiers.get(code)
+            current_revision = 0 if current is None else current.revision
+            if code in seen or current_revision != d.revision:
+                raise self._conflict(f"dossier {code} changed since it was loaded")
+            seen.add(code)
+            _aware(d.next_notice_at)
+        for d in dossiers:
+            self._dossiers[d.dossier.code] = replace(d, revision=d.revision + 1)
+
+    def notices_due(self, now: datetime, limit: int) -> list[StoredDossier]:
+        _aware(now)
+        due = [
+            d
+            for _, d in self._dossiers.items()
+            if d.next_notice_at is not None and d.next_notice_at <= now
+        ]
+        due.sort(key=lambda d: (d.next_notice_at, d.dossier.code))
+        return due[:limit]
+
+    # --- input ledger ------------------------------------------------------------------------
+    def applied_hashes(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        found: dict[tuple[str, str], str] = {}
+        for key in keys:
+            entry = self._ledger.get(key)
+            if entry is not None:
+                found[key] = entry.content_hash
+        return found
+
+    def record_applied(self, entries: Sequence[LedgerEntry]) -> None:
+        """Raises ConcurrencyError if an entry's (source, event_id) is already recorded."""
+        keys = [(e.source, e.event_id) for e in entries]
+        if len(set(keys)) != len(keys) or any(k in self._ledger for k in keys):
+            raise self._conflict("an input was recorded as applied by someone else")
+        for key, entry in zip(keys, entries, strict=True):
+            self._ledger[key] = entry
+
+    # --- history -----------------------------------------------------------------------------
+    def append_history(self, rows: Sequence[HistoryRow]) -> None:
+        """Raises ConcurrencyError if a (dossier_code, seq) is already taken."""
+        staged: dict[str, list[HistoryRow]] = {}
+        for row in rows:
+            _aware(row.event_time)
+            if row.dossier_code not in staged:
+                staged[row.dossier_code] = list(self._history.get(row.dossier_code) or ())
+            staged[row.dossier_code].append(row)
+        for code, code_rows in staged.items():
+            seqs = [r.seq for r in code_rows]
+            if len(set(seqs)) != len(seqs):
+                raise self._conflict(f"history of {code} was appended to by someone else")
+        for code, code_rows in staged.items():
+            code_rows.sort(key=lambda r: r.seq)
+            self._history[code] = tuple(code_rows)
+
+    def history(self, dossier_code: str) -> list[HistoryRow]:
+        return list(self._history.get(dossier_code) or ())
+
+    # --- parked inputs -----------------------------------------------------------------------
+    def park(self, inputs: Sequence[ParkedInput]) -> None:
+        for p in inputs:
+            _aware(p.parked_at)
+            _aware(p.expires_at)
+            self._last_id += 1
+            # Headers come back as a tuple of pairs, as from the SQL store.
+            headers = tuple((name, bytes(value)) for name, value in p.headers)
+            self._parked[self._last_id] = replace(p, id=self._last_id, headers=headers)
+
+    def parked_for(self, dossier_codes: Iterable[str]) -> list[ParkedInput]:
+        codes = set(dossier_codes)
+        return [p for _, p in self._parked.items() if p.dossier_code in codes]
+
+    def parked_expired(self, now: datetime, limit: int) -> list[ParkedInput]:
+        _aware(now)
+        expired = [p for _, p in self._parked.items() if p.expires_at <= now]
+        expired.sort(key=lambda p: (p.expires_at, p.id or 0))
+        return expired[:limit]
+
+    def unpark(self, ids: Iterable[int]) -> None:
+        for parked_id in ids:
+            self._parked.discard(parked_id)
+
+    def parked_count(self) -> int:
+        return len(self._parked)
+
+    # --- outbox ------------------------------------------------------------------------------
+    def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+        for m in messages:
+            _aware(m.created_at)
+            if m.message_id in self._outbox_ids:
+                continue
+            self._last_id += 1
+            self._outbox[self._last_id] = replace(m, id=self._last_id)
+            self._outbox_ids[m.message_id] = self._last_id
+            self._unsent[self._last_id] = None
+
+    def unsent_outbox(self, limit: int) -> list[OutboxMessage]:
+        found: list[OutboxMessage] = []
+        if limit <= 0:
+            return found
+        for outbox_id, _ in self._unsent.items():
+            message = self._outbox.get(outbox_id)
+            if message is not None:
+                found.append(message)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def mark_sent(self, ids: Sequence[int], sent_at: datetime) -> None:
+        _aware(sent_at)
+        for message_id in ids:
+            if message_id in self._unsent:
+                self._unsent.discard(message_id)
+                self._sent_at[message_id] = sent_at
+
+    def outbox_backlog(self) -> int:
+        return len(self._unsent)
+
+    # --- consumer positions ------------------------------------------------------------------
+    def save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
+        for (topic, partition), offset in positions.items():
+            self._positions[(group, topic, partition)] = offset
+
+    def load_positions(self, group: str) -> dict[tuple[str, int], int]:
+        return {
+            (topic, partition): offset
+            for (g, topic, partition), offset in self._positions.items()
+            if g == group
+        }
+
+    # --- business clock ----------------------------------------------------------------------
+    def get_clock(self) -> datetime | None:
+        return self._clock
+
+    def set_clock(self, now: datetime) -> None:
+        _aware(now)
+        self._clock = now
+
+    # -----------------------------------------------------------------------------------------
+    def _overlays(self) -> tuple[_Overlay[Any, Any], ...]:
+        return (
+            self._dossiers,
+            self._ledger,
+            self._history,
+            self._parked,
+            self._outbox,
+            self._outbox_ids,
+            self._unsent,
+            self._sent_at,
+            self._positions,
+        )
+
+    def _dirty(self) -> bool:
+        return (
+            self._clock != self.store.clock
+            or self._last_id != self.store.last_id
+            or any(o.changes or o.deleted for o in self._overlays())
+        )
+
+    def _merge(self) -> None:
+        store = self.store
+        for overlay in self._overlays():
+            overlay.merge()
+        store.clock = self._clock
+        store.last_id = self._last_id
+        store.generation += 1
+
+
+class InMemoryUnitOfWork:
+    """`with uow:` stages; `commit()` publishes the staged changes to the store; leaving the
+    block without committing discards them. Reusable: each `with` starts afresh."""
+
+    repo: Repository
+
+    def __init__(self, store: InMemoryStore | None = None) -> None:
+        self.store = InMemoryStore() if store is None else store
+        self._repo: InMemoryRepository | None = None
+
+    def __enter__(self) -> Self:
+        if self._repo is not None:
+            raise RuntimeError("unit of work already entered")
+        self._begin()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._repo = None  # whatever is staged is dropped
+
+    def commit(self) -> None:
+        repo = self._active()
+        if repo.conflicted:
+            raise ConcurrencyError("a conflict was raised in this unit of work: roll back")
+        if repo._dirty():
+            if self.store.generation != repo.generation:
+                raise ConcurrencyError("the store changed since this unit of work began")
+            repo._merge()
+        self._begin()
+
+    def rollback(self) -> None:
+        self._active()
+        self._begin()
+
+    def _begin(self) -> None:
+        self.repo = self._repo = InMemoryRepository(self.store)
+
+    def _active(self) -> InMemoryRepository:
+        if self._repo is None:
+            raise RuntimeError("unit of work used outside its `with` block")
+        return self._repo
+
+
+def _aware(value: datetime | None) -> None:
+    """Refuse naive datetimes, as the SQL store does: deadlines need an instant."""
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise ValueError(f"naive datetime {value!r}: storage needs timezone-aware datetimes")

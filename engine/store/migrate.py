@@ -1,0 +1,67 @@
+"""Schema migrations of the SQL store, driven from code: no alembic.ini at runtime.
+
+The Alembic scripts live in the `engine.store.migrations` package, so they ship with the
+installed project; developers generate a new revision with
+`alembic -x ... revision` pointed at that directory, or by calling `alembic.command.revision`
+with `alembic_config()`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL
+
+from engine.store.sql import create_db_engine
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
+    """An Alembic Config for the store's scripts, bound to `connection` (preferred) or `url`."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        # ConfigParser interpolation would read '%' in a URL-encoded option as a reference.
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(target: str | URL | Engine, revision: str = "head") -> None:
+    """Migrate the database at `target` (URL or Engine) to `revision`, in one transaction."""
+    engine = create_db_engine(target) if isinstance(target, str | URL) else target
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), revision)
+    finally:
+        if engine is not target:
+            engine.dispose()
+
+
+def downgrade(target: str | URL | Engine, revision: str) -> None:
+    """Migrate the database at `target` back to `revision` ("base": drop everything)."""
+    engine = create_db_engine(target) if isinstance(target, str | URL) else target
+    try:
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), revision)
+    finally:
+        if engine is not target:
+            engine.dispose()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at; None for a database never migrated."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The newest revision the shipped scripts know."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
