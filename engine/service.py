@@ -129,11 +129,12 @@ class _Batch:
                 continue
             decoded.append((raw, event))
         events = [e for _, e in decoded if e is not None]
+        # The clock moves first, so inputs parked in this batch count their wait from now.
+        self._advance_clock(events)
         self._prefetch(events)
         for raw, event in decoded:
             if event is not None:
                 self._handle(raw, event)
-        self._advance_clock(events)
         self._expire_parked()
         self._deadline_notices()
         self._flush(inputs)

@@ -1,0 +1,247 @@
+"""The service layer over the in-memory unit of work: one batch, one transaction, every input
+accounted for exactly once."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.calendar import WorkingCalendar
+from engine.engine import Engine
+from engine.ports import Position
+from engine.procedures import load_catalogue
+from engine.service import BatchProcessor, RawInput, ServiceConfig
+from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
+from schemas.codec import InboundDecoder
+from tests.fixtures import events as ev
+
+ENGINE = Engine(load_catalogue(), WorkingCalendar.load())
+GROUP = "test-group"
+CODE = "000.00.19.H56-250303-0001"
+
+
+DECODER = InboundDecoder()
+
+
+def processor(ttl: timedelta = timedelta(days=7)) -> BatchProcessor:
+    return BatchProcessor(ENGINE, DECODER, ServiceConfig("urn:test:engine", GROUP, ttl))
+
+
+class Feed:
+    """Hands out inputs with increasing offsets per topic, as a partition would."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[str, int] = {}
+
+    def __call__(self, topic: str, event: Any, key: bytes | None = None) -> RawInput:
+        offset = self.offsets.get(topic, 0)
+        self.offsets[topic] = offset + 1
+        value = event if isinstance(event, bytes) else ev.to_bytes(event)
+        if key is None and isinstance(event, dict):
+            key = str(event["subject"]).encode()
+        return RawInput(topic, Position(topic, 0, offset), key, value)
+
+
+def lifecycle(code: str = CODE) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (
+            "dossier.submission",
+            ev.submitted(procedure="1.004222", dossier=code, time="2025-03-03T08:00:00+07:00"),
+        ),
+        ("dossier.commune", ev.received(dossier=code, time="2025-03-03T09:00:00+07:00")),
+        ("dossier.commune", ev.processing_started(dossier=code, time="2025-03-03T10:00:00+07:00")),
+        (
+            "dossier.commune",
+            ev.payment_requested(
+                dossier=code, fees=[("LP-CT", 20000)], time="2025-03-04T09:00:00+07:00"
+            ),
+        ),
+        (
+            "dossier.submission",
+            ev.payment_completed(dossier=code, amount=10000, time="2025-03-04T10:00:00+07:00"),
+        ),
+        ("dossier.commune", ev.resolved(dossier=code, time="2025-03-05T09:00:00+07:00")),
+        ("dossier.commune", ev.result_returned(dossier=code, time="2025-03-05T10:00:00+07:00")),
+    ]
+
+
+def status_codes(store: InMemoryStore) -> list[int]:
+    uow = InMemoryUnitOfWork(store)
+    with uow:
+        messages = uow.repo.unsent_outbox(10_000)
+    return [
+        json.loads(m.value)["data"]["status_code"] for m in messages if m.topic == "dossier.status"
+    ]
+
+
+def test_a_batch_applies_records_history_ledger_outbox_and_positions() -> None:
+    store, feed = InMemoryStore(), Feed()
+    result = processor().process(InMemoryUnitOfWork(store), [feed(t, e) for t, e in lifecycle()])
+    assert result.count("applied") == 7
+    assert status_codes(store) == [1, 2, 4, 6, 4, 9, 10]
+    uow = InMemoryUnitOfWork(store)
+    with uow:
+        assert [row.seq for row in uow.repo.history(CODE)] == list(range(1, 8))
+        assert uow.repo.load_positions(GROUP) == {
+            ("dossier.submission", 0): 2,
+            ("dossier.commune", 0): 5,
+        }
+        stored = uow.repo.load_dossiers([CODE])[CODE]
+    assert stored.dossier.status_code == 10
+    assert result.discount_vnd["single-level"] == 10000
+
+
+def test_a_failing_batch_commits_nothing() -> None:
+    store, feed = InMemoryStore(), Feed()
+    inputs = [feed(t, e) for t, e in lifecycle()]
+
+    class Boom(Exception):
+        pass
+
+    class FailsOnFourthInput:
+        def __init__(self, inner: Engine) -> None:
+            self.inner, self.calls = inner, 0
+
+        def apply(self, *args: Any) -> Any:
+            self.calls += 1
+            if self.calls == 4:
+                raise Boom
+            return self.inner.apply(*args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    broken = processor()
+    broken.engine = FailsOnFourthInput(ENGINE)  # type: ignore[assignment]
+    with pytest.raises(Boom):
+        broken.process(InMemoryUnitOfWork(store), inputs)
+    assert status_codes(store) == []
+    uow = InMemoryUnitOfWork(store)
+    with uow:
+        assert uow.repo.load_positions(GROUP) == {}
+        assert uow.repo.load_dossiers([CODE]) == {}
+
+
+def test_redelivered_positions_are_skipped_and_resent_events_are_duplicates() -> None:
+    store, feed = InMemoryStore(), Feed()
+    inputs = [feed(t, e) for t, e in lifecycle()]
+    processor().process(InMemoryUnitOfWork(store), inputs[:4])
+    # The broker re-delivers the whole range after a crash: the first four are skipped.
+    again = processor().process(InMemoryUnitOfWork(store), inputs)
+    assert again.redelivered == 4 and again.count("applied") == 3
+    # A producer re-sends an event at a new offset: same source, id and content.
+    resent = feed(*lifecycle()[1])
+    dup = processor().process(InMemoryUnitOfWork(store), [resent])
+    assert dup.count("duplicate") == 1
+    assert status_codes(store) == [1, 2, 4, 6, 4, 9, 10]
+
+
+def test_same_id_with_other_content_is_a_conflict_dead_letter() -> None:
+    store, feed = InMemoryStore(), Feed()
+    topic, submitted = lifecycle()[0]
+    processor().process(InMemoryUnitOfWork(store), [feed(topic, submitted)])
+    altered = dict(submitted, data={**submitted["data"], "channel": 1})
+    raw = feed(topic, altered)
+    result = processor().process(InMemoryUnitOfWork(store), [raw])
+    assert result.dead_letters == {"conflict": 1}
+    uow = InMemoryUnitOfWork(store)
+    with uow:
+        [letter] = [m for m in uow.repo.unsent_outbox(100) if m.topic == "dossier.dlq"]
+    body = json.loads(letter.value)
+    assert body["data"]["reason"] == "conflict"
+    assert base64.b64decode(body["data"]["original"]["value_base64"]) == raw.value
+    assert letter.message_id == f"dlq:{topic}:0:1"
+
+
+def test_parked_inputs_wait_for_their_dossier_across_batches() -> None:
+    store, feed = InMemoryStore(), Feed()
+    steps = [feed(t, e) for t, e in lifecycle()]
+    early = processor().process(InMemoryUnitOfWork(store), [steps[2], steps[1]])
+    assert early.count("parked") == 2
+    later = processor().process(InMemoryUnitOfWork(store), [steps[0]])
+    assert later.count("applied") == 1 and later.unparked == 2
+    assert status_codes(store) == [1, 2, 4]
+    uow = InMemoryUnitOfWork(store)
+    with uow:
+        assert uow.repo.parked_count() == 0
+
+
+def test_parked_inputs_expire_into_the_dead_letter_topic() -> None:
+    store, feed = InMemoryStore(), Feed()
+    orphan = feed(
+        "dossier.commune",
+        ev.received(dossier="000.00.19.H56-250303-0009", time="2025-03-03T09:00:00+07:00"),
+    )
+    processor(timedelta(hours=1)).process(InMemoryUnitOfWork(store), [orphan])
+    # Business time moves on with other dossiers' events: the orphan's wait runs out.
+    clock_mover = feed(
+        "dossier.submission",
+        ev.submitted(procedure="1.001193", dossier=CODE, time="2025-03-03T12:00:00+07:00"),
+    )
+    result = processor(timedelta(hours=1)).process(InMemoryUnitOfWork(store), [clock_mover])
+    assert result.dead_letters == {"parked-expired": 1}
+    uow = InMemoryUnitOfWork(store)
+    with uow:
+        assert uow.repo.parked_count() == 0
+
+
+def test_deadline_notices_follow_the_business_clock() -> None:
+    store, feed = InMemoryStore(), Feed()
+    steps = [feed(t, e) for t, e in lifecycle()[:3]]
+    processor().process(InMemoryUnitOfWork(store), steps)  # due 2025-03-12 09:00
+    other = feed(
+        "dossier.submission",
+        ev.submitted(
+            procedure="1.001193",
+            dossier="000.00.19.H56-250313-0001",
+            time="2025-03-13T09:00:00+07:00",
+        ),
+    )
+    result = processor().process(InMemoryUnitOfWork(store), [other])
+    assert result.notices == {"overdue": 1}
+    again = feed(
+        "dossier.submission",
+        ev.submitted(
+            procedure="1.001193",
+            dossier="000.00.19.H56-250314-0001",
+            time="2025-03-14T09:00:00+07:00",
+        ),
+    )
+    assert processor().process(InMemoryUnitOfWork(store), [again]).notices == {}
+
+
+@st.composite
+def delivery_plans(draw: st.DrawFn) -> tuple[list[int], list[int]]:
+    """An arrival order of the lifecycle's steps, and which of them are delivered twice."""
+    order = draw(st.permutations(list(range(7))))
+    twice = draw(st.lists(st.sampled_from(order), max_size=4))
+    cut = draw(st.integers(0, len(order)))
+    return list(order)[:cut] + twice + list(order)[cut:], twice
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(delivery_plans(), st.integers(1, 5))
+def test_any_input_delivered_twice_equals_once(
+    plan: tuple[list[int], list[int]], batch: int
+) -> None:
+    order, _ = plan
+    steps = lifecycle()
+
+    def run(sequence: list[int]) -> tuple[list[int], int]:
+        store, feed = InMemoryStore(), Feed()
+        inputs = [feed(*steps[i]) for i in sequence]
+        for start in range(0, len(inputs), batch):
+            processor().process(InMemoryUnitOfWork(store), inputs[start : start + batch])
+        uow = InMemoryUnitOfWork(store)
+        with uow:
+            history = len(uow.repo.history(CODE))
+        return status_codes(store), history
+
+    once = run(sorted(set(order), key=order.index))
+    assert run(order) == once
