@@ -28,6 +28,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    ColumnElement,
     Connection,
     CursorResult,
     DateTime,
@@ -46,6 +47,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     and_,
+    any_,
     bindparam,
     cast,
     column,
@@ -55,6 +57,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     type_coerce,
     update,
 )
@@ -150,6 +153,20 @@ dossiers = Table(
     Column("next_notice_at", UtcDateTime, nullable=True, index=True),
     Column("revision", Integer, nullable=False),
     Column("snapshot", _SNAPSHOT_JSON, nullable=False),
+    # Working seconds waiting for the applicant: processing time (indicator 2.2) excludes it.
+    Column("paused_seconds", Integer, nullable=False, server_default=text("0")),
+)
+# Monitoring (engine/indicators.py, dossier/metrics.py): the indicators of a period read
+# dossiers by reception and finish time; the open-dossier gauges read only the partial index.
+Index("ix_dossiers_received_at", dossiers.c.received_at)
+Index("ix_dossiers_finished_at", dossiers.c.finished_at)
+Index(
+    "ix_dossiers_open",
+    dossiers.c.status_code,
+    dossiers.c.level,
+    dossiers.c.due_at,
+    postgresql_where=~dossiers.c.final,
+    sqlite_where=~dossiers.c.final,
 )
 
 history = Table(
@@ -482,9 +499,9 @@ class SqlRepository:
         found: dict[str, StoredDossier] = {}
         for chunk in _chunks(sorted(set(codes))):
             query = select(c.code, c.revision, c.next_notice_at, c.snapshot).where(
-                c.code.in_(chunk)
+                self._in(c.code, chunk)
             )
-            for code, revision, next_notice_at, snapshot in self.connection.execute(query):
+            for code, revision, next_notice_at, snapshot in self.connection.execute(query).all():
                 found[code] = StoredDossier(Dossier.from_json(snapshot), revision, next_notice_at)
         return found
 
@@ -529,7 +546,7 @@ class SqlRepository:
         )
         return [
             StoredDossier(Dossier.from_json(snapshot), revision, next_notice_at)
-            for revision, next_notice_at, snapshot in self.connection.execute(query)
+            for revision, next_notice_at, snapshot in self.connection.execute(query).all()
         ]
 
     # --- input ledger ------------------------------------------------------------------------
@@ -545,7 +562,7 @@ class SqlRepository:
                 params = {"k_sources": [s for s, _ in chunk], "k_ids": [i for _, i in chunk]}
                 for source, event_id, content_hash in self.connection.execute(
                     _pg_applied_hashes, params
-                ):
+                ).all():
                     found[(source, event_id)] = content_hash
             return found
         by_source: dict[str, list[str]] = {}
@@ -557,7 +574,7 @@ class SqlRepository:
                 query = select(c.event_id, c.content_hash).where(
                     c.source == source, c.event_id.in_(id_chunk)
                 )
-                for event_id, content_hash in self.connection.execute(query):
+                for event_id, content_hash in self.connection.execute(query).all():
                     found[(source, event_id)] = content_hash
         return found
 
@@ -644,7 +661,7 @@ class SqlRepository:
                 status_code=r.status_code,
                 workflow_version=r.workflow_version,
             )
-            for r in self.connection.execute(query)
+            for r in self.connection.execute(query).all()
         ]
 
     # --- parked inputs -----------------------------------------------------------------------
@@ -674,8 +691,8 @@ class SqlRepository:
         c = parked_inputs.c
         found: list[ParkedInput] = []
         for chunk in _chunks(sorted(set(dossier_codes))):
-            query = select(parked_inputs).where(c.dossier_code.in_(chunk))
-            found.extend(_parked(r) for r in self.connection.execute(query))
+            query = select(parked_inputs).where(self._in(c.dossier_code, chunk))
+            found.extend(_parked(r) for r in self.connection.execute(query).all())
         found.sort(key=lambda p: p.id or 0)
         return found
 
@@ -688,11 +705,11 @@ class SqlRepository:
             .order_by(c.expires_at, c.id)
             .limit(limit)
         )
-        return [_parked(r) for r in self.connection.execute(query)]
+        return [_parked(r) for r in self.connection.execute(query).all()]
 
     def unpark(self, ids: Iterable[int]) -> None:
         for chunk in _chunks(sorted(set(ids))):
-            self._execute(delete(parked_inputs).where(parked_inputs.c.id.in_(chunk)))
+            self._execute(delete(parked_inputs).where(self._in(parked_inputs.c.id, chunk)))
 
     def parked_count(self) -> int:
         count = self.connection.scalar(select(func.count()).select_from(parked_inputs))
@@ -745,14 +762,16 @@ class SqlRepository:
                 created_at=r.created_at,
                 id=r.id,
             )
-            for r in self.connection.execute(query)
+            for r in self.connection.execute(query).all()
         ]
 
     def mark_sent(self, ids: Sequence[int], sent_at: datetime) -> None:
         c = outbox.c
         for chunk in _chunks(sorted(set(ids))):
             self._execute(
-                update(outbox).where(c.id.in_(chunk), c.sent_at.is_(None)).values(sent_at=sent_at)
+                update(outbox)
+                .where(self._in(c.id, chunk), c.sent_at.is_(None))
+                .values(sent_at=sent_at)
             )
 
     def outbox_backlog(self) -> int:
@@ -774,7 +793,7 @@ class SqlRepository:
         query = select(c.topic, c.partition, c.next_offset).where(c.group_id == group)
         return {
             (topic, partition): offset
-            for topic, partition, offset in self.connection.execute(query)
+            for topic, partition, offset in self.connection.execute(query).all()
         }
 
     # --- business clock ----------------------------------------------------------------------
@@ -806,6 +825,14 @@ class SqlRepository:
     @property
     def _postgresql(self) -> bool:
         return self.connection.dialect.name == "postgresql"
+
+    def _in(self, col: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+        """`col IN values`; on PostgreSQL `col = ANY(:array)`: one parameter and a short,
+        constant query text, which psycopg would otherwise re-parse for every call."""
+        if self._postgresql:
+            array = postgresql.ARRAY(_pg_element(col.type), dimensions=1)
+            return col == any_(bindparam(None, list(values), type_=array))
+        return col.in_(values)
 
     def _insert_rows(
         self, table: Table, rows: list[dict[str, Any]], *, skip_duplicates: bool = False
@@ -870,6 +897,7 @@ def _dossier_columns(stored: StoredDossier) -> dict[str, Any]:
         "final": d.final,
         "last_event_at": d.last_event_at,
         "next_notice_at": stored.next_notice_at,
+        "paused_seconds": d.paused_seconds,
         "snapshot": d.to_json(),
     }
 
