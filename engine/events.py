@@ -7,11 +7,12 @@ engine never touches Kafka or JSON encoding of the envelope.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 # Contract topic names (without the deployment prefix).
 SUBMISSION_TOPIC = "dossier.submission"
@@ -35,9 +36,15 @@ TYPE_PREFIX = "vn.gov.dossier."
 CURRENT_SCHEMA_VERSION = 1
 
 
-def canonical_json(value: Any) -> str:
-    """One spelling per value, so equal content always hashes equal."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+def canonical_json(value: Any) -> bytes:
+    """One spelling per value (sorted keys, compact UTF-8), so equal content hashes equal."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=_fallback)
+
+
+def _fallback(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    return str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +88,7 @@ class InboundEvent:
                 "data": self.data,
             }
         )
-        return hashlib.sha256(body.encode("utf-8")).hexdigest()
+        return hashlib.sha256(body).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,15 +95,17 @@ class CompiledWorkflow:
         lives in the dossier's next immutable snapshot, not in a model attribute, and that
         machinery was half the cost of apply() (bench/engine_apply.py).
         """
+        cursor = self._cursor
+        # Reset before any early return: a stale guard failure would turn a later input that
+        # merely has no transition from this state into a wrong dead letter.
+        cursor.fired, cursor.guard_failure = None, None
         machine_event = self.machine.events.get(event.short_type)
         if machine_event is None:
             return None
         candidates = machine_event.transitions.get(dossier.state)
         if not candidates:
             return None
-        cursor = self._cursor
         cursor.state, cursor.dossier, cursor.event = dossier.state, dossier, event
-        cursor.fired, cursor.guard_failure = None, None
         event_data = EventData(
             self.machine.get_state(dossier.state), machine_event, self.machine, cursor, (), {}
         )

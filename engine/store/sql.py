@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -165,6 +166,9 @@ Index(
     dossiers.c.status_code,
     dossiers.c.level,
     dossiers.c.due_at,
+    # `final` again as a column: SQLite counts a partial index as covering only if every column
+    # the query names is in it, its WHERE clause included.
+    dossiers.c.final,
     postgresql_where=~dossiers.c.final,
     sqlite_where=~dossiers.c.final,
 )
@@ -268,6 +272,10 @@ engine_clock = Table(
 # ---------------------------------------------------------------------------------------------
 
 
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode("utf-8")
+
+
 def create_db_engine(url: str | URL, **kwargs: Any) -> Engine:
     """An Engine tuned for the engine's workload; `kwargs` go to `sqlalchemy.create_engine`.
 
@@ -276,6 +284,10 @@ def create_db_engine(url: str | URL, **kwargs: Any) -> Engine:
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
+    # Snapshots and envelopes are JSON columns written and read for every input: orjson does
+    # that several times faster than the standard library.
+    kwargs.setdefault("json_serializer", _json_dumps)
+    kwargs.setdefault("json_deserializer", orjson.loads)
     if backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
         engine = create_engine(parsed, pool_pre_ping=True, **kwargs)

@@ -477,3 +477,25 @@ def test_snapshot_round_trips_through_json(engine: Engine) -> None:
     story.ok(submitted("2024-05-06T08:00:00+07:00", "1.004222"))
     d = story.ok(event("received", "2024-05-06T10:00:00+07:00", "commune", agency=COMMUNE))
     assert Dossier.from_json(d.to_json()) == d
+
+
+def test_a_failed_guard_does_not_leak_into_the_next_decision(engine: Engine) -> None:
+    story = Story(engine)
+    story.ok(submitted("2025-03-03T08:00:00+07:00", "1.001193"))
+    story.ok(event("received", "2025-03-03T09:00:00+07:00", "commune", agency=COMMUNE))
+    refused = story.apply(
+        event(
+            "rescheduled",
+            "2025-03-03T10:00:00+07:00",
+            "commune",
+            agency=COMMUNE,
+            reason="x",
+            new_due="2025-03-03T12:00:00+07:00",
+        )
+    )
+    assert isinstance(refused, Rejected) and "guard" in refused.detail
+    # No transition at all from `received` for this input: it waits, it is not rejected.
+    later = story.apply(
+        event("result-returned", "2025-03-03T11:00:00+07:00", "commune", agency=COMMUNE)
+    )
+    assert isinstance(later, NotYetApplicable)
