@@ -40,6 +40,9 @@ from engine.store.sql import SqlUnitOfWork, create_db_engine  # noqa: E402
 from schemas.codec import InboundDecoder  # noqa: E402
 
 
+REFERENCE_PROCEDURES = ("1.001193", "1.004222", "DD.GCN.LD")
+
+
 def workload(dossiers: int) -> list[SimulatedMessage]:
     catalogue, calendar = load_catalogue(), WorkingCalendar.load()
     return Workload(
@@ -49,6 +52,7 @@ def workload(dossiers: int) -> list[SimulatedMessage]:
         start=datetime.fromisoformat("2025-03-03T00:00:00+07:00"),
         end=datetime.fromisoformat("2025-05-30T00:00:00+07:00"),
         dossiers=dossiers,
+        procedures=REFERENCE_PROCEDURES,
     ).messages()
 
 

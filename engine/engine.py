@@ -27,7 +27,7 @@ from engine.events import (
     InboundEvent,
     OutboundEvent,
 )
-from engine.machine import CompiledWorkflow, GuardCheck, compile_all
+from engine.machine import CompiledWorkflow, GuardCheck
 from engine.procedures import (
     FINISHED_STATUS_CODES,
     STATUS_LABELS,
@@ -69,10 +69,19 @@ class Engine:
     def __init__(self, catalogue: Catalogue, calendar: WorkingCalendar) -> None:
         self.catalogue = catalogue
         self.calendar = calendar
-        self._machines = compile_all(list(catalogue.all_versions()), GUARDS)
+        # Compiled on first use: a province's catalogue has 1,000+ versions, most of which a
+        # given engine process may never see, and start-up should not pay for them all.
+        self._machines: dict[tuple[str, int], CompiledWorkflow] = {}
 
     def workflow(self, code: str, version: int) -> CompiledWorkflow:
-        return self._machines[(code, version)]
+        key = (code, version)
+        compiled = self._machines.get(key)
+        if compiled is None:
+            definition = self.catalogue.get(code, version)
+            if definition is None:
+                raise KeyError(f"no procedure {code} version {version} in the catalogue")
+            compiled = self._machines[key] = CompiledWorkflow(definition, GUARDS)
+        return compiled
 
     # -----------------------------------------------------------------------------------------
     def apply(self, dossier: Dossier | None, event: InboundEvent) -> Decision:
@@ -83,7 +92,7 @@ class Engine:
         if dossier is None:
             # The submission travels on another topic and may simply not have arrived yet.
             return NotYetApplicable(f"dossier {event.subject} is not known yet")
-        compiled = self._machines[(dossier.procedure, dossier.workflow_version)]
+        compiled = self.workflow(dossier.procedure, dossier.workflow_version)
         fired = compiled.fire(dossier, event)
         if fired is None:
             return self._diagnose(compiled, dossier, event)

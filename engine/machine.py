@@ -10,7 +10,7 @@ the single place where "which transition fires" is decided.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,9 +208,3 @@ def _matches(definition: TransitionDef, event: InboundEvent, dossier: Dossier) -
         return False
     # Level topics speak for an agency: only the agency holding the dossier may act on it.
     return event.origin_level is None or event.data.get("agency") == dossier.agency
-
-
-def compile_all(
-    versions: Sequence[ProcedureVersion], guards: Mapping[str, GuardCheck]
-) -> dict[tuple[str, int], CompiledWorkflow]:
-    return {(v.code, v.version): CompiledWorkflow(v, guards) for v in versions}

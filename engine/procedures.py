@@ -245,10 +245,14 @@ def load_catalogue(root: Path | None = None) -> Catalogue:
     return Catalogue(versions)
 
 
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read_yaml(path: Path, problems: list[Problem]) -> Any:
     try:
         with path.open(encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
+            # libyaml's C loader, when present, reads a 1,000-procedure catalogue ~10x faster.
+            return yaml.load(handle, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except (OSError, yaml.YAMLError) as exc:
         problems.append(Problem(str(path), "", f"cannot read YAML: {exc}"))
         return None

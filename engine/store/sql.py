@@ -59,6 +59,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    tuple_,
     type_coerce,
     update,
 )
@@ -577,17 +578,15 @@ class SqlRepository:
                 ).all():
                     found[(source, event_id)] = content_hash
             return found
-        by_source: dict[str, list[str]] = {}
-        for source, event_id in unique:
-            by_source.setdefault(source, []).append(event_id)
+        # SQLite: one row-value IN per chunk; a query per source cost one round trip for each
+        # of a province's hundreds of agency sources in every batch.
         c = input_ledger.c
-        for source, ids in by_source.items():
-            for id_chunk in _chunks(ids):
-                query = select(c.event_id, c.content_hash).where(
-                    c.source == source, c.event_id.in_(id_chunk)
-                )
-                for event_id, content_hash in self.connection.execute(query).all():
-                    found[(source, event_id)] = content_hash
+        for chunk in _chunks(unique, 400):
+            query = select(c.source, c.event_id, c.content_hash).where(
+                tuple_(c.source, c.event_id).in_(chunk)
+            )
+            for source, event_id, content_hash in self.connection.execute(query).all():
+                found[(source, event_id)] = content_hash
         return found
 
     def record_applied(self, entries: Sequence[LedgerEntry]) -> None:
