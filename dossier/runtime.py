@@ -35,6 +35,7 @@ class Runtime:
     processor: BatchProcessor
     batch_listeners: list[BatchListener] = field(default_factory=list)
     outbox_wake: threading.Event = field(default_factory=threading.Event)
+    _window: list[float] = field(default_factory=lambda: [time.monotonic(), 0, 0, 0.0])
 
     @classmethod
     def create(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -55,8 +56,11 @@ class Runtime:
         )
         return cls(settings, db, engine, processor)
 
-    def uow(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.db)
+    def uow(self, *, writes: bool = False) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.db, writes=writes)
+
+    def writing_uow(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.db, writes=True)
 
     def contract_topic(self, kafka_topic: str) -> str:
         contract = kafka_topic.removeprefix(self.settings.topic_prefix)
@@ -69,7 +73,7 @@ class Runtime:
         started = time.perf_counter()
         for attempt in range(1, attempts + 1):
             try:
-                result = self.processor.process(self.uow(), inputs)
+                result = self.processor.process(self.writing_uow(), inputs)
                 break
             except ConcurrencyError:
                 if attempt == attempts:
@@ -78,9 +82,30 @@ class Runtime:
                 time.sleep(0.05 * attempt)
         elapsed = time.perf_counter() - started
         self.outbox_wake.set()
+        self._report(len(inputs), elapsed)
         for listener in self.batch_listeners:
             listener(inputs, result, elapsed)
         return result
+
+    def _report(self, inputs: int, elapsed: float, every_s: float = 10.0) -> None:
+        """A throughput line every few seconds, so an operator sees the engine working."""
+        window = self._window
+        window[1] += inputs
+        window[2] += 1 if inputs else 0
+        window[3] += elapsed
+        now = time.monotonic()
+        if now - window[0] >= every_s and window[1]:
+            span = now - window[0]
+            log.info(
+                "applied %d inputs in %d batches in the last %.0f s (%.0f/s; %.0f%% of the time "
+                "in batch processing)",
+                window[1],
+                window[2],
+                span,
+                window[1] / span,
+                100 * window[3] / span,
+            )
+            self._window[:] = [now, 0, 0, 0.0]
 
     def tick(self) -> BatchResult:
         """Deadline notices and parked-input expiry when no input arrives (wall-clock mode)."""

@@ -327,7 +327,12 @@ def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: object) ->
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN")
+    # A writing unit of work begins IMMEDIATE: it takes the write lock up front, waiting (busy
+    # timeout) for another writer such as the outbox relay. A deferred transaction that read
+    # first would instead fail at its first write with SQLITE_BUSY_SNAPSHOT, which no waiting
+    # can fix, and the whole batch would be retried.
+    writes = connection.info.get("dossier_writes", False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
 class SqlUnitOfWork:
@@ -336,8 +341,11 @@ class SqlUnitOfWork:
 
     repo: Repository
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, writes: bool = False) -> None:
+        """`writes=True` for a unit of work that will write (a batch): on SQLite it takes the
+        write lock when it begins, so it waits for another writer instead of failing later."""
         self.engine = engine
+        self.writes = writes
         self._connection: Connection | None = None
         self._repo: SqlRepository | None = None
 
@@ -345,6 +353,7 @@ class SqlUnitOfWork:
         if self._connection is not None:
             raise RuntimeError("unit of work already entered")
         self._connection = self.engine.connect()
+        self._connection.info["dossier_writes"] = self.writes
         self.repo = self._repo = SqlRepository(self._connection)
         return self
 

@@ -1,0 +1,206 @@
+"""Throughput and latency of the real engine process through real Kafka.
+
+    python bench/e2e_kafka.py [--events 30000] [--rate 1000] [--seconds 20] [--no-postgres]
+
+For SQLite and PostgreSQL, each in a fresh database, topic prefix and consumer group:
+  sustained : a backlog of a realistic mix is produced first, then `dossier run` starts;
+              events/s = inputs / time until every position is committed and every output sent;
+  latency   : the engine runs, inputs are offered at a fixed rate; latency of each input is
+              (record timestamp of the status-changed it caused) - (record timestamp of the
+              input), both stamped by producers on this machine; p50/p99 printed;
+  naive     : a kafka-python loop, one event per transaction and an offset commit per message,
+              over the same backlog (a sample of it), in the same run.
+Broker and database run on this same 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kafka import KafkaConsumer  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from deploy import local_kafka  # noqa: E402
+from dossier.settings import Settings  # noqa: E402
+from dossier.simulation import SimulatedMessage, Workload  # noqa: E402
+from dossier.supervision import EngineProcess, wait_caught_up  # noqa: E402
+from engine.calendar import WorkingCalendar  # noqa: E402
+from engine.engine import Engine  # noqa: E402
+from engine.events import ALL_TOPICS, INBOUND_TOPICS  # noqa: E402
+from engine.ports import Position  # noqa: E402
+from engine.procedures import load_catalogue  # noqa: E402
+from engine.service import BatchProcessor, RawInput, ServiceConfig  # noqa: E402
+from engine.store.migrate import upgrade  # noqa: E402
+from engine.store.sql import SqlUnitOfWork, create_db_engine  # noqa: E402
+from producers.workload import create_input_producer, publish, read_topic  # noqa: E402
+from schemas.codec import InboundDecoder  # noqa: E402
+
+REFERENCE_PROCEDURES = ("1.001193", "1.004222", "DD.GCN.LD")
+
+
+def messages(count: int, seed: int) -> list[SimulatedMessage]:
+    catalogue, calendar = load_catalogue(), WorkingCalendar.load()
+    # About 7 inputs per dossier in this mix.
+    workload = Workload(
+        catalogue,
+        calendar,
+        seed=seed,
+        start=datetime.fromisoformat("2025-03-03T00:00:00+07:00"),
+        end=datetime.fromisoformat("2025-05-30T00:00:00+07:00"),
+        dossiers=max(1, count // 7),
+        procedures=REFERENCE_PROCEDURES,
+        duplicate_share=0.01,
+        bad_share=0.005,
+        reorder_share=0.02,
+    )
+    return workload.messages()[:count]
+
+
+def isolated(base: Settings, database_url: str, tmp: Path) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    settings = replace(
+        base,
+        topic_prefix=f"bench{tag}.",
+        consumer_group=f"bench-{tag}",
+        database_url=database_url,
+        metrics_port=0,
+        batch_size=2000,
+        batch_timeout_ms=100,
+        kafka_data_dir=tmp / f"client-{tag}",
+    )
+    local_kafka.ensure_topics(settings, [settings.topic(t) for t in ALL_TOPICS], base.topic_partitions)
+    return settings
+
+
+def postgres_url(base: Settings) -> str:
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    db = create_db_engine(base.postgres_url)
+    with db.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    db.dispose()
+    return f"{base.postgres_url}?options=-csearch_path%3D{schema}"
+
+
+def sustained(settings: Settings, stream: list[SimulatedMessage], tmp: Path) -> float:
+    producer = create_input_producer(settings.kafka_bootstrap_servers)
+    publish(producer, stream, settings.topic)
+    producer.close()
+    started = time.perf_counter()
+    with EngineProcess(settings, tmp / f"{settings.consumer_group}.log") as engine:
+        wait_caught_up(settings, 900, engine, poll_s=0.2)
+        elapsed = time.perf_counter() - started
+    return len(stream) / elapsed
+
+
+def latency(settings: Settings, stream: list[SimulatedMessage], rate: float, tmp: Path) -> list[float]:
+    with EngineProcess(settings, tmp / f"{settings.consumer_group}-latency.log") as engine:
+        time.sleep(6)  # let the worker join its group before the clock starts
+        producer = create_input_producer(settings.kafka_bootstrap_servers)
+        publish(producer, stream, settings.topic, rate=rate)
+        producer.close()
+        wait_caught_up(settings, 600, engine, poll_s=0.2)
+    sent: dict[str, int] = {}
+    for topic in INBOUND_TOPICS:
+        for record in read_topic(settings.kafka_bootstrap_servers, settings.topic(topic), timeout_s=20):
+            try:
+                sent[json.loads(record.value)["id"]] = record.timestamp
+            except (ValueError, KeyError, TypeError):
+                continue
+    delays: list[float] = []
+    for record in read_topic(settings.kafka_bootstrap_servers, settings.topic("dossier.status"), timeout_s=20):
+        cause = json.loads(record.value)["data"]["caused_by"]["id"]
+        if cause in sent:
+            delays.append(record.timestamp - sent.pop(cause))  # one status per input at most
+    return delays
+
+
+def naive(settings: Settings, stream: list[SimulatedMessage]) -> float:
+    """One event per transaction and an offset commit per message, kafka-python only."""
+    producer = create_input_producer(settings.kafka_bootstrap_servers)
+    publish(producer, stream, settings.topic)
+    producer.close()
+    db = create_db_engine(settings.database_url)
+    upgrade(db)
+    processor = BatchProcessor(
+        Engine(load_catalogue(), WorkingCalendar.load()),
+        InboundDecoder(),
+        ServiceConfig(settings.engine_source, settings.consumer_group, timedelta(days=7)),
+    )
+    consumer = KafkaConsumer(
+        *(settings.topic(t) for t in INBOUND_TOPICS),
+        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=1,
+    )
+    done = 0
+    started = time.perf_counter()
+    deadline = started + 300
+    while done < len(stream) and time.perf_counter() < deadline:
+        for records in consumer.poll(timeout_ms=500, max_records=1).values():
+            for r in records:
+                contract = r.topic.removeprefix(settings.topic_prefix)
+                processor.process(
+                    SqlUnitOfWork(db),
+                    [RawInput(contract, Position(r.topic, r.partition, r.offset), r.key, r.value)],
+                )
+                consumer.commit()
+                done += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    db.dispose()
+    return done / elapsed
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=30000)
+    parser.add_argument("--naive-events", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    base = Settings.from_env()
+    backlog = messages(args.events, seed=1)
+    offered = messages(int(args.rate * args.seconds), seed=2)
+    naive_stream = messages(args.naive_events, seed=3)
+    print(f"mix: {len(backlog)} inputs (3 reference procedures, 1% duplicates, 0.5% bad, 2% reordered)")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        databases = [("SQLite", lambda: f"sqlite:///{tmp / uuid.uuid4().hex}.db")]
+        if not args.no_postgres:
+            databases.append(("PostgreSQL", lambda: postgres_url(base)))
+        for name, url in databases:
+            rate = sustained(isolated(base, url(), tmp), backlog, tmp)
+            print(f"{name:<11} sustained  : {rate:>8,.0f} events/s ({len(backlog)} inputs, backlog drained)")
+            delays = latency(isolated(base, url(), tmp), offered, args.rate, tmp)
+            if delays:
+                print(
+                    f"{name:<11} latency    : p50 {percentile(delays, 0.5):,.0f} ms, "
+                    f"p99 {percentile(delays, 0.99):,.0f} ms, mean {statistics.fmean(delays):,.0f} ms "
+                    f"at {args.rate:,.0f} events/s offered ({len(delays)} status events)"
+                )
+            slow = naive(isolated(base, url(), tmp), naive_stream)
+            print(f"{name:<11} naive      : {slow:>8,.0f} events/s (one transaction and offset commit per event)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
