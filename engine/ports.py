@@ -140,6 +140,17 @@ class Repository(Protocol):
 
     def load_positions(self, group: str) -> dict[tuple[str, int], int]: ...
 
+    def add_outcomes(self, group: str, changes: Mapping[tuple[str, str], int]) -> None:
+        """Add to the count of consumed inputs by (contract topic, outcome).
+
+        Committed with the positions, so the counts are exact across crashes: applied +
+        duplicate + parked + dead_lettered = inputs consumed. A parked input that is later
+        applied or dead-lettered moves from one outcome to the other (a -1 and a +1).
+        """
+        ...
+
+    def outcome_counts(self, group: str) -> dict[tuple[str, str], int]: ...
+
     def notices_due(self, now: datetime, limit: int) -> list[StoredDossier]:
         """Dossiers whose next deadline notice is due at or before `now`."""
         ...

@@ -54,7 +54,11 @@ class RawInput:
 
 @dataclass
 class BatchResult:
-    outcomes: Counter[tuple[str, Outcome]] = field(default_factory=Counter)  # (topic, outcome)
+    # (topic, outcome) of each input as it was consumed: monotonic, for metrics counters.
+    outcomes: Counter[tuple[str, Outcome]] = field(default_factory=Counter)
+    # Net change of each input's final outcome: a parked input later applied or dead-lettered
+    # moves out of "parked". Persisted with the positions, so the totals are exact.
+    settled: Counter[tuple[str, str]] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)  # by reason
     transitions: Counter[tuple[str, int]] = field(default_factory=Counter)  # (group, code)
     notices: Counter[str] = field(default_factory=Counter)  # deadline-warning / overdue
@@ -275,11 +279,13 @@ class _Batch:
                 self.result.unparked += 1
                 if isinstance(decision, Applied):
                     self._record_applied(parked.position, event, decision)
+                    self._resettle(parked, "applied")
                     progress = True
                 elif isinstance(decision, Rejected):
                     self._dead_letter_parked(
                         parked, DeadLetterReason(decision.reason), decision.detail
                     )
+                    self._resettle(parked, "dead_lettered")
                 break  # the dossier changed: start again from the oldest parked input
 
     def _park(self, raw: RawInput, event: InboundEvent, detail: str) -> None:
@@ -350,6 +356,12 @@ class _Batch:
 
     def _count(self, raw: RawInput, outcome: Outcome) -> None:
         self.result.outcomes[(raw.contract_topic, outcome)] += 1
+        self.result.settled[(raw.contract_topic, outcome)] += 1
+
+    def _resettle(self, parked: ParkedInput, outcome: Outcome) -> None:
+        topic = _contract_topic(parked)
+        self.result.settled[(topic, "parked")] -= 1
+        self.result.settled[(topic, outcome)] += 1
 
     # -----------------------------------------------------------------------------------------
     def _now(self) -> datetime:
@@ -377,6 +389,7 @@ class _Batch:
                 DeadLetterReason.PARKED_EXPIRED,
                 f"parked since {parked.parked_at}: {parked.detail}",
             )
+            self._resettle(parked, "dead_lettered")
 
     def _deadline_notices(self) -> None:
         if self.clock is None:
@@ -423,6 +436,8 @@ class _Batch:
                 positions[slot] = max(positions.get(slot, 0), p.offset + 1)
         if positions:
             repo.save_positions(self.config.consumer_group, positions)
+        if self.result.settled:
+            repo.add_outcomes(self.config.consumer_group, self.result.settled)
         if self.clock is not None:
             repo.set_clock(self.clock)
 

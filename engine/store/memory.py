@@ -45,6 +45,7 @@ class InMemoryStore:
     unsent: dict[int, None] = field(default_factory=dict)  # ordered set of unsent ids
     sent_at: dict[int, datetime] = field(default_factory=dict)
     positions: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    outcomes: dict[tuple[str, str, str], int] = field(default_factory=dict)
     clock: datetime | None = None
     last_id: int = 0  # parked inputs and outbox messages draw ids from one counter
     generation: int = 0  # bumped by every commit
@@ -114,6 +115,7 @@ class InMemoryRepository:
         self._unsent = _Overlay(store.unsent)
         self._sent_at = _Overlay(store.sent_at)
         self._positions = _Overlay(store.positions)
+        self._outcomes = _Overlay(store.outcomes)
         self._clock = store.clock
         self._last_id = store.last_id
 
@@ -264,6 +266,19 @@ class InMemoryRepository:
             if g == group
         }
 
+    def add_outcomes(self, group: str, changes: Mapping[tuple[str, str], int]) -> None:
+        for (topic, outcome), delta in changes.items():
+            if delta:
+                key = (group, topic, outcome)
+                self._outcomes[key] = (self._outcomes.get(key) or 0) + delta
+
+    def outcome_counts(self, group: str) -> dict[tuple[str, str], int]:
+        return {
+            (topic, outcome): count
+            for (g, topic, outcome), count in self._outcomes.items()
+            if g == group
+        }
+
     # --- business clock ----------------------------------------------------------------------
     def get_clock(self) -> datetime | None:
         return self._clock
@@ -284,6 +299,7 @@ class InMemoryRepository:
             self._unsent,
             self._sent_at,
             self._positions,
+            self._outcomes,
         )
 
     def _dirty(self) -> bool:

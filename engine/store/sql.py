@@ -259,6 +259,16 @@ consumer_positions = Table(
     PrimaryKeyConstraint("group_id", "topic", "partition"),
 )
 
+input_outcomes = Table(
+    "input_outcomes",
+    metadata,
+    Column("group_id", String, nullable=False),
+    Column("topic", String, nullable=False),
+    Column("outcome", String, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    PrimaryKeyConstraint("group_id", "topic", "outcome"),
+)
+
 engine_clock = Table(
     "engine_clock",
     metadata,
@@ -815,6 +825,27 @@ class SqlRepository:
             (topic, partition): offset
             for topic, partition, offset in self.connection.execute(query).all()
         }
+
+    def add_outcomes(self, group: str, changes: Mapping[tuple[str, str], int]) -> None:
+        rows = [
+            {"group_id": group, "topic": topic, "outcome": outcome, "count": delta}
+            for (topic, outcome), delta in sorted(changes.items())
+            if delta
+        ]
+        if not rows:
+            return
+        dialect = self.connection.dialect.name
+        stmt = _UPSERT_INSERTS[dialect](input_outcomes)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(input_outcomes.primary_key.columns),
+            set_={"count": input_outcomes.c["count"] + stmt.excluded["count"]},
+        )
+        self._execute(stmt, rows)
+
+    def outcome_counts(self, group: str) -> dict[tuple[str, str], int]:
+        c = input_outcomes.c
+        query = select(c.topic, c.outcome, c["count"]).where(c.group_id == group)
+        return {(t, o): n for t, o, n in self.connection.execute(query).all()}
 
     # --- business clock ----------------------------------------------------------------------
     def get_clock(self) -> datetime | None:

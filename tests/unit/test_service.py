@@ -245,3 +245,20 @@ def test_any_input_delivered_twice_equals_once(
 
     once = run(sorted(set(order), key=order.index))
     assert run(order) == once
+
+
+def test_outcome_counts_settle_parked_inputs() -> None:
+    store, feed = InMemoryStore(), Feed()
+    steps = [feed(t, e) for t, e in lifecycle()]
+    processor().process(InMemoryUnitOfWork(store), [steps[2], steps[1]])
+    processor().process(InMemoryUnitOfWork(store), [steps[0], feed(*lifecycle()[0])])
+    processor().process(InMemoryUnitOfWork(store), [feed("dossier.commune", b"{broken")])
+    uow = InMemoryUnitOfWork(store)
+    with uow:
+        counts = {k: v for k, v in uow.repo.outcome_counts(GROUP).items() if v}
+    assert counts == {
+        ("dossier.commune", "applied"): 2,
+        ("dossier.submission", "applied"): 1,
+        ("dossier.submission", "duplicate"): 1,
+        ("dossier.commune", "dead_lettered"): 1,
+    }
