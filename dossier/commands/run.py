@@ -77,8 +77,31 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from producers.relay import OutboxRelay, create_producer
 
     runtime = Runtime.create(settings)
+    monitoring = None
+    if settings.metrics_port:
+        from dossier.metrics import engine_monitoring
+
+        monitoring = engine_monitoring(runtime)
+        try:
+            host, port = monitoring.serve(settings.metrics_host, settings.metrics_port)
+        except OSError as exc:
+            # An engine nobody can watch is not started: the operator asked for the endpoint.
+            print(
+                f"dossier run: cannot serve metrics on"
+                f" {settings.metrics_host}:{settings.metrics_port} ({exc})",
+                file=sys.stderr,
+            )
+            monitoring.close()
+            runtime.close()
+            return EXIT_UNREACHABLE
+        log.info("metrics on http://%s:%d/metrics", host, port)
     producer = create_producer(settings.kafka_bootstrap_servers, max_request_size=8 * 1024 * 1024)
-    relay = OutboxRelay(runtime.uow, producer, settings.topic)
+    relay = OutboxRelay(
+        runtime.writing_uow,
+        producer,
+        settings.topic,
+        on_published=monitoring.published if monitoring is not None else None,
+    )
     stop = threading.Event()
     relay_thread = threading.Thread(
         target=relay.run, args=(stop, runtime.outbox_wake), name="outbox-relay", daemon=True
@@ -102,6 +125,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         runtime.outbox_wake.set()
         relay_thread.join(timeout=60)
         producer.close(timeout=10)
+        if monitoring is not None:
+            monitoring.close()
         runtime.close()
         log.info("engine stopped")
     return exit_code
