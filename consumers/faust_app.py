@@ -1,25 +1,31 @@
 """The consuming side: a faust-streaming agent over the four inbound topics.
 
 faust brings what a long-running consumer needs and kafka-python leaves to the caller: a
-worker with signal handling and graceful shutdown, batching with `take_events`, acks that
-happen only after the batch's code returned, and an assignor that gives partition N of every
-co-partitioned topic to the same worker, so one process sees all of a dossier's topics.
-The agent only turns messages into `RawInput`s; everything else is the service layer's.
+worker with signal handling and graceful shutdown, batching (`noack_take`), explicit acks, and
+an assignor that gives partition N of every co-partitioned topic to the same worker, so one
+process sees all of a dossier's topics. The agent turns messages into `RawInput`s, puts them in
+event-time order across topics (consumers.ordering), and acks each one only after the batch
+that applied it committed: faust then commits no offset past an input still held or in flight.
+Everything else is the service layer's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from dossier.runtime import Runtime
 from engine.events import INBOUND_TOPICS
 from engine.ports import Position
+from consumers.ordering import EventTimeGate, Held, event_time
 from engine.service import RawInput
 
 log = logging.getLogger(__name__)
@@ -75,19 +81,48 @@ def build_app(runtime: Runtime) -> faust.App:
     )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dossier-batch")
     within = settings.batch_timeout_ms / 1000
+    inbound = [settings.topic(name) for name in INBOUND_TOPICS]
+    gate = EventTimeGate(inbound, max_idle_s=settings.ordering_max_idle_ms / 1000)
+    lock = asyncio.Lock()  # the agent and the timer both drain the gate
+    streams: list[Any] = []
+
+    def caught_up(topic: str, partition: int, next_offset: int | None) -> bool:
+        try:
+            highwater = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # not assigned here or not fetched yet: it cannot hold us back
+            return True
+        if highwater is None:
+            return True
+        if next_offset is None:
+            next_offset = runtime.committed_position(topic, partition)
+        return next_offset >= highwater
+
+    async def drain(tick: bool = False) -> None:
+        async with lock:
+            loop = asyncio.get_running_loop()
+            released = gate.release(caught_up, loop.time())
+            if not released and not tick:
+                return
+            ceiling = gate.watermark(caught_up)
+            for start in range(0, max(len(released), 1), settings.batch_size):
+                chunk = released[start : start + settings.batch_size]
+                await _commit_or_exit(loop, executor, runtime, [h.raw for h in chunk], ceiling)
+                for held in chunk:
+                    await streams[0].ack(held.token)
 
     @app.agent(topics, concurrency=1)
     async def consume(stream: Any) -> None:
-        loop = asyncio.get_running_loop()
-        async for events in stream.take_events(settings.batch_size, within=within):
-            inputs = [to_raw_input(runtime, event) for event in events]
-            await _commit_or_exit(loop, executor, runtime, inputs)
+        streams[:] = [stream]
+        async for events in stream.noack_take(settings.batch_size, within=within):
+            gate.add(Held(to_raw_input(runtime, e), event_time(e.message.value), e) for e in events)
+            await drain()
 
-    @app.timer(interval=1.0)
+    @app.timer(interval=0.25)
     async def tick() -> None:
-        if settings.clock_mode == "wall":
-            loop = asyncio.get_running_loop()
-            await _commit_or_exit(loop, executor, runtime, [])
+        # Held inputs whose wait ran out go even when nothing new arrives; in wall-clock mode
+        # the clock moves (deadline notices, parked expiry) without inputs too.
+        if len(gate) or settings.clock_mode == "wall":
+            await drain(tick=settings.clock_mode == "wall")
 
     return app
 
@@ -97,11 +132,14 @@ async def _commit_or_exit(
     executor: ThreadPoolExecutor,
     runtime: Runtime,
     inputs: list[RawInput],
+    clock_ceiling: datetime | None = None,
 ) -> None:
     delay = 0.2
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
-            await loop.run_in_executor(executor, runtime.process, inputs)
+            await loop.run_in_executor(
+                executor, functools.partial(runtime.process, inputs, clock_ceiling=clock_ceiling)
+            )
             return
         except Exception:
             log.exception("batch of %d inputs not committed (attempt %d)", len(inputs), attempt)

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine as DbEngine
 
@@ -36,6 +36,7 @@ class Runtime:
     batch_listeners: list[BatchListener] = field(default_factory=list)
     outbox_wake: threading.Event = field(default_factory=threading.Event)
     _window: list[float] = field(default_factory=lambda: [time.monotonic(), 0, 0, 0.0])
+    _positions: dict[tuple[str, int], int] | None = None
 
     @classmethod
     def create(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -68,12 +69,17 @@ class Runtime:
             raise ValueError(f"not an inbound topic of this deployment: {kafka_topic}")
         return contract
 
-    def process(self, inputs: Sequence[RawInput], attempts: int = 5) -> BatchResult:
+    def process(
+        self,
+        inputs: Sequence[RawInput],
+        attempts: int = 5,
+        clock_ceiling: datetime | None = None,
+    ) -> BatchResult:
         """Apply and commit one batch, retrying when another process moved a dossier on."""
         started = time.perf_counter()
         for attempt in range(1, attempts + 1):
             try:
-                result = self.processor.process(self.writing_uow(), inputs)
+                result = self.processor.process(self.writing_uow(), inputs, clock_ceiling)
                 break
             except ConcurrencyError:
                 if attempt == attempts:
@@ -81,11 +87,28 @@ class Runtime:
                 log.warning("batch raced another engine process; retrying (%d)", attempt)
                 time.sleep(0.05 * attempt)
         elapsed = time.perf_counter() - started
+        self._remember_positions(inputs)
         self.outbox_wake.set()
         self._report(len(inputs), elapsed)
         for listener in self.batch_listeners:
             listener(inputs, result, elapsed)
         return result
+
+    def committed_position(self, topic: str, partition: int) -> int:
+        """The next offset this database has to consume from a partition (0 if none yet)."""
+        if self._positions is None:
+            with self.uow() as uow:
+                self._positions = uow.repo.load_positions(self.settings.consumer_group)
+        return self._positions.get((topic, partition), 0)
+
+    def _remember_positions(self, inputs: Sequence[RawInput]) -> None:
+        if self._positions is None:
+            return
+        for raw in inputs:
+            p = raw.position
+            if p.partition is not None and p.offset is not None:
+                slot = (p.topic, p.partition)
+                self._positions[slot] = max(self._positions.get(slot, 0), p.offset + 1)
 
     def _report(self, inputs: int, elapsed: float, every_s: float = 10.0) -> None:
         """A throughput line every few seconds, so an operator sees the engine working."""

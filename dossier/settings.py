@@ -130,6 +130,11 @@ class Settings:
     batch_timeout_ms: int = setting(
         "DOSSIER_BATCH_TIMEOUT_MS", 200, "Longest wait to fill a batch before committing it."
     )
+    ordering_max_idle_ms: int = setting(
+        "DOSSIER_ORDERING_MAX_IDLE_MS",
+        1000,
+        "Longest wait for a silent inbound topic before inputs of other topics go ahead of it.",
+    )
     max_message_bytes: int = setting(
         "DOSSIER_MAX_MESSAGE_BYTES",
         1024 * 1024,

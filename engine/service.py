@@ -88,10 +88,20 @@ class BatchProcessor:
         self.decoder = decoder
         self.config = config
 
-    def process(self, uow: UnitOfWork, inputs: Sequence[RawInput]) -> BatchResult:
-        """Apply a batch and commit it; on any exception nothing is committed."""
+    def process(
+        self,
+        uow: UnitOfWork,
+        inputs: Sequence[RawInput],
+        clock_ceiling: datetime | None = None,
+    ) -> BatchResult:
+        """Apply a batch and commit it; on any exception nothing is committed.
+
+        The business clock becomes the latest event time applied, but never more than
+        `clock_ceiling`: the transport's watermark, when it knows that some partition has not
+        yet been read that far.
+        """
         with uow:
-            result = _Batch(self, uow.repo).run(inputs)
+            result = _Batch(self, uow.repo, clock_ceiling).run(inputs)
             uow.commit()
         return result
 
@@ -99,7 +109,10 @@ class BatchProcessor:
 class _Batch:
     """The working set of one batch: loaded dossiers, staged rows, counters."""
 
-    def __init__(self, processor: BatchProcessor, repo: Repository) -> None:
+    def __init__(
+        self, processor: BatchProcessor, repo: Repository, clock_ceiling: datetime | None = None
+    ) -> None:
+        self.clock_ceiling = clock_ceiling
         self.engine = processor.engine
         self.decoder = processor.decoder
         self.config = processor.config
@@ -371,6 +384,8 @@ class _Batch:
 
     def _advance_clock(self, events: Sequence[InboundEvent]) -> None:
         latest = max((e.time for e in events), default=None)
+        if latest is not None and self.clock_ceiling is not None:
+            latest = min(latest, self.clock_ceiling)
         if self.config.clock_mode == "wall":
             latest = datetime.now(UTC)
         if latest is not None and (self.clock is None or latest > self.clock):

@@ -1,0 +1,139 @@
+"""Event-time order across the inbound topics: Kafka Streams' timestamp synchronization.
+
+Nothing orders one dossier's events across topics. Live, the topics move together and the
+engine parks the odd early arrival. Catching up a backlog, a consumer may read days of
+`dossier.submission` before the matching `dossier.commune` records: a withdrawal would then
+overtake the reception it followed, and a clock driven by the fast topic would expire parked
+inputs and raise overdue notices that the slow topic's events would have prevented.
+
+The gate holds consumed inputs per (partition, topic) and releases them lowest event time first,
+the way Kafka Streams picks the record with the smallest timestamp among a task's partitions.
+An input waits only while another topic of its partition may still deliver an earlier one:
+that topic is neither holding inputs nor caught up to its high watermark. After `max_idle_s`
+of such waiting it goes anyway (Kafka Streams' `max.task.idle.ms`), so a silent producer delays
+the others by a bounded time and never blocks them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from engine.service import RawInput
+
+CaughtUp = Callable[[str, int, int | None], bool]  # (topic, partition, next offset seen) -> bool
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    raw: RawInput
+    time: datetime | None  # None: undecodable; released at once, the engine dead-letters it
+    token: Any = None  # what the transport needs to acknowledge it (a faust event)
+
+
+def event_time(value: bytes | None) -> datetime | None:
+    """The input's `time`, cheaply; None when it has none that parses (a bad input)."""
+    if not value:
+        return None
+    try:
+        document = orjson.loads(value)
+        time = datetime.fromisoformat(document["time"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    return time if time.tzinfo is not None else None
+
+
+class EventTimeGate:
+    def __init__(self, topics: Sequence[str], max_idle_s: float) -> None:
+        self.topics = tuple(topics)
+        self.max_idle_s = max_idle_s
+        self._queues: dict[tuple[int, str], deque[Held]] = {}
+        self._next_offset: dict[tuple[str, int], int] = {}
+        self._blocked_since: dict[int, float] = {}
+        self._released_time: dict[int, datetime] = {}
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def add(self, items: Iterable[Held]) -> None:
+        for item in items:
+            position = item.raw.position
+            partition = position.partition if position.partition is not None else -1
+            self._queues.setdefault((partition, position.topic), deque()).append(item)
+            if position.offset is not None:
+                self._next_offset[(position.topic, partition)] = position.offset + 1
+
+    def release(self, caught_up: CaughtUp, now: float) -> list[Held]:
+        """Inputs that may go now, in the order to apply them."""
+        released: list[Held] = []
+        for partition in sorted({p for p, _ in self._queues}):
+            released.extend(self._release_partition(partition, caught_up, now))
+        return released
+
+    def _release_partition(self, partition: int, caught_up: CaughtUp, now: float) -> list[Held]:
+        out: list[Held] = []
+        queues = {t: q for (p, t), q in self._queues.items() if p == partition and q}
+        timed_out = False
+        while queues:
+            topic = min(queues, key=lambda t: _sort_key(queues[t][0]))
+            head = queues[topic][0]
+            if head.time is not None and not timed_out:
+                silent = [
+                    t
+                    for t in self.topics
+                    if t not in queues
+                    and not caught_up(t, partition, self._next_offset.get((t, partition)))
+                ]
+                if silent:
+                    since = self._blocked_since.setdefault(partition, now)
+                    if now - since < self.max_idle_s:
+                        break
+                    timed_out = True  # waited long enough: release what is here, in order
+            queues[topic].popleft()
+            if not queues[topic]:
+                del queues[topic]
+            out.append(head)
+            if head.time is not None:
+                previous = self._released_time.get(partition)
+                if previous is None or head.time > previous:
+                    self._released_time[partition] = head.time
+        if not queues:
+            self._blocked_since.pop(partition, None)
+        elif out:
+            self._blocked_since[partition] = now
+        for key in [k for k, q in self._queues.items() if not q]:
+            del self._queues[key]
+        return out
+
+    def watermark(self, caught_up: CaughtUp) -> datetime | None:
+        """The event time every partition has reached: a ceiling for the engine clock.
+
+        A partition still holding inputs has not got past its earliest held one, and one whose
+        topics have unread records has not got past what it released: the clock must not run
+        ahead of them, or their dossiers would see deadlines pass too soon. A partition with
+        nothing held or unread sets no limit (None when none does).
+        """
+        limits: list[datetime] = []
+        for partition, released in self._released_time.items():
+            held = [
+                q[0].time
+                for (p, _), q in self._queues.items()
+                if p == partition and q and q[0].time is not None
+            ]
+            if held:
+                limits.append(min(held))
+            elif not all(
+                caught_up(t, partition, self._next_offset.get((t, partition))) for t in self.topics
+            ):
+                limits.append(released)
+        return min(limits) if limits else None
+
+
+def _sort_key(item: Held) -> tuple[int, float]:
+    # Undecodable inputs first: they change no dossier, so their order does not matter.
+    return (0, 0.0) if item.time is None else (1, item.time.timestamp())
