@@ -89,10 +89,10 @@ def build_app(runtime: Runtime) -> faust.App:
     def caught_up(topic: str, partition: int, next_offset: int | None) -> bool:
         try:
             highwater = app.consumer.highwater(TP(topic, partition))
-        except Exception:  # not assigned here or not fetched yet: it cannot hold us back
+        except Exception:  # not assigned to this worker: it cannot hold our partitions back
             return True
         if highwater is None:
-            return True
+            return False  # not fetched yet: it may still deliver earlier inputs
         if next_offset is None:
             next_offset = runtime.committed_position(topic, partition)
         return next_offset >= highwater

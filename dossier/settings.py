@@ -143,7 +143,7 @@ class Settings:
     parked_ttl_seconds: int = setting(
         "DOSSIER_PARKED_TTL_SECONDS",
         7 * 24 * 3600,
-        "How long (by the engine clock) an input may stay parked before 'parked-expired'.",
+        "How long (real time) an input may stay parked before it is dead-lettered 'parked-expired'.",
     )
     clock_mode: ClockMode = setting(
         "DOSSIER_CLOCK_MODE",

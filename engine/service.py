@@ -131,6 +131,7 @@ class _Batch:
         self.to_park: list[ParkedInput] = []
         self.to_unpark: list[int] = []
         self.clock = processor_clock(repo)
+        self._wall_now = datetime.now(UTC)
 
     # -----------------------------------------------------------------------------------------
     def run(self, inputs: Sequence[RawInput]) -> BatchResult:
@@ -311,8 +312,8 @@ class _Batch:
             key=raw.key,
             value=raw.value,
             headers=tuple(raw.headers),
-            parked_at=self._now(),
-            expires_at=self._now() + self.config.parked_ttl,
+            parked_at=self._wall_now,
+            expires_at=self._wall_now + self.config.parked_ttl,
             detail=detail,
         )
         self.to_park.append(parked)
@@ -392,10 +393,10 @@ class _Batch:
             self.clock = latest
 
     def _expire_parked(self) -> None:
-        if self.clock is None:
-            return
-        now = self._now()
-        for parked in self.repo.parked_expired(now, limit=1000):
+        # A parked input waits in real time, whatever the clock mode: its predecessor is late
+        # in the world, not in the business calendar. A backlog or a replay, read far faster
+        # than it happened, must not expire what is merely waiting for another topic's turn.
+        for parked in self.repo.parked_expired(self._wall_now, limit=1000):
             if parked.id in self.to_unpark:
                 continue
             self.to_unpark.append(parked.id)  # type: ignore[arg-type]

@@ -172,23 +172,34 @@ def test_parked_inputs_wait_for_their_dossier_across_batches() -> None:
         assert uow.repo.parked_count() == 0
 
 
-def test_parked_inputs_expire_into_the_dead_letter_topic() -> None:
+def test_parked_inputs_expire_in_real_time_not_business_time() -> None:
     store, feed = InMemoryStore(), Feed()
     orphan = feed(
         "dossier.commune",
         ev.received(dossier="000.00.19.H56-250303-0009", time="2025-03-03T09:00:00+07:00"),
     )
     processor(timedelta(hours=1)).process(InMemoryUnitOfWork(store), [orphan])
-    # Business time moves on with other dossiers' events: the orphan's wait runs out.
-    clock_mover = feed(
+    # A year of business time passes in one batch (a backlog read fast): nothing expires.
+    year_later = feed(
         "dossier.submission",
-        ev.submitted(procedure="1.001193", dossier=CODE, time="2025-03-03T12:00:00+07:00"),
+        ev.submitted(procedure="1.001193", dossier=CODE, time="2026-03-03T12:00:00+07:00"),
     )
-    result = processor(timedelta(hours=1)).process(InMemoryUnitOfWork(store), [clock_mover])
-    assert result.dead_letters == {"parked-expired": 1}
+    result = processor(timedelta(hours=1)).process(InMemoryUnitOfWork(store), [year_later])
+    assert result.dead_letters == {}
+    # One whose real-time wait has run out is dead-lettered by the next batch, bytes and all.
+    impatient = feed(
+        "dossier.commune",
+        ev.received(dossier="000.00.19.H56-250303-0010", time="2025-03-03T09:00:00+07:00"),
+    )
+    processor(timedelta(0)).process(InMemoryUnitOfWork(store), [impatient])
+    expired = processor(timedelta(0)).process(InMemoryUnitOfWork(store), [])
+    assert expired.dead_letters == {"parked-expired": 1}
     uow = InMemoryUnitOfWork(store)
     with uow:
-        assert uow.repo.parked_count() == 0
+        assert uow.repo.parked_count() == 1  # the first orphan still waits
+        [letter] = [m for m in uow.repo.unsent_outbox(100) if m.topic == "dossier.dlq"]
+    body = json.loads(letter.value)["data"]
+    assert base64.b64decode(body["original"]["value_base64"]) == impatient.value
 
 
 def test_deadline_notices_follow_the_business_clock() -> None:
