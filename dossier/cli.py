@@ -17,6 +17,10 @@ COMMAND_MODULES = (
     "dossier.commands.services",
     "dossier.commands.workflows",
     "dossier.commands.run",
+    "dossier.commands.metrics",
+    "dossier.commands.kpi",
+    "dossier.commands.simulate",
+    "dossier.commands.demo",
 )
 
 

@@ -3,22 +3,38 @@
 Given a seed, the same messages come out in the same order, each labelled with the outcome
 the engine must reach for it ("valid", "duplicate" or the dead-letter reason), so tests and
 the main job can check the engine's accounting against what was produced.
+
+With a `ProvinceProfile` (`workflows/provinces/*.yaml`) the workload plays a real-looking
+province: dossiers spread over procedures by their monthly volume, received by the agency
+that handles them (a commune's dossier goes up to *its* district, a province procedure to the
+department that decides it), agencies that differ in how often they run late, and arrivals
+shaped like a working week: counters and post offices within office hours, the online portal
+around the clock with evening and weekend traffic. Without one, procedures are drawn
+uniformly and agencies from generated codes, as before.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import random
-from collections.abc import Iterator, Sequence
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from engine.calendar import VN_TZ, WorkingCalendar
-from engine.procedures import Catalogue, ProcedureVersion
+from engine.procedures import Catalogue, ProcedureVersion, default_workflows_dir
 
 HOUR = 3600
 PORTAL = "urn:vn:portal:dichvucong.gov.vn"
+VALID = "valid"
+DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +64,50 @@ class Shares:
     rejected_outcome: float = 0.04
     vneid: float = 0.85
     digitised: float = 0.95
+    enterprise_at_province: float = 0.4  # applicants of province procedures that are enterprises
+    # Online traffic on a non-working day, relative to a working day (the portal never closes).
+    online_on_days_off: float = 0.3
+    # A procedure version that has just come into force (the 1 July 2025 reorganisation, a new
+    # decree) runs late more often while agencies learn it: overdue share times this factor,
+    # for dossiers submitted within `new_version_days` of the version's first day.
+    new_version_overdue_factor: float = 1.8
+    new_version_days: int = 21
+
+
+# Online submissions by hour of the day (relative): office hours, and evenings at home.
+ONLINE_HOURS = (
+    0.15, 0.08, 0.05, 0.05, 0.05, 0.1, 0.4, 1.0, 1.6, 1.8, 1.7, 1.3,
+    0.8, 1.0, 1.6, 1.7, 1.5, 1.2, 0.9, 1.0, 1.2, 1.1, 0.7, 0.35,
+)  # fmt: skip
+FAMILY_NAMES = ("Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Vũ", "Đặng", "Bùi", "Đỗ", "Ngô", "Dương")
+GIVEN_NAMES = (
+    "Văn An", "Thị Bình", "Văn Cường", "Thị Dung", "Minh Đức", "Thu Hà", "Quang Huy", "Thị Lan",
+    "Văn Long", "Thị Mai", "Hoàng Nam", "Thị Ngọc", "Đức Phúc", "Thị Quyên", "Văn Sơn",
+    "Thanh Tâm", "Thị Trang", "Anh Tuấn", "Thị Vân", "Hải Yến",
+)  # fmt: skip
+ENTERPRISES = ("Công ty TNHH", "Công ty cổ phần", "Hợp tác xã", "Doanh nghiệp tư nhân")
+
+
+# ---------------------------------------------------------------------------------------------
+# The province: agencies and demand
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AgencyInfo:
+    code: str
+    name: str
+    level: str
+    weight: float = 1.0  # relative share of its level's dossiers (population served)
+    parent: str | None = None  # the agency of the next level up that it belongs to
+    effective_from: date | None = None
+    effective_to: date | None = None  # inclusive: districts end on 2025-06-30
+    procedures: tuple[str, ...] = ()  # procedures it decides (province departments)
+
+    def in_force_on(self, day: date) -> bool:
+        if self.effective_from is not None and day < self.effective_from:
+            return False
+        return self.effective_to is None or day <= self.effective_to
 
 
 @dataclass
@@ -58,12 +118,115 @@ class Agencies:
         default_factory=lambda: [f"000.{20 + i // 90:02d}.{i % 90 + 10:02d}.H56" for i in range(60)]
     )
     districts: list[str] = field(default_factory=lambda: [f"000.00.{30 + i}.H56" for i in range(9)])
-    province: list[str] = field(default_factory=lambda: [f"000.00.{10 + i:02d}.H56" for i in range(12)])
+    province: list[str] = field(
+        default_factory=lambda: [f"000.00.{10 + i:02d}.H56" for i in range(12)]
+    )
+    info: dict[str, AgencyInfo] = field(default_factory=dict)
+
+    @classmethod
+    def from_infos(cls, infos: Sequence[AgencyInfo]) -> Agencies:
+        def of(level: str) -> list[str]:
+            return [a.code for a in infos if a.level == level]
+
+        return cls(of("commune"), of("district"), of("province"), {a.code: a for a in infos})
 
     def of_level(self, level: str) -> list[str]:
         return {"commune": self.communes, "district": self.districts, "province": self.province}[
             level
         ]
+
+    def name(self, code: str) -> str:
+        known = self.info.get(code)
+        return known.name if known is not None else code
+
+    def level(self, code: str) -> str | None:
+        known = self.info.get(code)
+        if known is not None:
+            return known.level
+        for level in ("commune", "district", "province"):
+            if code in self.of_level(level):
+                return level
+        return None
+
+    def in_force(self, level: str, day: date) -> list[str]:
+        codes = self.of_level(level)
+        live = [c for c in codes if c not in self.info or self.info[c].in_force_on(day)]
+        # A level with no agency left in force (districts after 2025-06-30) still has the
+        # dossiers pinned to its versions: their former agencies finish them.
+        return live or codes
+
+    def weight(self, code: str) -> float:
+        known = self.info.get(code)
+        return known.weight if known is not None else 1.0
+
+    def parent(self, code: str) -> str | None:
+        known = self.info.get(code)
+        return known.parent if known is not None else None
+
+
+@dataclass
+class ProvinceProfile:
+    """What the simulator plays: agencies, who decides what, and how busy each procedure is."""
+
+    name: str
+    agencies: Agencies
+    monthly_dossiers: dict[str, float]  # procedure code -> dossiers per month, province-wide
+    deciding_agency: dict[str, str]  # procedure code -> the province department deciding it
+
+    @property
+    def monthly_total(self) -> float:
+        return sum(self.monthly_dossiers.values())
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> ProvinceProfile:
+        path = path or default_profile_path()
+        with path.open(encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+        infos: list[AgencyInfo] = []
+        deciding: dict[str, str] = {}
+        for raw in document.get("agencies") or ():
+            info = AgencyInfo(
+                code=str(raw["code"]),
+                name=str(raw.get("name") or raw["code"]),
+                level=str(raw["level"]),
+                weight=float(raw.get("weight", 1.0)),
+                parent=raw.get("parent"),
+                effective_from=_as_date(raw.get("effective_from")),
+                effective_to=_as_date(raw.get("effective_to")),
+                procedures=tuple(str(p) for p in raw.get("procedures") or ()),
+            )
+            infos.append(info)
+            for procedure in info.procedures:
+                deciding[procedure] = info.code
+        monthly = {str(k): float(v) for k, v in (document.get("monthly_dossiers") or {}).items()}
+        return cls(
+            str(document.get("province", path.stem)), Agencies.from_infos(infos), monthly, deciding
+        )
+
+
+def default_profile_path() -> Path:
+    return default_workflows_dir() / "provinces" / "thai-nguyen.yaml"
+
+
+def _as_date(value: Any) -> date | None:
+    if value is None or isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value))
+
+
+def performance(agency: str) -> float:
+    """How much more (or less) often than average an agency runs late: a stable trait.
+
+    Derived from the code rather than the seed, so an agency is the same in every run: most
+    are near or below average, a few are well above (mean 1.0).
+    """
+    u = (zlib.crc32(agency.encode("utf-8")) % 10_000) / 10_000
+    return 0.35 + 2.6 * u**3
+
+
+# ---------------------------------------------------------------------------------------------
+# The workload
+# ---------------------------------------------------------------------------------------------
 
 
 class Workload:
@@ -81,65 +244,168 @@ class Workload:
         duplicate_share: float = 0.0,
         bad_share: float = 0.0,
         reorder_share: float = 0.0,
+        profile: ProvinceProfile | None = None,
+        until: datetime | None = None,
     ) -> None:
+        """`until`: leave out every action after this instant, so dossiers still open then stay
+        open (a snapshot of a month's work) instead of being played to their end."""
         self.catalogue = catalogue
         self.calendar = calendar
+        self.seed = seed
         self.rng = random.Random(seed)
         self.start = start.astimezone(VN_TZ)
         self.end = end.astimezone(VN_TZ)
+        self.until = until.astimezone(VN_TZ) if until is not None else None
         self.dossiers = dossiers
         self.shares = shares or Shares()
         self.duplicate_share = duplicate_share
         self.bad_share = bad_share
         self.reorder_share = reorder_share
+        self.profile = profile
         self.procedures = list(procedures or catalogue.codes())
-        self.agencies = Agencies()
+        self.agencies = profile.agencies if profile is not None else Agencies()
+        weights = profile.monthly_dossiers if profile is not None else {}
+        self._weights = [
+            max(0.0, weights.get(code, 0.0 if weights else 1.0)) for code in self.procedures
+        ]
+        if not any(self._weights):
+            self._weights = [1.0] * len(self.procedures)
+        self._cumulative = list(_accumulate(self._weights))
         self._serial: dict[tuple[str, str], int] = {}
         self._ids = 0
+        self._days: list[tuple[date, bool]] | None = None
 
     # -----------------------------------------------------------------------------------------
     def messages(self) -> list[SimulatedMessage]:
         """Every message, in arrival order."""
         stream: list[SimulatedMessage] = []
-        span = max(1, int((self.end - self.start).total_seconds()))
         for _ in range(self.dossiers):
-            at = self.start + timedelta(seconds=self.rng.randrange(span))
-            stream.extend(self._dossier_life(self.calendar.clock_start(at)))
+            channel = self._channel()
+            life = self._dossier_life(self._arrival(channel), channel)
+            if self.until is not None:
+                life = [m for m in life if m.time <= self.until]
+            stream.extend(life)
         stream.sort(key=lambda m: m.time)
         stream = self._reorder(stream)
         stream = self._add_duplicates(stream)
         stream = self._add_bad_inputs(stream)
         return stream
 
+    # --- arrivals ------------------------------------------------------------------------------
+    def _channel(self) -> int:
+        roll = self.rng.random()
+        online, postal = self.shares.online, self.shares.postal
+        return 2 if roll < online else (3 if roll < online + postal else 1)
+
+    def _calendar_days(self) -> list[tuple[date, bool]]:
+        if self._days is None:
+            days: list[tuple[date, bool]] = []
+            day = self.start.date()
+            while datetime.combine(day, time(0), VN_TZ) < self.end:
+                days.append((day, self.calendar.is_working_day(day)))
+                day += timedelta(days=1)
+            self._days = days or [(self.start.date(), True)]
+        return self._days
+
+    def _arrival(self, channel: int) -> datetime:
+        """When the applicant submits: counters and post within office hours, online any time."""
+        rng = self.rng
+        days = self._calendar_days()
+        working = [d for d, w in days if w] or [d for d, _ in days]
+        for _ in range(20):
+            if channel == 2:
+                day_off_weight = self.shares.online_on_days_off
+                weights = [1.0 if w else day_off_weight for _, w in days]
+                day = rng.choices([d for d, _ in days], weights)[0]
+                hour = rng.choices(range(24), ONLINE_HOURS)[0]
+                moment = time(hour, rng.randrange(60), rng.randrange(60))
+            else:
+                day = rng.choice(working)
+                if rng.random() < 0.58:  # the morning queue is the longer one
+                    seconds = rng.randrange(7 * HOUR + 1800, 11 * HOUR + 1800)
+                else:
+                    seconds = rng.randrange(13 * HOUR + 1800, 16 * HOUR + 2700)
+                moment = time(seconds // HOUR, seconds % HOUR // 60, seconds % 60)
+            at = datetime.combine(day, moment, VN_TZ)
+            if self.start <= at < self.end:
+                return at
+        return self.start
+
+    # --- choices -------------------------------------------------------------------------------
+    def _pick_procedure(self, at: datetime) -> ProcedureVersion | None:
+        """A procedure by its share of the dossiers, among those in force at `at`."""
+        for _ in range(20):
+            index = _bisect(self._cumulative, self.rng.random() * self._cumulative[-1])
+            version = self.catalogue.in_force(self.procedures[index], at)
+            if version is not None:
+                return version
+        return None
+
+    def _agency(self, level: str, at: datetime, procedure: str, near: str | None) -> str:
+        """The agency at `level` that handles this dossier."""
+        agencies, rng = self.agencies, self.rng
+        if level == "province" and self.profile is not None:
+            deciding = self.profile.deciding_agency.get(procedure)
+            if deciding is not None:
+                return deciding
+        if near is not None:
+            parent = agencies.parent(near)
+            if parent is not None and agencies.level(parent) == level:
+                return parent
+        candidates = agencies.in_force(level, at.date())
+        if level == "province" and self.profile is None:
+            return rng.choice(candidates)
+        weights = [agencies.weight(c) for c in candidates]
+        return rng.choices(candidates, weights)[0]
+
+    def _applicant(self, version: ProcedureVersion) -> dict[str, str]:
+        rng = self.rng
+        if "province" in version.levels and rng.random() < self.shares.enterprise_at_province:
+            return {
+                "kind": "enterprise",
+                "id_number": f"46{rng.randrange(10**7, 10**8)}",  # a tax code
+                "name": f"{rng.choice(ENTERPRISES)} {rng.choice(GIVEN_NAMES).split()[-1]}",
+            }
+        return {
+            "kind": "citizen",
+            "id_number": f"0{rng.randrange(10**10, 10**11)}",
+            "name": f"{rng.choice(FAMILY_NAMES)} {rng.choice(GIVEN_NAMES)}",
+        }
+
     def _dossier_code(self, agency: str, day: datetime) -> str:
         slot = (agency, day.strftime("%y%m%d"))
         self._serial[slot] = self._serial.get(slot, 0) + 1
         return f"{agency}-{slot[1]}-{self._serial[slot]:04d}"
 
-    def _envelope(self, kind: str, code: str, time: datetime, source: str, data: dict[str, Any]) -> bytes:
+    def _envelope(
+        self, kind: str, code: str, time: datetime, source: str, data: dict[str, Any]
+    ) -> bytes:
         self._ids += 1
-        return json.dumps(
+        return _dump(
             {
                 "specversion": "1.0",
-                "id": f"sim-{self._ids:09d}",
+                "id": f"sim-{self.seed}-{self._ids:09d}",
                 "source": source,
                 "type": f"vn.gov.dossier.{kind}",
                 "subject": code,
                 "time": time.isoformat(),
                 "datacontenttype": "application/json",
                 "data": data,
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
-        ).encode("utf-8")
+            }
+        )
 
-    def _dossier_life(self, t: datetime) -> list[SimulatedMessage]:
+    # --- one dossier ---------------------------------------------------------------------------
+    def _dossier_life(self, t: datetime, channel: int = 1) -> list[SimulatedMessage]:
         rng, shares, cal = self.rng, self.shares, self.calendar
-        code_of_procedure = rng.choice(self.procedures)
-        version = self.catalogue.in_force(code_of_procedure, t)
+        version = self._pick_procedure(t)
         if version is None:
             return []
-        receiving = rng.choice(self.agencies.of_level(version.receiving_level))
+        rcv = version.receiving_level
+        upper = next((lvl for lvl in version.levels if lvl != rcv), None)
+        receiving = self._agency(rcv, t, version.code, None)
+        upper_agency = (
+            self._agency(upper, t, version.code, receiving) if upper is not None else None
+        )
         code = self._dossier_code(receiving, t)
         out: list[SimulatedMessage] = []
 
@@ -147,13 +413,13 @@ class Workload:
             topic = "dossier.submission" if level is None else f"dossier.{level}"
             source = PORTAL if level is None else f"urn:vn:agency:{data.get('agency', receiving)}"
             value = self._envelope(kind, code, when, source, data)
-            out.append(SimulatedMessage(topic, code.encode(), value, "valid", when, code))
+            out.append(SimulatedMessage(topic, code.encode(), value, VALID, when, code))
 
         def later(when: datetime, lo_h: float, hi_h: float) -> datetime:
-            return cal.add_working_seconds(cal.clock_start(when), int(rng.uniform(lo_h, hi_h) * HOUR))
+            seconds = int(rng.uniform(lo_h, hi_h) * HOUR)
+            return cal.add_working_seconds(cal.clock_start(when), seconds)
 
-        roll = rng.random()
-        channel = 2 if roll < shares.online else (3 if roll < shares.online + shares.postal else 1)
+        days = float(version.deadline.working_days)
         full_online = channel == 2 and rng.random() < shares.full_online_given_online
         emit(
             "submitted",
@@ -163,38 +429,44 @@ class Workload:
             agency=receiving,
             channel=channel,
             full_online=full_online,
-            applicant={"kind": "citizen", "id_number": f"0{rng.randrange(10**10, 10**11)}", "name": "Nguyễn Văn An"},
+            applicant=self._applicant(version),
             vneid_authenticated=rng.random() < shares.vneid,
             digitised=rng.random() < shares.digitised,
         )
-        rcv = version.receiving_level
+        submitted_on = t.date()
         t = later(t, 0.1, 4)
         if rng.random() < shares.refused:
             emit("reception-refused", rcv, t, agency=receiving, reason="Không thuộc thẩm quyền")
             return out
         emit("received", rcv, t, agency=receiving, officer="CB-01")
-        received_at = t
-        due = cal.due_at(received_at, version.deadline.working_days)
+        due = cal.due_at(t, days)
         if rng.random() < shares.withdrawal:
             emit("withdrawal-requested", None, later(t, 1, 16), reason="Người nộp rút hồ sơ")
             return out
         t = later(t, 0.5, 8)
         emit("processing-started", rcv, t, agency=receiving)
         holder, level = receiving, rcv
-        upper = next((lvl for lvl in version.levels if lvl != rcv), None)
-        budget_hours = float(version.deadline.working_days) * 8
-        overdue = rng.random() < shares.overdue
+        budget_hours = days * 8
+        late_share = shares.overdue * performance(upper_agency or receiving)
+        if (submitted_on - version.effective_from).days < shares.new_version_days:
+            late_share *= shares.new_version_overdue_factor
+        overdue = rng.random() < min(0.9, late_share)
         if rng.random() < shares.supplementation:
             t = later(t, 1, min(8, budget_hours / 4 + 1))
             emit("supplement-requested", level, t, agency=holder, reason="Thiếu giấy tờ")
+            paused_at = t
             if rng.random() < shares.abandoned_supplementation:
                 return out
             t = later(t, 4, 40)
             emit("supplement-provided", None, t, documents=["ban-sao.pdf"])
-            due = cal.due_at(t, version.deadline.working_days)
-        if upper is not None:
+            if version.deadline.supplementation == "restart":
+                due = cal.due_at(t, days)  # Decree 61/2018 art. 19.4, as the engine does
+            else:
+                paused = cal.working_seconds_between(cal.clock_start(paused_at), cal.clock_start(t))
+                due = cal.add_working_seconds(due, max(0, paused))
+        if upper is not None and upper_agency is not None:
             t = later(t, 1, max(1.5, budget_hours * 0.15))
-            holder = rng.choice(self.agencies.of_level(upper))
+            holder = upper_agency
             emit("transferred", rcv, t, agency=receiving, to_level=upper, to_agency=holder)
             level = upper
         if rng.random() < shares.stopped:
@@ -203,14 +475,22 @@ class Workload:
         if rng.random() < shares.reschedule:
             t = later(t, 0.5, 4)
             new_due = cal.add_working_seconds(due, 5 * 8 * HOUR)
-            emit("rescheduled", level, t, agency=holder, reason="Cần xác minh", new_due=new_due.isoformat())
+            emit(
+                "rescheduled",
+                level,
+                t,
+                agency=holder,
+                reason="Cần xác minh",
+                new_due=new_due.isoformat(),
+            )
             due = new_due
         if version.fees:
             t = later(t, 0.5, max(1.0, budget_hours * 0.2))
             fees = [{"code": f.code, "amount": f.amount} for f in version.fees.values()]
             emit("payment-requested", level, t, agency=holder, fees=fees)
             t = later(t, 0.5, 16)
-            emit("payment-completed", None, t, amount=sum(f["amount"] for f in fees), online=channel == 2)
+            paid = sum(f.amount for f in version.fees.values())
+            emit("payment-completed", None, t, amount=paid, online=channel == 2)
         # Resolve within or past the appointment, leaving time to return the result.
         left = max(0.5, cal.working_seconds_between(t, due) / HOUR)
         t = later(t, left * 1.05, left * 1.6) if overdue else later(t, 0.1, max(0.2, left * 0.7))
@@ -224,28 +504,45 @@ class Workload:
 
     # -----------------------------------------------------------------------------------------
     def _reorder(self, stream: list[SimulatedMessage]) -> list[SimulatedMessage]:
-        """Swap some adjacent messages of one dossier on different topics (no order across topics)."""
+        """Deliver some actions late, after the dossier's next action on another topic (Kafka
+        keeps no order across topics).
+
+        The late one moves forward to just after its successor, never the successor back:
+        an input from the future would drag the engine's business clock days ahead.
+        """
         if self.reorder_share <= 0:
             return stream
         last_index: dict[str, int] = {}
+        delayed: dict[int, int] = {}  # index -> the index delivered right after it
+        moved: set[int] = set()
         for i, message in enumerate(stream):
             code = message.dossier
             if code is None:
                 continue
             j = last_index.get(code)
+            last_index[code] = i
             if (
                 j is not None
+                and j not in moved
+                and j not in delayed
                 and stream[j].topic != message.topic
-                # An action that ends a dossier really can win a race; keep those in order.
+                # Only where the engine must park the early one: an action that could apply in
+                # the earlier state (a withdrawal, a resolution before the payment) would win
+                # the race for real and make the other one invalid.
+                and _type_of(stream[j]) in _PARKING_PREDECESSORS
                 and not _ends_dossier(message)
-                and not _ends_dossier(stream[j])
                 and self.rng.random() < self.reorder_share
             ):
-                stream[i], stream[j] = stream[j], stream[i]
-                last_index[code] = i
+                delayed[i] = j
+                moved.add(j)
+        result: list[SimulatedMessage] = []
+        for i, message in enumerate(stream):
+            if i in moved:
                 continue
-            last_index[code] = i
-        return stream
+            result.append(message)
+            if i in delayed:
+                result.append(stream[delayed[i]])
+        return result
 
     def _add_duplicates(self, stream: list[SimulatedMessage]) -> list[SimulatedMessage]:
         if self.duplicate_share <= 0:
@@ -254,8 +551,16 @@ class Workload:
         for message in stream:
             result.append(message)
             if self.rng.random() < self.duplicate_share:
-                copy = SimulatedMessage(message.topic, message.key, message.value, "duplicate", message.time, message.dossier)
-                result.append(copy)
+                result.append(
+                    SimulatedMessage(
+                        message.topic,
+                        message.key,
+                        message.value,
+                        DUPLICATE,
+                        message.time,
+                        message.dossier,
+                    )
+                )
         return result
 
     def _add_bad_inputs(self, stream: list[SimulatedMessage]) -> list[SimulatedMessage]:
@@ -263,14 +568,34 @@ class Workload:
             return stream
         result: list[SimulatedMessage] = []
         for message in stream:
+            bad = self._bad_like(message) if self.rng.random() < self.bad_share else None
+            if bad is not None and bad.expected == "unauthenticated":
+                # Before its model, on the same partition: the dossier is still in the state
+                # where the real agency's action fires, so only the agency is wrong.
+                result.append(bad)
+                result.append(message)
+                continue
             result.append(message)
-            if self.rng.random() < self.bad_share:
-                result.append(self._bad_like(message))
+            if bad is not None:
+                result.append(bad)
         return result
 
     def _bad_like(self, model: SimulatedMessage) -> SimulatedMessage:
-        kind = self.rng.choice(["not-utf8", "not-json", "not-cloudevent", "unknown-type", "schema", "unknown-procedure"])
+        kind = self.rng.choice(
+            [
+                "not-utf8",
+                "not-json",
+                "not-cloudevent",
+                "unknown-type",
+                "schema",
+                "unknown-procedure",
+            ]
+        )
         key, topic, time = model.key, model.topic, model.time
+        if model.expected == VALID and self.rng.random() < 0.25:
+            special = self._forged(model)
+            if special is not None:
+                return special
         if kind == "not-utf8":
             return SimulatedMessage(topic, key, b"\xff\xfe\x00bad", "malformed", time)
         if kind == "not-json":
@@ -279,7 +604,7 @@ class Workload:
             return SimulatedMessage(topic, key, b'{"hello": "world"}', "malformed", time)
         event = json.loads(model.value)
         self._ids += 1
-        event["id"] = f"sim-bad-{self._ids:09d}"
+        event["id"] = f"sim-{self.seed}-bad-{self._ids:09d}"
         if kind == "unknown-type":
             event["type"] = "vn.gov.dossier.teleported"
             return SimulatedMessage(topic, key, _dump(event), "schema", time)
@@ -306,10 +631,57 @@ class Workload:
                 "digitised": False,
             },
         }
-        return SimulatedMessage("dossier.submission", code.encode(), _dump(submitted), "unknown-procedure", time, code)
+        return SimulatedMessage(
+            "dossier.submission", code.encode(), _dump(submitted), "unknown-procedure", time, code
+        )
+
+    def _forged(self, model: SimulatedMessage) -> SimulatedMessage | None:
+        """A conflict (a submission re-sent with the same id but other content) or an agency
+        acting on a dossier it does not hold; None when the model allows neither."""
+        event = json.loads(model.value)
+        kind = str(event["type"]).removeprefix("vn.gov.dossier.")
+        if kind == "submitted":
+            event["data"]["channel"] = 1 if event["data"]["channel"] != 1 else 2
+            return SimulatedMessage(
+                model.topic, model.key, _dump(event), "conflict", model.time, model.dossier
+            )
+        if kind == "processing-started":
+            holder = str(event["data"]["agency"])
+            level = model.topic.removeprefix("dossier.")
+            others = [a for a in self.agencies.of_level(level) if a != holder]
+            if not others:
+                return None
+            intruder = self.rng.choice(others)
+            self._ids += 1
+            event["id"] = f"sim-{self.seed}-bad-{self._ids:09d}"
+            event["source"] = f"urn:vn:agency:{intruder}"
+            event["data"]["agency"] = intruder
+            return SimulatedMessage(
+                model.topic, model.key, _dump(event), "unauthenticated", model.time, model.dossier
+            )
+        return None
 
 
-_ENDING_TYPES = (b'dossier.withdrawal-requested"', b'dossier.stopped"', b'dossier.reception-refused"')
+# Actions whose successor on another topic cannot apply before them: swapping the two makes the
+# engine park the successor until they arrive.
+_PARKING_PREDECESSORS = frozenset({"submitted", "supplement-requested", "payment-requested"})
+_TYPE_MARK = b'"type":"vn.gov.dossier.'
+
+
+def _type_of(message: SimulatedMessage) -> str:
+    """The short inbound type of a message this module wrote ("" if it has none)."""
+    at = message.value.find(_TYPE_MARK)
+    if at < 0:
+        return ""
+    start = at + len(_TYPE_MARK)
+    return message.value[start : message.value.find(b'"', start)].decode("utf-8", "replace")
+
+
+_ENDING_TYPES = (
+    b'dossier.withdrawal-requested"',
+    b'dossier.stopped"',
+    b'dossier.reception-refused"',
+)
 
 
 def _ends_dossier(message: SimulatedMessage) -> bool:
@@ -320,6 +692,72 @@ def _dump(event: dict[str, Any]) -> bytes:
     return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def iter_chunks(messages: Sequence[SimulatedMessage], size: int) -> Iterator[Sequence[SimulatedMessage]]:
+def _accumulate(weights: Sequence[float]) -> Iterator[float]:
+    total = 0.0
+    for weight in weights:
+        total += weight
+        yield total
+
+
+def _bisect(cumulative: Sequence[float], value: float) -> int:
+    lo, hi = 0, len(cumulative) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cumulative[mid] <= value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def iter_chunks(
+    messages: Sequence[SimulatedMessage], size: int
+) -> Iterator[Sequence[SimulatedMessage]]:
     for i in range(0, len(messages), size):
         yield messages[i : i + size]
+
+
+# ---------------------------------------------------------------------------------------------
+# What was produced
+# ---------------------------------------------------------------------------------------------
+
+
+def manifest(messages: Sequence[SimulatedMessage], **meta: Any) -> dict[str, Any]:
+    """Counts by topic and expected outcome, plus `meta`: what the engine must account for."""
+    by_topic: dict[str, Counter[str]] = {}
+    for message in messages:
+        by_topic.setdefault(message.topic, Counter())[message.expected] += 1
+    expected: Counter[str] = Counter()
+    for counts in by_topic.values():
+        expected.update(counts)
+    dossiers = sum(
+        1
+        for m in messages
+        if m.expected == VALID
+        and m.topic == "dossier.submission"
+        and b'dossier.submitted"' in m.value
+    )
+    return {
+        **meta,
+        "messages": len(messages),
+        "dossiers": dossiers,
+        "expected": dict(sorted(expected.items())),
+        "by_topic": {topic: dict(sorted(c.items())) for topic, c in sorted(by_topic.items())},
+    }
+
+
+def encode_jsonl(messages: Sequence[SimulatedMessage]) -> Iterator[bytes]:
+    """One JSON line per message, binary-safe (values in base64): for files and comparisons."""
+    for m in messages:
+        line = {
+            "topic": m.topic,
+            "key": None if m.key is None else m.key.decode("utf-8", "replace"),
+            "expected": m.expected,
+            "time": m.time.isoformat(),
+            "value_base64": base64.b64encode(m.value).decode("ascii"),
+        }
+        yield json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def expected_outcomes(messages: Sequence[SimulatedMessage]) -> Mapping[str, int]:
+    return Counter(m.expected for m in messages)

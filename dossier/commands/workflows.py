@@ -1,4 +1,5 @@
-"""`dossier workflows check|show`: validate the catalogue, print a procedure or its diagram."""
+"""`dossier workflows check|show|import`: validate the catalogue, print a procedure or its
+diagram, build procedure definitions from a province's procedure list (CSV)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,23 @@ def register(subparsers: Any) -> None:
     show.add_argument("--mermaid", action="store_true", help="print a Mermaid state diagram")
     show.add_argument("--dir", type=str, default=None, help="definitions directory")
     show.set_defaults(func=run_show)
+    imp = commands.add_parser(
+        "import",
+        help="build procedure definitions from a province's procedure list (CSV)",
+        description=(
+            "Each CSV row is one version of a procedure, instantiated from a workflow template; "
+            "the result is one YAML file, <OUT>/<csv name>.yaml. Codes already defined in "
+            "another file of the catalogue are skipped. Columns: see dossier/catalogue_import.py."
+        ),
+    )
+    imp.add_argument("csv", metavar="FILE.csv", help="the procedure list")
+    imp.add_argument(
+        "--out", default=None, help="directory of the YAML file (default: <dir>/procedures)"
+    )
+    imp.add_argument(
+        "--dir", default=None, help="definitions directory with templates/ (default: shipped)"
+    )
+    imp.set_defaults(func=run_import)
 
 
 def _load(settings: Settings, directory: str | None) -> Catalogue:
@@ -47,6 +65,36 @@ def run_check(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     procedures = catalogue.codes()
     print(f"ok: {len(procedures)} procedures, {len(catalogue)} versions")
+    return 0
+
+
+def run_import(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dossier.catalogue_import import CatalogueImportError, import_catalogue
+    from engine.procedures import default_workflows_dir
+
+    root = Path(args.dir) if args.dir else (settings.workflows_dir or default_workflows_dir())
+    out = Path(args.out) if args.out else None
+    try:
+        result = import_catalogue(Path(args.csv), root, out)
+    except CatalogueImportError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found; nothing written", file=sys.stderr)
+        return 1
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"ok: {len(result.procedures)} procedures, {result.version_count} versions "
+        f"written to {result.output}"
+    )
+    if result.skipped:
+        where = sorted(set(result.skipped.values()))
+        print(
+            f"skipped {len(result.skipped)} code(s) already defined in {', '.join(where)}: "
+            f"{', '.join(sorted(result.skipped))}"
+        )
     return 0
 
 

@@ -1,0 +1,179 @@
+"""The main job, small: `dossier demo` through real Kafka and the engine process.
+
+Its summary must agree with the engine's database (read here with plain SQL, not with the
+report's code) and with what the simulator produced (its manifest, and the dead letters that
+really reached Kafka). Each run has its own topic prefix, consumer group and database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from deploy import local_kafka
+from dossier.cli import main
+from dossier.settings import Settings
+from engine.events import ALL_TOPICS
+from engine.store.sql import consumer_positions, create_db_engine, dossiers, history, outbox
+from producers.workload import read_topic
+
+DEMO = [
+    "demo",
+    "--seed",
+    "5",
+    "--from",
+    "2025-06-25",
+    "--to",
+    "2025-07-04",
+    "--warm-up-days",
+    "3",
+    "--dossiers",
+    "250",
+    "--bad-share",
+    "0.03",
+    "--duplicate-share",
+    "0.03",
+    "--reorder-share",
+    "0.1",
+    "--keep-topics",
+    "--timeout",
+    "300",
+]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, kafka_bootstrap: str
+) -> str:
+    if request.param == "postgresql":
+        monkeypatch.setenv("DOSSIER_DATABASE_URL", request.getfixturevalue("postgres_url"))
+    else:
+        monkeypatch.delenv("DOSSIER_DATABASE_URL", raising=False)
+    return str(request.param)
+
+
+@pytest.fixture
+def demo_run(backend: str, settings: Settings, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Run the job; yield its summary, manifest and where its data is; clean up after."""
+    run_dir = tmp_path / "run"
+    code = main([*DEMO, "--run-dir", str(run_dir)])
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    prefix = manifest["topic_prefix"]
+    schema = f"demo_{summary['run'].replace('-', '_')}"
+    if backend == "sqlite":
+        url = f"sqlite:///{run_dir / 'engine.db'}"
+    else:
+        url = (
+            sa.make_url(settings.postgres_url)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+    try:
+        yield {"code": code, "summary": summary, "manifest": manifest, "url": url}
+    finally:
+        isolated = replace(settings, topic_prefix=prefix)
+        with contextlib.suppress(Exception):
+            local_kafka.delete_topics(isolated, [isolated.topic(t) for t in ALL_TOPICS])
+        if backend == "postgresql":
+            admin = sa.create_engine(settings.postgres_url)
+            with admin.begin() as connection:
+                connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            admin.dispose()
+
+
+def database_facts(url: str, group: str, start: datetime, end: datetime) -> dict[str, Any]:
+    db = create_db_engine(url)
+    d = dossiers.c
+    try:
+        with db.connect() as connection:
+            in_period = sa.and_(d.submitted_at >= start, d.submitted_at < end)
+            by_status: dict[int, int] = dict(
+                connection.execute(
+                    sa.select(d.status_code, sa.func.count())
+                    .where(in_period)
+                    .group_by(d.status_code)
+                ).all()
+            )
+            letters: Counter[str] = Counter()
+            for (value,) in connection.execute(
+                sa.select(outbox.c.value).where(outbox.c.topic == "dossier.dlq")
+            ):
+                letters[json.loads(bytes(value))["data"]["reason"]] += 1
+            finished = connection.execute(
+                sa.select(d.due_at, d.finished_at).where(
+                    d.finished_at >= start, d.finished_at < end
+                )
+            ).all()
+            received = connection.execute(
+                sa.select(d.channel).where(d.received_at >= start, d.received_at < end)
+            ).all()
+            return {
+                "by_status": {str(k): v for k, v in by_status.items()},
+                "dead_letters": dict(letters),
+                "applied": connection.scalar(sa.select(sa.func.count()).select_from(history)),
+                "consumed": connection.scalar(
+                    sa.select(sa.func.sum(consumer_positions.c.next_offset)).where(
+                        consumer_positions.c.group_id == group
+                    )
+                ),
+                "dossiers": connection.scalar(sa.select(sa.func.count()).select_from(dossiers)),
+                "on_time": (
+                    sum(1 for due, done in finished if due is None or done <= due),
+                    len(finished),
+                ),
+                "online": (sum(1 for (channel,) in received if channel == 2), len(received)),
+            }
+    finally:
+        db.dispose()
+
+
+def test_main_job_summary_agrees_with_the_database_and_with_what_was_produced(
+    demo_run: dict[str, Any], settings: Settings
+) -> None:
+    summary, manifest = demo_run["summary"], demo_run["manifest"]
+    assert demo_run["code"] == 0, summary["checks"]
+    assert [c for c in summary["checks"] if not c["ok"]] == []
+
+    start, end = (datetime.fromisoformat(t) for t in summary["period"])
+    prefix = manifest["topic_prefix"]
+    facts = database_facts(demo_run["url"], prefix.rstrip("."), start, end)
+
+    # The summary says what the database says.
+    assert summary["by_status"] == facts["by_status"]
+    assert summary["dossiers"] == sum(facts["by_status"].values())
+    assert summary["dead_letters"] == facts["dead_letters"]
+    assert summary["applied"] == facts["applied"]
+    assert summary["consumed"] == facts["consumed"]
+    on_time, online = summary["indicators"]["2.1"], summary["indicators"]["3.3"]
+    assert (on_time["numerator"], on_time["denominator"]) == facts["on_time"]
+    assert (online["numerator"], online["denominator"]) == facts["online"]
+
+    # ... and what was produced: every valid input applied, every duplicate recognised,
+    # every bad input dead-lettered with the reason it was made for.
+    expected = manifest["expected"]
+    bad = {reason: n for reason, n in expected.items() if reason not in ("valid", "duplicate")}
+    assert set(bad) >= {"malformed", "schema"}
+    assert facts["consumed"] == manifest["messages"]
+    assert facts["applied"] == expected["valid"]
+    assert facts["dossiers"] == manifest["dossiers"]
+    assert summary["duplicates"] == expected["duplicate"]
+    assert facts["dead_letters"] == bad
+
+    # The dead letters really went out on Kafka, once each, with those reasons.
+    records = read_topic(
+        settings.kafka_bootstrap_servers,
+        f"{prefix}dossier.dlq",
+        timeout_s=30,
+        expect=sum(bad.values()),
+    )
+    assert Counter(json.loads(r.value)["data"]["reason"] for r in records) == Counter(bad)
