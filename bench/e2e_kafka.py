@@ -28,23 +28,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kafka import KafkaConsumer  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+from kafka import KafkaConsumer
+from sqlalchemy import text
 
-from deploy import local_kafka  # noqa: E402
-from dossier.settings import Settings  # noqa: E402
-from dossier.simulation import SimulatedMessage, Workload  # noqa: E402
-from dossier.supervision import EngineProcess, wait_caught_up  # noqa: E402
-from engine.calendar import WorkingCalendar  # noqa: E402
-from engine.engine import Engine  # noqa: E402
-from engine.events import ALL_TOPICS, INBOUND_TOPICS  # noqa: E402
-from engine.ports import Position  # noqa: E402
-from engine.procedures import load_catalogue  # noqa: E402
-from engine.service import BatchProcessor, RawInput, ServiceConfig  # noqa: E402
-from engine.store.migrate import upgrade  # noqa: E402
-from engine.store.sql import SqlUnitOfWork, create_db_engine  # noqa: E402
-from producers.workload import create_input_producer, publish, read_topic  # noqa: E402
-from schemas.codec import InboundDecoder  # noqa: E402
+from deploy import local_kafka
+from dossier.settings import Settings
+from dossier.simulation import SimulatedMessage, Workload
+from dossier.supervision import EngineProcess, wait_caught_up
+from engine.calendar import WorkingCalendar
+from engine.engine import Engine
+from engine.events import ALL_TOPICS, INBOUND_TOPICS
+from engine.ports import Position
+from engine.procedures import load_catalogue
+from engine.service import BatchProcessor, RawInput, ServiceConfig
+from engine.store.migrate import upgrade
+from engine.store.sql import SqlUnitOfWork, create_db_engine
+from producers.workload import create_input_producer, publish, read_topic
+from schemas.codec import InboundDecoder
 
 REFERENCE_PROCEDURES = ("1.001193", "1.004222", "DD.GCN.LD")
 
@@ -79,7 +79,9 @@ def isolated(base: Settings, database_url: str, tmp: Path) -> Settings:
         batch_timeout_ms=100,
         kafka_data_dir=tmp / f"client-{tag}",
     )
-    local_kafka.ensure_topics(settings, [settings.topic(t) for t in ALL_TOPICS], base.topic_partitions)
+    local_kafka.ensure_topics(
+        settings, [settings.topic(t) for t in ALL_TOPICS], base.topic_partitions
+    )
     return settings
 
 
@@ -103,7 +105,9 @@ def sustained(settings: Settings, stream: list[SimulatedMessage], tmp: Path) -> 
     return len(stream) / elapsed
 
 
-def latency(settings: Settings, stream: list[SimulatedMessage], rate: float, tmp: Path) -> list[float]:
+def latency(
+    settings: Settings, stream: list[SimulatedMessage], rate: float, tmp: Path
+) -> list[float]:
     with EngineProcess(settings, tmp / f"{settings.consumer_group}-latency.log") as engine:
         time.sleep(6)  # let the worker join its group before the clock starts
         producer = create_input_producer(settings.kafka_bootstrap_servers)
@@ -112,13 +116,17 @@ def latency(settings: Settings, stream: list[SimulatedMessage], rate: float, tmp
         wait_caught_up(settings, 600, engine, poll_s=0.2)
     sent: dict[str, int] = {}
     for topic in INBOUND_TOPICS:
-        for record in read_topic(settings.kafka_bootstrap_servers, settings.topic(topic), timeout_s=20):
+        for record in read_topic(
+            settings.kafka_bootstrap_servers, settings.topic(topic), timeout_s=20
+        ):
             try:
                 sent[json.loads(record.value)["id"]] = record.timestamp
             except (ValueError, KeyError, TypeError):
                 continue
     delays: list[float] = []
-    for record in read_topic(settings.kafka_bootstrap_servers, settings.topic("dossier.status"), timeout_s=20):
+    for record in read_topic(
+        settings.kafka_bootstrap_servers, settings.topic("dossier.status"), timeout_s=20
+    ):
         cause = json.loads(record.value)["data"]["caused_by"]["id"]
         if cause in sent:
             delays.append(record.timestamp - sent.pop(cause))  # one status per input at most
@@ -181,7 +189,10 @@ def main() -> int:
     backlog = messages(args.events, seed=1)
     offered = messages(int(args.rate * args.seconds), seed=2)
     naive_stream = messages(args.naive_events, seed=3)
-    print(f"mix: {len(backlog)} inputs (3 reference procedures, 1% duplicates, 0.5% bad, 2% reordered)")
+    print(
+        f"mix: {len(backlog)} inputs "
+        "(3 reference procedures, 1% duplicates, 0.5% bad, 2% reordered)"
+    )
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         databases = [("SQLite", lambda: f"sqlite:///{tmp / uuid.uuid4().hex}.db")]
@@ -189,16 +200,23 @@ def main() -> int:
             databases.append(("PostgreSQL", lambda: postgres_url(base)))
         for name, url in databases:
             rate = sustained(isolated(base, url(), tmp), backlog, tmp)
-            print(f"{name:<11} sustained  : {rate:>8,.0f} events/s ({len(backlog)} inputs, backlog drained)")
+            print(
+                f"{name:<11} sustained  : {rate:>8,.0f} events/s "
+                f"({len(backlog)} inputs, backlog drained)"
+            )
             delays = latency(isolated(base, url(), tmp), offered, args.rate, tmp)
             if delays:
                 print(
                     f"{name:<11} latency    : p50 {percentile(delays, 0.5):,.0f} ms, "
-                    f"p99 {percentile(delays, 0.99):,.0f} ms, mean {statistics.fmean(delays):,.0f} ms "
+                    f"p99 {percentile(delays, 0.99):,.0f} ms, "
+                    f"mean {statistics.fmean(delays):,.0f} ms "
                     f"at {args.rate:,.0f} events/s offered ({len(delays)} status events)"
                 )
             slow = naive(isolated(base, url(), tmp), naive_stream)
-            print(f"{name:<11} naive      : {slow:>8,.0f} events/s (one transaction and offset commit per event)")
+            print(
+                f"{name:<11} naive      : {slow:>8,.0f} events/s "
+                "(one transaction and offset commit per event)"
+            )
     return 0
 
 

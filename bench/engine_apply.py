@@ -23,22 +23,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import text  # noqa: E402
-from transitions import Machine  # noqa: E402
+from sqlalchemy import text
+from transitions import Machine
 
-from dossier.settings import Settings  # noqa: E402
-from dossier.simulation import SimulatedMessage, Workload  # noqa: E402
-from engine.calendar import WorkingCalendar  # noqa: E402
-from engine.dossier import Applied, Dossier  # noqa: E402
-from engine.engine import Engine  # noqa: E402
-from engine.events import InboundEvent  # noqa: E402
-from engine.ports import Position  # noqa: E402
-from engine.procedures import ProcedureVersion, load_catalogue  # noqa: E402
-from engine.service import BatchProcessor, RawInput, ServiceConfig  # noqa: E402
-from engine.store.migrate import upgrade  # noqa: E402
-from engine.store.sql import SqlUnitOfWork, create_db_engine  # noqa: E402
-from schemas.codec import InboundDecoder  # noqa: E402
-
+from dossier.settings import Settings
+from dossier.simulation import SimulatedMessage, Workload
+from engine.calendar import WorkingCalendar
+from engine.dossier import Applied, Dossier
+from engine.engine import Engine
+from engine.events import InboundEvent
+from engine.ports import Position
+from engine.procedures import ProcedureVersion, load_catalogue
+from engine.service import BatchProcessor, RawInput, ServiceConfig
+from engine.store.migrate import upgrade
+from engine.store.sql import SqlUnitOfWork, create_db_engine
+from schemas.codec import InboundDecoder
 
 REFERENCE_PROCEDURES = ("1.001193", "1.004222", "DD.GCN.LD")
 
@@ -79,9 +78,7 @@ class NaiveDossier:
     state: str
 
 
-def naive_machine_per_dossier(
-    engine: Engine, events: list[InboundEvent]
-) -> tuple[float, int]:
+def naive_machine_per_dossier(engine: Engine, events: list[InboundEvent]) -> tuple[float, int]:
     """A transitions Machine built for every dossier; conditions on level and agency only."""
     models: dict[str, tuple[NaiveDossier, Machine]] = {}
     versions: dict[str, ProcedureVersion] = {}
@@ -204,9 +201,11 @@ def main() -> int:
 
     print("\n(a) pure apply, in memory, one core")
     elapsed, applied = pure_apply(engine, events)
-    print(f"  shared compiled machine : {len(events) / elapsed:>10,.0f} events/s ({applied} applied)")
+    print(
+        f"  shared compiled machine : {len(events) / elapsed:>10,.0f} events/s ({applied} applied)"
+    )
     naive_events = decoded(workload(args.naive_dossiers))
-    elapsed_naive, applied_naive = naive_machine_per_dossier(engine, naive_events)
+    elapsed_naive, _ = naive_machine_per_dossier(engine, naive_events)
     elapsed_same, _ = pure_apply(engine, naive_events)
     print(
         f"  machine per dossier     : {len(naive_events) / elapsed_naive:>10,.0f} events/s "

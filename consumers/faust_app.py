@@ -15,17 +15,17 @@ import asyncio
 import functools
 import logging
 import os
-from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import faust
 from faust.types import TP
 
+from consumers.ordering import EventTimeGate, Held, event_time
 from dossier.runtime import Runtime
 from engine.events import INBOUND_TOPICS
 from engine.ports import Position
-from consumers.ordering import EventTimeGate, Held, event_time
 from engine.service import RawInput
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def build_app(runtime: Runtime) -> faust.App:
             gate.add(Held(to_raw_input(runtime, e), event_time(e.message.value), e) for e in events)
             await drain()
 
-    @app.timer(interval=0.25)
+    @app.timer(interval=0.25)  # type: ignore[untyped-decorator]
     async def tick() -> None:
         # Held inputs whose wait ran out go even when nothing new arrives; in wall-clock mode
         # the clock moves (deadline notices, parked expiry) without inputs too.

@@ -97,7 +97,9 @@ class Settings:
         "SQLAlchemy URL of the engine's database; SQLite is the embedded default.",
     )
     postgres_port: int = setting(
-        "DOSSIER_POSTGRES_PORT", 55432, "Loopback port of the PostgreSQL cluster started by deploy/."
+        "DOSSIER_POSTGRES_PORT",
+        55432,
+        "Loopback port of the PostgreSQL cluster started by deploy/.",
     )
     postgres_data_dir: Path = setting_factory(
         "DOSSIER_POSTGRES_DATA_DIR",
@@ -143,7 +145,7 @@ class Settings:
     parked_ttl_seconds: int = setting(
         "DOSSIER_PARKED_TTL_SECONDS",
         7 * 24 * 3600,
-        "How long (real time) an input may stay parked before it is dead-lettered 'parked-expired'.",
+        "How long (real time) an input may stay parked before it goes to the DLQ, parked-expired.",
     )
     clock_mode: ClockMode = setting(
         "DOSSIER_CLOCK_MODE",

@@ -185,7 +185,7 @@ class Engine:
 
         if kind == "received":
             changes["received_at"] = event.time
-            changes["due_at"] = calendar.due_at(event.time, days)
+            changes["due_at"] = calendar.due_at(event.time, float(days))
         elif kind == "transferred":
             changes["level"] = str(data["to_level"])
             changes["agency"] = str(data["to_agency"])
@@ -199,7 +199,7 @@ class Engine:
             changes["paused_at"] = None
             if version.deadline.supplementation == "restart" or before.due_at is None:
                 # Decree 61/2018 art. 19.4: the processing time starts again from zero.
-                changes["due_at"] = calendar.due_at(event.time, days)
+                changes["due_at"] = calendar.due_at(event.time, float(days))
             else:
                 changes["due_at"] = calendar.add_working_seconds(before.due_at, max(0, paused))
         elif kind == "payment-requested":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from transitions import EventData, Machine
 
@@ -71,7 +71,7 @@ class CompiledWorkflow:
         guards = [(name, self._guards[name]) for name in definition.guards]
 
         def condition(event_data: EventData) -> bool:
-            cursor: _Cursor = event_data.model
+            cursor = cast(_Cursor, event_data.model)
             event, dossier = cursor.event, cursor.dossier
             assert event is not None and dossier is not None
             if not _matches(definition, event, dossier):

@@ -252,7 +252,7 @@ def _read_yaml(path: Path, problems: list[Problem]) -> Any:
     try:
         with path.open(encoding="utf-8") as handle:
             # libyaml's C loader, when present, reads a 1,000-procedure catalogue ~10x faster.
-            return yaml.load(handle, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
+            return yaml.load(handle, Loader=_YAML_LOADER)
     except (OSError, yaml.YAMLError) as exc:
         problems.append(Problem(str(path), "", f"cannot read YAML: {exc}"))
         return None
@@ -343,7 +343,8 @@ def _parse_version(
         if template is None:
             problem(
                 "template",
-                f"unknown template {template_name!r} (known: {', '.join(sorted(templates)) or 'none'})",
+                f"unknown template {template_name!r} "
+                f"(known: {', '.join(sorted(templates)) or 'none'})",
             )
             return None
         params = dict(template.defaults) | dict(raw.get("params") or {})
@@ -668,6 +669,7 @@ def _check_overlaps(versions: Sequence[ProcedureVersion], problems: list[Problem
                         later.source_file,
                         code,
                         f"version {later.version} (from {later.effective_from}) overlaps version "
-                        f"{earlier.version} ({earlier.effective_from} to {earlier.effective_to or 'open end'})",
+                        f"{earlier.version} ({earlier.effective_from} to "
+                        f"{earlier.effective_to or 'open end'})",
                     )
                 )

@@ -150,9 +150,9 @@ class _Batch:
         # The clock moves first, so inputs parked in this batch count their wait from now.
         self._advance_clock(events)
         self._prefetch(events)
-        for raw, event in decoded:
-            if event is not None:
-                self._handle(raw, event)
+        for raw, maybe_event in decoded:
+            if maybe_event is not None:
+                self._handle(raw, maybe_event)
         self._expire_parked()
         self._deadline_notices()
         self._flush(inputs)
@@ -171,10 +171,13 @@ class _Batch:
         fresh: list[RawInput] = []
         for raw in inputs:
             p = raw.position
-            if p.offset is not None and p.partition is not None:
-                if p.offset < committed.get((p.topic, p.partition), 0):
-                    self.result.redelivered += 1
-                    continue
+            if (
+                p.offset is not None
+                and p.partition is not None
+                and p.offset < committed.get((p.topic, p.partition), 0)
+            ):
+                self.result.redelivered += 1
+                continue
             fresh.append(raw)
         return fresh
 

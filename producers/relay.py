@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -98,7 +97,9 @@ class OutboxRelay:
                 sent = self.drain()
                 backoff = 0.5
             except KafkaError as exc:
-                log.warning("outbox relay paused: broker unavailable (%s); retrying", type(exc).__name__)
+                log.warning(
+                    "outbox relay paused: broker unavailable (%s); retrying", type(exc).__name__
+                )
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
@@ -109,5 +110,3 @@ class OutboxRelay:
             self.drain()  # a clean stop publishes what the last batch committed
         except KafkaError:
             log.warning("outbox relay stopped with unsent rows; they are sent after restart")
-
-

@@ -57,7 +57,9 @@ def check_database(settings: Settings) -> str | None:
         with db.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
-        return f"database {db.url.render_as_string(hide_password=True)} is unreachable ({exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc})"
+        where = db.url.render_as_string(hide_password=True)
+        cause = getattr(exc, "orig", None) or exc
+        return f"database {where} is unreachable ({type(cause).__name__}: {cause})"
     finally:
         db.dispose()
     return None
