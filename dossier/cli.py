@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from dossier.settings import Settings, SettingError
+from dossier.settings import SettingError, Settings
 
 # Each module registers its subcommands; imported lazily so `dossier config` stays fast and
 # a missing optional piece never breaks the others.
