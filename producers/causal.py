@@ -220,3 +220,19 @@ class DatabasePositions:
 
     def close(self) -> None:
         self._db.dispose()
+
+
+def publish_stream(
+    producer: Any,
+    messages: Sequence[SimulatedMessage],
+    topic_name: Callable[[str], str],
+    *,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> CausalReport:
+    """Everything in arrival order, as fast as the producer goes; the engine's event-time gate
+    (consumers.ordering) puts the topics back in order."""
+    from producers.workload import publish
+
+    report = publish(producer, messages, topic_name, stop=stop, on_progress=on_progress)
+    return CausalReport(report.sent, report.seconds, report.stopped_early)

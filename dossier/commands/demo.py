@@ -80,6 +80,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--timeout", type=float, default=900.0, help="longest wait for the engine, in seconds"
     )
+    parser.add_argument(
+        "--pace",
+        choices=("stream", "causal"),
+        default="stream",
+        help="stream: publish everything in time order and let the engine order it across "
+        "topics; causal: each agency acts only once the engine took the dossier's previous step",
+    )
     parser.set_defaults(func=run)
 
 
@@ -221,7 +228,7 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
     from engine.calendar import WorkingCalendar
     from engine.events import ALL_TOPICS
     from engine.procedures import load_catalogue
-    from producers.causal import DatabasePositions, publish_following
+    from producers.causal import DatabasePositions, publish_following, publish_stream
     from producers.workload import create_input_producer
 
     phases = Phases()
@@ -278,6 +285,8 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
             console.print(
                 "[bold]4/5[/] publishing; each agency acts once the engine has taken the "
                 "dossier's previous step"
+                if args.pace == "causal"
+                else "[bold]4/5[/] publishing the month in time order, as fast as Kafka takes it"
             )
             progress = new_progress()
             engine_task = progress.add_task("engine", total=len(messages))
@@ -293,15 +302,24 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
                 publish_task = progress.add_task("publishing", total=len(messages))
                 watch.start()
                 try:
-                    report = publish_following(
-                        producer,
-                        messages,
-                        demo.topic,
-                        positions,
-                        stop=stop,
-                        on_progress=lambda n: progress.advance(publish_task, n),
-                        on_idle=engine_alive,
-                    )
+                    if args.pace == "causal":
+                        report = publish_following(
+                            producer,
+                            messages,
+                            demo.topic,
+                            positions,
+                            stop=stop,
+                            on_progress=lambda n: progress.advance(publish_task, n),
+                            on_idle=engine_alive,
+                        )
+                    else:
+                        report = publish_stream(
+                            producer,
+                            messages,
+                            demo.topic,
+                            stop=stop,
+                            on_progress=lambda n: progress.advance(publish_task, n),
+                        )
                 finally:
                     producer.close()
                 if report.stopped_early:
@@ -319,7 +337,11 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
         console.print(
             f"[bold]4/5[/] the engine took {caught.consumed:,} inputs in {seconds:.1f} s: "
             f"[bold]{caught.consumed / seconds:,.0f} events/s[/] "
-            f"({report.waits:,} actions waited for the engine to take the previous one)"
+            + (
+                f" ({report.waits:,} actions waited for the engine to take the previous one)"
+                if report.waits
+                else ""
+            )
         )
         if metrics_url:
             scrape(metrics_url, run_dir / "metrics.txt")
