@@ -121,6 +121,8 @@ def build_app(runtime: Runtime) -> faust.App:
     async def tick() -> None:
         # Held inputs whose wait ran out go even when nothing new arrives; in wall-clock mode
         # the clock moves (deadline notices, parked expiry) without inputs too.
+        if lock.locked():
+            return  # the agent is draining: it will see what the timer would have
         if len(gate) or settings.clock_mode == "wall":
             await drain(tick=settings.clock_mode == "wall")
 

@@ -32,3 +32,6 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # transitions logs every trigger at INFO; that is the engine's hot path.
     logging.getLogger("transitions").setLevel(logging.WARNING)
+    # kafka-python's I/O thread reports every slice it could not get the GIL for promptly; the
+    # engine's batches hold it by design. Lag and latency metrics tell the operator what matters.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
