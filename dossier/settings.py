@@ -127,7 +127,7 @@ class Settings:
         "Directory of procedure definitions; empty means the catalogue shipped in workflows/.",
     )
     batch_size: int = setting(
-        "DOSSIER_BATCH_SIZE", 500, "Most inputs applied and committed in one transaction."
+        "DOSSIER_BATCH_SIZE", 2000, "Most inputs applied and committed in one transaction."
     )
     batch_timeout_ms: int = setting(
         "DOSSIER_BATCH_TIMEOUT_MS", 200, "Longest wait to fill a batch before committing it."
