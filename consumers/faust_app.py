@@ -110,6 +110,13 @@ def build_app(runtime: Runtime) -> faust.App:
                 for held in chunk:
                     await streams[0].ack(held.token)
 
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def forget_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        async with lock:  # not while a batch of them is being applied
+            dropped = gate.forget((tp.topic, tp.partition) for tp in revoked)
+        if dropped:
+            log.info("rebalance: %d held inputs left to the partitions' new owner", dropped)
+
     @app.agent(topics, concurrency=1)
     async def consume(stream: Any) -> None:
         streams[:] = [stream]

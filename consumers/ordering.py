@@ -68,6 +68,22 @@ class EventTimeGate:
             if position.offset is not None:
                 self._next_offset[(position.topic, partition)] = position.offset + 1
 
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> int:
+        """Drop what is held from partitions this process no longer owns (a rebalance).
+
+        Held inputs were never acknowledged, so the new owner consumes them again.
+        """
+        dropped = 0
+        for topic, partition in partitions:
+            queue = self._queues.pop((partition, topic), None)
+            dropped += len(queue) if queue else 0
+            self._next_offset.pop((topic, partition), None)
+        for partition in {p for _, p in partitions}:
+            if not any(p == partition for p, _ in self._queues):
+                self._released_time.pop(partition, None)
+                self._blocked_since.pop(partition, None)
+        return dropped
+
     def release(self, caught_up: CaughtUp, now: float) -> list[Held]:
         """Inputs that may go now, in the order to apply them."""
         released: list[Held] = []

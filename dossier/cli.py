@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "dossier.commands.kpi",
     "dossier.commands.simulate",
     "dossier.commands.demo",
+    "dossier.commands.replay",
+    "dossier.commands.audit",
 )
 
 

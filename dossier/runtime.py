@@ -37,6 +37,10 @@ class Runtime:
     outbox_wake: threading.Event = field(default_factory=threading.Event)
     _window: list[float] = field(default_factory=lambda: [time.monotonic(), 0, 0, 0.0])
     _positions: dict[tuple[str, int], int] | None = None
+    # Audit checkpoints (engine.store.audit): the first after the first batch, then at most
+    # one per interval; the interval bounds how much history a truncation could hide.
+    checkpoint_interval_s: float = 60.0
+    _last_checkpoint: float | None = None
 
     @classmethod
     def create(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -92,7 +96,23 @@ class Runtime:
         self._report(len(inputs), elapsed)
         for listener in self.batch_listeners:
             listener(inputs, result, elapsed)
+        self._maybe_checkpoint()
         return result
+
+    def _maybe_checkpoint(self) -> None:
+        now = time.monotonic()
+        last = self._last_checkpoint
+        if last is not None and now - last < self.checkpoint_interval_s:
+            return
+        self._last_checkpoint = now
+        from engine.store.audit import write_checkpoint
+
+        try:
+            if write_checkpoint(self.db, self.settings.engine_source) is not None:
+                self.outbox_wake.set()
+        except Exception:
+            # A missed checkpoint delays evidence; it must not stop the engine.
+            log.exception("audit checkpoint failed; retrying at the next interval")
 
     def committed_position(self, topic: str, partition: int) -> int:
         """The next offset this database has to consume from a partition (0 if none yet)."""

@@ -9,7 +9,7 @@ would cap throughput at the database's latency.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -43,6 +43,10 @@ class HistoryRow:
     state_after: str
     status_code: int
     workflow_version: int
+    # The tamper-evident chain (engine.audit), computed by the store when the row is appended;
+    # not part of equality, because a row is the same input whether or not it is chained yet.
+    prev_hash: str | None = field(default=None, compare=False)
+    chain_hash: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

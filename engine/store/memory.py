@@ -18,6 +18,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
+from engine.audit import GENESIS, link, row_content
 from engine.ports import (
     ConcurrencyError,
     HistoryRow,
@@ -177,19 +178,19 @@ class InMemoryRepository:
     # --- history -----------------------------------------------------------------------------
     def append_history(self, rows: Sequence[HistoryRow]) -> None:
         """Raises ConcurrencyError if a (dossier_code, seq) is already taken."""
-        staged: dict[str, list[HistoryRow]] = {}
+        fresh: dict[str, list[HistoryRow]] = {}
         for row in rows:
             _aware(row.event_time)
-            if row.dossier_code not in staged:
-                staged[row.dossier_code] = list(self._history.get(row.dossier_code) or ())
-            staged[row.dossier_code].append(row)
-        for code, code_rows in staged.items():
-            seqs = [r.seq for r in code_rows]
+            fresh.setdefault(row.dossier_code, []).append(row)
+        for code, code_rows in fresh.items():
+            seqs = [r.seq for r in code_rows] + [r.seq for r in self._history.get(code) or ()]
             if len(set(seqs)) != len(seqs):
                 raise self._conflict(f"history of {code} was appended to by someone else")
-        for code, code_rows in staged.items():
+        for code, code_rows in fresh.items():
+            existing = self._history.get(code) or ()
+            prev = existing[-1].chain_hash if existing else None
             code_rows.sort(key=lambda r: r.seq)
-            self._history[code] = tuple(code_rows)
+            self._history[code] = (*existing, *_chained(code_rows, prev or GENESIS))
 
     def history(self, dossier_code: str) -> list[HistoryRow]:
         return list(self._history.get(dossier_code) or ())
@@ -369,3 +370,14 @@ def _aware(value: datetime | None) -> None:
     """Refuse naive datetimes, as the SQL store does: deadlines need an instant."""
     if value is not None and (value.tzinfo is None or value.utcoffset() is None):
         raise ValueError(f"naive datetime {value!r}: storage needs timezone-aware datetimes")
+
+
+def _chained(rows: list[HistoryRow], prev: str) -> list[HistoryRow]:
+    """The rows hashed in seq order, each over its predecessor (engine.audit); hashes a
+    caller may have set are recomputed: the store, not the caller, vouches for them."""
+    chained: list[HistoryRow] = []
+    for row in rows:
+        current = link(prev, row_content(row))
+        chained.append(replace(row, prev_hash=prev, chain_hash=current))
+        prev = current
+    return chained

@@ -69,6 +69,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.types import UserDefinedType
 
+from engine.audit import GENESIS, link, row_content
 from engine.dossier import Dossier
 from engine.ports import (
     ConcurrencyError,
@@ -195,7 +196,8 @@ history = Table(
     Column("workflow_version", Integer, nullable=False),
     # Wall clock, for operators only: business logic never reads it, so replays stay exact.
     Column("recorded_at", UtcDateTime, nullable=False),
-    # Reserved for the tamper-evident hash chain over history.
+    # The tamper-evident hash chain (engine.audit): nullable only for rows written before
+    # migration 0004, which computes theirs.
     Column("chain_hash", Text, nullable=True),
     Column("prev_hash", Text, nullable=True),
     UniqueConstraint("dossier_code", "seq"),
@@ -267,6 +269,33 @@ input_outcomes = Table(
     Column("outcome", String, nullable=False),
     Column("count", BigInteger, nullable=False),
     PrimaryKeyConstraint("group_id", "topic", "outcome"),
+)
+
+# Periodic roots over all chains (engine.audit): what `dossier audit verify` holds the history
+# against, and what is published to `dossier.audit-checkpoint`.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("business_time", UtcDateTime, nullable=True),
+    Column("history_id", BigInteger, nullable=False),  # highest history row id covered
+    Column("rows", BigInteger, nullable=False),
+    Column("chains", BigInteger, nullable=False),
+    Column("prev_root", Text, nullable=False),
+    Column("root", Text, nullable=False),
+)
+
+# The chain heads that moved since the previous checkpoint (only those: a checkpoint costs
+# what changed, not the whole history).
+audit_checkpoint_heads = Table(
+    "audit_checkpoint_heads",
+    metadata,
+    Column("checkpoint_id", BigInteger, nullable=False),
+    Column("dossier_code", String, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("chain_hash", Text, nullable=False),
+    PrimaryKeyConstraint("checkpoint_id", "dossier_code"),
 )
 
 engine_clock = Table(
@@ -508,6 +537,25 @@ _pg_applied_hashes = (
         ),
     )
 )
+_pg_head_keys = (
+    func.unnest(
+        bindparam("h_codes", type_=postgresql.ARRAY(String)),
+        bindparam("h_seqs", type_=postgresql.ARRAY(Integer)),
+    )
+    .table_valued(column("dossier_code", String), column("seq", Integer))
+    .render_derived(name="k")
+)
+_pg_chain_heads = (
+    select(history.c.dossier_code, history.c.seq, history.c.chain_hash)
+    .select_from(_pg_head_keys)
+    .join(
+        history,
+        and_(
+            history.c.dossier_code == _pg_head_keys.c.dossier_code,
+            history.c.seq == _pg_head_keys.c.seq,
+        ),
+    )
+)
 _update_dossier = (
     update(dossiers)
     .where(dossiers.c.code == bindparam("b_code"))
@@ -625,32 +673,71 @@ class SqlRepository:
 
     # --- history -----------------------------------------------------------------------------
     def append_history(self, rows: Sequence[HistoryRow]) -> None:
-        """Raises ConcurrencyError if a (dossier_code, seq) is already taken."""
+        """Raises ConcurrencyError if a (dossier_code, seq) is already taken.
+
+        Each row is chained over its dossier's previous row (engine.audit). The heads of the
+        chains this batch continues come from one batched query; a concurrent writer that
+        appended to the same dossier meanwhile collides on (dossier_code, seq), so a hash is
+        never computed over a predecessor that is not the one stored.
+        """
         if not rows:
             return
         recorded_at = datetime.now(UTC)
-        values = [
-            {
-                "dossier_code": r.dossier_code,
-                "seq": r.seq,
-                "source": r.source,
-                "event_id": r.event_id,
-                "type": r.type,
-                "event_time": r.event_time,
-                "schema_version": r.schema_version,
-                "envelope": r.envelope,
-                "topic": r.position.topic,
-                "partition": r.position.partition,
-                "offset": r.position.offset,
-                "state_before": r.state_before,
-                "state_after": r.state_after,
-                "status_code": r.status_code,
-                "workflow_version": r.workflow_version,
-                "recorded_at": recorded_at,
-            }
-            for r in rows
-        ]
+        ordered = sorted(rows, key=lambda r: (r.dossier_code, r.seq))
+        first: dict[str, int] = {}
+        for r in ordered:
+            first.setdefault(r.dossier_code, r.seq)
+        heads = self._chain_heads([(code, seq - 1) for code, seq in first.items() if seq > 1])
+        values: list[dict[str, Any]] = []
+        prev = GENESIS
+        for r in ordered:
+            if first[r.dossier_code] == r.seq:
+                # A missing predecessor chains from GENESIS: verification reports the gap.
+                prev = heads.get((r.dossier_code, r.seq - 1)) or GENESIS
+            current = link(prev, row_content(r))
+            values.append(
+                {
+                    "dossier_code": r.dossier_code,
+                    "seq": r.seq,
+                    "source": r.source,
+                    "event_id": r.event_id,
+                    "type": r.type,
+                    "event_time": r.event_time,
+                    "schema_version": r.schema_version,
+                    "envelope": r.envelope,
+                    "topic": r.position.topic,
+                    "partition": r.position.partition,
+                    "offset": r.position.offset,
+                    "state_before": r.state_before,
+                    "state_after": r.state_after,
+                    "status_code": r.status_code,
+                    "workflow_version": r.workflow_version,
+                    "recorded_at": recorded_at,
+                    "prev_hash": prev,
+                    "chain_hash": current,
+                }
+            )
+            prev = current
         self._insert_rows(history, values)
+
+    def _chain_heads(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """chain_hash of each stored (dossier_code, seq) asked for."""
+        found: dict[tuple[str, int], str] = {}
+        c = history.c
+        for chunk in _chunks(sorted(keys), 400):
+            if self._postgresql:
+                # Joined as unnested arrays, for the reason given in `applied_hashes`.
+                params = {"h_codes": [k for k, _ in chunk], "h_seqs": [s for _, s in chunk]}
+                result = self.connection.execute(_pg_chain_heads, params)
+            else:
+                query = select(c.dossier_code, c.seq, c.chain_hash).where(
+                    tuple_(c.dossier_code, c.seq).in_(chunk)
+                )
+                result = self.connection.execute(query)
+            for code, seq, chain_hash in result.all():
+                if chain_hash is not None:
+                    found[(code, seq)] = chain_hash
+        return found
 
     def history(self, dossier_code: str) -> list[HistoryRow]:
         c = history.c
@@ -671,6 +758,8 @@ class SqlRepository:
                 c.state_after,
                 c.status_code,
                 c.workflow_version,
+                c.prev_hash,
+                c.chain_hash,
             )
             .where(c.dossier_code == dossier_code)
             .order_by(c.seq)
@@ -690,6 +779,8 @@ class SqlRepository:
                 state_after=r.state_after,
                 status_code=r.status_code,
                 workflow_version=r.workflow_version,
+                prev_hash=r.prev_hash,
+                chain_hash=r.chain_hash,
             )
             for r in self.connection.execute(query).all()
         ]
@@ -1044,6 +1135,8 @@ __all__ = [
     "SqlRepository",
     "SqlUnitOfWork",
     "UtcDateTime",
+    "audit_checkpoint_heads",
+    "audit_checkpoints",
     "consumer_positions",
     "create_db_engine",
     "dossiers",

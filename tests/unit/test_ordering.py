@@ -82,3 +82,16 @@ def test_event_time_is_read_cheaply_and_none_when_absent() -> None:
     for bad in (b"", b"\xff", b"[]", b'{"time": "yesterday"}', b'{"time": "2025-03-03T09:00:00"}'):
         assert event_time(bad) is None
     assert event_time(None) is None
+
+
+def test_a_rebalance_forgets_what_is_held_for_partitions_given_away() -> None:
+    gate = EventTimeGate(TOPICS, max_idle_s=1.0)
+    gate.add(
+        [
+            held("p.dossier.commune", 0, "2025-03-03T09:00:00+07:00", partition=0),
+            held("p.dossier.commune", 0, "2025-03-03T09:00:00+07:00", partition=1),
+        ]
+    )
+    assert gate.forget([("p.dossier.commune", 1), ("p.dossier.submission", 1)]) == 1
+    assert offsets(gate.release(everything_read, now=0.0)) == [("commune", 0)]
+    assert len(gate) == 0

@@ -1,0 +1,391 @@
+"""Replaying history into a fresh database, and proving the rebuilt one matches the live one.
+
+Two sources:
+
+- **Kafka** (`replay_from_kafka`): the four inbound topics from the start (or from a time,
+  by offsets-for-times), merged the way the live engine's event-time gate merges them: each
+  partition in offset order, partitions interleaved by the event time of their next record,
+  ties broken by topic, partition, offset. Every message goes through the same
+  `BatchProcessor`, duplicates and bad inputs included, so the rebuilt database holds the same
+  outcomes. Positions follow each partition's offsets, as live.
+- **Database** (`replay_from_db`): the applied inputs stored in a database's history, in the
+  order the live engine applied them (history id), upcast to the current schema version. The
+  stored envelope is already validated, so it is handed to the engine without decoding again;
+  consumer positions are not tracked, because an input once parked is stored after inputs
+  with later offsets, and position tracking would skip it as a redelivery.
+
+Outputs go to the rebuilt database's outbox only; nothing is published unless the caller runs
+a relay to scratch topics (`publish_outbox`). The business clock is the latest event time,
+and parked inputs expire in real time, so a fast replay expires nothing that live did not.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, TopicPartition
+from sqlalchemy import Connection, Engine, func, select
+
+from consumers.ordering import event_time
+from dossier.settings import Settings
+from engine.calendar import WorkingCalendar
+from engine.engine import Engine as DossierEngine
+from engine.events import INBOUND_TOPICS, InboundEvent
+from engine.ports import Position
+from engine.procedures import load_catalogue
+from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
+from engine.store.migrate import upgrade
+from engine.store.sql import SqlRepository, SqlUnitOfWork, dossiers, history
+from engine.upcasting import upcast
+from schemas.codec import InboundDecoder
+
+REPLAY_GROUP = "dossier-replay"
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass
+class ReplayReport:
+    source: str
+    inputs: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.inputs / self.seconds if self.seconds else 0.0
+
+    def add(self, result: BatchResult) -> None:
+        self.batches += 1
+        for (_, outcome), n in result.outcomes.items():
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
+
+
+def make_processor(settings: Settings, group: str = REPLAY_GROUP) -> BatchProcessor:
+    engine = DossierEngine(load_catalogue(settings.workflows_dir), WorkingCalendar.load())
+    return BatchProcessor(
+        engine,
+        InboundDecoder(settings.max_message_bytes),
+        ServiceConfig(
+            engine_source=settings.engine_source,
+            consumer_group=group,
+            parked_ttl=timedelta(seconds=settings.parked_ttl_seconds),
+            clock_mode="business",  # a replay's clock is its inputs' time, whatever live used
+        ),
+    )
+
+
+def prepare_target(target: Engine) -> None:
+    """Migrate the target and refuse one that already holds dossiers: a replay into a used
+    database would mix two histories and verify against neither."""
+    upgrade(target)
+    with target.connect() as connection:
+        count = connection.scalar(select(func.count()).select_from(dossiers))
+    if count:
+        raise ValueError(f"the target database already holds {count} dossiers: use a fresh one")
+
+
+# ---------------------------------------------------------------------------------------------
+# From Kafka
+# ---------------------------------------------------------------------------------------------
+
+
+def read_inbound(
+    settings: Settings, since: datetime | None = None, poll_ms: int = 500
+) -> dict[tuple[str, int], list[Any]]:
+    """Every record of the inbound topics up to their current end, per (topic, partition)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+        enable_auto_commit=False,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        max_poll_records=50_000,
+        client_id="dossier-replay",
+    )
+    try:
+        partitions = [
+            TopicPartition(settings.topic(topic), p)
+            for topic in INBOUND_TOPICS
+            for p in sorted(consumer.partitions_for_topic(settings.topic(topic)) or ())
+        ]
+        consumer.assign(partitions)
+        ends: Mapping[TopicPartition, int] = consumer.end_offsets(partitions)
+        starts: dict[TopicPartition, int] = dict(consumer.beginning_offsets(partitions))
+        if since is not None:
+            found = consumer.offsets_for_times(
+                {tp: int(since.timestamp() * 1000) for tp in partitions}
+            )
+            for tp in partitions:
+                offset = found.get(tp)
+                starts[tp] = offset.offset if offset is not None else ends[tp]
+        for tp in partitions:
+            consumer.seek(tp, starts[tp])
+        records: dict[tuple[str, int], list[Any]] = {
+            (tp.topic, tp.partition): [] for tp in partitions
+        }
+        pending = {tp for tp in partitions if starts[tp] < ends[tp]}
+        while pending:
+            for tp, batch in consumer.poll(timeout_ms=poll_ms).items():
+                end = ends[tp]
+                records[(tp.topic, tp.partition)].extend(r for r in batch if r.offset < end)
+            pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
+        return records
+    finally:
+        consumer.close()
+
+
+def merged(
+    records: Mapping[tuple[str, int], Sequence[Any]], contract_topic: Mapping[str, str]
+) -> Iterator[RawInput]:
+    """One deterministic order over all partitions: each partition's offset order, and among
+    partition heads the earliest event time (then topic, partition, offset). A record without
+    a readable time goes as soon as it is at its head; the engine dead-letters it."""
+    heap: list[tuple[datetime, str, int, int, int]] = []
+    cursors: dict[tuple[str, int], int] = {}
+
+    def push(slot: tuple[str, int]) -> None:
+        index = cursors.get(slot, 0)
+        items = records[slot]
+        if index < len(items):
+            record = items[index]
+            at = event_time(record.value) or _EARLIEST
+            heapq.heappush(heap, (at.astimezone(UTC), slot[0], slot[1], record.offset, index))
+
+    for slot in sorted(records):
+        push(slot)
+    while heap:
+        _, topic, partition, _, index = heapq.heappop(heap)
+        record = records[(topic, partition)][index]
+        cursors[(topic, partition)] = index + 1
+        push((topic, partition))
+        yield RawInput(
+            contract_topic=contract_topic[topic],
+            position=Position(topic, partition, record.offset),
+            key=record.key,
+            value=record.value,
+            headers=tuple(record.headers or ()),
+        )
+
+
+def replay_from_kafka(
+    settings: Settings,
+    target: Engine,
+    *,
+    since: datetime | None = None,
+    batch_size: int = 5000,
+    group: str = REPLAY_GROUP,
+) -> ReplayReport:
+    prepare_target(target)
+    report = ReplayReport("kafka")
+    started = time.perf_counter()
+    records = read_inbound(settings, since)
+    contract = {settings.topic(t): t for t in INBOUND_TOPICS}
+    processor = make_processor(settings, group)
+    batch: list[RawInput] = []
+    for raw in merged(records, contract):
+        batch.append(raw)
+        if len(batch) >= batch_size:
+            report.add(processor.process(SqlUnitOfWork(target, writes=True), batch))
+            report.inputs += len(batch)
+            batch = []
+    if batch:
+        report.add(processor.process(SqlUnitOfWork(target, writes=True), batch))
+        report.inputs += len(batch)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# From a database's history
+# ---------------------------------------------------------------------------------------------
+
+
+class _StoredInputs(InboundDecoder):
+    """Hands the engine inputs already decoded from stored, upcast envelopes; anything it was
+    not given (a parked input's bytes, say) is decoded the ordinary way."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        super().__init__(max_message_bytes)
+        self.ready: dict[bytes, InboundEvent] = {}
+
+    def decode(self, value: bytes | None, topic: str) -> InboundEvent:
+        if value is not None:
+            event = self.ready.get(value)
+            if event is not None:
+                return event
+        return super().decode(value, topic)
+
+
+class _PositionlessRepository(SqlRepository):
+    def load_positions(self, group: str) -> dict[tuple[str, int], int]:
+        return {}
+
+    def save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
+        return None
+
+
+class _ReplayUnitOfWork(SqlUnitOfWork):
+    def __enter__(self) -> _ReplayUnitOfWork:
+        super().__enter__()
+        connection, _ = self._active()
+        self.repo = self._repo = _PositionlessRepository(connection)
+        return self
+
+
+def stored_inputs(
+    source: Connection, batch_size: int
+) -> Iterator[list[tuple[RawInput, InboundEvent]]]:
+    """Applied inputs of `source` in the order they were applied, upcast, in batches."""
+    h = history.c
+    query = select(h.topic, h.partition, h.offset, h.schema_version, h.envelope).order_by(h.id)
+    result = source.execution_options(stream_results=True, yield_per=batch_size).execute(query)
+    batch: list[tuple[RawInput, InboundEvent]] = []
+    for topic, partition, offset, version, envelope in result:
+        current = upcast(envelope, version)
+        contract = str(current.pop("topic", None) or _contract(topic))
+        event = InboundEvent(
+            source=current["source"],
+            id=current["id"],
+            type=current["type"],
+            subject=current["subject"],
+            time=datetime.fromisoformat(current["time"]),
+            data=current["data"],
+            topic=contract,
+        )
+        value = orjson.dumps(current)
+        raw = RawInput(contract, Position(topic, partition, offset), event.subject.encode(), value)
+        batch.append((raw, event))
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def replay_from_db(
+    settings: Settings,
+    source: Engine,
+    target: Engine,
+    *,
+    batch_size: int = 20_000,
+    group: str = REPLAY_GROUP,
+) -> ReplayReport:
+    prepare_target(target)
+    report = ReplayReport("db")
+    started = time.perf_counter()
+    processor = make_processor(settings, group)
+    decoder = _StoredInputs(settings.max_message_bytes)
+    processor.decoder = decoder
+    with source.connect() as connection:
+        for batch in stored_inputs(connection, batch_size):
+            decoder.ready = {raw.value: event for raw, event in batch if raw.value is not None}
+            result = processor.process(
+                _ReplayUnitOfWork(target, writes=True), [r for r, _ in batch]
+            )
+            report.add(result)
+            report.inputs += len(batch)
+    decoder.ready = {}
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _contract(topic: str) -> str:
+    index = topic.find("dossier.")
+    return topic[index:] if index >= 0 else topic
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification: rebuilt against live
+# ---------------------------------------------------------------------------------------------
+
+# The dossier fields an audit relies on; deadline-notice bookkeeping (warned_due, overdue_due)
+# follows the clock, which live may have run on wall time, so it is left out.
+COMPARED_FIELDS = (
+    "procedure",
+    "workflow_version",
+    "state",
+    "status_code",
+    "level",
+    "agency",
+    "received_at",
+    "due_at",
+    "finished_at",
+    "rescheduled",
+    "fees",
+    "discounts",
+    "paid",
+    "outcome",
+    "final",
+    "sequence",
+    "inputs_applied",
+)
+
+
+@dataclass
+class Comparison:
+    live: int = 0
+    rebuilt: int = 0
+    matching: int = 0
+    differences: list[str] = field(default_factory=list)  # all of them, "code: field: a != b"
+    differing: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.differing == 0 and self.live == self.rebuilt
+
+
+def _snapshots(connection: Connection) -> dict[str, dict[str, Any]]:
+    c = dossiers.c
+    return {
+        code: dict(snapshot) for code, snapshot in connection.execute(select(c.code, c.snapshot))
+    }
+
+
+def _status_sequences(connection: Connection) -> dict[str, list[tuple[str, int]]]:
+    h = history.c
+    sequences: dict[str, list[tuple[str, int]]] = {}
+    query = select(h.dossier_code, h.state_after, h.status_code).order_by(h.dossier_code, h.seq)
+    for code, state, status in connection.execution_options(yield_per=50_000).execute(query):
+        sequences.setdefault(code, []).append((state, status))
+    return sequences
+
+
+def compare(rebuilt: Engine, live: Engine, limit: int = 20) -> Comparison:
+    with rebuilt.connect() as r, live.connect() as l_:
+        rebuilt_dossiers, live_dossiers = _snapshots(r), _snapshots(l_)
+        rebuilt_steps, live_steps = _status_sequences(r), _status_sequences(l_)
+    result = Comparison(live=len(live_dossiers), rebuilt=len(rebuilt_dossiers))
+    for code in sorted(set(live_dossiers) | set(rebuilt_dossiers)):
+        mine, theirs = rebuilt_dossiers.get(code), live_dossiers.get(code)
+        found: list[str] = []
+        if mine is None or theirs is None:
+            found.append(f"{code}: only in the {'live' if mine is None else 'rebuilt'} database")
+        else:
+            for name in COMPARED_FIELDS:
+                if mine.get(name) != theirs.get(name):
+                    found.append(
+                        f"{code}: {name}: rebuilt {mine.get(name)!r} != live {theirs.get(name)!r}"
+                    )
+            steps, live_steps_of = rebuilt_steps.get(code, []), live_steps.get(code, [])
+            if steps != live_steps_of:
+                found.append(
+                    f"{code}: status sequence: rebuilt {_steps(steps)}"
+                    f" != live {_steps(live_steps_of)}"
+                )
+        if found:
+            result.differing += 1
+            if len(result.differences) < limit:
+                result.differences.extend(found)
+        else:
+            result.matching += 1
+    return result
+
+
+def _steps(steps: Iterable[tuple[str, int]]) -> str:
+    return " > ".join(f"{state}({code})" for state, code in steps)
