@@ -8,6 +8,7 @@ import contextlib
 import json
 import random
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -125,6 +126,32 @@ def produce(
         publish(producer, messages, settings.topic, rate=rate)
     finally:
         producer.close()
+
+
+def assignments(engine: EngineProcess, at_least: int, timeout_s: float = 60) -> None:
+    """Wait until the engine's consumer has been assigned partitions `at_least` times."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if engine.log_tail(100_000).count("Executing _on_partitions_assigned") >= at_least:
+            return
+        assert engine.alive(), engine.log_tail()
+        time.sleep(0.2)
+    raise TimeoutError(f"no partition assignment #{at_least}:\n{engine.log_tail()}")
+
+
+def owned_partitions(engine: EngineProcess) -> set[int]:
+    """The partitions of dossier.submission the engine last held, from faust's log table."""
+    text = engine.log_path.read_text(encoding="utf-8", errors="replace")
+    last = text.rsplit("Setting newly assigned partitions", 1)[-1]
+    for line in last.splitlines():
+        if ".dossier.submission" in line and "|" in line:
+            spec = line.split("|")[2].strip().strip("{}")
+            owned: set[int] = set()
+            for part in spec.split(","):
+                lo, _, hi = part.strip().partition("-")
+                owned.update(range(int(lo), int(hi or lo) + 1))
+            return owned
+    return set()
 
 
 def final_dossiers(settings: Settings) -> dict[str, tuple[Any, ...]]:
@@ -277,3 +304,37 @@ def test_the_engine_survives_a_broker_restart_mid_stream(
     assert sum(counts.values()) == len(part)
     assert counts["parked"] == 0
     assert_gap_free_with_identical_repeats(statuses(target))
+
+
+def test_two_engine_processes_share_the_group_and_survive_rebalances(
+    isolated: Any, stream: list[SimulatedMessage], tmp_path: Path
+) -> None:
+    shared = isolated("pair")
+    part = whole_dossiers(stream, 4000)
+    producer = threading.Thread(target=produce, args=(shared, part, 800.0))
+    first = EngineProcess(shared, tmp_path / "first.log")
+    second = EngineProcess(shared, tmp_path / "second.log")
+    first.start()
+    assignments(first, at_least=1)
+    second.start()  # the group rebalances: some partitions move to the newcomer
+    assignments(second, at_least=1)
+    assignments(first, at_least=2)
+    producer.start()
+    try:
+        threading.Event().wait(3)  # both apply their share of the stream
+        assert first.stop() == 0  # a clean leave: its partitions go to the second
+        first.start()  # and come back
+        producer.join(timeout=120)
+        assert not producer.is_alive()
+        wait_caught_up(shared, 240, second)
+        assert first.alive() and second.alive()
+    finally:
+        first.stop()
+        second.stop()
+    shares = [owned_partitions(first), owned_partitions(second)]
+    assert all(0 < len(owned) < 3 for owned in shares), shares  # really shared, not handed over
+    counts = outcome_counts(shared)
+    assert sum(counts.values()) == len(part)
+    assert counts["parked"] == 0
+    assert +counts == +expected_outcomes(part)
+    assert_gap_free_with_identical_repeats(statuses(shared))
