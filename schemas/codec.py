@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any, Final
 
 import fastjsonschema
+import orjson
 
 from engine.events import (
     CURRENT_SCHEMA_VERSION,
@@ -243,6 +244,14 @@ _JSON_ENCODER: Final = json.JSONEncoder(
 )
 
 
+def _encode(value: Any) -> bytes:
+    """Compact UTF-8 JSON of an outbound event. orjson writes one output per input on the hot
+    path several times faster than `json`, spelling these values the same way. (It would write
+    a non-finite float as null; the engine's outputs have none: amounts are integers and hours
+    come from whole seconds.)"""
+    return orjson.dumps(value, default=_json_default)
+
+
 def _has_lone_surrogate(value: Any) -> bool:
     try:
         _JSON_ENCODER.encode(value).encode("utf-8")
@@ -421,7 +430,7 @@ def encode_outbound(event: OutboundEvent, source: str) -> bytes:
         time=event.time,
         data=event.data,
     )
-    return _JSON_ENCODER.encode(envelope).encode("utf-8")
+    return _encode(envelope)
 
 
 def _b64(raw: bytes | None) -> str | None:
@@ -478,7 +487,7 @@ def dead_letter(
         time=time,
         data=data,
     )
-    return key, _JSON_ENCODER.encode(envelope).encode("utf-8")
+    return key, _encode(envelope)
 
 
 @cache
