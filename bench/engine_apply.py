@@ -188,7 +188,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dossiers", type=int, default=20000)
     parser.add_argument("--naive-dossiers", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--postgres", default=None, help="SQLAlchemy URL (default: settings)")
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
