@@ -86,24 +86,24 @@ def build_app(runtime: Runtime) -> faust.App:
     lock = asyncio.Lock()  # the agent and the timer both drain the gate
     streams: list[Any] = []
 
-    def caught_up(topic: str, partition: int, next_offset: int | None) -> bool:
+    def lag(topic: str, partition: int, next_offset: int | None) -> int | None:
         try:
             highwater = app.consumer.highwater(TP(topic, partition))
         except Exception:  # not assigned to this worker: it cannot hold our partitions back
-            return True
+            return 0
         if highwater is None:
-            return False  # not fetched yet: it may still deliver earlier inputs
+            return None  # not fetched yet: it may still deliver earlier inputs
         if next_offset is None:
             next_offset = runtime.committed_position(topic, partition)
-        return next_offset >= highwater
+        return max(0, highwater - next_offset)
 
     async def drain(tick: bool = False) -> None:
         async with lock:
             loop = asyncio.get_running_loop()
-            released = gate.release(caught_up, loop.time())
+            released = gate.release(lag, loop.time())
             if not released and not tick:
                 return
-            ceiling = gate.watermark(caught_up)
+            ceiling = gate.watermark(lag)
             for start in range(0, max(len(released), 1), settings.batch_size):
                 chunk = released[start : start + settings.batch_size]
                 await _commit_or_exit(loop, executor, runtime, [h.raw for h in chunk], ceiling)

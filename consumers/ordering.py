@@ -9,9 +9,11 @@ inputs and raise overdue notices that the slow topic's events would have prevent
 The gate holds consumed inputs per (partition, topic) and releases them lowest event time first,
 the way Kafka Streams picks the record with the smallest timestamp among a task's partitions.
 An input waits only while another topic of its partition may still deliver an earlier one:
-that topic is neither holding inputs nor caught up to its high watermark. After `max_idle_s`
-of such waiting it goes anyway (Kafka Streams' `max.task.idle.ms`), so a silent producer delays
-the others by a bounded time and never blocks them.
+that topic is holding no inputs and is not caught up to its high watermark. As in Kafka Streams
+(KIP-695), a topic known to have unread records is waited for (they are on their way; at most
+`max_lagging_wait_s`, a safety valve), while one whose lag is unknown is waited for at most
+`max_idle_s` (`max.task.idle.ms`), so a silent producer delays the others by a bounded time and
+never blocks them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import orjson
 
 from engine.service import RawInput
 
-CaughtUp = Callable[[str, int, int | None], bool]  # (topic, partition, next offset seen) -> bool
+# (topic, partition, next offset seen) -> records known unread (0: caught up), None if unknown
+Lag = Callable[[str, int, int | None], int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +52,12 @@ def event_time(value: bytes | None) -> datetime | None:
 
 
 class EventTimeGate:
-    def __init__(self, topics: Sequence[str], max_idle_s: float) -> None:
+    def __init__(
+        self, topics: Sequence[str], max_idle_s: float, max_lagging_wait_s: float = 30.0
+    ) -> None:
         self.topics = tuple(topics)
         self.max_idle_s = max_idle_s
+        self.max_lagging_wait_s = max_lagging_wait_s
         self._queues: dict[tuple[int, str], deque[Held]] = {}
         self._next_offset: dict[tuple[str, int], int] = {}
         self._blocked_since: dict[int, float] = {}
@@ -84,14 +90,14 @@ class EventTimeGate:
                 self._blocked_since.pop(partition, None)
         return dropped
 
-    def release(self, caught_up: CaughtUp, now: float) -> list[Held]:
+    def release(self, lag: Lag, now: float) -> list[Held]:
         """Inputs that may go now, in the order to apply them."""
         released: list[Held] = []
         for partition in sorted({p for p, _ in self._queues}):
-            released.extend(self._release_partition(partition, caught_up, now))
+            released.extend(self._release_partition(partition, lag, now))
         return released
 
-    def _release_partition(self, partition: int, caught_up: CaughtUp, now: float) -> list[Held]:
+    def _release_partition(self, partition: int, lag: Lag, now: float) -> list[Held]:
         out: list[Held] = []
         queues = {t: q for (p, t), q in self._queues.items() if p == partition and q}
         timed_out = False
@@ -99,15 +105,17 @@ class EventTimeGate:
             topic = min(queues, key=lambda t: _sort_key(queues[t][0]))
             head = queues[topic][0]
             if head.time is not None and not timed_out:
-                silent = [
-                    t
+                unread = [
+                    lag(t, partition, self._next_offset.get((t, partition)))
                     for t in self.topics
                     if t not in queues
-                    and not caught_up(t, partition, self._next_offset.get((t, partition)))
                 ]
-                if silent:
+                behind = [n for n in unread if n != 0]
+                if behind:
                     since = self._blocked_since.setdefault(partition, now)
-                    if now - since < self.max_idle_s:
+                    known = any(n is not None for n in behind)
+                    limit = self.max_lagging_wait_s if known else self.max_idle_s
+                    if now - since < limit:
                         break
                     timed_out = True  # waited long enough: release what is here, in order
             queues[topic].popleft()
@@ -126,7 +134,7 @@ class EventTimeGate:
             del self._queues[key]
         return out
 
-    def watermark(self, caught_up: CaughtUp) -> datetime | None:
+    def watermark(self, lag: Lag) -> datetime | None:
         """The event time every partition has reached: a ceiling for the engine clock.
 
         A partition still holding inputs has not got past its earliest held one, and one whose
@@ -143,8 +151,8 @@ class EventTimeGate:
             ]
             if held:
                 limits.append(min(held))
-            elif not all(
-                caught_up(t, partition, self._next_offset.get((t, partition))) for t in self.topics
+            elif any(
+                lag(t, partition, self._next_offset.get((t, partition))) != 0 for t in self.topics
             ):
                 limits.append(released)
         return min(limits) if limits else None

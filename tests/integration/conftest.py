@@ -151,3 +151,37 @@ def pg_engine(pg_schema: str) -> Iterator[Engine]:
 
 def _redacted(settings: Settings) -> Any:
     return sa.make_url(settings.postgres_url).render_as_string(hide_password=True)
+
+
+# --- an isolated engine run ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def isolated_run(
+    settings: Settings, database_url: str, workdir: Path, name: str, **overrides: Any
+) -> Iterator[Settings]:
+    """Settings of an engine run that shares nothing with any other: its own topic prefix
+    (the contract topics are created, then deleted), consumer group and database."""
+    from dataclasses import replace
+
+    from engine.events import ALL_TOPICS
+
+    tag = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "topic_prefix": f"{name}{tag}.",
+        "consumer_group": f"{name}-{tag}",
+        "topic_partitions": 3,
+        "database_url": database_url,
+        "metrics_port": 0,
+        "batch_timeout_ms": 50,
+        "kafka_data_dir": workdir / f"kafka-client-{tag}",
+    }
+    isolated = replace(settings, **(values | overrides))
+    names = [isolated.topic(t) for t in ALL_TOPICS]
+    local_kafka.ensure_topics(isolated, names, 3)
+    try:
+        yield isolated
+    finally:
+        # A broker restarted by a test may refuse for a moment; the names are unique anyway.
+        with contextlib.suppress(Exception):
+            local_kafka.delete_topics(isolated, names)

@@ -12,7 +12,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,10 @@ from dossier.settings import Settings
 from dossier.simulation import SimulatedMessage, Workload
 from dossier.supervision import EngineProcess, wait_caught_up
 from engine.calendar import WorkingCalendar
-from engine.events import ALL_TOPICS
 from engine.procedures import load_catalogue
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from producers.workload import create_input_producer, publish, read_topic
+from tests.integration.conftest import isolated_run
 
 STREAM_SIZE = 10_000
 KILLS = 5
@@ -88,34 +87,16 @@ def new_schema(postgres_url: str) -> Iterator[str]:
 def isolated(
     settings: Settings, kafka_bootstrap: str, postgres_url: str, tmp_path: Path
 ) -> Iterator[Any]:
-    made: list[tuple[Settings, Iterator[str]]] = []
+    """Factory of isolated runs on PostgreSQL, each in a schema of its own."""
+    with contextlib.ExitStack() as stack:
 
-    def make(name: str) -> Settings:
-        schemas = new_schema(postgres_url)
-        tag = uuid.uuid4().hex[:8]
-        isolated_settings = replace(
-            settings,
-            topic_prefix=f"{name}{tag}.",
-            consumer_group=f"{name}-{tag}",
-            database_url=next(schemas),
-            metrics_port=0,
-            kafka_data_dir=tmp_path / f"client-{tag}",
-        )
-        local_kafka.ensure_topics(
-            isolated_settings, [isolated_settings.topic(t) for t in ALL_TOPICS], 3
-        )
-        made.append((isolated_settings, schemas))
-        return isolated_settings
-
-    yield make
-    for isolated_settings, schemas in made:
-        # A restarted broker may refuse for a moment; the topics are unique anyway.
-        with contextlib.suppress(Exception):
-            local_kafka.delete_topics(
-                isolated_settings, [isolated_settings.topic(t) for t in ALL_TOPICS]
+        def make(name: str) -> Settings:
+            schema_url = stack.enter_context(contextlib.contextmanager(new_schema)(postgres_url))
+            return stack.enter_context(
+                isolated_run(settings, schema_url, tmp_path, name, batch_timeout_ms=200)
             )
-        for _ in schemas:
-            pass
+
+        yield make
 
 
 def produce(

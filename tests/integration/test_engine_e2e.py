@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kafka import KafkaProducer
 
-from deploy import local_kafka
 from dossier.settings import Settings
 from dossier.supervision import EngineProcess, wait_caught_up
-from engine.events import ALL_TOPICS
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from producers.workload import read_topic
 from tests.fixtures import events as ev
+from tests.integration.conftest import isolated_run
 
 COMMUNE = ev.COMMUNE_AGENCY
 DISTRICT = ev.DISTRICT_AGENCY
@@ -34,25 +31,12 @@ PROVINCE = ev.PROVINCE_AGENCY
 def engine_settings(
     request: pytest.FixtureRequest, settings: Settings, kafka_bootstrap: str, tmp_path: Path
 ) -> Iterator[Settings]:
-    tag = uuid.uuid4().hex[:10]
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'engine.db'}"
     else:
         url = request.getfixturevalue("pg_schema")
-    isolated = replace(
-        settings,
-        topic_prefix=f"t{tag}.",
-        consumer_group=f"engine-test-{tag}",
-        topic_partitions=3,
-        database_url=url,
-        metrics_port=0,
-        batch_timeout_ms=50,
-        kafka_data_dir=tmp_path / "kafka-client",
-    )
-    names = [isolated.topic(t) for t in ALL_TOPICS]
-    local_kafka.ensure_topics(isolated, names, 3)
-    yield isolated
-    local_kafka.delete_topics(isolated, names)
+    with isolated_run(settings, url, tmp_path, "e2e") as isolated:
+        yield isolated
 
 
 @pytest.fixture

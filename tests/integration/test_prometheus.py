@@ -13,9 +13,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +21,10 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
-from deploy import local_kafka
 from dossier.settings import Settings
 from dossier.supervision import EngineProcess, wait_caught_up
-from engine.events import ALL_TOPICS
 from tests.fixtures import events as ev
-from tests.integration.conftest import in_ci
+from tests.integration.conftest import in_ci, isolated_run
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 COMMUNE = ev.COMMUNE_AGENCY
@@ -94,22 +90,11 @@ def free_port() -> int:
 
 @pytest.fixture
 def engine_settings(settings: Settings, kafka_bootstrap: str, tmp_path: Path) -> Iterator[Settings]:
-    tag = uuid.uuid4().hex[:10]
-    isolated = replace(
-        settings,
-        topic_prefix=f"t{tag}.",
-        consumer_group=f"metrics-test-{tag}",
-        topic_partitions=3,
-        database_url=f"sqlite:///{tmp_path / 'engine.db'}",
-        metrics_host="127.0.0.1",
-        metrics_port=free_port(),
-        batch_timeout_ms=50,
-        kafka_data_dir=tmp_path / "kafka-client",
-    )
-    names = [isolated.topic(t) for t in ALL_TOPICS]
-    local_kafka.ensure_topics(isolated, names, 3)
-    yield isolated
-    local_kafka.delete_topics(isolated, names)
+    database = f"sqlite:///{tmp_path / 'engine.db'}"
+    with isolated_run(
+        settings, database, tmp_path, "metrics", metrics_host="127.0.0.1", metrics_port=free_port()
+    ) as isolated:
+        yield isolated
 
 
 @pytest.fixture

@@ -5,48 +5,33 @@ history's hash chains verify against the checkpoint the engine wrote."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from deploy import local_kafka
 from dossier.cli import main as cli
 from dossier.replay import compare, replay_from_db, replay_from_kafka
 from dossier.settings import Settings
 from dossier.simulation import Workload
 from dossier.supervision import EngineProcess, wait_caught_up
 from engine.calendar import WorkingCalendar
-from engine.events import ALL_TOPICS, AUDIT_CHECKPOINT_TOPIC
+from engine.events import AUDIT_CHECKPOINT_TOPIC
 from engine.procedures import load_catalogue
 from engine.store.audit import verify, write_checkpoint
 from engine.store.sql import create_db_engine
 from producers.workload import create_input_producer, publish, read_topic
+from tests.integration.conftest import isolated_run
 
 
 @pytest.fixture
 def live_settings(
     settings: Settings, kafka_bootstrap: str, pg_schema: str, tmp_path: Path
 ) -> Iterator[Settings]:
-    tag = uuid.uuid4().hex[:10]
-    isolated = replace(
-        settings,
-        topic_prefix=f"r{tag}.",
-        consumer_group=f"replay-test-{tag}",
-        topic_partitions=3,
-        database_url=pg_schema,
-        metrics_port=0,
-        batch_timeout_ms=50,
-        kafka_data_dir=tmp_path / "kafka-client",
-    )
-    names = [isolated.topic(t) for t in ALL_TOPICS]
-    local_kafka.ensure_topics(isolated, names, 3)
-    yield isolated
-    local_kafka.delete_topics(isolated, names)
+    with isolated_run(settings, pg_schema, tmp_path, "replay") as isolated:
+        yield isolated
 
 
 def test_live_run_replays_from_kafka_and_db_with_zero_differences(

@@ -16,8 +16,8 @@ def held(topic: str, offset: int, time: str | None, partition: int = 0) -> Held:
     return Held(raw, None if time is None else datetime.fromisoformat(time))
 
 
-def everything_read(topic: str, partition: int, next_offset: int | None) -> bool:
-    return True
+def everything_read(topic: str, partition: int, next_offset: int | None) -> int | None:
+    return 0
 
 
 def offsets(items: list[Held]) -> list[tuple[str, int | None]]:
@@ -45,8 +45,8 @@ def test_an_input_waits_for_a_topic_that_may_still_deliver_an_earlier_one() -> N
     gate = EventTimeGate(TOPICS, max_idle_s=1.0)
     gate.add([held("p.dossier.submission", 5, "2025-03-05T08:00:00+07:00")])
 
-    def commune_behind(topic: str, partition: int, next_offset: int | None) -> bool:
-        return not topic.endswith("commune")
+    def commune_behind(topic: str, partition: int, next_offset: int | None) -> int | None:
+        return None if topic.endswith("commune") else 0  # its lag is not known yet
 
     assert gate.release(commune_behind, now=10.0) == []
     assert gate.watermark(commune_behind) is None  # nothing released yet: no limit known
@@ -68,8 +68,8 @@ def test_partitions_are_independent_and_bad_inputs_go_at_once() -> None:
         ]
     )
 
-    def partition_1_behind(topic: str, partition: int, next_offset: int | None) -> bool:
-        return partition != 1
+    def partition_1_behind(topic: str, partition: int, next_offset: int | None) -> int | None:
+        return 5 if partition == 1 else 0
 
     assert offsets(gate.release(partition_1_behind, now=0.0)) == [("commune", 1)]
     assert len(gate) == 1
@@ -95,3 +95,15 @@ def test_a_rebalance_forgets_what_is_held_for_partitions_given_away() -> None:
     assert gate.forget([("p.dossier.commune", 1), ("p.dossier.submission", 1)]) == 1
     assert offsets(gate.release(everything_read, now=0.0)) == [("commune", 0)]
     assert len(gate) == 0
+
+
+def test_a_topic_known_to_have_unread_records_is_waited_for_beyond_the_idle_limit() -> None:
+    gate = EventTimeGate(TOPICS, max_idle_s=1.0, max_lagging_wait_s=30.0)
+    gate.add([held("p.dossier.submission", 5, "2025-03-05T08:00:00+07:00")])
+
+    def commune_has_records(topic: str, partition: int, next_offset: int | None) -> int | None:
+        return 40 if topic.endswith("commune") else 0
+
+    assert gate.release(commune_has_records, now=0.0) == []
+    assert gate.release(commune_has_records, now=5.0) == []  # past the idle limit: still waits
+    assert offsets(gate.release(commune_has_records, now=31.0)) == [("submission", 5)]
