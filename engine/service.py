@@ -18,7 +18,7 @@ from typing import Literal
 
 from engine.dossier import Applied, Dossier, Duplicate, NotYetApplicable, Rejected
 from engine.engine import Engine
-from engine.events import DLQ_TOPIC, InboundEvent, OutboundEvent
+from engine.events import DLQ_TOPIC, INBOUND_TOPICS, InboundEvent, OutboundEvent
 from engine.ports import (
     HistoryRow,
     LedgerEntry,
@@ -130,7 +130,7 @@ class _Batch:
         self.outbox: list[OutboxMessage] = []
         self.to_park: list[ParkedInput] = []
         self.to_unpark: list[int] = []
-        self.clock = processor_clock(repo)
+        self.clock = repo.get_clock()
         self._wall_now = datetime.now(UTC)
 
     # -----------------------------------------------------------------------------------------
@@ -461,15 +461,10 @@ class _Batch:
             repo.set_clock(self.clock)
 
 
-def processor_clock(repo: Repository) -> datetime | None:
-    return repo.get_clock()
-
-
 def _contract_topic(parked: ParkedInput) -> str:
     """Parked inputs keep their real topic; strip a deployment prefix back to the contract name."""
     topic = parked.position.topic
-    index = topic.find("dossier.")
-    return topic[index:] if index >= 0 else topic
+    return next((name for name in INBOUND_TOPICS if topic.endswith(name)), topic)
 
 
 def _envelope(event: InboundEvent) -> dict[str, object]:
