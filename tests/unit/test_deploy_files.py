@@ -173,6 +173,11 @@ def test_prometheus_scrapes_the_engine_metrics_port(compose: dict[str, Any]) -> 
     mounts = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
     config_path = (DEPLOY / mounts["/etc/prometheus/prometheus.yml"]).resolve()
     assert config_path == DEPLOY / "prometheus" / "prometheus.yml"
+    # The rule files the config names sit beside it in the container.
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    for rule_file in config.get("rule_files", []):
+        mounted = mounts[f"/etc/prometheus/{rule_file}"]
+        assert (DEPLOY / mounted).resolve() == DEPLOY / "prometheus" / rule_file
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     targets = [
         target
