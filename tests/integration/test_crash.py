@@ -120,11 +120,11 @@ def assignments(engine: EngineProcess, at_least: int, timeout_s: float = 60) -> 
     raise TimeoutError(f"no partition assignment #{at_least}:\n{engine.log_tail()}")
 
 
-def owned_partitions(engine: EngineProcess) -> set[int]:
-    """The partitions of dossier.submission the engine last held, from faust's log table."""
+def owned_partitions(engine: EngineProcess, nth: int) -> set[int]:
+    """The partitions of dossier.submission in the engine's nth assignment (faust's log table)."""
     text = engine.log_path.read_text(encoding="utf-8", errors="replace")
-    last = text.rsplit("Setting newly assigned partitions", 1)[-1]
-    for line in last.splitlines():
+    tables = text.split("Setting newly assigned partitions")[1:]
+    for line in tables[nth - 1].splitlines():
         if ".dossier.submission" in line and "|" in line:
             spec = line.split("|")[2].strip().strip("{}")
             owned: set[int] = set()
@@ -300,6 +300,9 @@ def test_two_engine_processes_share_the_group_and_survive_rebalances(
     second.start()  # the group rebalances: some partitions move to the newcomer
     assignments(second, at_least=1)
     assignments(first, at_least=2)
+    shared_out = [owned_partitions(first, 2), owned_partitions(second, 1)]
+    assert all(shared_out) and set.union(*shared_out) == {0, 1, 2}, shared_out
+    assert not set.intersection(*shared_out), shared_out  # really shared, not handed over
     producer.start()
     try:
         threading.Event().wait(3)  # both apply their share of the stream
@@ -312,8 +315,6 @@ def test_two_engine_processes_share_the_group_and_survive_rebalances(
     finally:
         first.stop()
         second.stop()
-    shares = [owned_partitions(first), owned_partitions(second)]
-    assert all(0 < len(owned) < 3 for owned in shares), shares  # really shared, not handed over
     counts = outcome_counts(shared)
     assert sum(counts.values()) == len(part)
     assert counts["parked"] == 0
