@@ -273,3 +273,17 @@ def test_outcome_counts_settle_parked_inputs() -> None:
         ("dossier.submission", "duplicate"): 1,
         ("dossier.commune", "dead_lettered"): 1,
     }
+
+
+def test_wall_clock_mode_raises_notices_without_new_inputs() -> None:
+    store, feed = InMemoryStore(), Feed()
+    steps = [feed(t, e) for t, e in lifecycle()[:3]]  # received 2025-03-03, due 2025-03-12
+    business = processor()
+    assert business.process(InMemoryUnitOfWork(store), steps).notices == {}
+    assert (
+        business.process(InMemoryUnitOfWork(store), []).notices == {}
+    )  # business time stood still
+    wall = BatchProcessor(
+        ENGINE, DECODER, ServiceConfig("urn:test:engine", GROUP, timedelta(days=7), "wall")
+    )
+    assert wall.process(InMemoryUnitOfWork(store), []).notices == {"overdue": 1}
