@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -220,12 +222,34 @@ def test_bad_inputs_are_dead_lettered_with_their_bytes_and_good_traffic_continue
             "unauthenticated",
         ),
         ("dossier.submission", ev.to_bytes(conflicting), "conflict"),
+        (
+            "dossier.submission",  # a second submission of a dossier that exists
+            ev.to_bytes(
+                ev.submitted(
+                    procedure="1.001193", dossier=good, time="2025-03-03T08:20:00+07:00", id="again"
+                )
+            ),
+            "invalid-transition",
+        ),
     ]
+    # Waits for a submission that never comes, and so expires after the (1 s) parking limit.
+    orphan = ev.to_bytes(
+        ev.received(dossier=f"{COMMUNE}-250303-0198", time="2025-03-03T08:50:00+07:00")
+    )
     send("dossier.submission", conflict_source)
     for topic, value, _ in bad:
         send(topic, value, key=good.encode())
+    send("dossier.commune", orphan, key=f"{COMMUNE}-250303-0198".encode())
     send("dossier.commune", ev.received(dossier=good, time="2025-03-03T09:00:00+07:00"))
-    run_engine_until_caught_up(engine_settings, tmp_path)
+    expiring = replace(engine_settings, parked_ttl_seconds=1)
+    with EngineProcess(expiring, tmp_path / "engine.log") as engine:
+        wait_caught_up(expiring, 90, engine)
+        time.sleep(1.5)  # expiry is checked when a batch runs: the next input brings one
+        send(
+            "dossier.commune", ev.processing_started(dossier=good, time="2025-03-03T10:00:00+07:00")
+        )
+        wait_caught_up(expiring, 90, engine)
+    bad.append(("dossier.commune", orphan, "parked-expired"))
 
     letters = outputs(engine_settings, "dossier.dlq")
     by_bytes = {
@@ -236,10 +260,10 @@ def test_bad_inputs_are_dead_lettered_with_their_bytes_and_good_traffic_continue
         letter = by_bytes[value]
         assert letter["data"]["reason"] == reason, letter["data"]["detail"]
         assert letter["data"]["original"]["topic"] == engine_settings.topic(topic)
-        assert letter["data"]["original"]["key"] == good
+        assert letter["data"]["original"]["key"] in (good, f"{COMMUNE}-250303-0198")
     assert len(letters) == len(bad)
     codes = [e["data"]["status_code"] for e in statuses_by_dossier(engine_settings)[good]]
-    assert codes == [1, 2]  # good traffic went on around the bad inputs
+    assert codes == [1, 2, 4]  # good traffic went on around the bad inputs
 
 
 def test_out_of_order_across_topics_and_duplicates(
