@@ -32,6 +32,7 @@ def check_kafka(settings: Settings, timeout_s: float = 10.0) -> str | None:
         admin = KafkaAdminClient(
             bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
             request_timeout_ms=int(timeout_s * 1000),
+            bootstrap_timeout_ms=int(timeout_s * 1000),
             client_id="dossier-engine-check",
         )
     except (KafkaError, OSError) as exc:

@@ -295,3 +295,27 @@ def test_out_of_order_across_topics_and_duplicates(
         assert uow.repo.parked_count() == 0
     db.dispose()
     assert [row.seq for row in history] == list(range(1, 10))
+
+
+def test_run_exits_with_a_clear_error_when_kafka_or_the_database_is_unreachable(
+    settings: Settings, tmp_path: Path
+) -> None:
+    no_broker = replace(
+        settings,
+        kafka_bootstrap_servers="127.0.0.1:1",
+        database_url=f"sqlite:///{tmp_path / 'engine.db'}",
+        metrics_port=0,
+    )
+    no_database = replace(
+        settings,
+        database_url="postgresql://nobody:wrong@127.0.0.1:1/none",
+        metrics_port=0,
+    )
+    for broken, expected in ((no_broker, "unreachable"), (no_database, "database")):
+        engine = EngineProcess(broken, tmp_path / f"{expected}.log")
+        engine.start()
+        assert engine.process is not None
+        code = engine.process.wait(timeout=60)
+        engine.stop()
+        assert code == 2
+        assert expected in engine.log_tail(), engine.log_tail()
