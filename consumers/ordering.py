@@ -9,7 +9,10 @@ inputs and raise overdue notices that the slow topic's events would have prevent
 The gate holds consumed inputs per (partition, topic) and releases them lowest event time first,
 the way Kafka Streams picks the record with the smallest timestamp among a task's partitions.
 An input waits only while another topic of its partition may still deliver an earlier one:
-that topic is holding no inputs and is not caught up to its high watermark. As in Kafka Streams
+that topic is holding no inputs, is not caught up to its high watermark, and has not already
+shown an input at least as late (producers publish each topic in time order, so what follows on
+it is later). Live, with every topic moving, nothing waits; catching up a backlog, the slow
+topic is waited for. As in Kafka Streams
 (KIP-695), a topic known to have unread records is waited for (they are on their way; at most
 `max_lagging_wait_s`, a safety valve), while one whose lag is unknown is waited for at most
 `max_idle_s` (`max.task.idle.ms`), so a silent producer delays the others by a bounded time and
@@ -62,6 +65,7 @@ class EventTimeGate:
         self._next_offset: dict[tuple[str, int], int] = {}
         self._blocked_since: dict[int, float] = {}
         self._released_time: dict[int, datetime] = {}
+        self._seen_time: dict[tuple[str, int], datetime] = {}
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues.values())
@@ -73,6 +77,10 @@ class EventTimeGate:
             self._queues.setdefault((partition, position.topic), deque()).append(item)
             if position.offset is not None:
                 self._next_offset[(position.topic, partition)] = position.offset + 1
+            if item.time is not None:
+                seen = self._seen_time.get((position.topic, partition))
+                if seen is None or item.time > seen:
+                    self._seen_time[(position.topic, partition)] = item.time
 
     def forget(self, partitions: Iterable[tuple[str, int]]) -> int:
         """Drop what is held from partitions this process no longer owns (a rebalance).
@@ -84,6 +92,7 @@ class EventTimeGate:
             queue = self._queues.pop((partition, topic), None)
             dropped += len(queue) if queue else 0
             self._next_offset.pop((topic, partition), None)
+            self._seen_time.pop((topic, partition), None)
         for partition in {p for _, p in partitions}:
             if not any(p == partition for p, _ in self._queues):
                 self._released_time.pop(partition, None)
@@ -108,7 +117,7 @@ class EventTimeGate:
                 unread = [
                     lag(t, partition, self._next_offset.get((t, partition)))
                     for t in self.topics
-                    if t not in queues
+                    if t not in queues and not self._seen_since(t, partition, head.time)
                 ]
                 behind = [n for n in unread if n != 0]
                 if behind:
@@ -133,6 +142,10 @@ class EventTimeGate:
         for key in [k for k, q in self._queues.items() if not q]:
             del self._queues[key]
         return out
+
+    def _seen_since(self, topic: str, partition: int, time: datetime) -> bool:
+        seen = self._seen_time.get((topic, partition))
+        return seen is not None and seen >= time
 
     def watermark(self, lag: Lag) -> datetime | None:
         """The event time every partition has reached: a ceiling for the engine clock.

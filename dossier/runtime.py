@@ -114,6 +114,11 @@ class Runtime:
             # A missed checkpoint delays evidence; it must not stop the engine.
             log.exception("audit checkpoint failed; retrying at the next interval")
 
+    def warm_up(self) -> None:
+        """Pay the one-off costs before the first input waits on them: the database pool's
+        first connection and the positions cache. Workflows still compile on first use."""
+        self.committed_position("", 0)
+
     def committed_position(self, topic: str, partition: int) -> int:
         """The next offset this database has to consume from a partition (0 if none yet)."""
         if self._positions is None:

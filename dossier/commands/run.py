@@ -77,6 +77,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     from consumers.faust_app import build_app
     from dossier.runtime import Runtime
+    from engine.events import OUTBOUND_TOPICS
     from producers.relay import OutboxRelay, create_producer
 
     runtime = Runtime.create(settings)
@@ -99,6 +100,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             return EXIT_UNREACHABLE
         log.info("metrics on http://%s:%d/metrics", host, port)
     producer = create_producer(settings.kafka_bootstrap_servers, max_request_size=8 * 1024 * 1024)
+    # Fetch the output topics' metadata now, not inside the first batch's publication.
+    for name in OUTBOUND_TOPICS:
+        producer.partitions_for(settings.topic(name))
+    runtime.warm_up()
     relay = OutboxRelay(
         runtime.writing_uow,
         producer,

@@ -107,3 +107,16 @@ def test_a_topic_known_to_have_unread_records_is_waited_for_beyond_the_idle_limi
     assert gate.release(commune_has_records, now=0.0) == []
     assert gate.release(commune_has_records, now=5.0) == []  # past the idle limit: still waits
     assert offsets(gate.release(commune_has_records, now=31.0)) == [("submission", 5)]
+
+
+def test_a_lagging_topic_that_already_showed_a_later_input_holds_nothing_back() -> None:
+    gate = EventTimeGate(TOPICS, max_idle_s=1.0, max_lagging_wait_s=30.0)
+    gate.add([held("p.dossier.commune", 7, "2025-03-05T09:00:00+07:00")])
+    assert len(gate.release(everything_read, now=0.0)) == 1  # the commune topic moved on
+
+    def commune_has_more(topic: str, partition: int, next_offset: int | None) -> int | None:
+        return 40 if topic.endswith("commune") else 0
+
+    gate.add([held("p.dossier.submission", 5, "2025-03-05T08:00:00+07:00")])
+    # Commune's next records come after 09:00, later than this 08:00 input: no need to wait.
+    assert offsets(gate.release(commune_has_more, now=0.1)) == [("submission", 5)]
