@@ -130,7 +130,7 @@ class Settings:
         "DOSSIER_BATCH_SIZE", 2000, "Most inputs applied and committed in one transaction."
     )
     batch_timeout_ms: int = setting(
-        "DOSSIER_BATCH_TIMEOUT_MS", 200, "Longest wait to fill a batch before committing it."
+        "DOSSIER_BATCH_TIMEOUT_MS", 50, "Longest wait to fill a batch before committing it."
     )
     ordering_max_idle_ms: int = setting(
         "DOSSIER_ORDERING_MAX_IDLE_MS",
