@@ -49,26 +49,7 @@ class Feed:
 
 
 def lifecycle(code: str = CODE) -> list[tuple[str, dict[str, Any]]]:
-    return [
-        (
-            "dossier.submission",
-            ev.submitted(procedure="1.004222", dossier=code, time="2025-03-03T08:00:00+07:00"),
-        ),
-        ("dossier.commune", ev.received(dossier=code, time="2025-03-03T09:00:00+07:00")),
-        ("dossier.commune", ev.processing_started(dossier=code, time="2025-03-03T10:00:00+07:00")),
-        (
-            "dossier.commune",
-            ev.payment_requested(
-                dossier=code, fees=[("LP-CT", 20000)], time="2025-03-04T09:00:00+07:00"
-            ),
-        ),
-        (
-            "dossier.submission",
-            ev.payment_completed(dossier=code, amount=10000, time="2025-03-04T10:00:00+07:00"),
-        ),
-        ("dossier.commune", ev.resolved(dossier=code, time="2025-03-05T09:00:00+07:00")),
-        ("dossier.commune", ev.result_returned(dossier=code, time="2025-03-05T10:00:00+07:00")),
-    ]
+    return ev.residence_lifecycle(code)
 
 
 def status_codes(store: InMemoryStore) -> list[int]:
