@@ -28,10 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import scratch  # bench/scratch.py, beside this script
 from kafka import KafkaConsumer
-from sqlalchemy import text
 
-from deploy import local_kafka
 from dossier.settings import Settings
 from dossier.simulation import SimulatedMessage, Workload
 from dossier.supervision import EngineProcess, wait_caught_up
@@ -80,19 +79,12 @@ def isolated(base: Settings, database_url: str, tmp: Path) -> Settings:
         batch_size=2000,
         kafka_data_dir=tmp / f"client-{tag}",
     )
-    local_kafka.ensure_topics(
-        settings, [settings.topic(t) for t in ALL_TOPICS], base.topic_partitions
-    )
+    scratch.topics(settings, [settings.topic(t) for t in ALL_TOPICS], base.topic_partitions)
     return settings
 
 
 def postgres_url(base: Settings) -> str:
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    db = create_db_engine(base.postgres_url)
-    with db.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    db.dispose()
-    return f"{base.postgres_url}?options=-csearch_path%3D{schema}"
+    return scratch.schema_url(base.postgres_url)
 
 
 def sustained(settings: Settings, stream: list[SimulatedMessage], tmp: Path) -> float:

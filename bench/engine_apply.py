@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import text
+import scratch  # bench/scratch.py, beside this script
 from transitions import Machine
 
 from dossier.settings import Settings
@@ -174,16 +174,6 @@ def _week() -> Any:
     return timedelta(days=7)
 
 
-def postgres_schema_url(base_url: str) -> str:
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    db = create_db_engine(base_url)
-    with db.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    db.dispose()
-    separator = "&" if "?" in base_url else "?"
-    return f"{base_url}{separator}options=-csearch_path%3D{schema}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dossiers", type=int, default=20000)
@@ -226,8 +216,8 @@ def main() -> int:
         targets.append(("SQLite naive", f"sqlite:///{tmp}/naive.db"))
         if not args.no_postgres:
             base = args.postgres or Settings.from_env().postgres_url
-            targets.append(("PostgreSQL", postgres_schema_url(base)))
-            targets.append(("PostgreSQL naive", postgres_schema_url(base)))
+            targets.append(("PostgreSQL", scratch.schema_url(base)))
+            targets.append(("PostgreSQL naive", scratch.schema_url(base)))
         for name, url in targets:
             naive = name.endswith("naive")
             batch = 1 if naive else args.batch_size
