@@ -48,27 +48,7 @@ def test_state_on_postgresql(pg: Engine) -> None:
 
 def test_indicators_on_postgresql(pg: Engine) -> None:
     calendar = WorkingCalendar.load()
-    stored = []
-    for n, case in enumerate(fixture.CASES, start=1):
-        finished = case.finished_at is not None
-        dossier = make_dossier(
-            f"{case.agency}-250301-{n:04d}",
-            procedure=case.procedure,
-            workflow_version=1,
-            receiving_agency=case.agency,
-            level=case.current_level,
-            channel=case.channel,
-            digitised=case.digitised,
-            vneid_authenticated=case.vneid,
-            paid_online=case.paid_online,
-            received_at=case.received_at,
-            due_at=case.due_at,
-            finished_at=case.finished_at,
-            paused_seconds=case.paused_seconds,
-            status_code=10 if finished else 4,
-            final=finished,
-        )
-        stored.append(StoredDossier(dossier, 0, None))
+    stored = fixture.stored_dossiers(fixture.CASES)
     with SqlUnitOfWork(pg) as uow:
         uow.repo.save_dossiers(stored)
         uow.commit()

@@ -81,6 +81,33 @@ CASES = [
 LEVELS = {("1.004222", 1): "commune", ("P.1", 1): "province", ("DD.GCN.LD", 1): "commune"}
 
 
+def stored_dossiers(cases: list[Case]) -> list[StoredDossier]:
+    """The cases as the engine would have stored them, ready for `save_dossiers`."""
+    stored: list[StoredDossier] = []
+    for n, case in enumerate(cases, start=1):
+        finished = case.finished_at is not None
+        dossier = make_dossier(
+            f"{case.agency}-250301-{n:04d}",
+            procedure=case.procedure,
+            workflow_version=1,
+            receiving_agency=case.agency,
+            agency=case.agency,
+            level=case.current_level,
+            channel=case.channel,
+            digitised=case.digitised,
+            vneid_authenticated=case.vneid,
+            paid_online=case.paid_online,
+            received_at=case.received_at,
+            due_at=case.due_at,
+            finished_at=case.finished_at,
+            paused_seconds=case.paused_seconds,
+            status_code=10 if finished else 4,
+            final=finished,
+        )
+        stored.append(StoredDossier(dossier, 0, None))
+    return stored
+
+
 def level_of(procedure: str, version: int) -> str | None:
     return LEVELS.get((procedure, version))
 
@@ -172,28 +199,7 @@ def test_processing_time_never_negative(calendar: WorkingCalendar) -> None:
 def test_sql_gives_the_same_figures(tmp_path: Path, calendar: WorkingCalendar) -> None:
     db = create_db_engine(f"sqlite:///{tmp_path / 'kpi.db'}")
     upgrade(db)
-    stored: list[StoredDossier] = []
-    for case in CASES:
-        finished = case.finished_at is not None
-        dossier = make_dossier(
-            f"{case.agency}-250301-{len(stored) + 1:04d}",
-            procedure=case.procedure,
-            workflow_version=1,
-            receiving_agency=case.agency,
-            agency=case.agency,
-            level=case.current_level,
-            channel=case.channel,
-            digitised=case.digitised,
-            vneid_authenticated=case.vneid,
-            paid_online=case.paid_online,
-            received_at=case.received_at,
-            due_at=case.due_at,
-            finished_at=case.finished_at,
-            paused_seconds=case.paused_seconds,
-            status_code=10 if finished else 4,
-            final=finished,
-        )
-        stored.append(StoredDossier(dossier, 0, None))
+    stored = stored_dossiers(CASES)
     with SqlUnitOfWork(db) as uow:
         uow.repo.save_dossiers(stored)
         uow.commit()
