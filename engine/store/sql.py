@@ -518,43 +518,41 @@ def _pg_update_dossiers_statement() -> Executable:
 
 
 _pg_update_dossiers = _pg_update_dossiers_statement()
-_pg_keys = (
-    func.unnest(
-        bindparam("k_sources", type_=postgresql.ARRAY(String)),
-        bindparam("k_ids", type_=postgresql.ARRAY(String)),
+
+
+def _pg_lookup(table: Table, keys: Mapping[str, tuple[str, Any]], *columns: str) -> Any:
+    """SELECT `columns` of `table` for rows whose key columns match parallel array parameters.
+
+    `keys` maps each key column to (bind parameter name, element type). Joining the unnested
+    arrays probes the primary key once per key; `a = $1 AND b IN (...)` made the planner scan.
+    """
+    wanted = (
+        func.unnest(
+            *(bindparam(name, type_=postgresql.ARRAY(kind)) for name, kind in keys.values())
+        )
+        .table_valued(*(column(key, kind) for key, (_, kind) in keys.items()))
+        .render_derived(name="k")
     )
-    .table_valued(column("source", String), column("event_id", String))
-    .render_derived(name="k")
+    return (
+        select(*(table.c[name] for name in columns))
+        .select_from(wanted)
+        .join(table, and_(*(table.c[key] == wanted.c[key] for key in keys)))
+    )
+
+
+_pg_applied_hashes = _pg_lookup(
+    input_ledger,
+    {"source": ("k_sources", String), "event_id": ("k_ids", String)},
+    "source",
+    "event_id",
+    "content_hash",
 )
-_pg_applied_hashes = (
-    select(input_ledger.c.source, input_ledger.c.event_id, input_ledger.c.content_hash)
-    .select_from(_pg_keys)
-    .join(
-        input_ledger,
-        and_(
-            input_ledger.c.source == _pg_keys.c.source,
-            input_ledger.c.event_id == _pg_keys.c.event_id,
-        ),
-    )
-)
-_pg_head_keys = (
-    func.unnest(
-        bindparam("h_codes", type_=postgresql.ARRAY(String)),
-        bindparam("h_seqs", type_=postgresql.ARRAY(Integer)),
-    )
-    .table_valued(column("dossier_code", String), column("seq", Integer))
-    .render_derived(name="k")
-)
-_pg_chain_heads = (
-    select(history.c.dossier_code, history.c.seq, history.c.chain_hash)
-    .select_from(_pg_head_keys)
-    .join(
-        history,
-        and_(
-            history.c.dossier_code == _pg_head_keys.c.dossier_code,
-            history.c.seq == _pg_head_keys.c.seq,
-        ),
-    )
+_pg_chain_heads = _pg_lookup(
+    history,
+    {"dossier_code": ("h_codes", String), "seq": ("h_seqs", Integer)},
+    "dossier_code",
+    "seq",
+    "chain_hash",
 )
 _update_dossier = (
     update(dossiers)
