@@ -326,11 +326,18 @@ class EngineMetrics:
 
     def published(self, messages: Sequence[OutboxMessage]) -> None:
         """The outbox relay's `on_published` hook. Never raises, as above."""
+        self.published_rows([(m.id, m.topic) for m in messages])
+
+    def published_rows(
+        self, rows: Sequence[tuple[int | None, str]], at: float | None = None
+    ) -> None:
+        """(outbox id, contract topic) of published rows, acknowledged at monotonic time `at`
+        (now if None): what a relay in another process reports. Never raises, as above."""
         try:
-            at = self._monotonic()
-            for message in messages:
-                self.published_outputs.labels(message.topic).inc()
-            ids = [m.id for m in messages if m.id is not None]
+            at = self._monotonic() if at is None else at
+            for _, topic in rows:
+                self.published_outputs.labels(topic).inc()
+            ids = [row_id for row_id, _ in rows if row_id is not None]
             for latency in self.marks.published(ids, at):
                 self.committed_to_published.observe(latency)
         except Exception:
@@ -772,6 +779,10 @@ class Monitoring:
     def published(self, messages: list[OutboxMessage]) -> None:
         if self.engine_metrics is not None:
             self.engine_metrics.published(messages)
+
+    def published_rows(self, rows: Sequence[tuple[int | None, str]], at: float) -> None:
+        if self.engine_metrics is not None:
+            self.engine_metrics.published_rows(rows, at)
 
     def close(self) -> None:
         if self.server is not None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine as DbEngine
 
@@ -22,6 +23,9 @@ from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from schemas.codec import InboundDecoder
 
+if TYPE_CHECKING:
+    from producers.relay import Waker
+
 log = logging.getLogger(__name__)
 
 BatchListener = Callable[[Sequence[RawInput], BatchResult, float], None]
@@ -34,7 +38,8 @@ class Runtime:
     engine: Engine
     processor: BatchProcessor
     batch_listeners: list[BatchListener] = field(default_factory=list)
-    outbox_wake: threading.Event = field(default_factory=threading.Event)
+    # Set after every commit; a relay in another process passes its own (multiprocessing) one.
+    outbox_wake: Waker = field(default_factory=threading.Event)
     _window: list[float] = field(default_factory=lambda: [time.monotonic(), 0, 0, 0.0])
     _positions: dict[tuple[str, int], int] | None = None
     # Audit checkpoints (engine.store.audit): the first after the first batch, then at most

@@ -40,6 +40,7 @@ def setting_factory(env: str, factory: Any, doc: str) -> Any:
 
 ClockMode = Literal["business", "wall"]
 LogFormat = Literal["text", "json"]
+RelayMode = Literal["process", "thread"]
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,12 @@ class Settings:
         "DOSSIER_CLOCK_MODE",
         "business",
         "'business': the latest event time seen drives deadlines (replayable); 'wall': real time.",
+    )
+    relay_mode: RelayMode = setting(
+        "DOSSIER_RELAY_MODE",
+        "process",
+        "'process': the outbox relay runs in a child process, on the other core, off the"
+        " engine's interpreter lock; 'thread': in a thread of the engine process.",
     )
     # --- Operations --------------------------------------------------------------------------
     metrics_host: str = setting(

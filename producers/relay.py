@@ -9,10 +9,9 @@ acknowledged" a plain loop, which is why the relay uses it rather than faust's p
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -20,6 +19,21 @@ from kafka.errors import KafkaError
 from engine.ports import OutboxMessage, UnitOfWork
 
 log = logging.getLogger(__name__)
+
+
+class Waker(Protocol):
+    """Told after every commit that the outbox may hold something new."""
+
+    def set(self) -> None: ...
+
+
+class Flag(Protocol):
+    """What the relay needs of an event: a thread's or a process's (`multiprocessing`)."""
+
+    def is_set(self) -> bool: ...
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 def create_producer(bootstrap_servers: str, **overrides: Any) -> KafkaProducer:
@@ -89,7 +103,7 @@ class OutboxRelay:
             total += sent
         return total
 
-    def run(self, stop: threading.Event, wake: threading.Event, idle_wait_s: float = 0.2) -> None:
+    def run(self, stop: Flag, wake: Flag, idle_wait_s: float = 0.2) -> None:
         """Publish until `stop` is set; a broker outage pauses publishing, loses nothing."""
         backoff = 0.5
         while not stop.is_set():

@@ -6,10 +6,14 @@ import argparse
 import logging
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dossier.logs import configure_logging
 from dossier.settings import Settings
+
+if TYPE_CHECKING:
+    from dossier.metrics import Monitoring
+    from dossier.runtime import Runtime
 
 log = logging.getLogger("dossier.run")
 
@@ -77,8 +81,6 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     from consumers.faust_app import build_app
     from dossier.runtime import Runtime
-    from engine.events import OUTBOUND_TOPICS
-    from producers.relay import OutboxRelay, create_producer
 
     runtime = Runtime.create(settings)
     monitoring = None
@@ -99,22 +101,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             runtime.close()
             return EXIT_UNREACHABLE
         log.info("metrics on http://%s:%d/metrics", host, port)
-    producer = create_producer(settings.kafka_bootstrap_servers, max_request_size=8 * 1024 * 1024)
-    # Fetch the output topics' metadata now, not inside the first batch's publication.
-    for name in OUTBOUND_TOPICS:
-        producer.partitions_for(settings.topic(name))
     runtime.warm_up()
-    relay = OutboxRelay(
-        runtime.writing_uow,
-        producer,
-        settings.topic,
-        on_published=monitoring.published if monitoring is not None else None,
-    )
-    stop = threading.Event()
-    relay_thread = threading.Thread(
-        target=relay.run, args=(stop, runtime.outbox_wake), name="outbox-relay", daemon=True
-    )
-    relay_thread.start()
+    relay = _start_relay(settings, runtime, monitoring)
     app = build_app(runtime)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     log.info(
@@ -129,12 +117,60 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     except SystemExit as exc:
         exit_code = int(exc.code or 0)
     finally:
-        stop.set()
-        runtime.outbox_wake.set()
-        relay_thread.join(timeout=60)
-        producer.close(timeout=10)
+        relay.stop()
         if monitoring is not None:
             monitoring.close()
         runtime.close()
         log.info("engine stopped")
     return exit_code
+
+
+class _Relay(Protocol):
+    def stop(self, timeout_s: float = 60.0) -> None: ...
+
+
+def _start_relay(settings: Settings, runtime: Runtime, monitoring: Monitoring | None) -> _Relay:
+    """The outbox relay, in a child process (the default) or in a thread of this one."""
+    if settings.relay_mode == "process":
+        from producers.relay_process import RelayProcess
+
+        child = RelayProcess(
+            settings, monitoring.published_rows if monitoring is not None else None
+        )
+        runtime.outbox_wake = child
+        child.start()
+        log.info("outbox relay in process %s", child.pid)
+        return child
+    return _RelayThread(settings, runtime, monitoring)
+
+
+class _RelayThread:
+    def __init__(self, settings: Settings, runtime: Runtime, monitoring: Monitoring | None) -> None:
+        from engine.events import OUTBOUND_TOPICS
+        from producers.relay import OutboxRelay, create_producer
+
+        self._wake = threading.Event()
+        runtime.outbox_wake = self._wake
+        self._producer = create_producer(
+            settings.kafka_bootstrap_servers, max_request_size=8 * 1024 * 1024
+        )
+        # Fetch the output topics' metadata now, not inside the first batch's publication.
+        for name in OUTBOUND_TOPICS:
+            self._producer.partitions_for(settings.topic(name))
+        relay = OutboxRelay(
+            runtime.writing_uow,
+            self._producer,
+            settings.topic,
+            on_published=monitoring.published if monitoring is not None else None,
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=relay.run, args=(self._stop, self._wake), name="outbox-relay", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=timeout_s)
+        self._producer.close(timeout=10)
