@@ -12,7 +12,9 @@ Two sources:
   order the live engine applied them (history id), upcast to the current schema version. The
   stored envelope is already validated, so it is handed to the engine without decoding again;
   consumer positions are not tracked, because an input once parked is stored after inputs
-  with later offsets, and position tracking would skip it as a redelivery.
+  with later offsets, and position tracking would skip it as a redelivery. With `workers` > 1
+  the dossiers are sharded over that many processes (`dossier.replay_parallel`), which write
+  the same rows as the serial replay.
 
 Outputs go to the rebuilt database's outbox only; nothing is published unless the caller runs
 a relay to scratch topics (`publish_outbox`). The business clock is the latest event time,
@@ -24,7 +26,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,6 +57,7 @@ class ReplayReport:
     inputs: int = 0
     batches: int = 0
     seconds: float = 0.0
+    workers: int = 1
     outcomes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -67,18 +70,21 @@ class ReplayReport:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
 
 
-def make_processor(settings: Settings, group: str = REPLAY_GROUP) -> BatchProcessor:
+def make_processor(
+    settings: Settings, group: str = REPLAY_GROUP, *, notice_scan_limit: int | None = None
+) -> BatchProcessor:
+    """The processor every replay path uses. `notice_scan_limit` (None: the service's
+    default) is there so tests can make the limit bite on a small history."""
     engine = DossierEngine(load_catalogue(settings.workflows_dir), WorkingCalendar.load())
-    return BatchProcessor(
-        engine,
-        InboundDecoder(settings.max_message_bytes),
-        ServiceConfig(
-            engine_source=settings.engine_source,
-            consumer_group=group,
-            parked_ttl=timedelta(seconds=settings.parked_ttl_seconds),
-            clock_mode="business",  # a replay's clock is its inputs' time, whatever live used
-        ),
+    config = ServiceConfig(
+        engine_source=settings.engine_source,
+        consumer_group=group,
+        parked_ttl=timedelta(seconds=settings.parked_ttl_seconds),
+        clock_mode="business",  # a replay's clock is its inputs' time, whatever live used
     )
+    if notice_scan_limit is not None:
+        config = replace(config, notice_scan_limit=notice_scan_limit)
+    return BatchProcessor(engine, InboundDecoder(settings.max_message_bytes), config)
 
 
 def prepare_target(target: Engine) -> None:
@@ -247,25 +253,32 @@ def stored_inputs(
     result = source.execution_options(stream_results=True, yield_per=batch_size).execute(query)
     batch: list[tuple[RawInput, InboundEvent]] = []
     for topic, partition, offset, version, envelope in result:
-        current = upcast(envelope, version)
-        contract = str(current.pop("topic", None) or _contract(topic))
-        event = InboundEvent(
-            source=current["source"],
-            id=current["id"],
-            type=current["type"],
-            subject=current["subject"],
-            time=datetime.fromisoformat(current["time"]),
-            data=current["data"],
-            topic=contract,
-        )
-        value = orjson.dumps(current)
-        raw = RawInput(contract, Position(topic, partition, offset), event.subject.encode(), value)
-        batch.append((raw, event))
+        batch.append(stored_input(topic, partition, offset, version, envelope))
         if len(batch) >= batch_size:
             yield batch
             batch = []
     if batch:
         yield batch
+
+
+def stored_input(
+    topic: str, partition: int | None, offset: int | None, version: int, envelope: Any
+) -> tuple[RawInput, InboundEvent]:
+    """One history row as the input it was, upcast, and the event already decoded from it."""
+    current = upcast(envelope, version)
+    contract = str(current.pop("topic", None) or _contract(topic))
+    event = InboundEvent(
+        source=current["source"],
+        id=current["id"],
+        type=current["type"],
+        subject=current["subject"],
+        time=datetime.fromisoformat(current["time"]),
+        data=current["data"],
+        topic=contract,
+    )
+    value = orjson.dumps(current)
+    raw = RawInput(contract, Position(topic, partition, offset), event.subject.encode(), value)
+    return raw, event
 
 
 def replay_from_db(
@@ -275,11 +288,27 @@ def replay_from_db(
     *,
     batch_size: int = 20_000,
     group: str = REPLAY_GROUP,
+    workers: int = 1,
+    notice_scan_limit: int | None = None,
 ) -> ReplayReport:
+    """Rebuild `target` from `source`'s history; `workers` > 1 folds shards of dossiers in
+    that many processes (`dossier.replay_parallel`), with the same result."""
+    if workers > 1:
+        from dossier.replay_parallel import replay_from_db_parallel  # imports this module
+
+        return replay_from_db_parallel(
+            settings,
+            source,
+            target,
+            workers=workers,
+            batch_size=batch_size,
+            group=group,
+            notice_scan_limit=notice_scan_limit,
+        )
     prepare_target(target)
     report = ReplayReport("db")
     started = time.perf_counter()
-    processor = make_processor(settings, group)
+    processor = make_processor(settings, group, notice_scan_limit=notice_scan_limit)
     decoder = _StoredInputs(settings.max_message_bytes)
     processor.decoder = decoder
     with source.connect() as connection:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,12 @@ def register(subparsers: Any) -> None:
         help="also publish the rebuilt outputs to topics with this prefix (never the live ones)",
     )
     parser.add_argument("--batch-size", type=int, default=None, help="inputs per transaction")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="db: processes folding shards of dossiers (default: one per core; 1: serial)",
+    )
     parser.add_argument(
         "--group", default=None, help="consumer group name recorded in the rebuilt DB"
     )
@@ -72,7 +79,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             source = create_db_engine(args.source_url or settings.database_url)
             try:
                 report = replay_from_db(
-                    settings, source, into, batch_size=args.batch_size or 20_000, group=group
+                    settings,
+                    source,
+                    into,
+                    batch_size=args.batch_size or 20_000,
+                    group=group,
+                    workers=args.workers or os.cpu_count() or 1,
                 )
             finally:
                 source.dispose()
@@ -82,7 +94,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(report.outcomes.items()))
         print(
             f"replayed {report.inputs} inputs from {report.source} in {report.seconds:.1f} s "
-            f"({report.rate:,.0f}/s, {report.batches} batches): {outcomes}"
+            f"({report.rate:,.0f}/s, {report.batches} batches, {report.workers} workers): "
+            f"{outcomes}"
         )
         if args.publish_prefix:
             published = publish_outbox(settings, into, args.publish_prefix)

@@ -1,0 +1,1023 @@
+"""Replay from a database's history on every core: the history sharded by dossier code, each
+shard folded in its own process over the in-memory store, the shards merged into the target.
+
+Dossiers are independent (the engine reads and writes one dossier per input; (source, id) keys
+are unique across dossiers in a history, and every outbound id names its dossier), so a shard
+of dossiers folds to the same rows it would have in a serial replay, with two exceptions that
+are global and are therefore coordinated by the parent, batch by batch, in lock step:
+
+- **The business clock.** The serial replay cuts the history into batches of `batch_size` rows
+  in id order, and each batch's clock is the latest event time applied so far. Every worker
+  cuts its shard at the same history ids; before each batch it reports the latest event of its
+  share (time and history id), the parent works out the clock the serial replay would have had
+  (the first of the latest events, with the offset it was written with, or, when the batch
+  holds nothing later, the previous clock as the SQL store returns it: in UTC), and each worker
+  sets its store's clock to that before `BatchProcessor.process`. `_advance_clock` only moves a
+  clock forwards, and no event of a share is later than the whole batch's latest, so the clock
+  a shard's batch runs on is exactly the serial one: deadline notices carry the same `time` and
+  hours, dead letters the same `time`. A worker whose share of a batch is empty still runs the
+  batch (with no inputs), because the serial batch emits notices for every dossier that is due.
+- **The notice scan limit.** Each batch the serial replay emits notices for at most
+  `notice_scan_limit` untouched dossiers that are due, the first by (next_notice_at, code); the
+  rest wait for a later batch (and a later clock). Each worker reports its first
+  `notice_scan_limit` such keys, the parent finds where the global limit falls, and each worker
+  answers `notices_due` with its keys up to that cut.
+
+Inputs are applied through the same `BatchProcessor` configuration as `make_processor` builds,
+with the stored envelopes handed over already decoded (`_StoredInputs`) and positions not
+tracked (see `replay_from_db`). The engine is wrapped (`_TrackingEngine`) only to note, for
+every outbound message, where the serial batch would have emitted it: after the input that
+caused it (by history id), or in the batch's notice pass (dossiers changed in the batch, in the
+order they first changed, then the others by (next_notice_at, code)). With those keys the merge
+gives the outbox the serial replay's id order (the relay's publishing order); history rows get
+its id order too, (batch, dossier code, seq), which is how `SqlRepository.append_history` sorts
+each batch.
+
+Each worker writes its store into a scratch SQLite file migrated like any store, with raw
+`executemany` of values encoded exactly as SQLAlchemy would (UTC text for `UtcDateTime`, the
+store's JSON text, 0/1 booleans), plus the ordering keys in extra `replay_*` columns. The
+parent ATTACHes the scratch files to a SQLite target and copies every table with one
+`INSERT ... SELECT ... ORDER BY` each, in one transaction; into PostgreSQL it copies the same
+ordered rows through `SqlRepository`'s batch insert. History keeps the hash chains the workers
+computed, which are the ones the SQL store computes, so the rebuilt database verifies.
+
+What differs from a serial replay is only what differs between two serial replays: wall-clock
+values (`history.recorded_at`, `parked_at` and `expires_at` of inputs still parked, and which
+parked inputs expire, which is real time by design). Parked inputs keep the serial order but
+not its ids, which count every input ever parked, and a replay from a live database reads one
+snapshot per process (rows are read up to the last history id counted at the start).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import multiprocessing
+import os
+import sqlite3
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection as Pipe
+from multiprocessing.process import BaseProcess
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, Boolean, Connection, Engine, Table, func, select, text
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import URL
+
+from dossier.replay import (
+    REPLAY_GROUP,
+    ReplayReport,
+    _StoredInputs,
+    make_processor,
+    prepare_target,
+    stored_input,
+)
+from dossier.settings import Settings
+from engine.dossier import Applied, Decision, Dossier, Rejected
+from engine.engine import Engine as DossierEngine
+from engine.events import InboundEvent, OutboundEvent
+from engine.ports import Position, StoredDossier
+from engine.service import RawInput, ServiceConfig
+from engine.store.memory import InMemoryRepository, InMemoryStore, InMemoryUnitOfWork
+from engine.store.migrate import upgrade
+from engine.store.sql import (
+    SqlRepository,
+    SqlUnitOfWork,
+    UtcDateTime,
+    _dossier_columns,
+    _json_dumps,
+    create_db_engine,
+    dossiers,
+    engine_clock,
+    history,
+    input_ledger,
+    input_outcomes,
+    outbox,
+    parked_inputs,
+)
+from schemas.codec import dead_letter_id
+
+# Where, within its batch, the serial replay emits an outbound message.
+PHASE_INPUT = 1  # while applying the input that caused it
+PHASE_EXPIRY = 2  # expiring parked inputs (real time)
+PHASE_CHANGED = 3  # notices of dossiers changed in the batch, in the order they changed
+PHASE_DUE = 4  # notices of the other due dossiers, by (next_notice_at, code)
+
+# (batch, phase, history id of the causing input, next_notice_at, code, seq within the worker)
+OutboxOrder = tuple[int, int, int, str, str, int]
+NoticeKey = tuple[datetime, str]  # (next_notice_at, dossier code): the serial scan's order
+
+
+class ReplayWorkerError(RuntimeError):
+    """A worker failed or died; nothing was written to the target."""
+
+
+def shard_of(code: str, shards: int) -> int:
+    """The shard of a dossier code; PostgreSQL computes the same in SQL (`_shard_filter`)."""
+    digest = hashlib.md5(code.encode("utf-8"), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:4], "big") % shards
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage encoding: the values SQLAlchemy would bind for the SQL store's column types on SQLite
+# ---------------------------------------------------------------------------------------------
+
+
+def sqlite_time(value: datetime | None) -> str | None:
+    """`UtcDateTime` on SQLite: naive UTC, in SQLAlchemy's fixed-width SQLite text format."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: storage needs timezone-aware datetimes")
+    # Without the "+00:00" that an aware value's isoformat ends with.
+    return value.astimezone(UTC).isoformat(sep=" ", timespec="microseconds")[:-6]
+
+
+def _sqlite_bool(value: bool | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _read_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _read_bool(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _read_json(value: str | bytes) -> Any:
+    return orjson.loads(value)
+
+
+Codec = Callable[[Any], Any] | None
+
+
+def _encoders(table: Table, names: Sequence[str]) -> list[Codec]:
+    encoders: list[Codec] = []
+    for name in names:
+        type_ = table.c[name].type if name in table.c else None
+        if isinstance(type_, UtcDateTime):
+            encoders.append(sqlite_time)
+        elif isinstance(type_, Boolean):
+            encoders.append(_sqlite_bool)
+        elif isinstance(type_, JSON):
+            encoders.append(_json_dumps)  # the serializer `create_db_engine` gives SQLAlchemy
+        else:
+            encoders.append(None)
+    return encoders
+
+
+def _decoders(table: Table, names: Sequence[str]) -> list[Codec]:
+    decoders: list[Codec] = []
+    for name in names:
+        type_ = table.c[name].type
+        if isinstance(type_, UtcDateTime):
+            decoders.append(_read_time)
+        elif isinstance(type_, Boolean):
+            decoders.append(_read_bool)
+        elif isinstance(type_, JSON):
+            decoders.append(_read_json)
+        else:
+            decoders.append(None)
+    return decoders
+
+
+def encode_rows(
+    table: Table, names: Sequence[str], rows: Iterable[Mapping[str, Any]]
+) -> Iterator[list[Any]]:
+    """`rows` as the values SQLAlchemy would bind into `table` on SQLite."""
+    encoded = [(i, encode) for i, encode in enumerate(_encoders(table, names)) if encode]
+    if len(names) == 1:
+        only = names[0]
+        for row in rows:
+            values = [row[only]]
+            for i, encode in encoded:
+                values[i] = encode(values[i])
+            yield values
+        return
+    getter = itemgetter(*names)
+    for row in rows:
+        values = list(getter(row))
+        for i, encode in encoded:
+            values[i] = encode(values[i])
+        yield values
+
+
+# The extra columns of the scratch tables: where each row goes in the merged order.
+_ORDER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "dossiers": ("replay_batch", "replay_rank"),
+    "history": ("replay_batch",),
+    "input_ledger": ("replay_batch", "replay_rank", "replay_seq"),
+    "parked_inputs": ("replay_batch", "replay_rank"),
+    "input_outcomes": ("replay_batch",),
+    "outbox": (
+        "replay_batch",
+        "replay_phase",
+        "replay_rank",
+        "replay_due",
+        "replay_code",
+        "replay_seq",
+    ),
+}
+_TEXT_ORDER_COLUMNS = frozenset({"replay_due", "replay_code"})
+
+# Each copied table: its columns (surrogate ids left to the target) and the merged order.
+_MERGED: dict[str, tuple[Table, str]] = {
+    "dossiers": (dossiers, "replay_batch, replay_rank"),
+    "history": (history, "replay_batch, dossier_code, seq"),
+    "input_ledger": (input_ledger, "replay_batch, replay_rank, replay_seq, replay_worker"),
+    "parked_inputs": (parked_inputs, "replay_batch, replay_rank, replay_worker"),
+    "outbox": (
+        outbox,
+        "replay_batch, replay_phase, replay_rank, replay_due, replay_code, replay_seq,"
+        " replay_worker",
+    ),
+}
+
+
+def _copied_columns(table: Table) -> list[str]:
+    return [c.name for c in table.c if c.name != "id"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    settings: Settings
+    source_url: str
+    shard: int
+    shards: int
+    bounds: tuple[int, ...]  # the last history id of each serial batch
+    group: str
+    notice_scan_limit: int | None
+    scratch: str  # the worker's SQLite file
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What a worker tells the parent before a batch."""
+
+    latest: tuple[datetime, int] | None  # the share's latest event time, and its history id
+    due: list[NoticeKey]  # the share's first keys by (next_notice_at, code), any time
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    inputs: int
+    outcomes: dict[str, int]
+
+
+@dataclass
+class _AppliedAt:
+    batch: int
+    rank: int  # history id of the input whose handling applied it
+    seq: int
+
+
+class _OrderTracker:
+    """Notes where, in the serial replay's order, each row of a shard was written."""
+
+    def __init__(self, store: InMemoryStore) -> None:
+        self.store = store
+        self.batch = -1
+        self.seq = 0
+        self.ranks: dict[tuple[str, str], int] = {}  # event key -> history id, this batch
+        self.positions: dict[tuple[str, str], Position] = {}  # this batch, and parked ones
+        self.handled: set[tuple[str, str]] = set()
+        self.current = 0  # history id of the input being handled
+        self.first_changed: dict[str, int] = {}  # dossier code -> rank of its first change
+        self.emitted: dict[str, OutboxOrder] = {}  # message id -> order, this batch
+        self.applied: dict[tuple[str, str], _AppliedAt] = {}
+        self.outbox_order: dict[int, OutboxOrder] = {}  # store outbox id -> order
+        self.parked_order: dict[int, tuple[int, int]] = {}  # store parked id -> (batch, rank)
+        self.outcome_batch: dict[tuple[str, str], int] = {}  # first batch that counted it
+        self._inputs: Sequence[tuple[int, RawInput, InboundEvent]] = ()
+        self._last_id = 0
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def begin(self, batch: int, inputs: Sequence[tuple[int, RawInput, InboundEvent]]) -> None:
+        self.batch = batch
+        self.ranks = {event.key: hid for hid, _, event in inputs}
+        for _, raw, event in inputs:
+            self.positions[event.key] = raw.position
+        self.handled = set()
+        self.first_changed = {}
+        self.emitted = {}
+        self._inputs = inputs
+        self._last_id = self.store.last_id
+
+    def applied_decision(self, event: InboundEvent, decision: Decision) -> None:
+        key = event.key
+        rank = self.ranks.get(key)
+        if rank is not None and key not in self.handled:
+            # The first decision on a batch input is its handling; later ones are retries of
+            # a parked input, which the serial batch makes while handling the current one.
+            self.handled.add(key)
+            self.current = rank
+        if isinstance(decision, Applied):
+            code = decision.dossier.code
+            self.first_changed.setdefault(code, self.current)
+            self.applied[key] = _AppliedAt(self.batch, self.current, self._next_seq())
+            for output in decision.outputs:
+                self._emit(output.id, (PHASE_INPUT, self.current, "", ""))
+        elif isinstance(decision, Rejected):
+            position = self.positions.get(key)
+            if position is not None:
+                self._emit(_dead_letter_id(position), (PHASE_INPUT, self.current, "", ""))
+
+    def noticed(self, dossier: Dossier, notices: Sequence[OutboundEvent]) -> None:
+        code = dossier.code
+        rank = self.first_changed.get(code)
+        if rank is not None:
+            where: tuple[int, int, str, str] = (PHASE_CHANGED, rank, "", "")
+        else:
+            stored = self.store.dossiers.get(code)  # still as at the batch's start
+            due = sqlite_time(stored.next_notice_at if stored is not None else None)
+            where = (PHASE_DUE, 0, due or "", code)
+        for notice in notices:
+            self._emit(notice.id, where)
+
+    def _emit(self, message_id: str, where: tuple[int, int, str, str]) -> None:
+        if message_id not in self.emitted:
+            self.emitted[message_id] = (self.batch, *where, self._next_seq())
+
+    def end(self, settled: Mapping[tuple[str, str], int]) -> None:
+        """Order what the batch stored, including messages no engine call explains."""
+        for outcome, delta in settled.items():
+            if delta:
+                self.outcome_batch.setdefault(outcome, self.batch)
+        dead_letters = {_dead_letter_id(raw.position): hid for hid, raw, _ in self._inputs}
+        store = self.store
+        for ident in range(self._last_id + 1, store.last_id + 1):
+            message = store.outbox.get(ident)
+            if message is not None:
+                order = self.emitted.get(message.message_id)
+                if order is None:
+                    hid = dead_letters.get(message.message_id)
+                    order = (
+                        (self.batch, PHASE_INPUT, hid, "", "", self._next_seq())
+                        if hid is not None  # a conflict: dead-lettered on handling
+                        else (self.batch, PHASE_EXPIRY, 0, "", "", self._next_seq())
+                    )
+                self.outbox_order[ident] = order
+            parked = store.parked.get(ident)
+            if parked is not None:
+                key = (parked.source, parked.event_id)
+                self.parked_order[ident] = (self.batch, self.ranks.get(key, 0))
+        waiting = {(p.source, p.event_id) for p in store.parked.values()}
+        self.positions = {k: v for k, v in self.positions.items() if k in waiting}
+        self._inputs = ()
+
+
+def _dead_letter_id(position: Position) -> str:
+    partition = position.partition if position.partition is not None else -1
+    offset = position.offset if position.offset is not None else -1
+    return dead_letter_id(position.topic, partition, offset)
+
+
+class _TrackingEngine(DossierEngine):
+    """The engine, telling the tracker about each decision and notice as it is made."""
+
+    def __init__(self, base: DossierEngine, tracker: _OrderTracker) -> None:
+        super().__init__(base.catalogue, base.calendar)
+        self.tracker = tracker
+
+    def apply(self, dossier: Dossier | None, event: InboundEvent) -> Decision:
+        decision = super().apply(dossier, event)
+        self.tracker.applied_decision(event, decision)
+        return decision
+
+    def deadline_notices(
+        self, dossier: Dossier, now: datetime
+    ) -> tuple[Dossier, tuple[OutboundEvent, ...]]:
+        updated, notices = super().deadline_notices(dossier, now)
+        if notices:
+            self.tracker.noticed(dossier, notices)
+        return updated, notices
+
+
+class _ShardRepository(InMemoryRepository):
+    """No positions (as `replay_from_db`), and the due dossiers the parent's cut allows."""
+
+    def __init__(self, store: InMemoryStore, due: Sequence[NoticeKey]) -> None:
+        super().__init__(store)
+        self.due = due
+
+    def load_positions(self, group: str) -> dict[tuple[str, int], int]:
+        return {}
+
+    def save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
+        return None
+
+    def notices_due(self, now: datetime, limit: int) -> list[StoredDossier]:
+        # Called before the batch writes anything, so the store is as when `due` was taken.
+        found = [self.store.dossiers[code] for at, code in self.due if at <= now]
+        return found[:limit]
+
+
+class _ShardUnitOfWork(InMemoryUnitOfWork):
+    def __init__(self, store: InMemoryStore, due: Sequence[NoticeKey]) -> None:
+        self.due = due
+        super().__init__(store)
+
+    def _begin(self) -> None:
+        self.repo = self._repo = _ShardRepository(self.store, self.due)
+
+
+def _due_keys(store: InMemoryStore, limit: int) -> list[NoticeKey]:
+    return heapq.nsmallest(
+        limit,
+        (
+            (stored.next_notice_at, code)
+            for code, stored in store.dossiers.items()
+            if stored.next_notice_at is not None
+        ),
+    )
+
+
+def _latest(inputs: Sequence[tuple[int, RawInput, InboundEvent]]) -> tuple[datetime, int] | None:
+    latest: tuple[datetime, int] | None = None
+    for hid, _, event in inputs:
+        if latest is None or event.time > latest[0]:  # the first of equal times, as max()
+            latest = (event.time, hid)
+    return latest
+
+
+def _register_shard_function(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    dbapi_connection.create_function("dossier_shard", 2, shard_of, deterministic=True)
+
+
+def _shard_filter(dialect: str, shards: int, shard: int) -> Any:
+    h = history.c
+    if dialect == "sqlite":
+        return func.dossier_shard(h.dossier_code, shards) == shard
+    if dialect == "postgresql":
+        # The first 32 bits of md5, unsigned: `shard_of` in SQL.
+        return text(
+            "mod(('x' || substr(md5(dossier_code), 1, 8))::bit(32)::bigint, :shards) = :shard"
+        ).bindparams(shards=shards, shard=shard)
+    return None
+
+
+def _shard_rows(
+    connection: Connection, job: ShardJob
+) -> Iterator[tuple[int, RawInput, InboundEvent]]:
+    h = history.c
+    query = select(
+        h.id, h.dossier_code, h.topic, h.partition, h.offset, h.schema_version, h.envelope
+    ).where(h.id <= job.bounds[-1])
+    condition = _shard_filter(connection.dialect.name, job.shards, job.shard)
+    if condition is not None:
+        query = query.where(condition)
+    query = query.order_by(h.id)
+    result = connection.execution_options(stream_results=True, yield_per=10_000).execute(query)
+    for hid, code, topic, partition, offset, version, envelope in result:
+        if condition is None and shard_of(code, job.shards) != job.shard:
+            continue
+        raw, stored_event = stored_input(topic, partition, offset, version, envelope)
+        yield hid, raw, stored_event
+
+
+def run_shard(job: ShardJob, pipe: Pipe) -> None:
+    """A worker process's entry point: fold the shard in lock step with the parent, write it
+    to the scratch file, report; any failure is reported rather than left to a timeout."""
+    try:
+        pipe.send(("done", _fold_shard(job, pipe)))
+    except BaseException:
+        with suppress(Exception):
+            pipe.send(("failed", traceback.format_exc()))
+    finally:
+        pipe.close()
+
+
+def _fold_shard(job: ShardJob, pipe: Pipe) -> ShardResult:
+    source = create_db_engine(job.source_url)
+    if source.dialect.name == "sqlite":
+        sa_event.listen(source, "connect", _register_shard_function)
+    store = InMemoryStore()
+    tracker = _OrderTracker(store)
+    processor = make_processor(job.settings, job.group, notice_scan_limit=job.notice_scan_limit)
+    processor.engine = _TrackingEngine(processor.engine, tracker)
+    decoder = _StoredInputs(job.settings.max_message_bytes)
+    processor.decoder = decoder
+    limit = processor.config.notice_scan_limit
+    report = ReplayReport("db")
+    try:
+        with source.connect() as connection:
+            rows = _shard_rows(connection, job)
+            pending = next(rows, None)
+            for batch_index, bound in enumerate(job.bounds):
+                batch: list[tuple[int, RawInput, InboundEvent]] = []
+                while pending is not None and pending[0] <= bound:
+                    batch.append(pending)
+                    pending = next(rows, None)
+                due = _due_keys(store, limit)
+                pipe.send(("batch", BatchReport(_latest(batch), due)))
+                clock, cutoff = pipe.recv()
+                if cutoff is not None:
+                    due = [key for key in due if key <= cutoff]
+                store.clock = clock
+                decoder.ready = {raw.value: e for _, raw, e in batch if raw.value is not None}
+                tracker.begin(batch_index, batch)
+                result = processor.process(_ShardUnitOfWork(store, due), [r for _, r, _ in batch])
+                tracker.end(result.settled)
+                report.add(result)
+                report.inputs += len(batch)
+    finally:
+        source.dispose()
+    decoder.ready = {}
+    write_shard(Path(job.scratch), store, tracker)
+    return ShardResult(report.inputs, report.outcomes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scratch files
+# ---------------------------------------------------------------------------------------------
+
+
+def write_shard(path: Path, store: InMemoryStore, tracker: _OrderTracker) -> None:
+    """The store's rows, as the SQL store would hold them, into a fresh SQLite file."""
+    scratch = create_db_engine(f"sqlite:///{path}")
+    try:
+        upgrade(scratch)
+    finally:
+        scratch.dispose()
+    recorded_at = datetime.now(UTC)
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode=OFF")  # a scratch file: a crash discards it anyway
+        db.execute("PRAGMA synchronous=OFF")
+        for table_name, names in _ORDER_COLUMNS.items():
+            for name in names:
+                kind = "TEXT" if name in _TEXT_ORDER_COLUMNS else "INTEGER"
+                db.execute(f"ALTER TABLE {table_name} ADD COLUMN {name} {kind}")
+        db.execute("BEGIN")
+        _insert(db, dossiers, _dossier_rows(store, tracker))
+        _insert(db, history, _history_rows(store, tracker, recorded_at))
+        _insert(db, input_ledger, _ledger_rows(store, tracker))
+        _insert(db, parked_inputs, _parked_rows(store, tracker))
+        _insert(db, outbox, _outbox_rows(store, tracker))
+        _insert(
+            db,
+            input_outcomes,
+            (
+                {
+                    "group_id": g,
+                    "topic": t,
+                    "outcome": o,
+                    "count": n,
+                    "replay_batch": tracker.outcome_batch[(t, o)],
+                }
+                for (g, t, o), n in store.outcomes.items()
+            ),
+        )
+        if store.clock is not None:
+            _insert(db, engine_clock, [{"id": 1, "business_time": store.clock}])
+        db.execute("COMMIT")
+
+
+def _insert(db: sqlite3.Connection, table: Table, rows: Iterable[Mapping[str, Any]]) -> None:
+    iterator = iter(rows)
+    first = next(iterator, None)
+    if first is None:
+        return
+    names = list(first)
+    statement = (
+        f"INSERT INTO {table.name} ({', '.join(_quoted(n) for n in names)})"
+        f" VALUES ({', '.join('?' for _ in names)})"
+    )
+    db.executemany(statement, encode_rows(table, names, _chain(first, iterator)))
+
+
+def _chain(first: Mapping[str, Any], rest: Iterator[Mapping[str, Any]]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+def _quoted(name: str) -> str:
+    return f'"{name}"'  # `offset` is a keyword
+
+
+def _dossier_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[str, Any]]:
+    for code, stored in store.dossiers.items():
+        # Inserted when submitted: in the serial replay's order of first changes.
+        first = store.history[code][0]
+        at = tracker.applied[(first.source, first.event_id)]
+        yield {
+            "code": code,
+            **_dossier_columns(stored),
+            "revision": stored.revision,
+            "replay_batch": at.batch,
+            "replay_rank": at.rank,
+        }
+
+
+def _history_rows(
+    store: InMemoryStore, tracker: _OrderTracker, recorded_at: datetime
+) -> Iterator[dict[str, Any]]:
+    for rows in store.history.values():
+        for r in rows:
+            yield {
+                "dossier_code": r.dossier_code,
+                "seq": r.seq,
+                "source": r.source,
+                "event_id": r.event_id,
+                "type": r.type,
+                "event_time": r.event_time,
+                "schema_version": r.schema_version,
+                "envelope": r.envelope,
+                "topic": r.position.topic,
+                "partition": r.position.partition,
+                "offset": r.position.offset,
+                "state_before": r.state_before,
+                "state_after": r.state_after,
+                "status_code": r.status_code,
+                "workflow_version": r.workflow_version,
+                "recorded_at": recorded_at,
+                "prev_hash": r.prev_hash,
+                "chain_hash": r.chain_hash,
+                "replay_batch": tracker.applied[(r.source, r.event_id)].batch,
+            }
+
+
+def _ledger_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[str, Any]]:
+    for key, entry in store.ledger.items():
+        at = tracker.applied[key]
+        yield {
+            "source": entry.source,
+            "event_id": entry.event_id,
+            "content_hash": entry.content_hash,
+            "dossier_code": entry.dossier_code,
+            "replay_batch": at.batch,
+            "replay_rank": at.rank,
+            "replay_seq": at.seq,
+        }
+
+
+def _parked_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[str, Any]]:
+    for ident, p in store.parked.items():
+        batch, rank = tracker.parked_order[ident]
+        yield {
+            "source": p.source,
+            "event_id": p.event_id,
+            "dossier_code": p.dossier_code,
+            "topic": p.position.topic,
+            "partition": p.position.partition,
+            "offset": p.position.offset,
+            "key": p.key,
+            "value": p.value,
+            "headers": [[name, base64.b64encode(value).decode()] for name, value in p.headers],
+            "parked_at": p.parked_at,
+            "expires_at": p.expires_at,
+            "detail": p.detail,
+            "replay_batch": batch,
+            "replay_rank": rank,
+        }
+
+
+def _outbox_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[str, Any]]:
+    for ident, m in store.outbox.items():
+        batch, phase, rank, due, code, seq = tracker.outbox_order[ident]
+        yield {
+            "message_id": m.message_id,
+            "topic": m.topic,
+            "key": m.key,
+            "value": m.value,
+            "created_at": m.created_at,
+            "sent_at": store.sent_at.get(ident),
+            "replay_batch": batch,
+            "replay_phase": phase,
+            "replay_rank": rank,
+            "replay_due": due,
+            "replay_code": code,
+            "replay_seq": seq,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent side
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_bounds(source: Engine, batch_size: int) -> list[int]:
+    """The last history id of each batch a serial replay reads (`stored_inputs`)."""
+    h = history.c
+    numbered = select(h.id, func.row_number().over(order_by=h.id).label("n")).subquery()
+    query = select(numbered.c.id).where(numbered.c.n % batch_size == 0).order_by(numbered.c.id)
+    with source.connect() as connection:
+        bounds = [int(i) for i in connection.scalars(query)]
+        last = connection.scalar(select(func.max(h.id)))
+    if last is not None and (not bounds or bounds[-1] != last):
+        bounds.append(int(last))
+    return bounds
+
+
+def serial_clock(
+    previous: datetime | None, latest: Iterable[tuple[datetime, int] | None]
+) -> datetime | None:
+    """The clock a serial batch runs on, from each share's latest (time, history id).
+
+    `max()` over the batch's events keeps the first of equal times, as written (with its
+    offset); a clock that does not move is the one the SQL store read back, in UTC.
+    """
+    first: tuple[datetime, int] | None = None
+    for candidate in latest:
+        if candidate is None:
+            continue
+        if (
+            first is None
+            or candidate[0] > first[0]
+            or (candidate[0] == first[0] and candidate[1] < first[1])
+        ):
+            first = candidate
+    if first is not None and (previous is None or first[0] > previous):
+        return first[0]
+    return previous
+
+
+def notice_cutoff(
+    shares: Iterable[Sequence[NoticeKey]], now: datetime | None, limit: int
+) -> NoticeKey | None:
+    """The last key the serial scan (`notices_due(now, limit)`) reaches, or None when it
+    reaches every due dossier. Each share lists its own first keys in order."""
+    if now is None:
+        return None
+    due = [key for share in shares for key in share if key[0] <= now]
+    if len(due) <= limit:
+        return None
+    return heapq.nsmallest(limit, due)[-1]
+
+
+def replay_from_db_parallel(
+    settings: Settings,
+    source: Engine,
+    target: Engine,
+    *,
+    workers: int | None = None,
+    batch_size: int = 20_000,
+    group: str = REPLAY_GROUP,
+    notice_scan_limit: int | None = None,
+    scratch_dir: Path | None = None,
+) -> ReplayReport:
+    """`replay_from_db` in `workers` processes (default: one per core); same result."""
+    from dossier.replay import replay_from_db
+
+    wanted = workers or os.cpu_count() or 1
+    shards = min(wanted, _attach_limit())
+    source_url = _shareable_url(source)
+    if shards <= 1 or source_url is None:
+        return replay_from_db(
+            settings,
+            source,
+            target,
+            batch_size=batch_size,
+            group=group,
+            notice_scan_limit=notice_scan_limit,
+        )
+    prepare_target(target)
+    started = time.perf_counter()
+    bounds = batch_bounds(source, batch_size)
+    report = ReplayReport("db", batches=len(bounds), workers=shards)
+    if not bounds:
+        report.seconds = time.perf_counter() - started
+        return report
+    limit = _scan_limit(notice_scan_limit)
+    context = multiprocessing.get_context("spawn")  # no SQLAlchemy pool crosses a fork
+    with tempfile.TemporaryDirectory(prefix="dossier-replay-", dir=scratch_dir) as scratch:
+        paths = [Path(scratch) / f"shard-{k}.db" for k in range(shards)]
+        pipes: list[Pipe] = []
+        processes: list[BaseProcess] = []
+        try:
+            for k, path in enumerate(paths):
+                job = ShardJob(
+                    settings,
+                    source_url,
+                    k,
+                    shards,
+                    tuple(bounds),
+                    group,
+                    notice_scan_limit,
+                    str(path),
+                )
+                parent_end, child_end = context.Pipe()
+                process = context.Process(
+                    target=run_shard, args=(job, child_end), name=f"replay-shard-{k}", daemon=True
+                )
+                process.start()
+                child_end.close()
+                pipes.append(parent_end)
+                processes.append(process)
+            results, clock = _coordinate(pipes, processes, len(bounds), limit)
+            for worker in processes:
+                worker.join()
+        finally:
+            for worker in processes:
+                if worker.is_alive():
+                    worker.terminate()
+                    worker.join()
+            for pipe in pipes:
+                pipe.close()
+        for result in results:
+            report.inputs += result.inputs
+            for outcome, n in result.outcomes.items():
+                report.outcomes[outcome] = report.outcomes.get(outcome, 0) + n
+        merge_shards(target, paths, clock)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _scan_limit(notice_scan_limit: int | None) -> int:
+    if notice_scan_limit is not None:
+        return notice_scan_limit
+    return ServiceConfig("", "", timedelta(0)).notice_scan_limit
+
+
+def _coordinate(
+    pipes: Sequence[Pipe], processes: Sequence[BaseProcess], batches: int, limit: int
+) -> tuple[list[ShardResult], datetime | None]:
+    """Run the workers batch by batch: gather their shares' latest events and due dossiers,
+    answer each batch's clock and notice cut; then collect what each folded."""
+    clock: datetime | None = None  # as the SQL store would return it between batches
+    for _ in range(batches):
+        reports: list[BatchReport] = [
+            _receive(pipe, process, "batch") for pipe, process in zip(pipes, processes, strict=True)
+        ]
+        now = serial_clock(clock, (r.latest for r in reports))
+        cutoff = notice_cutoff((r.due for r in reports), now, limit)
+        for pipe in pipes:
+            pipe.send((now, cutoff))
+        clock = now.astimezone(UTC) if now is not None else None
+    results: list[ShardResult] = [
+        _receive(pipe, process, "done") for pipe, process in zip(pipes, processes, strict=True)
+    ]
+    return results, clock
+
+
+def _receive(pipe: Pipe, process: BaseProcess, kind: str) -> Any:
+    while not pipe.poll(1.0):
+        if not process.is_alive():
+            raise ReplayWorkerError(f"{process.name} exited ({process.exitcode}) unexpectedly")
+    try:
+        message = pipe.recv()
+    except EOFError as exc:
+        raise ReplayWorkerError(f"{process.name} closed its pipe unexpectedly") from exc
+    if message[0] == "failed":
+        raise ReplayWorkerError(f"{process.name} failed:\n{message[1]}")
+    if message[0] != kind:  # pragma: no cover - a protocol bug
+        raise ReplayWorkerError(f"{process.name} sent {message[0]!r}, expected {kind!r}")
+    return message[1]
+
+
+def _attach_limit() -> int:
+    with closing(sqlite3.connect(":memory:")) as probe:
+        return probe.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
+
+
+def _shareable_url(source: Engine) -> str | None:
+    """A URL another process can open the source with; None for a private in-memory one."""
+    url: URL = source.url
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        return None
+    return url.render_as_string(hide_password=False)
+
+
+def _union(tables: str, names: Sequence[str], extra: Sequence[str], shards: int) -> str:
+    """Every shard's rows of `tables`, with the shard's number as `replay_worker`."""
+    columns = ", ".join([*(_quoted(n) for n in names), *extra])
+    return " UNION ALL ".join(
+        f"SELECT {columns}, {k} AS replay_worker FROM shard{k}.{tables}" for k in range(shards)
+    )
+
+
+def _ordered_select(name: str, shards: int) -> tuple[Table, list[str], str]:
+    table, order = _MERGED[name]
+    names = _copied_columns(table)
+    union = _union(name, names, _ORDER_COLUMNS.get(name, ()), shards)
+    listed = ", ".join(_quoted(n) for n in names)
+    return table, names, f"SELECT {listed} FROM ({union}) ORDER BY {order}"
+
+
+def _outcomes_select(shards: int) -> str:
+    """Counts summed over the shards, in the order the serial replay first wrote them."""
+    names = ["group_id", "topic", "outcome", "count"]
+    union = _union("input_outcomes", names, ("replay_batch",), shards)
+    return (
+        'SELECT group_id, topic, outcome, sum("count") FROM'
+        f" ({union}) GROUP BY group_id, topic, outcome"
+        " ORDER BY min(replay_batch), group_id, topic, outcome"
+    )
+
+
+def merge_shards(target: Engine, paths: Sequence[Path], clock: datetime | None) -> None:
+    """Copy the scratch files into the (empty) target in the serial replay's order, in one
+    transaction."""
+    if target.dialect.name == "sqlite":
+        _merge_into_sqlite(target, paths, clock)
+    else:
+        _merge_through_repository(target, paths, clock)
+
+
+def _attach(db: sqlite3.Connection, paths: Sequence[Path]) -> None:
+    for k, path in enumerate(paths):
+        db.execute(f"ATTACH DATABASE ? AS shard{k}", (str(path),))
+
+
+def _detach(db: sqlite3.Connection, paths: Sequence[Path]) -> None:
+    for k in range(len(paths)):
+        with suppress(sqlite3.Error):
+            db.execute(f"DETACH DATABASE shard{k}")
+
+
+def _merge_into_sqlite(target: Engine, paths: Sequence[Path], clock: datetime | None) -> None:
+    raw = target.raw_connection()
+    try:
+        db = raw.driver_connection
+        assert isinstance(db, sqlite3.Connection)
+        _attach(db, paths)  # outside a transaction, as ATTACH must be
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for name in _MERGED:
+                    table, names, query = _ordered_select(name, len(paths))
+                    listed = ", ".join(_quoted(n) for n in names)
+                    # The outbox skips a message id already taken, as `add_outbox` does; the
+                    # ORDER BY keeps the first, as the serial replay does.
+                    conflict = " ON CONFLICT DO NOTHING" if table is outbox else ""
+                    db.execute(f"INSERT INTO main.{name} ({listed}) {query}{conflict}")
+                db.execute(
+                    'INSERT INTO main.input_outcomes (group_id, topic, outcome, "count") '
+                    + _outcomes_select(len(paths))
+                )
+                if clock is not None:
+                    db.execute(
+                        "INSERT INTO main.engine_clock (id, business_time) VALUES (1, ?)",
+                        (sqlite_time(clock),),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            _detach(db, paths)
+    finally:
+        raw.close()
+
+
+def _merge_through_repository(
+    target: Engine, paths: Sequence[Path], clock: datetime | None, chunk: int = 5000
+) -> None:
+    with closing(sqlite3.connect(":memory:")) as db, SqlUnitOfWork(target, writes=True) as uow:
+        _attach(db, paths)
+        repo = uow.repo
+        assert isinstance(repo, SqlRepository)
+        for name in _MERGED:
+            table, names, query = _ordered_select(name, len(paths))
+            decoders = _decoders(table, names)
+            cursor = db.execute(query)
+            while rows := cursor.fetchmany(chunk):
+                values = [
+                    {
+                        n: v if decode is None or v is None else decode(v)
+                        for n, v, decode in zip(names, row, decoders, strict=True)
+                    }
+                    for row in rows
+                ]
+                repo._insert_rows(table, values, skip_duplicates=table is outbox)
+        outcomes = db.execute(_outcomes_select(len(paths))).fetchall()
+        by_group: dict[str, dict[tuple[str, str], int]] = {}
+        for group_id, topic, outcome, count in outcomes:
+            by_group.setdefault(group_id, {})[(topic, outcome)] = int(count)
+        for group_id, changes in by_group.items():
+            repo.add_outcomes(group_id, changes)
+        if clock is not None:
+            repo.set_clock(clock)
+        uow.commit()
+
+
+__all__ = [
+    "ReplayWorkerError",
+    "ShardJob",
+    "batch_bounds",
+    "encode_rows",
+    "merge_shards",
+    "notice_cutoff",
+    "replay_from_db_parallel",
+    "serial_clock",
+    "shard_of",
+    "sqlite_time",
+]
