@@ -103,10 +103,32 @@ class OutboxRelay:
             total += sent
         return total
 
-    def run(self, stop: Flag, wake: Flag, idle_wait_s: float = 0.2) -> None:
-        """Publish until `stop` is set; a broker outage pauses publishing, loses nothing."""
+    def run(
+        self,
+        stop: Flag,
+        wake: Flag,
+        idle_wait_s: float = 0.2,
+        lease: Callable[[], bool] | None = None,
+        standby_s: float = 1.0,
+    ) -> None:
+        """Publish until `stop` is set; a broker outage pauses publishing, loses nothing.
+
+        With a `lease` (engine.store.sql.RelayLease.held), publish only while holding it:
+        of several engine processes, one relay publishes and the others stand by.
+        """
         backoff = 0.5
+        leading = False
         while not stop.is_set():
+            if lease is not None:
+                if not lease():
+                    if leading:
+                        log.warning("outbox relay lost its lease; standing by")
+                    leading = False
+                    stop.wait(standby_s)
+                    continue
+                if not leading:
+                    log.info("outbox relay holds the lease: publishing")
+                leading = True
             try:
                 sent = self.drain()
                 backoff = 0.5
@@ -120,6 +142,8 @@ class OutboxRelay:
             if sent == 0:
                 wake.wait(idle_wait_s)
                 wake.clear()
+        if lease is not None and not leading:
+            return
         try:
             self.drain()  # a clean stop publishes what the last batch committed
         except KafkaError:

@@ -187,7 +187,7 @@ def relay_main(
     from dossier.logs import configure_logging
     from engine.events import OUTBOUND_TOPICS
     from engine.ports import OutboxMessage
-    from engine.store.sql import SqlUnitOfWork, create_db_engine
+    from engine.store.sql import RelayLease, SqlUnitOfWork, create_db_engine
     from producers.relay import OutboxRelay, create_producer
 
     configure_logging(settings.log_level, settings.log_format)
@@ -204,9 +204,11 @@ def relay_main(
         lambda: SqlUnitOfWork(db, writes=True), producer, settings.topic, on_published=published
     )
     signals = _EngineSignals(wake_reader, parent_pid)
+    lease = RelayLease(db)
     try:
-        relay.run(signals.halt, signals)
+        relay.run(signals.halt, signals, lease=lease.held)
     finally:
+        lease.release()
         producer.close(timeout=10)
         db.dispose()
         report.close()

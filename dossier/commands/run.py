@@ -163,9 +163,16 @@ class _RelayThread:
             settings.topic,
             on_published=monitoring.published if monitoring is not None else None,
         )
+        from engine.store.sql import RelayLease
+
+        self._lease = RelayLease(runtime.db)
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=relay.run, args=(self._stop, self._wake), name="outbox-relay", daemon=True
+            target=relay.run,
+            args=(self._stop, self._wake),
+            kwargs={"lease": self._lease.held},
+            name="outbox-relay",
+            daemon=True,
         )
         self._thread.start()
 
@@ -173,4 +180,5 @@ class _RelayThread:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=timeout_s)
+        self._lease.release()
         self._producer.close(timeout=10)

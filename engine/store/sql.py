@@ -13,10 +13,11 @@ indicators (Decision 766: on-time rate, online rate, ...) need, so those can be 
 from __future__ import annotations
 
 import base64
-import json
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -621,6 +622,9 @@ class SqlRepository:
             .where(c.next_notice_at <= now)
             .order_by(c.next_notice_at, c.code)
             .limit(limit)
+            # Engine processes share the due dossiers: each takes the ones no other is
+            # notifying right now, instead of all racing for the same rows and retrying.
+            .with_for_update(skip_locked=True)
         )
         return [
             StoredDossier(Dossier.from_json(snapshot), revision, next_notice_at)
@@ -1050,17 +1054,13 @@ def _as_arrays(table: Table, rows: list[dict[str, Any]]) -> dict[str, list[Any]]
         values = [row[name] for row in rows]
         type_ = table.c[name].type if name in table.c else None
         if isinstance(type_, JSON):
-            values = [_json_text(v) for v in values]
+            values = [_json_dumps(v) for v in values]
         elif isinstance(type_, UtcDateTime):
             for v in values:
                 if v is not None:
                     _require_aware(v)  # psycopg sends the offset: no conversion needed
         arrays[f"a_{name}"] = values
     return arrays
-
-
-def _json_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _parked(row: Row[Any]) -> ParkedInput:
@@ -1145,3 +1145,78 @@ __all__ = [
     "outbox",
     "parked_inputs",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Relay lease
+# ---------------------------------------------------------------------------------------------
+
+
+class RelayLease:
+    """At most one outbox relay publishes from a database at a time.
+
+    Every engine process runs a relay; if two published at once, each would send the rows the
+    other is sending (duplicates the contract tolerates, at double the cost) and two dossier's
+    outputs could leave out of order. PostgreSQL: a session advisory lock, per schema, held by
+    a connection of its own, so it is released the moment the holder's process dies. SQLite
+    (one host): an exclusive `flock` on a file beside the database, released likewise.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+        self._lock_file: int | None = None
+
+    def held(self) -> bool:
+        """Whether this process may publish now: keeps the lease, or takes it if it is free."""
+        if self._engine.dialect.name == "postgresql":
+            return self._hold_advisory_lock()
+        if self._engine.dialect.name == "sqlite":
+            return self._hold_file_lock()
+        return True
+
+    def release(self) -> None:
+        if self._connection is not None:
+            # Closed for real, not returned to the pool: a pooled session would keep the lock.
+            with suppress(Exception):
+                self._connection.invalidate()
+                self._connection.close()
+            self._connection = None
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+    def _hold_advisory_lock(self) -> bool:
+        try:
+            if self._connection is not None:
+                self._connection.execute(text("SELECT 1")).scalar()  # still ours if alive
+                return True
+            # Autocommit: a session lock outlives transactions, and an idle connection must
+            # not hold one open (it would hold back vacuum).
+            connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            taken = connection.execute(
+                text("SELECT pg_try_advisory_lock(hashtext(current_schema() || '.outbox-relay'))")
+            ).scalar()
+        except DBAPIError:
+            self.release()  # the lock went with the connection
+            return False
+        if taken:
+            self._connection = connection
+            return True
+        connection.close()  # returned to the pool: it holds no lock
+        return False
+
+    def _hold_file_lock(self) -> bool:
+        if self._lock_file is not None:
+            return True
+        database = self._engine.url.database
+        if not database or database == ":memory:":
+            return True  # a private database: no other process can reach it
+        fd = os.open(f"{database}-relay.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_file = fd
+        return True

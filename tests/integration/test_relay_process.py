@@ -117,3 +117,37 @@ def test_child_dies_when_the_engine_is_killed(
     finally:
         if engine.poll() is None:
             engine.kill()
+
+
+def test_of_two_engines_one_relay_publishes_and_the_other_takes_over(
+    settings: Settings, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'relay.db'}"
+    upgrade(create_db_engine(url))
+    reported: dict[str, list[int | None]] = {"a": [], "b": []}
+
+    def reporter(name: str) -> Callable[[Sequence[tuple[int | None, str]], float], None]:
+        return lambda rows, _: reported[name].extend(i for i, _ in rows)
+
+    with isolated_run(settings, url, tmp_path, "relaylease") as run:
+        a, b = RelayProcess(run, reporter("a")), RelayProcess(run, reporter("b"))
+        a.start()
+        b.start()
+        try:
+            _add_outputs(url, 0, 40)
+            a.set()
+            b.set()
+            _until(lambda: len(reported["a"]) + len(reported["b"]) == 40)
+            leader = "a" if reported["a"] else "b"
+            assert not reported["b" if leader == "a" else "a"]  # the other stood by
+            (a if leader == "a" else b).stop()  # the leader's engine stops: its lease goes
+            _add_outputs(url, 40, 10)
+            a.set()
+            b.set()
+            _until(lambda: len(reported["a"]) + len(reported["b"]) == 50)
+        finally:
+            a.stop()
+            b.stop()
+        assert sorted(reported["a"] + reported["b"]) == list(range(1, 51))
+        records = read_topic(kafka_bootstrap, run.topic("dossier.status"), expect=50)
+        assert len(records) == 50

@@ -26,7 +26,13 @@ from dossier.cli import main as cli_main
 from dossier.settings import Settings
 from engine.ports import ConcurrencyError, StoredDossier, UnitOfWork
 from engine.store.migrate import current_revision, downgrade, head_revision, upgrade
-from engine.store.sql import SqlUnitOfWork, create_db_engine, engine_clock, metadata
+from engine.store.sql import (
+    RelayLease,
+    SqlUnitOfWork,
+    create_db_engine,
+    engine_clock,
+    metadata,
+)
 from tests.store_contract import StoreContract, UowFactory, make_dossier
 
 pytestmark = pytest.mark.integration
@@ -246,3 +252,41 @@ def test_cli_db_upgrade_and_current(
     assert cli_main(["db", "current", "--check"]) == 0
     out = capsys.readouterr().out
     assert head in out and "up to date" in out
+
+
+def test_relay_lease_is_held_by_one_holder_at_a_time(db_url: str) -> None:
+    first_engine, second_engine = create_db_engine(db_url), create_db_engine(db_url)
+    first, second = RelayLease(first_engine), RelayLease(second_engine)
+    try:
+        assert first.held()
+        assert first.held()  # kept, not taken again
+        assert not second.held()
+        first.release()
+        assert second.held()
+        assert not first.held()
+    finally:
+        first.release()
+        second.release()
+        first_engine.dispose()
+        second_engine.dispose()
+
+
+def test_notices_due_skips_dossiers_another_transaction_is_notifying(
+    store_pg_url: str,
+) -> None:
+    """Two engine processes scanning for due notices take disjoint dossiers, not turns."""
+    db = create_db_engine(store_pg_url)
+    upgrade(db)
+    due = datetime(2025, 3, 1, tzinfo=UTC)
+    with SqlUnitOfWork(db) as uow:
+        uow.repo.save_dossiers(
+            [StoredDossier(make_dossier(code=f"D-{i}"), 0, due) for i in range(4)]
+        )
+        uow.commit()
+    now = due + timedelta(days=1)
+    with SqlUnitOfWork(db) as first, SqlUnitOfWork(db) as second:
+        taken = {s.dossier.code for s in first.repo.notices_due(now, 2)}
+        others = {s.dossier.code for s in second.repo.notices_due(now, 10)}
+    db.dispose()
+    assert taken == {"D-0", "D-1"}
+    assert others == {"D-2", "D-3"}
