@@ -12,11 +12,14 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ from engine.calendar import WorkingCalendar
 from engine.dossier import Applied, Dossier
 from engine.engine import Engine
 from engine.events import InboundEvent
-from engine.ports import Position
+from engine.ports import ConcurrencyError, Position
 from engine.procedures import ProcedureVersion, load_catalogue
 from engine.service import BatchProcessor, RawInput, ServiceConfig
 from engine.store.migrate import upgrade
@@ -168,6 +171,65 @@ def through_service(url: str, inputs: list[RawInput], batch_size: int) -> float:
     return elapsed
 
 
+def through_service_sharded(
+    url: str, inputs: list[RawInput], batch_size: int, processes: int
+) -> float:
+    """Wall time of `processes` engine processes sharing the inputs as a consumer group shares
+    partitions: by a hash of the dossier key, each share in its own order and offsets."""
+    shares: list[list[RawInput]] = [[] for _ in range(processes)]
+    offsets: dict[tuple[str, int], int] = {}
+    for raw in inputs:
+        share = zlib.crc32(raw.key or b"") % processes
+        slot = (raw.contract_topic, share)
+        offsets[slot] = offsets.get(slot, -1) + 1
+        position = Position(raw.position.topic, share, offsets[slot])
+        shares[share].append(replace(raw, position=position))
+    db = create_db_engine(url)
+    upgrade(db)  # once, before the processes race to do it
+    db.dispose()
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes + 1)
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    workers = [
+        context.Process(target=_serve_share, args=(url, share, batch_size, group, barrier))
+        for share in shares
+    ]
+    for worker in workers:
+        worker.start()
+    barrier.wait(timeout=120)  # every process has loaded the catalogue and connected
+    started = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    if any(worker.exitcode != 0 for worker in workers):
+        raise RuntimeError("an engine process of the sharded run failed")
+    return elapsed
+
+
+def _serve_share(
+    url: str, inputs: list[RawInput], batch_size: int, group: str, barrier: Any
+) -> None:
+    db = create_db_engine(url)
+    processor = BatchProcessor(
+        Engine(load_catalogue(), WorkingCalendar.load()),
+        InboundDecoder(),
+        ServiceConfig("urn:bench", group, parked_ttl=_week()),
+    )
+    with db.connect():
+        pass
+    barrier.wait()
+    for i in range(0, len(inputs), batch_size):
+        for attempt in range(5):
+            try:
+                processor.process(SqlUnitOfWork(db), inputs[i : i + batch_size])
+                break
+            except ConcurrencyError:  # a dossier the other process notified meanwhile
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))  # as dossier.runtime.Runtime.process does
+    db.dispose()
+
+
 def _week() -> Any:
     from datetime import timedelta
 
@@ -181,6 +243,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--postgres", default=None, help="SQLAlchemy URL (default: settings)")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="also run (b) on PostgreSQL in this many engine processes sharing the dossiers",
+    )
     args = parser.parse_args()
 
     catalogue = load_catalogue()
@@ -225,6 +293,11 @@ def main() -> int:
             elapsed = through_service(url, sample, batch)
             label = f"{name} ({'1 event per transaction' if naive else f'batches of {batch}'})"
             print(f"  {label:<44}: {len(sample) / elapsed:>10,.0f} events/s ({len(sample)} events)")
+        if not args.no_postgres and args.processes > 1:
+            url = scratch.schema_url(args.postgres or Settings.from_env().postgres_url)
+            elapsed = through_service_sharded(url, inputs, args.batch_size, args.processes)
+            label = f"PostgreSQL, {args.processes} engine processes (batches of {args.batch_size})"
+            print(f"  {label:<44}: {len(inputs) / elapsed:>10,.0f} events/s ({len(inputs)} events)")
     return 0
 
 
