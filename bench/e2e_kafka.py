@@ -16,6 +16,7 @@ Broker and database run on this same 2-core machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -87,11 +88,18 @@ def postgres_url(base: Settings) -> str:
     return scratch.schema_url(base.postgres_url)
 
 
-def sustained(settings: Settings, stream: list[SimulatedMessage], tmp: Path) -> float:
-    """Inputs/s from the first publish until the running engine has committed the last input
-    and published every output (its start-up is not counted)."""
-    with EngineProcess(settings, tmp / f"{settings.consumer_group}.log") as engine:
-        time.sleep(6)  # let the worker join its group before the clock starts
+def sustained(
+    settings: Settings, stream: list[SimulatedMessage], tmp: Path, engines: int = 1
+) -> float:
+    """Inputs/s from the first publish until the running engine processes (one consumer
+    group) have committed the last input and published every output (start-up not counted)."""
+    with contextlib.ExitStack() as stack:
+        processes = [
+            stack.enter_context(EngineProcess(settings, tmp / f"{settings.consumer_group}-{n}.log"))
+            for n in range(engines)
+        ]
+        engine = processes[0]
+        time.sleep(6 + 4 * (engines - 1))  # let the workers join and share before the clock
         started = time.perf_counter()
         producer = create_input_producer(settings.kafka_bootstrap_servers)
         publish(producer, stream, settings.topic)
@@ -190,6 +198,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument(
+        "--engines",
+        type=int,
+        default=2,
+        help="also measure sustained throughput with this many engine processes in one group",
+    )
     args = parser.parse_args()
     base = Settings.from_env()
     backlog = messages(args.events, seed=1)
@@ -210,6 +224,12 @@ def main() -> int:
                 f"{name:<11} sustained  : {rate:>8,.0f} events/s "
                 f"({len(backlog)} inputs published at full speed)"
             )
+            if args.engines > 1:
+                rate = sustained(isolated(base, url(), tmp), backlog, tmp, args.engines)
+                print(
+                    f"{name:<11} sustained  : {rate:>8,.0f} events/s "
+                    f"with {args.engines} engine processes in one group"
+                )
             delays = latency(isolated(base, url(), tmp), offered, args.rate, tmp)
             if delays:
                 print(
