@@ -12,6 +12,7 @@ Everything else is the service layer's.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import os
@@ -84,6 +85,8 @@ def build_app(runtime: Runtime) -> faust.App:
     inbound = [settings.topic(name) for name in INBOUND_TOPICS]
     gate = EventTimeGate(inbound, max_idle_s=settings.ordering_max_idle_ms / 1000)
     lock = asyncio.Lock()  # the agent and the timer both drain the gate
+    write_behind = settings.batch_pipeline == "write-behind"
+    in_flight: set[asyncio.Task[None]] = set()  # acks waiting for their batch's commit
     streams: list[Any] = []
 
     def lag(topic: str, partition: int, next_offset: int | None) -> int | None:
@@ -106,9 +109,19 @@ def build_app(runtime: Runtime) -> faust.App:
             ceiling = gate.watermark(lag)
             for start in range(0, max(len(released), 1), settings.batch_size):
                 chunk = released[start : start + settings.batch_size]
-                await _commit_or_exit(loop, executor, runtime, [h.raw for h in chunk], ceiling)
-                for held in chunk:
-                    await streams[0].ack(held.token)
+                inputs = [h.raw for h in chunk]
+                if not write_behind:
+                    await _commit_or_exit(loop, executor, runtime, inputs, ceiling)
+                    for held in chunk:
+                        await streams[0].ack(held.token)
+                    continue
+                # Returns once the batch is staged; its commit, then its acks, come behind.
+                future = await loop.run_in_executor(
+                    executor, functools.partial(runtime.submit, inputs, ceiling)
+                )
+                acking = loop.create_task(_ack_when_committed(future, chunk, streams[0]))
+                in_flight.add(acking)
+                acking.add_done_callback(in_flight.discard)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(sender: Any, revoked: Any, **_: Any) -> None:
@@ -134,6 +147,19 @@ def build_app(runtime: Runtime) -> faust.App:
             await drain(tick=settings.clock_mode == "wall")
 
     return app
+
+
+async def _ack_when_committed(
+    future: concurrent.futures.Future[Any], chunk: list[Held], stream: Any
+) -> None:
+    try:
+        await asyncio.wrap_future(future)
+    except Exception:
+        # The runtime already retried it the plain way: as below, end before acking.
+        log.critical("cannot commit; exiting so the batch is consumed again after restart")
+        os._exit(EXIT_CANNOT_COMMIT)
+    for held in chunk:
+        await stream.ack(held.token)
 
 
 async def _commit_or_exit(

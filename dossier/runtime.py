@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from dossier.settings import Settings
 from engine.calendar import WorkingCalendar
 from engine.engine import Engine
 from engine.events import INBOUND_TOPICS
+from engine.pipeline import WriteBehindPipeline
 from engine.ports import ConcurrencyError
 from engine.procedures import load_catalogue
 from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
@@ -46,6 +48,7 @@ class Runtime:
     # one per interval; the interval bounds how much history a truncation could hide.
     checkpoint_interval_s: float = 60.0
     _last_checkpoint: float | None = None
+    _pipeline: WriteBehindPipeline | None = None
 
     @classmethod
     def create(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -86,23 +89,68 @@ class Runtime:
     ) -> BatchResult:
         """Apply and commit one batch, retrying when another process moved a dossier on."""
         started = time.perf_counter()
-        for attempt in range(1, attempts + 1):
-            try:
-                result = self.processor.process(self.writing_uow(), inputs, clock_ceiling)
-                break
-            except ConcurrencyError:
-                if attempt == attempts:
-                    raise
-                log.warning("batch raced another engine process; retrying (%d)", attempt)
-                time.sleep(0.05 * attempt)
-        elapsed = time.perf_counter() - started
+        result = self._commit(inputs, clock_ceiling, attempts)
         self._remember_positions(inputs)
+        self._committed(inputs, result, time.perf_counter() - started)
+        return result
+
+    def submit(
+        self, inputs: Sequence[RawInput], clock_ceiling: datetime | None = None
+    ) -> Future[BatchResult]:
+        """Apply a batch now and commit it behind (engine.pipeline): returns once the batch is
+        staged, while the one before may still be committing; the future resolves when this
+        one is committed. Call from one thread."""
+        if self._pipeline is None:
+            self._pipeline = WriteBehindPipeline(
+                self.processor,
+                self.uow,
+                self.writing_uow,
+                lambda batch, ceiling: self._commit(batch, ceiling, failures_allowed=7),
+            )
+        started = time.perf_counter()
+        future = self._pipeline.submit(inputs, clock_ceiling)
+        self._remember_positions(inputs)  # committed, or the process ends before acking
+
+        def committed(done: Future[BatchResult]) -> None:
+            if done.exception() is None:
+                self._committed(inputs, done.result(), time.perf_counter() - started)
+
+        future.add_done_callback(committed)
+        return future
+
+    def _commit(
+        self,
+        inputs: Sequence[RawInput],
+        clock_ceiling: datetime | None,
+        attempts: int = 5,
+        failures_allowed: int = 0,
+    ) -> BatchResult:
+        """Process and commit the plain way. Conflicts with another engine process are retried
+        `attempts` times; other failures (the database restarting) `failures_allowed` times,
+        with a growing pause."""
+        conflicts = failures = 0
+        while True:
+            try:
+                return self.processor.process(self.writing_uow(), inputs, clock_ceiling)
+            except ConcurrencyError:
+                conflicts += 1
+                if conflicts >= attempts:
+                    raise
+                log.warning("batch raced another engine process; retrying (%d)", conflicts)
+                time.sleep(0.05 * conflicts)
+            except Exception:
+                failures += 1
+                if failures > failures_allowed:
+                    raise
+                log.exception("batch of %d inputs not committed (try %d)", len(inputs), failures)
+                time.sleep(min(0.2 * 2 ** (failures - 1), 5.0))
+
+    def _committed(self, inputs: Sequence[RawInput], result: BatchResult, elapsed: float) -> None:
         self.outbox_wake.set()
         self._report(len(inputs), elapsed)
         for listener in self.batch_listeners:
             listener(inputs, result, elapsed)
         self._maybe_checkpoint()
-        return result
 
     def _maybe_checkpoint(self) -> None:
         now = time.monotonic()
@@ -165,4 +213,6 @@ class Runtime:
         return self.process([])
 
     def close(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.close()  # the batch in flight commits first
         self.db.dispose()

@@ -41,6 +41,7 @@ def setting_factory(env: str, factory: Any, doc: str) -> Any:
 ClockMode = Literal["business", "wall"]
 LogFormat = Literal["text", "json"]
 RelayMode = Literal["process", "thread"]
+BatchPipeline = Literal["write-behind", "serial"]
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,12 @@ class Settings:
         "DOSSIER_ORDERING_MAX_IDLE_MS",
         1000,
         "Longest wait for a silent inbound topic before inputs of other topics go ahead of it.",
+    )
+    batch_pipeline: BatchPipeline = setting(
+        "DOSSIER_BATCH_PIPELINE",
+        "write-behind",
+        "'write-behind': a batch is computed while the one before commits (engine.pipeline);"
+        " 'serial': each batch is committed before the next is computed.",
     )
     max_message_bytes: int = setting(
         "DOSSIER_MAX_MESSAGE_BYTES",

@@ -155,8 +155,9 @@ class Repository(Protocol):
 
     def outcome_counts(self, group: str) -> dict[tuple[str, str], int]: ...
 
-    def notices_due(self, now: datetime, limit: int) -> list[StoredDossier]:
-        """Dossiers whose next deadline notice is due at or before `now`."""
+    def notices_due(self, now: datetime, limit: int, *, lock: bool = True) -> list[StoredDossier]:
+        """Dossiers whose next deadline notice is due at or before `now`; with `lock`, only
+        those no other transaction is notifying, held until this one ends (where supported)."""
         ...
 
     def get_clock(self) -> datetime | None:

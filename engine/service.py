@@ -101,9 +101,19 @@ class BatchProcessor:
         yet been read that far.
         """
         with uow:
-            result = _Batch(self, uow.repo, clock_ceiling).run(inputs)
+            result = self.run_on(uow.repo, inputs, clock_ceiling)
             uow.commit()
         return result
+
+    def run_on(
+        self,
+        repo: Repository,
+        inputs: Sequence[RawInput],
+        clock_ceiling: datetime | None = None,
+    ) -> BatchResult:
+        """The batch's reads and writes on `repo`, in a transaction the caller owns (or, for
+        engine.pipeline, a repository that stages the writes for later)."""
+        return _Batch(self, repo, clock_ceiling).run(inputs)
 
 
 class _Batch:

@@ -148,7 +148,7 @@ class InMemoryRepository:
         for d in dossiers:
             self._dossiers[d.dossier.code] = replace(d, revision=d.revision + 1)
 
-    def notices_due(self, now: datetime, limit: int) -> list[StoredDossier]:
+    def notices_due(self, now: datetime, limit: int, *, lock: bool = True) -> list[StoredDossier]:
         _aware(now)
         due = [
             d

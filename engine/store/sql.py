@@ -614,7 +614,7 @@ class SqlRepository:
                 [{"code": d.dossier.code, **_dossier_columns(d), "revision": 1} for d in new],
             )
 
-    def notices_due(self, now: datetime, limit: int) -> list[StoredDossier]:
+    def notices_due(self, now: datetime, limit: int, *, lock: bool = True) -> list[StoredDossier]:
         _require_aware(now)
         c = dossiers.c
         query = (
@@ -622,10 +622,11 @@ class SqlRepository:
             .where(c.next_notice_at <= now)
             .order_by(c.next_notice_at, c.code)
             .limit(limit)
+        )
+        if lock:
             # Engine processes share the due dossiers: each takes the ones no other is
             # notifying right now, instead of all racing for the same rows and retrying.
-            .with_for_update(skip_locked=True)
-        )
+            query = query.with_for_update(skip_locked=True)
         return [
             StoredDossier(Dossier.from_json(snapshot), revision, next_notice_at)
             for revision, next_notice_at, snapshot in self.connection.execute(query).all()
