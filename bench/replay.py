@@ -8,7 +8,10 @@
     enough that each worker's fixed start-up (interpreter, catalogue: about a second) does not
     dominate;
 (b) replay from Kafka (target >= 20,000 inputs/s): the workload is published to scratch
-    topics with a unique prefix, then read, merged and applied;
+    topics with a unique prefix and `DOSSIER_TOPIC_PARTITIONS` partitions (default 6, as the
+    project creates its topics), then read, merged and applied, serially and in `--workers`
+    processes (each reading its share of the partitions) side by side; the two rebuilt
+    databases are compared;
 (c) `audit verify` over `--verify-rows` history rows (target < 60 s): synthetic chains made
     by copying the workload's history under new dossier codes, chained by the store.
 """
@@ -28,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy import local_kafka
-from dossier.replay import make_processor, replay_from_db, replay_from_kafka
+from dossier.replay import compare, make_processor, replay_from_db, replay_from_kafka
 from dossier.settings import Settings
 from dossier.simulation import Workload
 from engine.calendar import WorkingCalendar
@@ -94,17 +97,31 @@ def main() -> int:
     if not args.no_kafka:
         scratch = replace(settings, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.")
         names = [scratch.topic(t) for t in INBOUND_TOPICS]
-        local_kafka.ensure_topics(scratch, names, 3)
+        # The parallel replay shards by partition: as many as the project gives its topics.
+        local_kafka.ensure_topics(scratch, names, settings.topic_partitions)
         try:
             producer = create_input_producer(scratch.kafka_bootstrap_servers)
             publish(producer, messages, scratch.topic)
             producer.close()
-            from_kafka = create_db_engine(f"sqlite:///{work / 'from-kafka.db'}")
-            report = replay_from_kafka(scratch, from_kafka)
+            rebuilt = []
+            for label, workers in (("serial", 1), ("parallel", args.workers)):
+                target = create_db_engine(f"sqlite:///{work / f'from-kafka-{workers}.db'}")
+                started = time.perf_counter()
+                report = replay_from_kafka(scratch, target, workers=workers)
+                wall_s = time.perf_counter() - started
+                rebuilt.append(target)
+                print(
+                    f"(b) replay --source kafka into SQLite, {label} ({report.workers} workers,"
+                    f" {settings.topic_partitions} partitions): {report.inputs / wall_s:,.0f}"
+                    f" inputs/s ({report.inputs:,} in {wall_s:.1f} s wall; target 20,000/s)"
+                )
+            same = compare(rebuilt[1], rebuilt[0])
             print(
-                f"(b) replay --source kafka into SQLite: {report.rate:,.0f} inputs/s "
-                f"({report.inputs:,} in {report.seconds:.1f} s; target 20,000/s)"
+                f"    (parallel vs serial: {same.matching:,} dossiers match,"
+                f" {same.differing} differ)"
             )
+            for target in rebuilt:
+                target.dispose()
         finally:
             local_kafka.delete_topics(scratch, names)
 

@@ -7,7 +7,10 @@ Two sources:
   partition in offset order, partitions interleaved by the event time of their next record,
   ties broken by topic, partition, offset. Every message goes through the same
   `BatchProcessor`, duplicates and bad inputs included, so the rebuilt database holds the same
-  outcomes. Positions follow each partition's offsets, as live.
+  outcomes. Positions follow each partition's offsets, as live. With `workers` > 1 the
+  partitions are split over that many processes, each reading its own with its own consumer
+  (`dossier.replay_kafka`: the topics are co-partitioned by dossier code), which write the same
+  rows as the serial replay.
 - **Database** (`replay_from_db`): the applied inputs stored in a database's history, in the
   order the live engine applied them (history id), upcast to the current schema version. The
   stored envelope is already validated, so it is handed to the engine without decoding again;
@@ -59,6 +62,8 @@ class ReplayReport:
     seconds: float = 0.0
     workers: int = 1
     outcomes: dict[str, int] = field(default_factory=dict)
+    # Why a parallel replay ran serially instead (a contract the sharding relies on not held).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -102,25 +107,34 @@ def prepare_target(target: Engine) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_inbound(
-    settings: Settings, since: datetime | None = None, poll_ms: int = 500
-) -> dict[tuple[str, int], list[Any]]:
-    """Every record of the inbound topics up to their current end, per (topic, partition)."""
-    consumer = KafkaConsumer(
+# (real topic, partition) -> [start, end) offsets: what a replay reads of that partition.
+PartitionOffsets = dict[tuple[str, int], tuple[int, int]]
+
+
+def _consumer(settings: Settings, client_id: str = "dossier-replay") -> KafkaConsumer:
+    return KafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
         enable_auto_commit=False,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,
         max_poll_records=50_000,
-        client_id="dossier-replay",
+        client_id=client_id,
     )
+
+
+def inbound_offsets(settings: Settings, since: datetime | None = None) -> PartitionOffsets:
+    """What a replay reads of each inbound partition: from the start (or the first record at
+    or after `since`, by record timestamp) to the end as of now. Taken once, so that a replay
+    reads one snapshot however many consumers read it."""
+    consumer = _consumer(settings)
     try:
         partitions = [
             TopicPartition(settings.topic(topic), p)
             for topic in INBOUND_TOPICS
             for p in sorted(consumer.partitions_for_topic(settings.topic(topic)) or ())
         ]
-        consumer.assign(partitions)
+        if not partitions:
+            return {}
         ends: Mapping[TopicPartition, int] = consumer.end_offsets(partitions)
         starts: dict[TopicPartition, int] = dict(consumer.beginning_offsets(partitions))
         if since is not None:
@@ -130,20 +144,49 @@ def read_inbound(
             for tp in partitions:
                 offset = found.get(tp)
                 starts[tp] = offset.offset if offset is not None else ends[tp]
+        return {(tp.topic, tp.partition): (starts[tp], ends[tp]) for tp in partitions}
+    finally:
+        consumer.close()
+
+
+def read_partitions(
+    settings: Settings,
+    offsets: PartitionOffsets,
+    poll_ms: int = 500,
+    client_id: str = "dossier-replay",
+) -> dict[tuple[str, int], list[Any]]:
+    """The records of the given partitions between their offsets, per (topic, partition)."""
+    records: dict[tuple[str, int], list[Any]] = {slot: [] for slot in offsets}
+    if not offsets:
+        return records
+    consumer = _consumer(settings, client_id)
+    try:
+        partitions = [TopicPartition(topic, p) for topic, p in offsets]
+        consumer.assign(partitions)
         for tp in partitions:
-            consumer.seek(tp, starts[tp])
-        records: dict[tuple[str, int], list[Any]] = {
-            (tp.topic, tp.partition): [] for tp in partitions
+            consumer.seek(tp, offsets[(tp.topic, tp.partition)][0])
+        pending = {
+            tp for tp in partitions if offsets[(tp.topic, tp.partition)][0] < _end(offsets, tp)
         }
-        pending = {tp for tp in partitions if starts[tp] < ends[tp]}
         while pending:
             for tp, batch in consumer.poll(timeout_ms=poll_ms).items():
-                end = ends[tp]
+                end = _end(offsets, tp)
                 records[(tp.topic, tp.partition)].extend(r for r in batch if r.offset < end)
-            pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
+            pending = {tp for tp in pending if consumer.position(tp) < _end(offsets, tp)}
         return records
     finally:
         consumer.close()
+
+
+def _end(offsets: PartitionOffsets, tp: TopicPartition) -> int:
+    return offsets[(tp.topic, tp.partition)][1]
+
+
+def read_inbound(
+    settings: Settings, since: datetime | None = None, poll_ms: int = 500
+) -> dict[tuple[str, int], list[Any]]:
+    """Every record of the inbound topics up to their current end, per (topic, partition)."""
+    return read_partitions(settings, inbound_offsets(settings, since), poll_ms)
 
 
 def merged(
@@ -186,13 +229,52 @@ def replay_from_kafka(
     since: datetime | None = None,
     batch_size: int = 5000,
     group: str = REPLAY_GROUP,
+    workers: int = 1,
+    notice_scan_limit: int | None = None,
 ) -> ReplayReport:
+    """Rebuild `target` from the inbound topics; `workers` > 1 reads and folds the partitions
+    in that many processes (`dossier.replay_kafka`), with the same result."""
+    if workers > 1:
+        from dossier.replay_kafka import replay_from_kafka_parallel  # imports this module
+
+        return replay_from_kafka_parallel(
+            settings,
+            target,
+            since=since,
+            batch_size=batch_size,
+            group=group,
+            workers=workers,
+            notice_scan_limit=notice_scan_limit,
+        )
     prepare_target(target)
+    started = time.perf_counter()
+    report = replay_kafka_serial(
+        settings,
+        target,
+        inbound_offsets(settings, since),
+        batch_size=batch_size,
+        group=group,
+        notice_scan_limit=notice_scan_limit,
+    )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def replay_kafka_serial(
+    settings: Settings,
+    target: Engine,
+    offsets: PartitionOffsets,
+    *,
+    batch_size: int = 5000,
+    group: str = REPLAY_GROUP,
+    notice_scan_limit: int | None = None,
+) -> ReplayReport:
+    """The serial replay of the given partition offsets into a prepared target."""
     report = ReplayReport("kafka")
     started = time.perf_counter()
-    records = read_inbound(settings, since)
+    records = read_partitions(settings, offsets)
     contract = {settings.topic(t): t for t in INBOUND_TOPICS}
-    processor = make_processor(settings, group)
+    processor = make_processor(settings, group, notice_scan_limit=notice_scan_limit)
     batch: list[RawInput] = []
     for raw in merged(records, contract):
         batch.append(raw)

@@ -1,5 +1,8 @@
 """Replay from a database's history on every core: the history sharded by dossier code, each
 shard folded in its own process over the in-memory store, the shards merged into the target.
+The folding, the lock step and the merge are shared with the replay from Kafka
+(`dossier.replay_kafka`), whose shards are partitions and whose serial order is the merge of
+the topics; below, an input's *rank* is its place in the serial order: its history id here.
 
 Dossiers are independent (the engine reads and writes one dossier per input; (source, id) keys
 are unique across dossiers in a history, and every outbound id names its dossier), so a shard
@@ -9,14 +12,15 @@ are global and are therefore coordinated by the parent, batch by batch, in lock 
 - **The business clock.** The serial replay cuts the history into batches of `batch_size` rows
   in id order, and each batch's clock is the latest event time applied so far. Every worker
   cuts its shard at the same history ids; before each batch it reports the latest event of its
-  share (time and history id), the parent works out the clock the serial replay would have had
-  (the first of the latest events, with the offset it was written with, or, when the batch
-  holds nothing later, the previous clock as the SQL store returns it: in UTC), and each worker
-  sets its store's clock to that before `BatchProcessor.process`. `_advance_clock` only moves a
-  clock forwards, and no event of a share is later than the whole batch's latest, so the clock
-  a shard's batch runs on is exactly the serial one: deadline notices carry the same `time` and
-  hours, dead letters the same `time`. A worker whose share of a batch is empty still runs the
-  batch (with no inputs), because the serial batch emits notices for every dossier that is due.
+  share (time and rank), the parent works out the clock the serial replay would have had (the
+  first of the latest events, with the offset it was written with, or, when the batch holds
+  nothing later, the previous clock as the SQL store returns it: in UTC), and each worker's
+  batch starts, as the serial one does, from the previous clock as the SQL store returns it
+  (inputs that fail to decode are dead-lettered at that time), then moves to the parent's clock
+  where the serial batch moves to its events' latest (`_CoordinatedBatch`), which the share's
+  own events may not reach. So deadline notices carry the same `time` and hours, dead letters
+  the same `time`. A worker whose share of a batch is empty still runs the batch (with no
+  inputs), because the serial batch emits notices for every dossier that is due.
 - **The notice scan limit.** Each batch the serial replay emits notices for at most
   `notice_scan_limit` untouched dossiers that are due, the first by (next_notice_at, code); the
   rest wait for a later batch (and a later clock). Each worker reports its first
@@ -24,14 +28,18 @@ are global and are therefore coordinated by the parent, batch by batch, in lock 
   answers `notices_due` with its keys up to that cut.
 
 Inputs are applied through the same `BatchProcessor` configuration as `make_processor` builds,
-with the stored envelopes handed over already decoded (`_StoredInputs`) and positions not
-tracked (see `replay_from_db`). The engine is wrapped (`_TrackingEngine`) only to note, for
-every outbound message, where the serial batch would have emitted it: after the input that
-caused it (by history id), or in the batch's notice pass (dossiers changed in the batch, in the
-order they first changed, then the others by (next_notice_at, code)). With those keys the merge
-gives the outbox the serial replay's id order (the relay's publishing order); history rows get
-its id order too, (batch, dossier code, seq), which is how `SqlRepository.append_history` sorts
-each batch.
+with each batch input handed over as the worker decoded it before the batch (`_ShardDecoder`:
+the stored envelopes here, so none fails), and consumer positions kept only where the serial
+replay keeps them (from Kafka; not here: see `replay_from_db`). The engine is wrapped
+(`_TrackingEngine`) only to note, for every outbound message, where the serial batch would have
+emitted it: while dead-lettering the inputs that fail to decode (all of them first), after the
+input that caused it (by rank), or in the batch's notice pass (dossiers changed in the batch,
+in the order they first changed, then the others by (next_notice_at, code)). Which input is
+being handled is told by the identity of the event the engine is given, not by its (source,
+id), which a stream may repeat. With those keys the merge gives the outbox the serial replay's
+id order (the relay's publishing order); history rows get its id order too, (batch, dossier
+code, seq), which is how `SqlRepository.append_history` sorts each batch; consumer positions
+the order in which the serial batches first wrote them.
 
 Each worker writes its store into a scratch SQLite file migrated like any store, with raw
 `executemany` of values encoded exactly as SQLAlchemy would (UTC text for `UtcDateTime`, the
@@ -59,8 +67,9 @@ import sqlite3
 import tempfile
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import closing, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection as Pipe
@@ -83,11 +92,11 @@ from dossier.replay import (
     stored_input,
 )
 from dossier.settings import Settings
-from engine.dossier import Applied, Decision, Dossier, Rejected
+from engine.dossier import Applied, Decision, Dossier, NotYetApplicable, Rejected
 from engine.engine import Engine as DossierEngine
 from engine.events import InboundEvent, OutboundEvent
-from engine.ports import Position, StoredDossier
-from engine.service import RawInput, ServiceConfig
+from engine.ports import Position, Repository, StoredDossier
+from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig, _Batch
 from engine.store.memory import InMemoryRepository, InMemoryStore, InMemoryUnitOfWork
 from engine.store.migrate import upgrade
 from engine.store.sql import (
@@ -96,6 +105,7 @@ from engine.store.sql import (
     UtcDateTime,
     _dossier_columns,
     _json_dumps,
+    consumer_positions,
     create_db_engine,
     dossiers,
     engine_clock,
@@ -105,9 +115,11 @@ from engine.store.sql import (
     outbox,
     parked_inputs,
 )
+from schemas.codec import Rejected as DecodeRejected
 from schemas.codec import dead_letter_id
 
 # Where, within its batch, the serial replay emits an outbound message.
+PHASE_DECODE = 0  # dead-lettering the inputs that fail to decode, before any is handled
 PHASE_INPUT = 1  # while applying the input that caused it
 PHASE_EXPIRY = 2  # expiring parked inputs (real time)
 PHASE_CHANGED = 3  # notices of dossiers changed in the batch, in the order they changed
@@ -116,6 +128,9 @@ PHASE_DUE = 4  # notices of the other due dossiers, by (next_notice_at, code)
 # (batch, phase, history id of the causing input, next_notice_at, code, seq within the worker)
 OutboxOrder = tuple[int, int, int, str, str, int]
 NoticeKey = tuple[datetime, str]  # (next_notice_at, dossier code): the serial scan's order
+Decoded = InboundEvent | DecodeRejected  # an input's event, or why it failed to decode
+# (rank: the input's place in the serial order, unique and from 1; the input; its decoding)
+Prepared = tuple[int, RawInput, Decoded]
 
 
 class ReplayWorkerError(RuntimeError):
@@ -220,6 +235,7 @@ _ORDER_COLUMNS: dict[str, tuple[str, ...]] = {
     "input_ledger": ("replay_batch", "replay_rank", "replay_seq"),
     "parked_inputs": ("replay_batch", "replay_rank"),
     "input_outcomes": ("replay_batch",),
+    "consumer_positions": ("replay_batch",),
     "outbox": (
         "replay_batch",
         "replay_phase",
@@ -242,6 +258,8 @@ _MERGED: dict[str, tuple[Table, str]] = {
         "replay_batch, replay_phase, replay_rank, replay_due, replay_code, replay_seq,"
         " replay_worker",
     ),
+    # The serial batches insert the partitions they see first, sorted, and update the others.
+    "consumer_positions": (consumer_positions, 'replay_batch, topic, "partition"'),
 }
 
 
@@ -270,7 +288,7 @@ class ShardJob:
 class BatchReport:
     """What a worker tells the parent before a batch."""
 
-    latest: tuple[datetime, int] | None  # the share's latest event time, and its history id
+    latest: tuple[datetime, int] | None  # the share's latest event time, and its rank
     due: list[NoticeKey]  # the share's first keys by (next_notice_at, code), any time
 
 
@@ -283,7 +301,7 @@ class ShardResult:
 @dataclass
 class _AppliedAt:
     batch: int
-    rank: int  # history id of the input whose handling applied it
+    rank: int  # rank of the input whose handling applied it
     seq: int
 
 
@@ -294,52 +312,61 @@ class _OrderTracker:
         self.store = store
         self.batch = -1
         self.seq = 0
-        self.ranks: dict[tuple[str, str], int] = {}  # event key -> history id, this batch
-        self.positions: dict[tuple[str, str], Position] = {}  # this batch, and parked ones
-        self.handled: set[tuple[str, str]] = set()
-        self.current = 0  # history id of the input being handled
+        # This batch's inputs not handled yet, by the identity of the event the decoder hands
+        # the engine: their (source, id) keys need not be unique in a stream (duplicates, a
+        # retry of a parked copy), the objects are.
+        self.handling: dict[int, tuple[int, Position]] = {}
+        # Parked inputs still waiting: (source, id, dossier code) -> (rank, position).
+        self.parked_at: dict[tuple[str, str, str], tuple[int, Position]] = {}
+        self.current = 0  # rank of the input being handled
         self.first_changed: dict[str, int] = {}  # dossier code -> rank of its first change
         self.emitted: dict[str, OutboxOrder] = {}  # message id -> order, this batch
         self.applied: dict[tuple[str, str], _AppliedAt] = {}
         self.outbox_order: dict[int, OutboxOrder] = {}  # store outbox id -> order
         self.parked_order: dict[int, tuple[int, int]] = {}  # store parked id -> (batch, rank)
         self.outcome_batch: dict[tuple[str, str], int] = {}  # first batch that counted it
-        self._inputs: Sequence[tuple[int, RawInput, InboundEvent]] = ()
+        self.position_batch: dict[tuple[str, int], int] = {}  # (topic, partition) -> first batch
+        self._inputs: Sequence[Prepared] = ()
         self._last_id = 0
 
     def _next_seq(self) -> int:
         self.seq += 1
         return self.seq
 
-    def begin(self, batch: int, inputs: Sequence[tuple[int, RawInput, InboundEvent]]) -> None:
+    def begin(self, batch: int, inputs: Sequence[Prepared]) -> None:
         self.batch = batch
-        self.ranks = {event.key: hid for hid, _, event in inputs}
-        for _, raw, event in inputs:
-            self.positions[event.key] = raw.position
-        self.handled = set()
+        self.handling = {
+            id(decoded): (rank, raw.position)
+            for rank, raw, decoded in inputs
+            if isinstance(decoded, InboundEvent)
+        }
         self.first_changed = {}
         self.emitted = {}
         self._inputs = inputs
         self._last_id = self.store.last_id
 
     def applied_decision(self, event: InboundEvent, decision: Decision) -> None:
-        key = event.key
-        rank = self.ranks.get(key)
-        if rank is not None and key not in self.handled:
-            # The first decision on a batch input is its handling; later ones are retries of
-            # a parked input, which the serial batch makes while handling the current one.
-            self.handled.add(key)
-            self.current = rank
+        waiting = (event.source, event.id, event.subject)
+        handled = self.handling.pop(id(event), None)
+        position: Position | None
+        if handled is not None:
+            # The engine's first call with a batch input's own event is its handling; any
+            # other call is a retry of a parked input, made while handling the current one.
+            self.current, position = handled
+        else:
+            parked = self.parked_at.get(waiting)
+            position = parked[1] if parked is not None else None
         if isinstance(decision, Applied):
             code = decision.dossier.code
             self.first_changed.setdefault(code, self.current)
-            self.applied[key] = _AppliedAt(self.batch, self.current, self._next_seq())
+            self.applied[event.key] = _AppliedAt(self.batch, self.current, self._next_seq())
             for output in decision.outputs:
                 self._emit(output.id, (PHASE_INPUT, self.current, "", ""))
         elif isinstance(decision, Rejected):
-            position = self.positions.get(key)
             if position is not None:
                 self._emit(_dead_letter_id(position), (PHASE_INPUT, self.current, "", ""))
+        elif isinstance(decision, NotYetApplicable) and handled is not None:
+            self.parked_at[waiting] = (self.current, handled[1])
 
     def noticed(self, dossier: Dossier, notices: Sequence[OutboundEvent]) -> None:
         code = dossier.code
@@ -362,26 +389,36 @@ class _OrderTracker:
         for outcome, delta in settled.items():
             if delta:
                 self.outcome_batch.setdefault(outcome, self.batch)
-        dead_letters = {_dead_letter_id(raw.position): hid for hid, raw, _ in self._inputs}
+        # Dead letters written without an engine call: an input that failed to decode (all of
+        # them before any input is handled), or a conflict found on handling.
+        dead_letters: dict[str, tuple[int, int]] = {}
+        for rank, raw, decoded in self._inputs:
+            phase = PHASE_DECODE if isinstance(decoded, DecodeRejected) else PHASE_INPUT
+            dead_letters[_dead_letter_id(raw.position)] = (phase, rank)
+            p = raw.position
+            if p.partition is not None and p.offset is not None:
+                self.position_batch.setdefault((p.topic, p.partition), self.batch)
         store = self.store
         for ident in range(self._last_id + 1, store.last_id + 1):
             message = store.outbox.get(ident)
             if message is not None:
                 order = self.emitted.get(message.message_id)
                 if order is None:
-                    hid = dead_letters.get(message.message_id)
+                    found = dead_letters.get(message.message_id)
                     order = (
-                        (self.batch, PHASE_INPUT, hid, "", "", self._next_seq())
-                        if hid is not None  # a conflict: dead-lettered on handling
+                        (self.batch, *found, "", "", self._next_seq())
+                        if found is not None
                         else (self.batch, PHASE_EXPIRY, 0, "", "", self._next_seq())
                     )
                 self.outbox_order[ident] = order
             parked = store.parked.get(ident)
             if parked is not None:
-                key = (parked.source, parked.event_id)
-                self.parked_order[ident] = (self.batch, self.ranks.get(key, 0))
-        waiting = {(p.source, p.event_id) for p in store.parked.values()}
-        self.positions = {k: v for k, v in self.positions.items() if k in waiting}
+                key = (parked.source, parked.event_id, parked.dossier_code)
+                at = self.parked_at.get(key)
+                self.parked_order[ident] = (self.batch, at[0] if at is not None else 0)
+        waiting = {(p.source, p.event_id, p.dossier_code) for p in store.parked.values()}
+        self.parked_at = {k: v for k, v in self.parked_at.items() if k in waiting}
+        self.handling = {}
         self._inputs = ()
 
 
@@ -413,31 +450,151 @@ class _TrackingEngine(DossierEngine):
 
 
 class _ShardRepository(InMemoryRepository):
-    """No positions (as `replay_from_db`), and the due dossiers the parent's cut allows."""
+    """The due dossiers the parent's cut allows; positions only where the serial replay keeps
+    them (from Kafka, not from a database: see `replay_from_db`)."""
 
-    def __init__(self, store: InMemoryStore, due: Sequence[NoticeKey]) -> None:
+    def __init__(self, store: InMemoryStore, due: Sequence[NoticeKey], positions: bool) -> None:
         super().__init__(store)
         self.due = due
+        self.positions = positions
 
     def load_positions(self, group: str) -> dict[tuple[str, int], int]:
-        return {}
+        return super().load_positions(group) if self.positions else {}
 
     def save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
-        return None
+        if self.positions:
+            super().save_positions(group, positions)
 
-    def notices_due(self, now: datetime, limit: int) -> list[StoredDossier]:
+    def notices_due(self, now: datetime, limit: int, *, lock: bool = True) -> list[StoredDossier]:
         # Called before the batch writes anything, so the store is as when `due` was taken.
+        # Nothing else writes a worker's store, so there is no row to lock or skip.
         found = [self.store.dossiers[code] for at, code in self.due if at <= now]
         return found[:limit]
 
 
 class _ShardUnitOfWork(InMemoryUnitOfWork):
-    def __init__(self, store: InMemoryStore, due: Sequence[NoticeKey]) -> None:
+    def __init__(self, store: InMemoryStore, due: Sequence[NoticeKey], positions: bool) -> None:
         self.due = due
+        self.positions = positions
         super().__init__(store)
 
     def _begin(self) -> None:
-        self.repo = self._repo = _ShardRepository(self.store, self.due)
+        self.repo = self._repo = _ShardRepository(self.store, self.due, self.positions)
+
+
+class _CoordinatedBatch(_Batch):
+    """A serial batch's clock on a shard of its inputs: it starts where the serial batch
+    starts (the previous clock, which inputs that fail to decode are dead-lettered at) and
+    moves to where the serial batch moves it, which the shard's own events may not reach."""
+
+    def __init__(self, processor: BatchProcessor, repo: Repository, clock: datetime | None) -> None:
+        super().__init__(processor, repo)
+        self.coordinated = clock
+
+    def _advance_clock(self, events: Sequence[InboundEvent]) -> None:
+        self.clock = self.coordinated
+
+
+class _CoordinatedProcessor(BatchProcessor):
+    """`BatchProcessor`, each batch on the clock the parent worked out (`clock`)."""
+
+    clock: datetime | None = None
+
+    def run_on(
+        self, repo: Repository, inputs: Sequence[RawInput], clock_ceiling: datetime | None = None
+    ) -> BatchResult:
+        return _CoordinatedBatch(self, repo, self.clock).run(inputs)
+
+
+class _ShardDecoder(_StoredInputs):
+    """Hands the engine each batch input as the worker decoded it before the batch (an event
+    object of its own, or the rejection to raise again); anything else (a parked input's
+    bytes) is decoded as `_StoredInputs` does."""
+
+    def __init__(self, max_message_bytes: int, reuse_by_value: bool) -> None:
+        super().__init__(max_message_bytes)
+        self.reuse_by_value = reuse_by_value
+        self._queue: deque[tuple[bytes | None, Decoded]] = deque()
+
+    def prepare(self, inputs: Sequence[Prepared]) -> None:
+        # The batch decodes its inputs first, in their order: a queue, not a lookup by value,
+        # gives each of two identical inputs its own event.
+        self._queue = deque((raw.value, decoded) for _, raw, decoded in inputs)
+        if self.reuse_by_value:
+            self.ready = {
+                raw.value: decoded
+                for _, raw, decoded in inputs
+                if raw.value is not None and isinstance(decoded, InboundEvent)
+            }
+
+    def decode(self, value: bytes | None, topic: str) -> InboundEvent:
+        if self._queue and self._queue[0][0] is value:
+            decoded = self._queue.popleft()[1]
+            if isinstance(decoded, DecodeRejected):
+                raise decoded
+            return decoded
+        return super().decode(value, topic)
+
+
+@dataclass
+class Fold:
+    """A worker's store and the processor folding its shard into it, batch by batch."""
+
+    store: InMemoryStore
+    tracker: _OrderTracker
+    processor: _CoordinatedProcessor
+    decoder: _ShardDecoder
+    limit: int  # the notice scan limit
+    positions: bool  # whether consumer positions are kept
+    report: ReplayReport
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        group: str,
+        notice_scan_limit: int | None,
+        *,
+        source: str,
+        positions: bool,
+        reuse_by_value: bool,
+    ) -> Fold:
+        store = InMemoryStore()
+        tracker = _OrderTracker(store)
+        base = make_processor(settings, group, notice_scan_limit=notice_scan_limit)
+        decoder = _ShardDecoder(settings.max_message_bytes, reuse_by_value)
+        processor = _CoordinatedProcessor(
+            _TrackingEngine(base.engine, tracker), decoder, base.config
+        )
+        limit = base.config.notice_scan_limit
+        return cls(store, tracker, processor, decoder, limit, positions, ReplayReport(source))
+
+
+def fold_batches(fold: Fold, pipe: Pipe, batches: Iterable[Sequence[Prepared]]) -> None:
+    """Fold the shard's share of every serial batch (an empty share too: the serial batch
+    emits notices for every dossier due), in lock step with the parent (`_coordinate`)."""
+    store, tracker, processor = fold.store, fold.tracker, fold.processor
+    for index, batch in enumerate(batches):
+        due = _due_keys(store, fold.limit)
+        pipe.send(("batch", BatchReport(_latest(batch), due)))
+        now, cutoff = pipe.recv()
+        if cutoff is not None:
+            due = [key for key in due if key <= cutoff]
+        if store.clock is not None:
+            # The serial batch reads the previous clock back from the SQL store: in UTC.
+            store.clock = store.clock.astimezone(UTC)
+        processor.clock = now
+        fold.decoder.prepare(batch)
+        tracker.begin(index, batch)
+        uow = _ShardUnitOfWork(store, due, fold.positions)
+        result = processor.process(uow, [raw for _, raw, _ in batch])
+        if result.redelivered:  # pragma: no cover - each partition is read in offset order
+            # An input dropped before decoding would put the decoder's queue out of step.
+            raise RuntimeError(f"{result.redelivered} inputs of batch {index} taken as redelivered")
+        tracker.end(result.settled)
+        fold.report.add(result)
+        fold.report.inputs += len(batch)
+    fold.decoder.ready = {}
 
 
 def _due_keys(store: InMemoryStore, limit: int) -> list[NoticeKey]:
@@ -451,11 +608,12 @@ def _due_keys(store: InMemoryStore, limit: int) -> list[NoticeKey]:
     )
 
 
-def _latest(inputs: Sequence[tuple[int, RawInput, InboundEvent]]) -> tuple[datetime, int] | None:
+def _latest(inputs: Sequence[Prepared]) -> tuple[datetime, int] | None:
+    """The share's latest event time, as `max()` over the serial batch's events finds it."""
     latest: tuple[datetime, int] | None = None
-    for hid, _, event in inputs:
-        if latest is None or event.time > latest[0]:  # the first of equal times, as max()
-            latest = (event.time, hid)
+    for rank, _, decoded in inputs:
+        if isinstance(decoded, InboundEvent) and (latest is None or decoded.time > latest[0]):
+            latest = (decoded.time, rank)  # the first of equal times, as max()
     return latest
 
 
@@ -475,9 +633,7 @@ def _shard_filter(dialect: str, shards: int, shard: int) -> Any:
     return None
 
 
-def _shard_rows(
-    connection: Connection, job: ShardJob
-) -> Iterator[tuple[int, RawInput, InboundEvent]]:
+def _shard_rows(connection: Connection, job: ShardJob) -> Iterator[Prepared]:
     h = history.c
     query = select(
         h.id, h.dossier_code, h.topic, h.partition, h.offset, h.schema_version, h.envelope
@@ -494,11 +650,27 @@ def _shard_rows(
         yield hid, raw, stored_event
 
 
+def _cut(rows: Iterator[Prepared], bounds: Sequence[int]) -> Iterator[list[Prepared]]:
+    """The rows of each serial batch (by the last history id of each)."""
+    pending = next(rows, None)
+    for bound in bounds:
+        batch: list[Prepared] = []
+        while pending is not None and pending[0] <= bound:
+            batch.append(pending)
+            pending = next(rows, None)
+        yield batch
+
+
 def run_shard(job: ShardJob, pipe: Pipe) -> None:
-    """A worker process's entry point: fold the shard in lock step with the parent, write it
-    to the scratch file, report; any failure is reported rather than left to a timeout."""
+    """A worker process's entry point (see `run_worker`)."""
+    run_worker(_fold_shard, job, pipe)
+
+
+def run_worker(fold: Callable[[Any, Pipe], Any], job: Any, pipe: Pipe) -> None:
+    """Run a worker's fold in lock step with the parent and report what it did; any failure is
+    reported rather than left to a timeout."""
     try:
-        pipe.send(("done", _fold_shard(job, pipe)))
+        pipe.send(("done", fold(job, pipe)))
     except BaseException:
         with suppress(Exception):
             pipe.send(("failed", traceback.format_exc()))
@@ -510,40 +682,23 @@ def _fold_shard(job: ShardJob, pipe: Pipe) -> ShardResult:
     source = create_db_engine(job.source_url)
     if source.dialect.name == "sqlite":
         sa_event.listen(source, "connect", _register_shard_function)
-    store = InMemoryStore()
-    tracker = _OrderTracker(store)
-    processor = make_processor(job.settings, job.group, notice_scan_limit=job.notice_scan_limit)
-    processor.engine = _TrackingEngine(processor.engine, tracker)
-    decoder = _StoredInputs(job.settings.max_message_bytes)
-    processor.decoder = decoder
-    limit = processor.config.notice_scan_limit
-    report = ReplayReport("db")
+    # Positions are not tracked, as in `replay_from_db`; a stored input that was parked live is
+    # decoded again from its stored bytes when retried in the same batch, as there.
+    fold = Fold.create(
+        job.settings,
+        job.group,
+        job.notice_scan_limit,
+        source="db",
+        positions=False,
+        reuse_by_value=True,
+    )
     try:
         with source.connect() as connection:
-            rows = _shard_rows(connection, job)
-            pending = next(rows, None)
-            for batch_index, bound in enumerate(job.bounds):
-                batch: list[tuple[int, RawInput, InboundEvent]] = []
-                while pending is not None and pending[0] <= bound:
-                    batch.append(pending)
-                    pending = next(rows, None)
-                due = _due_keys(store, limit)
-                pipe.send(("batch", BatchReport(_latest(batch), due)))
-                clock, cutoff = pipe.recv()
-                if cutoff is not None:
-                    due = [key for key in due if key <= cutoff]
-                store.clock = clock
-                decoder.ready = {raw.value: e for _, raw, e in batch if raw.value is not None}
-                tracker.begin(batch_index, batch)
-                result = processor.process(_ShardUnitOfWork(store, due), [r for _, r, _ in batch])
-                tracker.end(result.settled)
-                report.add(result)
-                report.inputs += len(batch)
+            fold_batches(fold, pipe, _cut(_shard_rows(connection, job), job.bounds))
     finally:
         source.dispose()
-    decoder.ready = {}
-    write_shard(Path(job.scratch), store, tracker)
-    return ShardResult(report.inputs, report.outcomes)
+    write_shard(Path(job.scratch), fold.store, fold.tracker)
+    return ShardResult(fold.report.inputs, fold.report.outcomes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,6 +739,20 @@ def write_shard(path: Path, store: InMemoryStore, tracker: _OrderTracker) -> Non
                     "replay_batch": tracker.outcome_batch[(t, o)],
                 }
                 for (g, t, o), n in store.outcomes.items()
+            ),
+        )
+        _insert(
+            db,
+            consumer_positions,
+            (
+                {
+                    "group_id": g,
+                    "topic": t,
+                    "partition": p,
+                    "next_offset": offset,
+                    "replay_batch": tracker.position_batch[(t, p)],
+                }
+                for (g, t, p), offset in store.positions.items()
             ),
         )
         if store.clock is not None:
@@ -797,48 +966,58 @@ def replay_from_db_parallel(
         report.seconds = time.perf_counter() - started
         return report
     limit = _scan_limit(notice_scan_limit)
-    context = multiprocessing.get_context("spawn")  # no SQLAlchemy pool crosses a fork
     with tempfile.TemporaryDirectory(prefix="dossier-replay-", dir=scratch_dir) as scratch:
         paths = [Path(scratch) / f"shard-{k}.db" for k in range(shards)]
-        pipes: list[Pipe] = []
-        processes: list[BaseProcess] = []
-        try:
-            for k, path in enumerate(paths):
-                job = ShardJob(
-                    settings,
-                    source_url,
-                    k,
-                    shards,
-                    tuple(bounds),
-                    group,
-                    notice_scan_limit,
-                    str(path),
-                )
-                parent_end, child_end = context.Pipe()
-                process = context.Process(
-                    target=run_shard, args=(job, child_end), name=f"replay-shard-{k}", daemon=True
-                )
-                process.start()
-                child_end.close()
-                pipes.append(parent_end)
-                processes.append(process)
+        jobs = [
+            ShardJob(
+                settings, source_url, k, shards, tuple(bounds), group, notice_scan_limit, str(path)
+            )
+            for k, path in enumerate(paths)
+        ]
+        with start_workers(run_shard, jobs) as (pipes, processes):
             results, clock = _coordinate(pipes, processes, len(bounds), limit)
-            for worker in processes:
-                worker.join()
-        finally:
-            for worker in processes:
-                if worker.is_alive():
-                    worker.terminate()
-                    worker.join()
-            for pipe in pipes:
-                pipe.close()
-        for result in results:
-            report.inputs += result.inputs
-            for outcome, n in result.outcomes.items():
-                report.outcomes[outcome] = report.outcomes.get(outcome, 0) + n
+        add_results(report, results)
         merge_shards(target, paths, clock)
     report.seconds = time.perf_counter() - started
     return report
+
+
+@contextmanager
+def start_workers(
+    entry: Callable[[Any, Pipe], None], jobs: Sequence[Any]
+) -> Iterator[tuple[list[Pipe], list[BaseProcess]]]:
+    """One process per job, each with a pipe to the parent; on leaving, the workers have
+    exited (joined, or terminated when the parent gave up on them)."""
+    context = multiprocessing.get_context("spawn")  # no SQLAlchemy pool or socket crosses a fork
+    pipes: list[Pipe] = []
+    processes: list[BaseProcess] = []
+    try:
+        for k, job in enumerate(jobs):
+            parent_end, child_end = context.Pipe()
+            process = context.Process(
+                target=entry, args=(job, child_end), name=f"replay-shard-{k}", daemon=True
+            )
+            process.start()
+            child_end.close()
+            pipes.append(parent_end)
+            processes.append(process)
+        yield pipes, processes
+        for worker in processes:
+            worker.join()
+    finally:
+        for worker in processes:
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+        for pipe in pipes:
+            pipe.close()
+
+
+def add_results(report: ReplayReport, results: Iterable[ShardResult]) -> None:
+    for result in results:
+        report.inputs += result.inputs
+        for outcome, n in result.outcomes.items():
+            report.outcomes[outcome] = report.outcomes.get(outcome, 0) + n
 
 
 def _scan_limit(notice_scan_limit: int | None) -> int:
@@ -1010,14 +1189,19 @@ def _merge_through_repository(
 
 
 __all__ = [
+    "Fold",
     "ReplayWorkerError",
     "ShardJob",
+    "add_results",
     "batch_bounds",
     "encode_rows",
+    "fold_batches",
     "merge_shards",
     "notice_cutoff",
     "replay_from_db_parallel",
+    "run_worker",
     "serial_clock",
     "shard_of",
     "sqlite_time",
+    "start_workers",
 ]

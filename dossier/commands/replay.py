@@ -34,7 +34,8 @@ def register(subparsers: Any) -> None:
         "--workers",
         type=int,
         default=None,
-        help="db: processes folding shards of dossiers (default: one per core; 1: serial)",
+        help="processes folding shards of dossiers (default: one per core; 1: serial); kafka:"
+        " each reads its share of the partitions, at most one worker per partition",
     )
     parser.add_argument(
         "--group", default=None, help="consumer group name recorded in the rebuilt DB"
@@ -73,7 +74,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 print("dossier replay: --since needs an offset (RFC 3339)", file=sys.stderr)
                 return 2
             report = replay_from_kafka(
-                settings, into, since=since, batch_size=args.batch_size or 5000, group=group
+                settings,
+                into,
+                since=since,
+                batch_size=args.batch_size or 5000,
+                group=group,
+                workers=args.workers or os.cpu_count() or 1,
             )
         elif args.source == "db":
             source = create_db_engine(args.source_url or settings.database_url)
@@ -91,6 +97,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         else:
             print("dossier replay: --source kafka|db (or --verify)", file=sys.stderr)
             return 2
+        for warning in report.warnings:
+            print(f"dossier replay: warning: {warning}", file=sys.stderr)
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(report.outcomes.items()))
         print(
             f"replayed {report.inputs} inputs from {report.source} in {report.seconds:.1f} s "

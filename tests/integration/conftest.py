@@ -149,6 +149,29 @@ def pg_engine(pg_schema: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture
+def pg_schemas(postgres_url: str) -> Iterator[Callable[[], str]]:
+    """Factory of URLs of fresh PostgreSQL schemas, dropped afterwards."""
+    admin = sa.create_engine(postgres_url)
+    made: list[str] = []
+
+    def make() -> str:
+        schema = f"test_{uuid.uuid4().hex[:12]}"
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        made.append(schema)
+        url = sa.make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
+        return url.render_as_string(hide_password=False)
+
+    yield make
+    with admin.begin() as connection:
+        connection.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+        for schema in made:
+            with contextlib.suppress(Exception):
+                connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    admin.dispose()
+
+
 def _redacted(settings: Settings) -> Any:
     return sa.make_url(settings.postgres_url).render_as_string(hide_password=True)
 

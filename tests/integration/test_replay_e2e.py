@@ -1,6 +1,7 @@
-"""A long mixed stream run live through the real engine process, then replayed from Kafka and
-from the database into fresh databases: both verify with zero differences, and the live
-history's hash chains verify against the checkpoint the engine wrote."""
+"""A long mixed stream run live through the real engine process, then replayed from Kafka
+(serially and in 2 workers) and from the database into fresh databases: all verify with zero
+differences, and the live history's hash chains verify against the checkpoint the engine
+wrote."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from engine.store.audit import verify, write_checkpoint
 from engine.store.sql import create_db_engine
 from producers.workload import create_input_producer, publish, read_topic
 from tests.integration.conftest import isolated_run
+from tests.integration.test_replay_parallel import assert_same_rows
 
 
 @pytest.fixture
@@ -76,6 +78,14 @@ def test_live_run_replays_from_kafka_and_db_with_zero_differences(
         result = compare(from_kafka, live)
         assert result.differences == [] and result.ok
         assert result.live > 300
+
+        # In 2 workers (the run's 3 partitions split 2 + 1), the same rows as serially.
+        from_kafka_2 = create_db_engine(f"sqlite:///{tmp_path / 'from-kafka-2.db'}")
+        parallel = replay_from_kafka(live_settings, from_kafka_2, workers=2)
+        assert (parallel.workers, parallel.warnings) == (2, [])
+        assert compare(from_kafka_2, live).ok
+        assert_same_rows(from_kafka_2, from_kafka)
+        from_kafka_2.dispose()
 
         from_db = create_db_engine(f"sqlite:///{tmp_path / 'from-db.db'}")
         replay_from_db(live_settings, live, from_db)

@@ -9,8 +9,6 @@ bites; every table is compared row by row, in id order, except the wall-clock co
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
@@ -211,29 +209,6 @@ def test_the_notice_limit_matters_and_is_reproduced(
     assert_same_rows(rebuilt, serial)
     for db in (source, serial, limited, rebuilt):
         db.dispose()
-
-
-@pytest.fixture
-def pg_schemas(postgres_url: str) -> Iterator[Callable[[], str]]:
-    """Factory of URLs of fresh PostgreSQL schemas, dropped afterwards."""
-    admin = sa.create_engine(postgres_url)
-    made: list[str] = []
-
-    def make() -> str:
-        schema = f"test_{uuid.uuid4().hex[:12]}"
-        with admin.begin() as connection:
-            connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        made.append(schema)
-        url = sa.make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
-        return url.render_as_string(hide_password=False)
-
-    yield make
-    with admin.begin() as connection:
-        connection.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
-        for schema in made:
-            with contextlib.suppress(Exception):
-                connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    admin.dispose()
 
 
 def test_parallel_replay_from_and_into_postgresql(
