@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -35,9 +35,10 @@ from engine.calendar import WorkingCalendar
 from engine.dossier import Applied, Dossier
 from engine.engine import Engine
 from engine.events import InboundEvent
+from engine.pipeline import WriteBehindPipeline
 from engine.ports import ConcurrencyError, Position
 from engine.procedures import ProcedureVersion, load_catalogue
-from engine.service import BatchProcessor, RawInput, ServiceConfig
+from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from schemas.codec import InboundDecoder
@@ -154,7 +155,9 @@ def raw_inputs(messages: list[SimulatedMessage]) -> list[RawInput]:
     return result
 
 
-def through_service(url: str, inputs: list[RawInput], batch_size: int) -> float:
+def through_service(
+    url: str, inputs: list[RawInput], batch_size: int, write_behind: bool = False
+) -> float:
     db = create_db_engine(url)
     upgrade(db)
     engine = Engine(load_catalogue(), WorkingCalendar.load())
@@ -164,11 +167,41 @@ def through_service(url: str, inputs: list[RawInput], batch_size: int) -> float:
         ServiceConfig("urn:bench", f"bench-{uuid.uuid4().hex[:8]}", parked_ttl=_week()),
     )
     started = time.perf_counter()
-    for i in range(0, len(inputs), batch_size):
-        processor.process(SqlUnitOfWork(db), inputs[i : i + batch_size])
+    _apply_all(db, processor, inputs, batch_size, write_behind)
     elapsed = time.perf_counter() - started
     db.dispose()
     return elapsed
+
+
+def _apply_all(
+    db: Any, processor: BatchProcessor, inputs: list[RawInput], batch_size: int, behind: bool
+) -> None:
+    """Every batch committed, as `dossier.runtime.Runtime` commits them: plainly, retrying a
+    conflict with another engine process, or through the write-behind pipeline."""
+
+    def plain(batch: Sequence[RawInput], ceiling: datetime | None = None) -> BatchResult:
+        for attempt in range(1, 6):
+            try:
+                return processor.process(SqlUnitOfWork(db, writes=True), batch, ceiling)
+            except ConcurrencyError:  # a dossier another process notified meanwhile
+                if attempt == 5:
+                    raise
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    batches = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
+    if not behind:
+        for batch in batches:
+            plain(batch)
+        return
+    pipeline = WriteBehindPipeline(
+        processor, lambda: SqlUnitOfWork(db), lambda: SqlUnitOfWork(db, writes=True), plain
+    )
+    try:
+        for future in [pipeline.submit(batch) for batch in batches]:
+            future.result()
+    finally:
+        pipeline.close()
 
 
 def through_service_sharded(
@@ -218,15 +251,7 @@ def _serve_share(
     with db.connect():
         pass
     barrier.wait()
-    for i in range(0, len(inputs), batch_size):
-        for attempt in range(5):
-            try:
-                processor.process(SqlUnitOfWork(db), inputs[i : i + batch_size])
-                break
-            except ConcurrencyError:  # a dossier the other process notified meanwhile
-                if attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))  # as dossier.runtime.Runtime.process does
+    _apply_all(db, processor, inputs, batch_size, behind=True)
     db.dispose()
 
 
@@ -286,17 +311,19 @@ def main() -> int:
             base = args.postgres or Settings.from_env().postgres_url
             targets.append(("PostgreSQL", scratch.schema_url(base)))
             targets.append(("PostgreSQL naive", scratch.schema_url(base)))
+        if not args.no_postgres:
+            targets.insert(-1, ("PostgreSQL write-behind", scratch.schema_url(base)))
         for name, url in targets:
             naive = name.endswith("naive")
             batch = 1 if naive else args.batch_size
             sample = naive_inputs if naive else inputs
-            elapsed = through_service(url, sample, batch)
+            elapsed = through_service(url, sample, batch, write_behind="behind" in name)
             label = f"{name} ({'1 event per transaction' if naive else f'batches of {batch}'})"
             print(f"  {label:<44}: {len(sample) / elapsed:>10,.0f} events/s ({len(sample)} events)")
         if not args.no_postgres and args.processes > 1:
             url = scratch.schema_url(args.postgres or Settings.from_env().postgres_url)
             elapsed = through_service_sharded(url, inputs, args.batch_size, args.processes)
-            label = f"PostgreSQL, {args.processes} engine processes (batches of {args.batch_size})"
+            label = f"PostgreSQL write-behind, {args.processes} engine processes"
             print(f"  {label:<44}: {len(inputs) / elapsed:>10,.0f} events/s ({len(inputs)} events)")
     return 0
 

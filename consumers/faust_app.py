@@ -85,7 +85,7 @@ def build_app(runtime: Runtime) -> faust.App:
     inbound = [settings.topic(name) for name in INBOUND_TOPICS]
     gate = EventTimeGate(inbound, max_idle_s=settings.ordering_max_idle_ms / 1000)
     lock = asyncio.Lock()  # the agent and the timer both drain the gate
-    write_behind = settings.batch_pipeline == "write-behind"
+    write_behind = runtime.write_behind
     in_flight: set[asyncio.Task[None]] = set()  # acks waiting for their batch's commit
     streams: list[Any] = []
 

@@ -94,6 +94,11 @@ class Runtime:
         self._committed(inputs, result, time.perf_counter() - started)
         return result
 
+    @property
+    def write_behind(self) -> bool:
+        mode = self.settings.batch_pipeline
+        return mode == "write-behind" or (mode == "auto" and self.db.dialect.name != "sqlite")
+
     def submit(
         self, inputs: Sequence[RawInput], clock_ceiling: datetime | None = None
     ) -> Future[BatchResult]:

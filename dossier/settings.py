@@ -41,7 +41,7 @@ def setting_factory(env: str, factory: Any, doc: str) -> Any:
 ClockMode = Literal["business", "wall"]
 LogFormat = Literal["text", "json"]
 RelayMode = Literal["process", "thread"]
-BatchPipeline = Literal["write-behind", "serial"]
+BatchPipeline = Literal["auto", "write-behind", "serial"]
 
 
 @dataclass(frozen=True)
@@ -141,9 +141,10 @@ class Settings:
     )
     batch_pipeline: BatchPipeline = setting(
         "DOSSIER_BATCH_PIPELINE",
-        "write-behind",
+        "auto",
         "'write-behind': a batch is computed while the one before commits (engine.pipeline);"
-        " 'serial': each batch is committed before the next is computed.",
+        " 'serial': each batch is committed before the next is computed; 'auto': write-behind"
+        " on PostgreSQL (a server to wait for), serial on SQLite (measured faster there).",
     )
     max_message_bytes: int = setting(
         "DOSSIER_MAX_MESSAGE_BYTES",
