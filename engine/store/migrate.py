@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import URL
 
 from engine.store.sql import create_db_engine
@@ -35,11 +35,28 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
 
 
 def upgrade(target: str | URL | Engine, revision: str = "head") -> None:
-    """Migrate the database at `target` (URL or Engine) to `revision`, in one transaction."""
+    """Migrate the database at `target` (URL or Engine) to `revision`, in one transaction.
+
+    Engine processes started together all migrate at start, so migrations take turns. SQLite:
+    the transaction begins IMMEDIATE (see engine.store.sql), taking the write lock up front,
+    so a second migrator waits instead of failing when its deferred transaction first writes.
+    PostgreSQL: a transaction-scoped advisory lock per schema; without it the second fails
+    creating a table the first is creating. Either way the second then finds the schema at
+    head and does nothing.
+    """
     engine = create_db_engine(target) if isinstance(target, str | URL) else target
     try:
-        with engine.begin() as connection:
-            command.upgrade(alembic_config(connection), revision)
+        with engine.connect() as connection:
+            connection.info["dossier_writes"] = True
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(
+                        text(
+                            "SELECT pg_advisory_xact_lock("
+                            "hashtext(current_schema() || '.migrations'))"
+                        )
+                    )
+                command.upgrade(alembic_config(connection), revision)
     finally:
         if engine is not target:
             engine.dispose()

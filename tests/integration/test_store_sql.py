@@ -7,6 +7,7 @@ fail when CI=true.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import uuid
 from collections.abc import Iterator
@@ -290,3 +291,14 @@ def test_notices_due_skips_dossiers_another_transaction_is_notifying(
     db.dispose()
     assert taken == {"D-0", "D-1"}
     assert others == {"D-2", "D-3"}
+
+
+def test_engine_processes_starting_together_migrate_one_after_the_other(db_url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        results = [pool.apply_async(upgrade, (db_url,)) for _ in range(4)]
+        for result in results:
+            result.get(timeout=120)  # raises what the process raised
+    check = create_db_engine(db_url)
+    assert current_revision(check) == head_revision()
+    check.dispose()
