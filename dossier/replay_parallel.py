@@ -103,15 +103,16 @@ from engine.store.sql import (
     SqlRepository,
     SqlUnitOfWork,
     UtcDateTime,
-    _dossier_columns,
-    _json_dumps,
     consumer_positions,
     create_db_engine,
+    dossier_columns,
     dossiers,
     engine_clock,
     history,
+    history_columns,
     input_ledger,
     input_outcomes,
+    json_dumps,
     outbox,
     parked_inputs,
 )
@@ -186,7 +187,7 @@ def _encoders(table: Table, names: Sequence[str]) -> list[Codec]:
         elif isinstance(type_, Boolean):
             encoders.append(_sqlite_bool)
         elif isinstance(type_, JSON):
-            encoders.append(_json_dumps)  # the serializer `create_db_engine` gives SQLAlchemy
+            encoders.append(json_dumps)  # the serializer `create_db_engine` gives SQLAlchemy
         else:
             encoders.append(None)
     return encoders
@@ -789,7 +790,7 @@ def _dossier_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict
         at = tracker.applied[(first.source, first.event_id)]
         yield {
             "code": code,
-            **_dossier_columns(stored),
+            **dossier_columns(stored),
             "revision": stored.revision,
             "replay_batch": at.batch,
             "replay_rank": at.rank,
@@ -802,24 +803,7 @@ def _history_rows(
     for rows in store.history.values():
         for r in rows:
             yield {
-                "dossier_code": r.dossier_code,
-                "seq": r.seq,
-                "source": r.source,
-                "event_id": r.event_id,
-                "type": r.type,
-                "event_time": r.event_time,
-                "schema_version": r.schema_version,
-                "envelope": r.envelope,
-                "topic": r.position.topic,
-                "partition": r.position.partition,
-                "offset": r.position.offset,
-                "state_before": r.state_before,
-                "state_after": r.state_after,
-                "status_code": r.status_code,
-                "workflow_version": r.workflow_version,
-                "recorded_at": recorded_at,
-                "prev_hash": r.prev_hash,
-                "chain_hash": r.chain_hash,
+                **history_columns(r, recorded_at, r.prev_hash, r.chain_hash),
                 "replay_batch": tracker.applied[(r.source, r.event_id)].batch,
             }
 

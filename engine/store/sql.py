@@ -313,7 +313,7 @@ engine_clock = Table(
 # ---------------------------------------------------------------------------------------------
 
 
-def _json_dumps(value: Any) -> str:
+def json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode("utf-8")
 
 
@@ -327,7 +327,7 @@ def create_db_engine(url: str | URL, **kwargs: Any) -> Engine:
     backend = parsed.get_backend_name()
     # Snapshots and envelopes are JSON columns written and read for every input: orjson does
     # that several times faster than the standard library.
-    kwargs.setdefault("json_serializer", _json_dumps)
+    kwargs.setdefault("json_serializer", json_dumps)
     kwargs.setdefault("json_deserializer", orjson.loads)
     if backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -593,7 +593,7 @@ class SqlRepository:
                 {
                     "b_code": d.dossier.code,
                     "b_revision": d.revision,
-                    **_dossier_columns(d),
+                    **dossier_columns(d),
                     "revision": d.revision + 1,
                 }
                 for d in known
@@ -611,7 +611,7 @@ class SqlRepository:
         if new:
             self._insert_rows(
                 dossiers_table,
-                [{"code": d.dossier.code, **_dossier_columns(d), "revision": 1} for d in new],
+                [{"code": d.dossier.code, **dossier_columns(d), "revision": 1} for d in new],
             )
 
     def notices_due(self, now: datetime, limit: int, *, lock: bool = True) -> list[StoredDossier]:
@@ -698,28 +698,7 @@ class SqlRepository:
                 # A missing predecessor chains from GENESIS: verification reports the gap.
                 prev = heads.get((r.dossier_code, r.seq - 1)) or GENESIS
             current = link(prev, row_content(r))
-            values.append(
-                {
-                    "dossier_code": r.dossier_code,
-                    "seq": r.seq,
-                    "source": r.source,
-                    "event_id": r.event_id,
-                    "type": r.type,
-                    "event_time": r.event_time,
-                    "schema_version": r.schema_version,
-                    "envelope": r.envelope,
-                    "topic": r.position.topic,
-                    "partition": r.position.partition,
-                    "offset": r.position.offset,
-                    "state_before": r.state_before,
-                    "state_after": r.state_after,
-                    "status_code": r.status_code,
-                    "workflow_version": r.workflow_version,
-                    "recorded_at": recorded_at,
-                    "prev_hash": prev,
-                    "chain_hash": current,
-                }
-            )
+            values.append(history_columns(r, recorded_at, prev, current))
             prev = current
         self._insert_rows(history, values)
 
@@ -1018,7 +997,33 @@ class SqlRepository:
 _UPSERT_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
-def _dossier_columns(stored: StoredDossier) -> dict[str, Any]:
+def history_columns(
+    r: HistoryRow, recorded_at: datetime, prev_hash: str | None, chain_hash: str | None
+) -> dict[str, Any]:
+    """A history row as the `history` table's columns, with its place in the chain."""
+    return {
+        "dossier_code": r.dossier_code,
+        "seq": r.seq,
+        "source": r.source,
+        "event_id": r.event_id,
+        "type": r.type,
+        "event_time": r.event_time,
+        "schema_version": r.schema_version,
+        "envelope": r.envelope,
+        "topic": r.position.topic,
+        "partition": r.position.partition,
+        "offset": r.position.offset,
+        "state_before": r.state_before,
+        "state_after": r.state_after,
+        "status_code": r.status_code,
+        "workflow_version": r.workflow_version,
+        "recorded_at": recorded_at,
+        "prev_hash": prev_hash,
+        "chain_hash": chain_hash,
+    }
+
+
+def dossier_columns(stored: StoredDossier) -> dict[str, Any]:
     """The dossier's row without its key and revision."""
     d = stored.dossier
     return {
@@ -1055,7 +1060,7 @@ def _as_arrays(table: Table, rows: list[dict[str, Any]]) -> dict[str, list[Any]]
         values = [row[name] for row in rows]
         type_ = table.c[name].type if name in table.c else None
         if isinstance(type_, JSON):
-            values = [_json_dumps(v) for v in values]
+            values = [json_dumps(v) for v in values]
         elif isinstance(type_, UtcDateTime):
             for v in values:
                 if v is not None:
