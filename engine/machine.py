@@ -10,6 +10,7 @@ the single place where "which transition fires" is decided.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -48,9 +49,11 @@ class CompiledWorkflow:
     def __init__(self, version: ProcedureVersion, guards: Mapping[str, GuardCheck]) -> None:
         self.version = version
         self._guards = guards
-        self._cursor = _Cursor(version.initial)
+        # One cursor per thread: the write-behind pipeline may process a batch again in its
+        # writer thread while the next batch is applied in another, on these same machines.
+        self._cursors = threading.local()
         self.machine = Machine(
-            model=self._cursor,
+            model=_Cursor(version.initial),
             states=list(version.states),
             initial=version.initial,
             auto_transitions=False,
@@ -95,7 +98,7 @@ class CompiledWorkflow:
         lives in the dossier's next immutable snapshot, not in a model attribute, and that
         machinery was half the cost of apply() (bench/engine_apply.py).
         """
-        cursor = self._cursor
+        cursor = self._cursor()
         # Reset before any early return: a stale guard failure would turn a later input that
         # merely has no transition from this state into a wrong dead letter.
         cursor.fired, cursor.guard_failure = None, None
@@ -119,7 +122,14 @@ class CompiledWorkflow:
             cursor.dossier = cursor.event = None
 
     def last_guard_failure(self) -> str | None:
-        return self._cursor.guard_failure
+        """Why the calling thread's last `fire` found no transition, if a guard said so."""
+        return self._cursor().guard_failure
+
+    def _cursor(self) -> _Cursor:
+        cursor: _Cursor | None = getattr(self._cursors, "cursor", None)
+        if cursor is None:
+            cursor = self._cursors.cursor = _Cursor(self.version.initial)
+        return cursor
 
     def holder_mismatch(self, dossier: Dossier, event: InboundEvent) -> bool:
         """True when a transition would fire but for the acting agency."""

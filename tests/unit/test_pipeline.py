@@ -3,6 +3,7 @@ other, whatever the stream holds, and when a staged write fails."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ import pytest
 
 from dossier.simulation import Workload
 from engine.calendar import WorkingCalendar
+from engine.dossier import Applied
 from engine.engine import Engine
 from engine.pipeline import Overlay, StagingRepository, WriteBehindPipeline
 from engine.ports import ConcurrencyError, Position, StoredDossier
@@ -21,6 +23,7 @@ from engine.procedures import load_catalogue
 from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from schemas.codec import InboundDecoder
+from schemas.codec import Rejected as DecodeRejected
 from tests.store_contract import make_dossier
 
 ENGINE = Engine(load_catalogue(), WorkingCalendar.load())
@@ -209,3 +212,43 @@ def test_the_overlay_reads_a_staged_dossier_at_its_next_revision() -> None:
         staging.save_dossiers([StoredDossier(staged, 4, None)])
         assert staging.writes[0][0] == "save_dossiers"
         assert not store.dossiers  # staged, not written
+
+
+def _decisions(events: Sequence[Any]) -> list[Any]:
+    dossiers: dict[str, Any] = {}
+    decisions = []
+    for event in events:
+        decision = ENGINE.apply(dossiers.get(event.subject), event)
+        if isinstance(decision, Applied):
+            dossiers[event.subject] = decision.dossier
+        decisions.append(decision)
+    return decisions
+
+
+def test_two_threads_applying_on_the_shared_machines_decide_as_one_thread_does() -> None:
+    """The writer thread may process a batch again while the next is applied: the compiled
+    machines (shared by all dossiers) must not mix up the two threads' inputs."""
+    decoder = InboundDecoder()
+    events = []
+    for raw in stream(60, 5):
+        try:
+            events.append(decoder.decode(raw.value, raw.contract_topic))
+        except DecodeRejected:
+            continue
+    expected = _decisions(events)
+    results: list[list[Any]] = [[], []]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, inside `fire` too
+    try:
+        threads = [
+            threading.Thread(target=lambda i=i: results[i].extend(_decisions(events)))
+            for i in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert results[0] == expected
+    assert results[1] == expected
