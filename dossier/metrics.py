@@ -200,6 +200,13 @@ class EngineMetrics:
             " rebalance), skipped.",
             registry=r,
         )
+        self.reprocessed = Counter(
+            "dossier_batches_reprocessed",
+            "Batches computed ahead (write-behind) whose staged writes could not be committed,"
+            " processed again the plain way: conflicts with another engine process, database"
+            " errors.",
+            registry=r,
+        )
         self.unparked = Counter(
             "dossier_inputs_unparked",
             "Parked inputs that became applicable (or definitely not) after their dossier moved.",
@@ -311,6 +318,8 @@ class EngineMetrics:
             self.redelivered.inc(result.redelivered)
         if result.unparked:
             self.unparked.inc(result.unparked)
+        if result.reprocessed:
+            self.reprocessed.inc()
         if inputs:
             self.batch_size.observe(len(inputs))
             self.consumed_to_committed.observe(elapsed)

@@ -319,4 +319,6 @@ class WriteBehindPipeline:
             self._generation += 1
             stage.recompute = True
             self.recomputed += 1
-        return self._serial(stage.inputs, stage.clock_ceiling)
+        result = self._serial(stage.inputs, stage.clock_ceiling)
+        result.reprocessed = True
+        return result

@@ -68,6 +68,9 @@ class BatchResult:
     redelivered: int = 0  # inputs at or past a position already committed: skipped
     applied_event_times: list[datetime] = field(default_factory=list)
     clock: datetime | None = None
+    # Set by engine.pipeline when what it staged could not be written and the batch was
+    # processed again the plain way (a conflict with another engine process, a database error).
+    reprocessed: bool = False
 
     def count(self, outcome: Outcome) -> int:
         return sum(n for (_, o), n in self.outcomes.items() if o == outcome)

@@ -189,9 +189,11 @@ def test_a_failed_staged_write_is_processed_again_and_so_is_the_batch_built_on_i
     inputs = stream(80, 4)
     reference, _ = serially(inputs, 60)
     FailingOnce.failures = 0
-    store, _, pipeline = behind(inputs, 60, FailingOnce)
+    store, results, pipeline = behind(inputs, 60, FailingOnce)
     assert FailingOnce.failures == 1
     assert pipeline.recomputed >= 1
+    assert results[0].reprocessed  # the first batch's staged write was the one refused
+    assert sum(r.reprocessed for r in results) == pipeline.recomputed
     assert contents(store) == contents(reference)
 
 
