@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -100,13 +101,59 @@ def sustained(
         ]
         engine = processes[0]
         time.sleep(6 + 4 * (engines - 1))  # let the workers join and share before the clock
+        before = cpu_ticks()
         started = time.perf_counter()
         producer = create_input_producer(settings.kafka_bootstrap_servers)
         publish(producer, stream, settings.topic)
         producer.close()
         wait_caught_up(settings, 900, engine, poll_s=0.2)
         elapsed = time.perf_counter() - started
+        spent = cpu_spent(before, cpu_ticks())
+    print(
+        "            CPU per input: "
+        + ", ".join(f"{who} {seconds / len(stream) * 1e6:,.0f} µs" for who, seconds in spent)
+        + f"; {sum(s for _, s in spent) / elapsed:.2f} of {os.cpu_count()} cores busy"
+    )
     return len(stream) / elapsed
+
+
+def cpu_ticks() -> dict[int, tuple[int, str]]:
+    """CPU time (user + system, in clock ticks) and command line of every process."""
+    found: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        found[int(entry.name)] = (int(fields[11]) + int(fields[12]), command)
+    return found
+
+
+def cpu_spent(
+    before: dict[int, tuple[int, str]], after: dict[int, tuple[int, str]]
+) -> list[tuple[str, float]]:
+    """Seconds of CPU each kind of process spent between two `cpu_ticks`: where an input's
+    cost goes on this machine, the broker's and the database's included."""
+    kinds = {
+        "engine": "dossier.cli run",
+        "relay child": "multiprocessing.spawn",
+        "broker": "kafka.Kafka",
+        "PostgreSQL": "postgres",
+    }
+    per_tick = 1 / os.sysconf("SC_CLK_TCK")
+    spent: dict[str, float] = {}
+    for pid, (ticks, command) in after.items():
+        delta = (ticks - before.get(pid, (0, ""))[0]) * per_tick
+        if pid == os.getpid():
+            kind = "this benchmark (producer)"
+        else:
+            kind = next((k for k, marker in kinds.items() if marker in command), "")
+        if kind and delta > 0:
+            spent[kind] = spent.get(kind, 0.0) + delta
+    return sorted(spent.items(), key=lambda item: -item[1])
 
 
 def latency(
