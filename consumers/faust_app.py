@@ -24,16 +24,15 @@ import faust
 from faust.types import TP
 
 from consumers.ordering import EventTimeGate, Held, event_time
-from dossier.runtime import Runtime
+from dossier.runtime import COMMIT_ATTEMPTS, Runtime
 from engine.events import INBOUND_TOPICS
 from engine.ports import Position
 from engine.service import RawInput
 
 log = logging.getLogger(__name__)
 
-# A batch that cannot be committed after this many tries ends the process (exit 70) before
-# faust acks it: the supervisor restarts the engine and the batch is consumed again.
-COMMIT_ATTEMPTS = 8
+# A batch that cannot be committed after dossier.runtime.COMMIT_ATTEMPTS tries ends the
+# process with this code before faust acks it.
 EXIT_CANNOT_COMMIT = 70
 
 
@@ -169,16 +168,14 @@ async def _commit_or_exit(
     inputs: list[RawInput],
     clock_ceiling: datetime | None = None,
 ) -> None:
-    delay = 0.2
-    for attempt in range(1, COMMIT_ATTEMPTS + 1):
-        try:
-            await loop.run_in_executor(
-                executor, functools.partial(runtime.process, inputs, clock_ceiling=clock_ceiling)
-            )
-            return
-        except Exception:
-            log.exception("batch of %d inputs not committed (attempt %d)", len(inputs), attempt)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    log.critical("cannot commit; exiting so the batch is consumed again after restart")
-    os._exit(EXIT_CANNOT_COMMIT)
+    commit = functools.partial(
+        runtime.process,
+        inputs,
+        clock_ceiling=clock_ceiling,
+        failures_allowed=COMMIT_ATTEMPTS - 1,
+    )
+    try:
+        await loop.run_in_executor(executor, commit)
+    except Exception:
+        log.critical("cannot commit; exiting so the batch is consumed again after restart")
+        os._exit(EXIT_CANNOT_COMMIT)

@@ -58,7 +58,6 @@ snapshot per process (rows are read up to the last history id counted at the sta
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import heapq
 import multiprocessing
@@ -114,6 +113,7 @@ from engine.store.sql import (
     input_outcomes,
     json_dumps,
     outbox,
+    parked_columns,
     parked_inputs,
 )
 from schemas.codec import Rejected as DecodeRejected
@@ -826,18 +826,7 @@ def _parked_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[
     for ident, p in store.parked.items():
         batch, rank = tracker.parked_order[ident]
         yield {
-            "source": p.source,
-            "event_id": p.event_id,
-            "dossier_code": p.dossier_code,
-            "topic": p.position.topic,
-            "partition": p.position.partition,
-            "offset": p.position.offset,
-            "key": p.key,
-            "value": p.value,
-            "headers": [[name, base64.b64encode(value).decode()] for name, value in p.headers],
-            "parked_at": p.parked_at,
-            "expires_at": p.expires_at,
-            "detail": p.detail,
+            **parked_columns(p),
             "replay_batch": batch,
             "replay_rank": rank,
         }

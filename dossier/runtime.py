@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A batch that cannot be committed after this many tries (each after a growing pause) ends the
+# process before Kafka is acknowledged: the supervisor restarts it and the batch comes again.
+COMMIT_ATTEMPTS = 8
+
 BatchListener = Callable[[Sequence[RawInput], BatchResult, float], None]
 
 
@@ -86,10 +90,12 @@ class Runtime:
         inputs: Sequence[RawInput],
         attempts: int = 5,
         clock_ceiling: datetime | None = None,
+        failures_allowed: int = 0,
     ) -> BatchResult:
-        """Apply and commit one batch, retrying when another process moved a dossier on."""
+        """Apply and commit one batch, retrying when another process moved a dossier on (and,
+        `failures_allowed` times, after any other failure: see `_commit`)."""
         started = time.perf_counter()
-        result = self._commit(inputs, clock_ceiling, attempts)
+        result = self._commit(inputs, clock_ceiling, attempts, failures_allowed)
         self._remember_positions(inputs)
         self._committed(inputs, result, time.perf_counter() - started)
         return result
@@ -110,7 +116,9 @@ class Runtime:
                 self.processor,
                 self.uow,
                 self.writing_uow,
-                lambda batch, ceiling: self._commit(batch, ceiling, failures_allowed=7),
+                lambda batch, ceiling: self._commit(
+                    batch, ceiling, failures_allowed=COMMIT_ATTEMPTS - 1
+                ),
             )
         started = time.perf_counter()
         future = self._pipeline.submit(inputs, clock_ceiling)
@@ -139,10 +147,16 @@ class Runtime:
                 return self.processor.process(self.writing_uow(), inputs, clock_ceiling)
             except ConcurrencyError:
                 conflicts += 1
-                if conflicts >= attempts:
+                if conflicts < attempts:
+                    log.warning("batch raced another engine process; retrying (%d)", conflicts)
+                    time.sleep(0.05 * conflicts)
+                    continue
+                conflicts = 0  # a run of conflicts that outlasted its retries: one failure
+                failures += 1
+                if failures > failures_allowed:
                     raise
-                log.warning("batch raced another engine process; retrying (%d)", conflicts)
-                time.sleep(0.05 * conflicts)
+                log.exception("batch of %d inputs not committed (try %d)", len(inputs), failures)
+                time.sleep(min(0.2 * 2 ** (failures - 1), 5.0))
             except Exception:
                 failures += 1
                 if failures > failures_allowed:

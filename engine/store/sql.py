@@ -771,23 +771,7 @@ class SqlRepository:
     def park(self, inputs: Sequence[ParkedInput]) -> None:
         if not inputs:
             return
-        rows = [
-            {
-                "source": p.source,
-                "event_id": p.event_id,
-                "dossier_code": p.dossier_code,
-                "topic": p.position.topic,
-                "partition": p.position.partition,
-                "offset": p.position.offset,
-                "key": p.key,
-                "value": p.value,
-                "headers": [[name, base64.b64encode(value).decode()] for name, value in p.headers],
-                "parked_at": p.parked_at,
-                "expires_at": p.expires_at,
-                "detail": p.detail,
-            }
-            for p in inputs
-        ]
+        rows = [parked_columns(p) for p in inputs]
         self._insert_rows(parked_inputs, rows)
 
     def parked_for(self, dossier_codes: Iterable[str]) -> list[ParkedInput]:
@@ -1020,6 +1004,24 @@ def history_columns(
         "recorded_at": recorded_at,
         "prev_hash": prev_hash,
         "chain_hash": chain_hash,
+    }
+
+
+def parked_columns(p: ParkedInput) -> dict[str, Any]:
+    """A parked input as the `parked_inputs` table's columns, without its id."""
+    return {
+        "source": p.source,
+        "event_id": p.event_id,
+        "dossier_code": p.dossier_code,
+        "topic": p.position.topic,
+        "partition": p.position.partition,
+        "offset": p.position.offset,
+        "key": p.key,
+        "value": p.value,
+        "headers": [[name, base64.b64encode(value).decode()] for name, value in p.headers],
+        "parked_at": p.parked_at,
+        "expires_at": p.expires_at,
+        "detail": p.detail,
     }
 
 
