@@ -215,9 +215,11 @@ class Engine:
         elif kind == "resolved":
             changes["outcome"] = str(data.get("outcome", "approved"))
 
-        if any(
-            key in changes and changes[key] != getattr(before, key)
-            for key in ("state", "level", "agency", "due_at")
+        if (
+            dest != before.state
+            or changes.get("level", before.level) != before.level
+            or changes.get("agency", before.agency) != before.agency
+            or changes.get("due_at", before.due_at) != before.due_at
         ):
             changes["sequence"] = before.sequence + 1
             after = evolve(before, **changes)

@@ -18,7 +18,7 @@ from typing import Any, cast
 from transitions import EventData, Machine
 
 from engine.dossier import Dossier
-from engine.events import InboundEvent
+from engine.events import LEVEL_TOPICS, InboundEvent
 from engine.procedures import ProcedureVersion, TransitionDef
 
 
@@ -69,15 +69,27 @@ class CompiledWorkflow:
                 conditions=[self._condition_for(definition)],
             )
         self._reachable = self._reachable_events()
+        self._states = dict(self.machine.states)
 
     def _condition_for(self, definition: TransitionDef) -> Callable[[EventData], bool]:
         guards = [(name, self._guards[name]) for name in definition.guards]
+        level = definition.level
+        when = tuple(definition.when.items())
 
         def condition(event_data: EventData) -> bool:
             cursor = cast(_Cursor, event_data.model)
             event, dossier = cursor.event, cursor.dossier
             assert event is not None and dossier is not None
-            if not _matches(definition, event, dossier):
+            # _matches(), unrolled: this runs for every candidate transition of every input.
+            if LEVEL_TOPICS.get(event.topic) != level:
+                return False
+            if when:
+                data = event.data
+                for key, expected in when:
+                    if str(data.get(key)) != expected:
+                        return False
+            # Level topics speak for an agency: only the agency holding the dossier may act.
+            if level is not None and event.data.get("agency") != dossier.agency:
                 return False
             for name, check in guards:
                 failure = check(dossier, event)
@@ -110,11 +122,14 @@ class CompiledWorkflow:
             return None
         cursor.state, cursor.dossier, cursor.event = dossier.state, dossier, event
         event_data = EventData(
-            self.machine.get_state(dossier.state), machine_event, self.machine, cursor, (), {}
+            self._states[dossier.state], machine_event, self.machine, cursor, (), {}
         )
         try:
             for transition in candidates:
-                if all(condition.check(event_data) for condition in transition.conditions):
+                for condition in transition.conditions:
+                    if not condition.check(event_data):
+                        break
+                else:
                     assert cursor.fired is not None
                     return Fired(cursor.fired, transition.dest or dossier.state)
             return None
@@ -209,12 +224,3 @@ def _label(definition: TransitionDef) -> str:
 def _when_matches(definition: TransitionDef, event: InboundEvent) -> bool:
     data = event.data
     return all(str(data.get(k)) == v for k, v in definition.when.items())
-
-
-def _matches(definition: TransitionDef, event: InboundEvent, dossier: Dossier) -> bool:
-    if definition.level != event.origin_level:
-        return False
-    if not _when_matches(definition, event):
-        return False
-    # Level topics speak for an agency: only the agency holding the dossier may act on it.
-    return event.origin_level is None or event.data.get("agency") == dossier.agency
