@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import scratch  # bench/scratch.py, beside this script
 from transitions import Machine
 
+from dossier.gc_tuning import tune_for_batches
 from dossier.settings import Settings
 from dossier.simulation import SimulatedMessage, Workload
 from engine.calendar import WorkingCalendar
@@ -250,6 +251,7 @@ def _serve_share(
     )
     with db.connect():
         pass
+    tune_for_batches(Settings.from_env().gc_young_threshold)
     barrier.wait()
     _apply_all(db, processor, inputs, batch_size, behind=True)
     db.dispose()
@@ -275,6 +277,9 @@ def main() -> int:
         help="also run (b) on PostgreSQL in this many engine processes sharing the dossiers",
     )
     args = parser.parse_args()
+    # As `dossier run` and `dossier replay` configure the collector (dossier/gc_tuning.py).
+    settings = Settings.from_env()
+    tune_for_batches(settings.gc_young_threshold)
 
     catalogue = load_catalogue()
     engine = Engine(catalogue, WorkingCalendar.load())

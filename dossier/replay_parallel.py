@@ -82,6 +82,7 @@ from sqlalchemy import JSON, Boolean, Connection, Engine, Table, func, select, t
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import URL
 
+from dossier.gc_tuning import tune_for_batches
 from dossier.replay import (
     REPLAY_GROUP,
     ReplayReport,
@@ -671,6 +672,7 @@ def run_worker(fold: Callable[[Any, Pipe], Any], job: Any, pipe: Pipe) -> None:
     """Run a worker's fold in lock step with the parent and report what it did; any failure is
     reported rather than left to a timeout."""
     try:
+        tune_for_batches(job.settings.gc_young_threshold)
         pipe.send(("done", fold(job, pipe)))
     except BaseException:
         with suppress(Exception):

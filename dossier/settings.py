@@ -146,6 +146,15 @@ class Settings:
         " 'serial': each batch is committed before the next is computed; 'auto': write-behind"
         " on PostgreSQL (a server to wait for), serial on SQLite (measured faster there).",
     )
+    gc_young_threshold: int = setting(
+        "DOSSIER_GC_YOUNG_THRESHOLD",
+        50_000,
+        "Allocations between two collections of the garbage collector's youngest generation"
+        " (Python's default: 700), and what was loaded at start-up is frozen out of every"
+        " collection. A batch allocates hundreds of thousands of short-lived objects; with the"
+        " default most of the engine's time went to collections that freed nothing"
+        " (bench/engine_apply.py). 0 keeps Python's defaults.",
+    )
     max_message_bytes: int = setting(
         "DOSSIER_MAX_MESSAGE_BYTES",
         1024 * 1024,

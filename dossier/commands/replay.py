@@ -49,9 +49,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from dossier.gc_tuning import tune_for_batches
     from dossier.replay import REPLAY_GROUP, compare, replay_from_db, replay_from_kafka
     from engine.store.sql import create_db_engine
 
+    tune_for_batches(settings.gc_young_threshold)
     into = create_db_engine(args.into)
     try:
         if args.verify:

@@ -8,6 +8,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dossier.gc_tuning import tune_for_batches
 from dossier.logs import configure_logging
 from dossier.settings import Settings
 
@@ -102,6 +103,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             return EXIT_UNREACHABLE
         log.info("metrics on http://%s:%d/metrics", host, port)
     runtime.warm_up()
+    tune_for_batches(settings.gc_young_threshold)
     relay = _start_relay(settings, runtime, monitoring)
     app = build_app(runtime)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
