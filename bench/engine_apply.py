@@ -283,6 +283,10 @@ def _serve_share(
         InboundDecoder(),
         ServiceConfig("urn:bench", group, parked_ttl=_week()),
     )
+    # As `dossier run` does on assignment: this process's partitions' deadline notices.
+    processor.notice_partitions = frozenset(
+        raw.position.partition for raw in inputs if raw.position.partition is not None
+    )
     with db.connect():
         pass
     tune_for_batches(Settings.from_env().gc_young_threshold)

@@ -129,6 +129,13 @@ def build_app(runtime: Runtime) -> faust.App:
         if dropped:
             log.info("rebalance: %d held inputs left to the partitions' new owner", dropped)
 
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def own_notices(sender: Any, assigned: Any, **_: Any) -> None:
+        # Deadline notices of the dossiers on the partitions this worker now consumes.
+        owned = frozenset(tp.partition for tp in assigned if tp.topic in inbound)
+        runtime.processor.notice_partitions = owned
+        log.info("assignment: deadline notices for partitions %s", sorted(owned) or "none")
+
     @app.agent(topics, concurrency=1)
     async def consume(stream: Any) -> None:
         streams[:] = [stream]

@@ -67,7 +67,7 @@ import tempfile
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -467,9 +467,17 @@ class _ShardRepository(InMemoryRepository):
         if self.positions:
             super().save_positions(group, positions)
 
-    def notices_due(self, now: datetime, limit: int, *, lock: bool = True) -> list[StoredDossier]:
+    def notices_due(
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        lock: bool = True,
+        partitions: Collection[int] | None = None,
+    ) -> list[StoredDossier]:
         # Called before the batch writes anything, so the store is as when `due` was taken.
-        # Nothing else writes a worker's store, so there is no row to lock or skip.
+        # Nothing else writes a worker's store, so there is no row to lock or skip, and a
+        # replay notifies every dossier (`partitions` is None).
         found = [self.store.dossiers[code] for at, code in self.due if at <= now]
         return found[:limit]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -65,7 +65,7 @@ class Overlay:
             if name == "save_dossiers":
                 for stored in args[0]:
                     overlay.dossiers[stored.dossier.code] = StoredDossier(
-                        stored.dossier, stored.revision + 1, stored.next_notice_at
+                        stored.dossier, stored.revision + 1, stored.next_notice_at, stored.partition
                     )
             elif name == "record_applied":
                 for entry in args[0]:
@@ -127,11 +127,19 @@ class StagingRepository:
         unparked = self._overlay.unparked
         return [p for p in self._reads.parked_expired(now, limit) if p.id not in unparked]
 
-    def notices_due(self, now: datetime, limit: int, *, lock: bool = True) -> list[StoredDossier]:
+    def notices_due(
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        lock: bool = True,
+        partitions: Collection[int] | None = None,
+    ) -> list[StoredDossier]:
         # Never locked here: the rows would stay locked while the writer waits for them.
-        # A dossier another process notifies meanwhile fails the revision check at write time.
+        # A dossier another process notifies meanwhile fails the revision check at write time
+        # (rare once each process scans only its own partitions' dossiers).
         due: list[StoredDossier] = []
-        for stored in self._reads.notices_due(now, limit, lock=False):
+        for stored in self._reads.notices_due(now, limit, lock=False, partitions=partitions):
             staged = self._overlay.dossiers.get(stored.dossier.code)
             if staged is None:
                 due.append(stored)

@@ -8,7 +8,7 @@ would cap throughput at the database's latency.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -87,6 +87,9 @@ class StoredDossier:
     dossier: Dossier
     revision: int  # optimistic concurrency: bumped by every save
     next_notice_at: datetime | None
+    # The inbound partition its inputs arrive on (one, the topics being co-partitioned); None
+    # when not known (rebuilt from the database, written before the column existed).
+    partition: int | None = None
 
 
 class ConcurrencyError(Exception):
@@ -155,9 +158,17 @@ class Repository(Protocol):
 
     def outcome_counts(self, group: str) -> dict[tuple[str, str], int]: ...
 
-    def notices_due(self, now: datetime, limit: int, *, lock: bool = True) -> list[StoredDossier]:
+    def notices_due(
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        lock: bool = True,
+        partitions: Collection[int] | None = None,
+    ) -> list[StoredDossier]:
         """Dossiers whose next deadline notice is due at or before `now`; with `lock`, only
-        those no other transaction is notifying, held until this one ends (where supported)."""
+        those no other transaction is notifying, held until this one ends (where supported).
+        With `partitions`, only dossiers of those inbound partitions or of none known."""
         ...
 
     def get_clock(self) -> datetime | None:

@@ -90,6 +90,10 @@ class BatchProcessor:
         self.engine = engine
         self.decoder = decoder
         self.config = config
+        # The inbound partitions this process consumes, set by the transport on every
+        # assignment: due deadline notices are looked for among their dossiers only, so that
+        # processes sharing a database do not pick the same one. None: every dossier.
+        self.notice_partitions: frozenset[int] | None = None
 
     def process(
         self,
@@ -126,6 +130,7 @@ class _Batch:
         self, processor: BatchProcessor, repo: Repository, clock_ceiling: datetime | None = None
     ) -> None:
         self.clock_ceiling = clock_ceiling
+        self.notice_partitions = processor.notice_partitions
         self.engine = processor.engine
         self.decoder = processor.decoder
         self.config = processor.config
@@ -138,6 +143,7 @@ class _Batch:
         self.parked_keys: set[tuple[str, str]] = set()
         self.parked_by_dossier: dict[str, list[ParkedInput]] = {}
         self.history_seq: dict[str, int] = {}
+        self.partitions: dict[str, int] = {}  # dossier code -> partition its inputs came from
         self.history: list[HistoryRow] = []
         self.ledger: list[LedgerEntry] = []
         self.outbox: list[OutboxMessage] = []
@@ -243,6 +249,8 @@ class _Batch:
     def _record_applied(self, position: Position, event: InboundEvent, decision: Applied) -> None:
         dossier = decision.dossier
         self.dirty[dossier.code] = dossier
+        if position.partition is not None:
+            self.partitions[dossier.code] = position.partition
         content_hash = event.content_hash()
         self.applied_keys[event.key] = content_hash
         seq = self.history_seq.get(dossier.code, dossier.inputs_applied - 1) + 1
@@ -428,7 +436,9 @@ class _Batch:
             return
         now = self._now()
         candidates: dict[str, Dossier] = dict(self.dirty)
-        for stored in self.repo.notices_due(now, self.config.notice_scan_limit):
+        for stored in self.repo.notices_due(
+            now, self.config.notice_scan_limit, partitions=self.notice_partitions
+        ):
             self.stored.setdefault(stored.dossier.code, stored)
             candidates.setdefault(stored.dossier.code, stored.dossier)
         for code, dossier in candidates.items():
@@ -436,6 +446,13 @@ class _Batch:
             if notices:
                 self.dirty[code] = updated
                 self._emit(notices, updated)
+
+    def _partition(self, code: str) -> int | None:
+        partition = self.partitions.get(code)
+        if partition is not None:
+            return partition
+        stored = self.stored.get(code)
+        return stored.partition if stored is not None else None
 
     def _flush(self, inputs: Sequence[RawInput]) -> None:
         repo = self.repo
@@ -446,6 +463,7 @@ class _Batch:
                         dossier=d,
                         revision=self.stored[code].revision if code in self.stored else 0,
                         next_notice_at=self.engine.next_notice_at(d),
+                        partition=self._partition(code),
                     )
                     for code, d in self.dirty.items()
                 ]

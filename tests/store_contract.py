@@ -224,6 +224,32 @@ class StoreContract:
             assert [s.dossier.code for s in uow.repo.notices_due(now, limit=1)] == [b.code]
             assert uow.repo.notices_due(T0, limit=10) == []
 
+    def test_notices_due_among_the_partitions_asked_for(self, uow_factory: UowFactory) -> None:
+        on_0, on_1, unknown = (make_dossier(f"000.00.19.H56-250303-000{i}") for i in (1, 2, 3))
+        with uow_factory() as uow:
+            uow.repo.save_dossiers(
+                [
+                    StoredDossier(on_0, 0, T0, partition=0),
+                    StoredDossier(on_1, 0, T0, partition=1),
+                    StoredDossier(unknown, 0, T0),
+                ]
+            )
+            uow.commit()
+        now = T0 + timedelta(hours=1)
+
+        def due(partitions: set[int] | None) -> set[str]:
+            with uow_factory() as uow:
+                found = uow.repo.notices_due(now, limit=10, partitions=partitions)
+                return {s.dossier.code for s in found}
+
+        assert due(None) == {on_0.code, on_1.code, unknown.code}
+        assert due({0}) == {on_0.code, unknown.code}  # a dossier of no known partition: anyone's
+        assert due({1, 7}) == {on_1.code, unknown.code}
+        assert due(set()) == {unknown.code}
+        with uow_factory() as uow:
+            loaded = uow.repo.load_dossiers([on_0.code, unknown.code])
+        assert (loaded[on_0.code].partition, loaded[unknown.code].partition) == (0, None)
+
     # --- rollback ----------------------------------------------------------------------------
     def _write_everything(self, uow: UnitOfWork) -> None:
         code = "000.00.19.H56-250303-0001"

@@ -12,7 +12,7 @@ rows they both touched (never a lost update, sometimes a spurious retry).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
@@ -148,12 +148,21 @@ class InMemoryRepository:
         for d in dossiers:
             self._dossiers[d.dossier.code] = replace(d, revision=d.revision + 1)
 
-    def notices_due(self, now: datetime, limit: int, *, lock: bool = True) -> list[StoredDossier]:
+    def notices_due(
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        lock: bool = True,
+        partitions: Collection[int] | None = None,
+    ) -> list[StoredDossier]:
         _aware(now)
         due = [
             d
             for _, d in self._dossiers.items()
-            if d.next_notice_at is not None and d.next_notice_at <= now
+            if d.next_notice_at is not None
+            and d.next_notice_at <= now
+            and (partitions is None or d.partition is None or d.partition in partitions)
         ]
         due.sort(key=lambda d: (d.next_notice_at, d.dossier.code))
         return due[:limit]

@@ -16,7 +16,7 @@ import base64
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,8 +56,10 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     insert,
+    or_,
     select,
     text,
     tuple_,
@@ -159,6 +161,8 @@ dossiers = Table(
     Column("snapshot", _SNAPSHOT_JSON, nullable=False),
     # Working seconds waiting for the applicant: processing time (indicator 2.2) excludes it.
     Column("paused_seconds", Integer, nullable=False, server_default=text("0")),
+    # The inbound partition the dossier's inputs arrive on: whose deadline notices these are.
+    Column("partition", Integer, nullable=True),
 )
 # Monitoring (engine/indicators.py, dossier/metrics.py): the indicators of a period read
 # dossiers by reception and finish time; the open-dossier gauges read only the partial index.
@@ -577,11 +581,15 @@ class SqlRepository:
         c = dossiers.c
         found: dict[str, StoredDossier] = {}
         for chunk in _chunks(sorted(set(codes))):
-            query = select(c.code, c.revision, c.next_notice_at, c.snapshot).where(
+            query = select(c.code, c.revision, c.next_notice_at, c.partition, c.snapshot).where(
                 self._in(c.code, chunk)
             )
-            for code, revision, next_notice_at, snapshot in self.connection.execute(query).all():
-                found[code] = StoredDossier(Dossier.from_json(snapshot), revision, next_notice_at)
+            for code, revision, next_notice_at, partition, snapshot in self.connection.execute(
+                query
+            ).all():
+                found[code] = StoredDossier(
+                    Dossier.from_json(snapshot), revision, next_notice_at, partition
+                )
         return found
 
     def save_dossiers(self, dossiers: Sequence[StoredDossier]) -> None:
@@ -614,22 +622,34 @@ class SqlRepository:
                 [{"code": d.dossier.code, **dossier_columns(d), "revision": 1} for d in new],
             )
 
-    def notices_due(self, now: datetime, limit: int, *, lock: bool = True) -> list[StoredDossier]:
+    def notices_due(
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        lock: bool = True,
+        partitions: Collection[int] | None = None,
+    ) -> list[StoredDossier]:
         _require_aware(now)
         c = dossiers.c
         query = (
-            select(c.revision, c.next_notice_at, c.snapshot)
+            select(c.revision, c.next_notice_at, c.partition, c.snapshot)
             .where(c.next_notice_at <= now)
             .order_by(c.next_notice_at, c.code)
             .limit(limit)
         )
+        if partitions is not None:
+            owned = self._in(c.partition, sorted(partitions)) if partitions else false()
+            query = query.where(or_(owned, c.partition.is_(None)))
         if lock:
             # Engine processes share the due dossiers: each takes the ones no other is
             # notifying right now, instead of all racing for the same rows and retrying.
             query = query.with_for_update(skip_locked=True)
         return [
-            StoredDossier(Dossier.from_json(snapshot), revision, next_notice_at)
-            for revision, next_notice_at, snapshot in self.connection.execute(query).all()
+            StoredDossier(Dossier.from_json(snapshot), revision, next_notice_at, partition)
+            for revision, next_notice_at, partition, snapshot in self.connection.execute(
+                query
+            ).all()
         ]
 
     # --- input ledger ------------------------------------------------------------------------
@@ -1050,6 +1070,7 @@ def dossier_columns(stored: StoredDossier) -> dict[str, Any]:
         "last_event_at": d.last_event_at,
         "next_notice_at": stored.next_notice_at,
         "paused_seconds": d.paused_seconds,
+        "partition": stored.partition,
         "snapshot": d.to_json(),
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -268,3 +269,43 @@ def test_wall_clock_mode_raises_notices_without_new_inputs() -> None:
         ENGINE, DECODER, ServiceConfig("urn:test:engine", GROUP, timedelta(days=7), "wall")
     )
     assert wall.process(InMemoryUnitOfWork(store), []).notices == {"overdue": 1}
+
+
+def test_deadline_notices_only_for_the_dossiers_of_the_partitions_owned() -> None:
+    """Engine processes sharing a database each notify the dossiers of their own partitions."""
+    store, feed = InMemoryStore(), Feed()
+    first, second = "000.00.19.H56-250303-0001", "000.00.19.H56-250303-0002"
+
+    def on(partition: int, raw: RawInput) -> RawInput:
+        return replace(raw, position=replace(raw.position, partition=partition))
+
+    received = [on(0, feed(t, e)) for t, e in lifecycle(first)[:3]]
+    received += [on(1, feed(t, e)) for t, e in lifecycle(second)[:3]]  # both due 2025-03-12
+    processor().process(InMemoryUnitOfWork(store), received)
+    with InMemoryUnitOfWork(store) as uow:
+        loaded = uow.repo.load_dossiers([first, second])
+    assert (loaded[first].partition, loaded[second].partition) == (0, 1)
+
+    def later(partition: int, day: int) -> RawInput:
+        event = ev.submitted(
+            procedure="1.001193",
+            dossier=f"000.00.19.H56-2503{day}-0001",
+            time=f"2025-03-{day}T09:00:00+07:00",
+        )
+        return on(partition, feed("dossier.submission", event))
+
+    owner_of_1 = processor()
+    owner_of_1.notice_partitions = frozenset({1})
+    result = owner_of_1.process(InMemoryUnitOfWork(store), [later(1, 13)])
+    assert result.notices == {"overdue": 1}
+    owner_of_0 = processor()
+    owner_of_0.notice_partitions = frozenset({0})
+    result = owner_of_0.process(InMemoryUnitOfWork(store), [later(0, 14)])
+    assert result.notices == {"overdue": 1}  # the other dossier's was sent by its owner
+    with InMemoryUnitOfWork(store) as uow:
+        notified = [
+            json.loads(m.value)["subject"]
+            for m in uow.repo.unsent_outbox(10_000)
+            if m.topic == "dossier.deadline"
+        ]
+    assert sorted(notified) == [first, second]
