@@ -110,12 +110,21 @@ class EventTimeGate:
         out: list[Held] = []
         queues = {t: q for (p, t), q in self._queues.items() if p == partition and q}
         timed_out = False
+        # A topic's lag, asked once per release: it is a lookup in the consumer, and an idle
+        # topic would otherwise be asked again for every input released past it.
+        lags: dict[str, int | None] = {}
+
+        def lag_of(topic: str) -> int | None:
+            if topic not in lags:
+                lags[topic] = lag(topic, partition, self._next_offset.get((topic, partition)))
+            return lags[topic]
+
         while queues:
             topic = min(queues, key=lambda t: _sort_key(queues[t][0]))
             head = queues[topic][0]
             if head.time is not None and not timed_out:
                 unread = [
-                    lag(t, partition, self._next_offset.get((t, partition)))
+                    lag_of(t)
                     for t in self.topics
                     if t not in queues and not self._seen_since(t, partition, head.time)
                 ]
