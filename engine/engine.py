@@ -274,7 +274,7 @@ class Engine:
         for fee_code, fee in version.fees.items():
             if fee_code in granted:
                 continue  # at most one grant per (dossier, fee)
-            base = variable_fees.get(fee_code, dict(dossier.fees).get(fee_code, fee.amount))
+            base = variable_fees.get(fee_code, dossier.fees.get(fee_code, fee.amount))
             rule = _rule_in_force(version, fee_code, dossier, submitted_on)
             if rule is None or base <= 0:
                 continue
@@ -286,6 +286,8 @@ class Engine:
             outputs.append(
                 self._discount_event("granted", version, dossier, event, rule, base, discount)
             )
+        if len(granted) == len(dossier.discounts):
+            return dossier  # nothing granted: grants are only ever added here
         return evolve(dossier, discounts=granted)
 
     def _revoke_discounts(
@@ -298,7 +300,7 @@ class Engine:
         submitted_on = dossier.submitted_at.astimezone(VN_TZ).date()
         for fee_code, discount in sorted(dossier.discounts.items()):
             rule = _rule_in_force(version, fee_code, dossier, submitted_on)
-            base = dict(dossier.fees).get(fee_code, version.fees[fee_code].amount)
+            base = dossier.fees.get(fee_code, version.fees[fee_code].amount)
             assert rule is not None  # a grant implies its rule applied at submission
             outputs.append(
                 self._discount_event("revoked", version, dossier, event, rule, base, discount)

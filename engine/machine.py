@@ -34,6 +34,7 @@ class _Cursor:
         self.event: InboundEvent | None = None
         self.fired: TransitionDef | None = None
         self.guard_failure: str | None = None
+        self.event_data: EventData | None = None
 
 
 GuardCheck = Callable[[Dossier, InboundEvent], str | None]
@@ -121,9 +122,13 @@ class CompiledWorkflow:
         if not candidates:
             return None
         cursor.state, cursor.dossier, cursor.event = dossier.state, dossier, event
-        event_data = EventData(
-            self._states[dossier.state], machine_event, self.machine, cursor, (), {}
-        )
+        # One EventData per cursor, pointed at this input's state and trigger: the conditions
+        # read only its model (the cursor), and building one per input cost ~2 µs.
+        event_data = cursor.event_data
+        if event_data is None:
+            event_data = EventData(None, None, self.machine, cursor, (), {})
+            cursor.event_data = event_data
+        event_data.state, event_data.event = self._states[dossier.state], machine_event
         try:
             for transition in candidates:
                 for condition in transition.conditions:
