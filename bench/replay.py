@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy import local_kafka
+from dossier.gc_tuning import tune_for_batches
 from dossier.replay import compare, make_processor, replay_from_db, replay_from_kafka
 from dossier.settings import Settings
 from dossier.simulation import Workload
@@ -53,6 +54,7 @@ def main() -> int:
     parser.add_argument("--no-kafka", action="store_true")
     args = parser.parse_args()
     settings = Settings.from_env()
+    tune_for_batches(settings.gc_young_threshold)  # as `dossier replay` and `dossier run` do
     work = Path(tempfile.mkdtemp(prefix="bench-replay-"))
     messages = Workload(
         load_catalogue(),
