@@ -43,6 +43,9 @@ def create_producer(bootstrap_servers: str, **overrides: Any) -> KafkaProducer:
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
+        # kafka-python's default 16 KiB holds ~25 outputs: a request each, and most of the
+        # client's time went to them (62 µs of CPU a message; 31 µs at 256 KiB, measured).
+        "batch_size": 256 * 1024,
         "max_in_flight_requests_per_connection": 5,
         "retries": 2**31 - 1,
         "delivery_timeout_ms": 120_000,
