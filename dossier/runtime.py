@@ -145,19 +145,14 @@ class Runtime:
         while True:
             try:
                 return self.processor.process(self.writing_uow(), inputs, clock_ceiling)
-            except ConcurrencyError:
-                conflicts += 1
-                if conflicts < attempts:
-                    log.warning("batch raced another engine process; retrying (%d)", conflicts)
-                    time.sleep(0.05 * conflicts)
-                    continue
-                conflicts = 0  # a run of conflicts that outlasted its retries: one failure
-                failures += 1
-                if failures > failures_allowed:
-                    raise
-                log.exception("batch of %d inputs not committed (try %d)", len(inputs), failures)
-                time.sleep(min(0.2 * 2 ** (failures - 1), 5.0))
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, ConcurrencyError):
+                    conflicts += 1
+                    if conflicts < attempts:
+                        log.warning("batch raced another engine process; retrying (%d)", conflicts)
+                        time.sleep(0.05 * conflicts)
+                        continue
+                    conflicts = 0  # a run of conflicts that outlasted its retries: one failure
                 failures += 1
                 if failures > failures_allowed:
                     raise

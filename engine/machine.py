@@ -81,7 +81,8 @@ class CompiledWorkflow:
             cursor = cast(_Cursor, event_data.model)
             event, dossier = cursor.event, cursor.dossier
             assert event is not None and dossier is not None
-            # _matches(), unrolled: this runs for every candidate transition of every input.
+            # Level, `when` and holder checks inline (`_when_matches` for the rest of the
+            # module): this runs for every candidate transition of every input.
             if LEVEL_TOPICS.get(event.topic) != level:
                 return False
             if when:

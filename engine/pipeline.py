@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -214,7 +213,6 @@ class _Stage:
     inputs: Sequence[RawInput]
     clock_ceiling: datetime | None
     future: Future[BatchResult]
-    submitted: float
     writes: list[StagedWrite] = field(default_factory=list)
     overlay: Overlay | None = None
     result: BatchResult | None = None
@@ -249,7 +247,7 @@ class WriteBehindPipeline:
     def submit(
         self, inputs: Sequence[RawInput], clock_ceiling: datetime | None = None
     ) -> Future[BatchResult]:
-        stage = _Stage(inputs, clock_ceiling, Future(), time.perf_counter())
+        stage = _Stage(inputs, clock_ceiling, Future())
         with self._cond:
             if self._closed:
                 raise RuntimeError("the pipeline is closed")
