@@ -23,6 +23,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from consumers.drain import FastDrainConsumer
 from consumers.ordering import EventTimeGate, Held, event_time
 from dossier.runtime import COMMIT_ATTEMPTS, Runtime
 from engine.events import INBOUND_TOPICS
@@ -73,6 +74,7 @@ def build_app(runtime: Runtime) -> faust.App:
         stream_wait_empty=False,
         logging_config=None,
     )
+    app.transport.Consumer = FastDrainConsumer  # see consumers/drain.py
     topics = app.topic(
         *(settings.topic(name) for name in INBOUND_TOPICS),
         key_serializer="raw",
