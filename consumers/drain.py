@@ -12,15 +12,21 @@ when that step finishes it, the result is the one `wait_first` would have return
 task. When the callback suspends (the buffer is full, the flow is suspended, a lock is held),
 the started coroutine continues under faust's own `wait_first`, exactly as before, so a
 rebalance still interrupts it.
+
+`RawSchema` hands the agent each record's key and value bytes as they are. faust's own "raw"
+serializer gives the same bytes, but through its codec registry and settings lookups, twice
+per record.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
+import faust
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import AppT, CodecArg, Message
 from mode import Service
 from mode.services import WaitArgT, WaitResults
 from mode.utils.times import Seconds
@@ -69,6 +75,30 @@ class InPlaceDelivery(Service):
 
 class FastDrainConsumer(InPlaceDelivery, AIOKafkaConsumer):
     """faust's aiokafka consumer, delivering records in place while the flow is on."""
+
+
+class RawSchema(faust.Schema[bytes | None, bytes | None]):
+    """Keys and values as the bytes the broker delivered (the engine decodes them itself)."""
+
+    def loads_key(
+        self,
+        app: AppT,
+        message: Message,
+        *,
+        loads: Callable[..., Any] | None = None,
+        serializer: CodecArg | None = None,
+    ) -> Any:
+        return message.key
+
+    def loads_value(
+        self,
+        app: AppT,
+        message: Message,
+        *,
+        loads: Callable[..., Any] | None = None,
+        serializer: CodecArg | None = None,
+    ) -> Any:
+        return message.value
 
 
 async def _resume(coroutine: Coroutine[Any, Any, Any], yielded: Any) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from consumers.drain import FastDrainConsumer
+from consumers.drain import FastDrainConsumer, RawSchema
 from consumers.ordering import EventTimeGate, Held, event_time
 from dossier.runtime import COMMIT_ATTEMPTS, Runtime
 from engine.events import INBOUND_TOPICS
@@ -74,11 +74,11 @@ def build_app(runtime: Runtime) -> faust.App:
         stream_wait_empty=False,
         logging_config=None,
     )
-    app.transport.Consumer = FastDrainConsumer  # see consumers/drain.py
+    # This app's transport only (a class attribute of faust's; see consumers/drain.py).
+    app.transport.Consumer = FastDrainConsumer  # type: ignore[misc]
     topics = app.topic(
         *(settings.topic(name) for name in INBOUND_TOPICS),
-        key_serializer="raw",
-        value_serializer="raw",
+        schema=RawSchema(),
         allow_empty=True,
     )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dossier-batch")
