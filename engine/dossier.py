@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
+from engine.copying import compile_replace
 from engine.events import InboundEvent, OutboundEvent
 
 
@@ -74,36 +75,12 @@ _FIELD_NAMES = tuple(f.name for f in fields(Dossier))
 _DATETIME_FIELDS = tuple(f.name for f in fields(Dossier) if "datetime" in str(f.type))
 
 
-def _compile_evolve() -> Any:
-    # dataclasses.replace() inspects every field and goes through the frozen __init__ (one
-    # object.__setattr__ per field); it was the largest single cost of apply(). Copying the
-    # slots through their descriptors in generated straight-line code is ~4x faster and keeps
-    # the class frozen for everyone else.
-    names = [f.name for f in fields(Dossier)]
-    lines = ["def evolve(d, changes):", "    new = _new(Dossier)"]
-    lines += [f"    _set_{n}(new, d.{n})" for n in names]
-    lines += [
-        "    for name, value in changes.items():",
-        "        setter = _setters.get(name)",
-        "        if setter is None:",
-        "            raise TypeError(f'unknown Dossier field: {name}')",
-        "        setter(new, value)",
-        "    return new",
-    ]
-    setters = {n: getattr(Dossier, n).__set__ for n in names}
-    namespace: dict[str, Any] = {"Dossier": Dossier, "_new": object.__new__, "_setters": setters}
-    namespace.update({f"_set_{n}": setter for n, setter in setters.items()})
-    exec("\n".join(lines), namespace)
-    return namespace["evolve"]
-
-
-_evolve = _compile_evolve()
+_evolve = compile_replace(Dossier)
 
 
 def evolve(dossier: Dossier, **changes: Any) -> Dossier:
     """A copy of `dossier` with `changes` applied (a fast dataclasses.replace)."""
-    result: Dossier = _evolve(dossier, changes)
-    return result
+    return _evolve(dossier, changes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,12 +13,13 @@ rows they both touched (never a lost update, sometimes a spurious retry).
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 from engine.audit import GENESIS, link, row_content
+from engine.copying import compile_replace
 from engine.ports import (
     ConcurrencyError,
     HistoryRow,
@@ -28,6 +29,11 @@ from engine.ports import (
     Repository,
     StoredDossier,
 )
+
+_copy_stored = compile_replace(StoredDossier)
+_copy_parked = compile_replace(ParkedInput)
+_copy_message = compile_replace(OutboxMessage)
+_copy_row = compile_replace(HistoryRow)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -146,7 +152,7 @@ class InMemoryRepository:
             seen.add(code)
             _aware(d.next_notice_at)
         for d in dossiers:
-            self._dossiers[d.dossier.code] = replace(d, revision=d.revision + 1)
+            self._dossiers[d.dossier.code] = _copy_stored(d, {"revision": d.revision + 1})
 
     def notices_due(
         self,
@@ -212,7 +218,7 @@ class InMemoryRepository:
             self._last_id += 1
             # Headers come back as a tuple of pairs, as from the SQL store.
             headers = tuple((name, bytes(value)) for name, value in p.headers)
-            self._parked[self._last_id] = replace(p, id=self._last_id, headers=headers)
+            self._parked[self._last_id] = _copy_parked(p, {"id": self._last_id, "headers": headers})
 
     def parked_for(self, dossier_codes: Iterable[str]) -> list[ParkedInput]:
         codes = set(dossier_codes)
@@ -238,7 +244,7 @@ class InMemoryRepository:
             if m.message_id in self._outbox_ids:
                 continue
             self._last_id += 1
-            self._outbox[self._last_id] = replace(m, id=self._last_id)
+            self._outbox[self._last_id] = _copy_message(m, {"id": self._last_id})
             self._outbox_ids[m.message_id] = self._last_id
             self._unsent[self._last_id] = None
 
@@ -387,6 +393,6 @@ def _chained(rows: list[HistoryRow], prev: str) -> list[HistoryRow]:
     chained: list[HistoryRow] = []
     for row in rows:
         current = link(prev, row_content(row))
-        chained.append(replace(row, prev_hash=prev, chain_hash=current))
+        chained.append(_copy_row(row, {"prev_hash": prev, "chain_hash": current}))
         prev = current
     return chained
