@@ -14,8 +14,7 @@ from consumers.drain import InPlaceDelivery
 
 
 class Fetcher(InPlaceDelivery, Service):
-    """A service with faust's consumer's `suspend_flow`, counting the tasks `wait_first`
-    makes."""
+    """A service with the `suspend_flow` event of faust's consumer."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -144,19 +143,15 @@ def test_while_the_flow_is_suspended_delivery_is_faust_own() -> None:
     async def test() -> None:
         fetcher = Fetcher()
         fetcher.suspend_flow.set()
-        started: list[str] = []
 
         async def callback() -> None:
-            started.append("callback ran")
             await asyncio.sleep(1)
 
         results, tasks = await tasks_made_by(
             fetcher, lambda: fetcher.wait_first(callback(), fetcher.suspend_flow.wait())
         )
-        assert results.results == [True]
-        assert tasks == 4
-        await asyncio.sleep(0)
-        assert started in ([], ["callback ran"])  # faust may start it before cancelling it
+        assert results.results == [True]  # the suspend-flow wait won
+        assert tasks == 4  # faust's own wait_first: nothing ran in place
 
     run(test)
 
