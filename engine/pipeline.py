@@ -63,9 +63,7 @@ class Overlay:
         for name, args in writes:
             if name == "save_dossiers":
                 for stored in args[0]:
-                    overlay.dossiers[stored.dossier.code] = StoredDossier(
-                        stored.dossier, stored.revision + 1, stored.next_notice_at, stored.partition
-                    )
+                    overlay.dossiers[stored.dossier.code] = stored.saved()
             elif name == "record_applied":
                 for entry in args[0]:
                     overlay.ledger[(entry.source, entry.event_id)] = entry.content_hash

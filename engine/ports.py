@@ -14,6 +14,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from engine.copying import compile_replace
 from engine.dossier import Dossier
 
 
@@ -90,6 +91,13 @@ class StoredDossier:
     # The inbound partition its inputs arrive on (one, the topics being co-partitioned); None
     # when not known (rebuilt from the database, written before the column existed).
     partition: int | None = None
+
+    def saved(self) -> StoredDossier:
+        """As a save stores it: the next revision, everything else unchanged."""
+        return _copy_stored(self, {"revision": self.revision + 1})
+
+
+_copy_stored = compile_replace(StoredDossier)
 
 
 class ConcurrencyError(Exception):

@@ -30,7 +30,6 @@ from engine.ports import (
     StoredDossier,
 )
 
-_copy_stored = compile_replace(StoredDossier)
 _copy_parked = compile_replace(ParkedInput)
 _copy_message = compile_replace(OutboxMessage)
 _copy_row = compile_replace(HistoryRow)
@@ -152,7 +151,7 @@ class InMemoryRepository:
             seen.add(code)
             _aware(d.next_notice_at)
         for d in dossiers:
-            self._dossiers[d.dossier.code] = _copy_stored(d, {"revision": d.revision + 1})
+            self._dossiers[d.dossier.code] = d.saved()
 
     def notices_due(
         self,

@@ -581,15 +581,9 @@ class SqlRepository:
         c = dossiers.c
         found: dict[str, StoredDossier] = {}
         for chunk in _chunks(sorted(set(codes))):
-            query = select(c.code, c.revision, c.next_notice_at, c.partition, c.snapshot).where(
-                self._in(c.code, chunk)
-            )
-            for code, revision, next_notice_at, partition, snapshot in self.connection.execute(
-                query
-            ).all():
-                found[code] = StoredDossier(
-                    Dossier.from_json(snapshot), revision, next_notice_at, partition
-                )
+            query = select(c.code, *_STORED_COLUMNS).where(self._in(c.code, chunk))
+            for code, *stored in self.connection.execute(query).all():
+                found[code] = _stored_dossier(*stored)
         return found
 
     def save_dossiers(self, dossiers: Sequence[StoredDossier]) -> None:
@@ -633,7 +627,7 @@ class SqlRepository:
         _require_aware(now)
         c = dossiers.c
         query = (
-            select(c.revision, c.next_notice_at, c.partition, c.snapshot)
+            select(*_STORED_COLUMNS)
             .where(c.next_notice_at <= now)
             .order_by(c.next_notice_at, c.code)
             .limit(limit)
@@ -645,12 +639,7 @@ class SqlRepository:
             # Engine processes share the due dossiers: each takes the ones no other is
             # notifying right now, instead of all racing for the same rows and retrying.
             query = query.with_for_update(skip_locked=True)
-        return [
-            StoredDossier(Dossier.from_json(snapshot), revision, next_notice_at, partition)
-            for revision, next_notice_at, partition, snapshot in self.connection.execute(
-                query
-            ).all()
-        ]
+        return [_stored_dossier(*row) for row in self.connection.execute(query).all()]
 
     # --- input ledger ------------------------------------------------------------------------
     def applied_hashes(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -1043,6 +1032,21 @@ def parked_columns(p: ParkedInput) -> dict[str, Any]:
         "expires_at": p.expires_at,
         "detail": p.detail,
     }
+
+
+# What a `StoredDossier` is read from, in `_stored_dossier`'s order.
+_STORED_COLUMNS = (
+    dossiers.c.revision,
+    dossiers.c.next_notice_at,
+    dossiers.c.partition,
+    dossiers.c.snapshot,
+)
+
+
+def _stored_dossier(
+    revision: int, next_notice_at: datetime | None, partition: int | None, snapshot: Any
+) -> StoredDossier:
+    return StoredDossier(Dossier.from_json(snapshot), revision, next_notice_at, partition)
 
 
 def dossier_columns(stored: StoredDossier) -> dict[str, Any]:
