@@ -416,7 +416,9 @@ def _parse_version(
 
 def _substitute(value: Any, params: Mapping[str, str]) -> Any:
     if isinstance(value, str):
-        return Template(value).substitute(params)
+        # Most strings of a template's body name no parameter; parsing them is most of the
+        # catalogue's load time. Without a "$", substitute() returns the string unchanged.
+        return Template(value).substitute(params) if "$" in value else value
     if isinstance(value, list):
         return [_substitute(v, params) for v in value]
     if isinstance(value, dict):
