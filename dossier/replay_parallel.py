@@ -993,7 +993,7 @@ def replay_from_db_parallel(
 # start-up per worker than spawned, which re-imports SQLAlchemy, faust's codecs and the engine.
 # The callers dispose of their database engines' pools first, so no connection is shared; the
 # replay starts no threads of its own, and Kafka clients are closed before the fork.
-_START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+_FORK = "fork" in multiprocessing.get_all_start_methods()
 
 
 @contextmanager
@@ -1006,7 +1006,7 @@ def start_workers(
     for engine in engines:
         if _shareable_url(engine) is not None:  # a private in-memory database lives in its pool
             engine.dispose()
-    context = multiprocessing.get_context(_START_METHOD)
+    context = multiprocessing.get_context("fork") if _FORK else multiprocessing.get_context("spawn")
     pipes: list[Pipe] = []
     processes: list[BaseProcess] = []
     try:
