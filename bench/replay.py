@@ -14,6 +14,14 @@
     databases are compared;
 (c) `audit verify` over `--verify-rows` history rows (target < 60 s): synthetic chains made
     by copying the workload's history under new dossier codes, chained by the store.
+
+(floor) the least work any replay from the database does per input, timed stage by stage in
+    one process: read the stored input, upcast and decode it, apply it, build its history row
+    (chained), ledger entry and outbound messages, and write them with the dossiers into a
+    fresh store of the project's schema, in one transaction. Nothing else: no batches, no
+    parking or deduplication (every stored input was applied), no deadline notices, no
+    ordering bookkeeping, no start-up or merge. A correct replay writes at least this, so
+    `cores / floor` is a ceiling on replay throughput on this machine, to read (a) against.
 """
 
 from __future__ import annotations
@@ -30,20 +38,43 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import sqlite3
+from collections.abc import Sequence
+from contextlib import closing
+from datetime import UTC
+
+import orjson
+from sqlalchemy import Engine, Table
+
 from deploy import local_kafka
 from dossier.gc_tuning import tune_for_batches
 from dossier.replay import compare, make_processor, replay_from_db, replay_from_kafka
+from dossier.replay_parallel import encode_rows, sqlite_time
 from dossier.settings import Settings
 from dossier.simulation import Workload
+from engine.audit import GENESIS, link, row_content
 from engine.calendar import WorkingCalendar
-from engine.events import INBOUND_TOPICS
-from engine.ports import Position
+from engine.dossier import Applied, Dossier
+from engine.engine import Engine as DossierEngine
+from engine.events import INBOUND_TOPICS, InboundEvent
+from engine.ports import HistoryRow, Position, StoredDossier
 from engine.procedures import load_catalogue
-from engine.service import RawInput
+from engine.service import RawInput, _envelope
 from engine.store.audit import verify, write_checkpoint
 from engine.store.migrate import upgrade
-from engine.store.sql import SqlUnitOfWork, create_db_engine
+from engine.store.sql import (
+    SqlUnitOfWork,
+    create_db_engine,
+    dossier_columns,
+    history,
+    input_ledger,
+    json_dumps,
+    outbox,
+)
+from engine.store.sql import dossiers as dossiers_table
+from engine.upcasting import upcast
 from producers.workload import create_input_producer, publish
+from schemas.codec import encode_outbound
 
 
 def main() -> int:
@@ -95,6 +126,8 @@ def main() -> int:
             f"(a) replay --source db into SQLite, {label}: {report.inputs / wall_s:,.0f} inputs/s"
             f" ({report.inputs:,} in {wall_s:.1f} s wall; target 50,000/s)"
         )
+
+    replay_floor(live, work / "floor.db", settings.engine_source)
 
     if not args.no_kafka:
         scratch = replace(settings, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.")
@@ -161,6 +194,178 @@ def main() -> int:
         f"({result.rows / verify_s:,.0f} rows/s; {len(result.findings)} findings; target < 60 s)"
     )
     return 0
+
+
+def replay_floor(source: Engine, path: Path, engine_source: str, batch: int = 5000) -> None:
+    """Time the floor's stages over `source`'s history (see the module's docstring)."""
+    engine = DossierEngine(load_catalogue(), WorkingCalendar.load())
+    target = create_db_engine(f"sqlite:///{path}")
+    upgrade(target)
+    target.dispose()
+    stage = dict.fromkeys(("read", "decode", "apply", "rows", "write"), 0.0)
+    dossiers: dict[str, Dossier] = {}
+    heads: dict[str, str] = {}
+    diverged = inputs = 0
+    recorded_at = sqlite_time(datetime.now(UTC))
+    history_sql = _insert_sql(history, _HISTORY_COLUMNS)
+    ledger_sql = _insert_sql(input_ledger, ("source", "event_id", "content_hash", "dossier_code"))
+    outbox_sql = _insert_sql(outbox, ("message_id", "topic", "key", "value", "created_at"))
+    query = 'SELECT topic, "partition", "offset", schema_version, envelope FROM history ORDER BY id'
+    started = time.perf_counter()
+    with (
+        closing(sqlite3.connect(str(source.url.database))) as read_db,
+        closing(sqlite3.connect(path, isolation_level=None)) as db,
+    ):
+        db.execute("BEGIN")
+        cursor = read_db.execute(query)
+        while True:
+            t0 = time.perf_counter()
+            rows = cursor.fetchmany(batch)
+            if not rows:
+                break
+            t1 = time.perf_counter()
+            events = []
+            for topic, partition, offset, version, envelope in rows:
+                current = upcast(orjson.loads(envelope), version)
+                contract = str(current.pop("topic", None) or topic)
+                event = InboundEvent(
+                    current["source"],
+                    current["id"],
+                    current["type"],
+                    current["subject"],
+                    datetime.fromisoformat(current["time"]),
+                    current["data"],
+                    contract,
+                )
+                events.append((Position(topic, partition, offset), event))
+            t2 = time.perf_counter()
+            decisions = []
+            for _, event in events:
+                decision = engine.apply(dossiers.get(event.subject), event)
+                if isinstance(decision, Applied):
+                    dossiers[event.subject] = decision.dossier
+                    decisions.append(decision)
+                else:
+                    diverged += 1
+                    decisions.append(None)
+            t3 = time.perf_counter()
+            history_rows, ledger_rows, outbox_rows = [], [], []
+            for (position, event), decision in zip(events, decisions, strict=True):
+                if decision is None:
+                    continue
+                dossier = decision.dossier
+                row = HistoryRow(
+                    dossier.code,
+                    dossier.inputs_applied,
+                    event.source,
+                    event.id,
+                    event.type,
+                    event.time,
+                    event.schema_version,
+                    _envelope(event),
+                    position,
+                    decision.previous_state,
+                    dossier.state,
+                    dossier.status_code,
+                    dossier.workflow_version,
+                )
+                prev = heads.get(dossier.code, GENESIS)
+                heads[dossier.code] = current_hash = link(prev, row_content(row))
+                history_rows.append(
+                    (
+                        row.dossier_code,
+                        row.seq,
+                        row.source,
+                        row.event_id,
+                        row.type,
+                        sqlite_time(row.event_time),
+                        row.schema_version,
+                        json_dumps(row.envelope),
+                        position.topic,
+                        position.partition,
+                        position.offset,
+                        row.state_before,
+                        row.state_after,
+                        row.status_code,
+                        row.workflow_version,
+                        recorded_at,
+                        prev,
+                        current_hash,
+                    )
+                )
+                ledger_rows.append((event.source, event.id, event.content_hash(), dossier.code))
+                for output in decision.outputs:
+                    outbox_rows.append(
+                        (
+                            output.id,
+                            output.topic,
+                            output.key.encode(),
+                            encode_outbound(output, engine_source),
+                            sqlite_time(output.time),
+                        )
+                    )
+            t4 = time.perf_counter()
+            db.executemany(history_sql, history_rows)
+            db.executemany(ledger_sql, ledger_rows)
+            db.executemany(outbox_sql, outbox_rows)
+            t5 = time.perf_counter()
+            inputs += len(rows)
+            for name, seconds in zip(
+                stage, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True
+            ):
+                stage[name] += seconds
+        t0 = time.perf_counter()
+        names = [c.name for c in dossiers_table.c]
+        stored = (
+            {
+                "code": code,
+                **dossier_columns(StoredDossier(d, 1, engine.next_notice_at(d), None)),
+                "revision": 1,
+            }
+            for code, d in dossiers.items()
+        )
+        db.executemany(
+            _insert_sql(dossiers_table, names), encode_rows(dossiers_table, names, stored)
+        )
+        db.execute("COMMIT")
+        stage["write"] += time.perf_counter() - t0
+    wall = time.perf_counter() - started
+    per_input = {name: seconds / inputs * 1e6 for name, seconds in stage.items()}
+    total = sum(per_input.values())
+    cores = os.cpu_count() or 1
+    print(
+        f"(floor) the least work per input, one process: {total:.1f} µs ("
+        + ", ".join(f"{name} {us:.1f}" for name, us in per_input.items())
+        + f"); {inputs / wall:,.0f} inputs/s; ceiling on {cores} cores, perfectly parallel:"
+        f" {cores * 1e6 / total:,.0f} inputs/s ({diverged} inputs not applied)"
+    )
+
+
+_HISTORY_COLUMNS = (
+    "dossier_code",
+    "seq",
+    "source",
+    "event_id",
+    "type",
+    "event_time",
+    "schema_version",
+    "envelope",
+    "topic",
+    "partition",
+    "offset",
+    "state_before",
+    "state_after",
+    "status_code",
+    "workflow_version",
+    "recorded_at",
+    "prev_hash",
+    "chain_hash",
+)
+
+
+def _insert_sql(table: Table, names: Sequence[str]) -> str:
+    listed = ", ".join(f'"{n}"' for n in names)
+    return f"INSERT INTO {table.name} ({listed}) VALUES ({', '.join('?' for _ in names)})"
 
 
 if __name__ == "__main__":
