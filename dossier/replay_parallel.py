@@ -41,9 +41,11 @@ id order (the relay's publishing order); history rows get its id order too, (bat
 code, seq), which is how `SqlRepository.append_history` sorts each batch; consumer positions
 the order in which the serial batches first wrote them.
 
-Each worker writes its store into a scratch SQLite file migrated like any store, with raw
-`executemany` of values encoded exactly as SQLAlchemy would (UTC text for `UtcDateTime`, the
-store's JSON text, 0/1 booleans), plus the ordering keys in extra `replay_*` columns. The
+Each worker writes its store into a scratch SQLite file with the store's tables and column
+types but none of its indexes (`scratch_table`), with raw `executemany` of values encoded
+exactly as SQLAlchemy would (UTC text for `UtcDateTime`, the store's JSON text, 0/1 booleans),
+plus the ordering keys in extra `replay_*` columns. Workers are forked where the platform
+can (`start_workers`), after the parent has closed its pooled database connections. The
 parent ATTACHes the scratch files to a SQLite target and copies every table with one
 `INSERT ... SELECT ... ORDER BY` each, in one transaction; into PostgreSQL it copies the same
 ordered rows through `SqlRepository`'s batch insert. History keeps the hash chains the workers
