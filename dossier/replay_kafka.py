@@ -311,7 +311,7 @@ def replay_from_kafka_parallel(
             )
             for k, path in enumerate(paths)
         ]
-        with start_workers(run_kafka_shard, jobs, target) as (pipes, processes):
+        with start_workers(run_kafka_shard, jobs) as (pipes, processes):
             keys = [
                 _receive(pipe, process, "read")
                 for pipe, process in zip(pipes, processes, strict=True)

@@ -44,8 +44,7 @@ the order in which the serial batches first wrote them.
 Each worker writes its store into a scratch SQLite file with the store's tables and column
 types but none of its indexes (`scratch_table`), with raw `executemany` of values encoded
 exactly as SQLAlchemy would (UTC text for `UtcDateTime`, the store's JSON text, 0/1 booleans),
-plus the ordering keys in extra `replay_*` columns. Workers are forked where the platform
-can (`start_workers`), after the parent has closed its pooled database connections. The
+plus the ordering keys in extra `replay_*` columns. The
 parent ATTACHes the scratch files to a SQLite target and copies every table with one
 `INSERT ... SELECT ... ORDER BY` each, in one transaction; into PostgreSQL it copies the same
 ordered rows through `SqlRepository`'s batch insert. History keeps the hash chains the workers
@@ -983,7 +982,7 @@ def replay_from_db_parallel(
             )
             for k, path in enumerate(paths)
         ]
-        with start_workers(run_shard, jobs, source, target) as (pipes, processes):
+        with start_workers(run_shard, jobs) as (pipes, processes):
             results, clock = _coordinate(pipes, processes, len(bounds), limit)
         add_results(report, results)
         merge_shards(target, paths, clock)
@@ -991,24 +990,16 @@ def replay_from_db_parallel(
     return report
 
 
-# Forked, a worker starts with the parent's modules already imported: half a second less of
-# start-up per worker than spawned, which re-imports SQLAlchemy, faust's codecs and the engine.
-# The callers dispose of their database engines' pools first, so no connection is shared; the
-# replay starts no threads of its own, and Kafka clients are closed before the fork.
-_FORK = "fork" in multiprocessing.get_all_start_methods()
-
-
 @contextmanager
 def start_workers(
-    entry: Callable[[Any, Pipe], None], jobs: Sequence[Any], *engines: Engine
+    entry: Callable[[Any, Pipe], None], jobs: Sequence[Any]
 ) -> Iterator[tuple[list[Pipe], list[BaseProcess]]]:
     """One process per job, each with a pipe to the parent; on leaving, the workers have
-    exited (joined, or terminated when the parent gave up on them). `engines`: the parent's
-    database engines, whose pooled connections are closed before the workers start."""
-    for engine in engines:
-        if _shareable_url(engine) is not None:  # a private in-memory database lives in its pool
-            engine.dispose()
-    context = multiprocessing.get_context("fork") if _FORK else multiprocessing.get_context("spawn")
+    exited (joined, or terminated when the parent gave up on them)."""
+    # Spawned, not forked: no SQLAlchemy pool, socket or thread's lock crosses into a worker.
+    # Forking saved each worker half a second of imports, which `bench/replay.py` could not
+    # tell from the machine's drift (2 workers: 12,466-13,362/s forked, 12,900-13,266 spawned).
+    context = multiprocessing.get_context("spawn")
     pipes: list[Pipe] = []
     processes: list[BaseProcess] = []
     try:
