@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from kafka import KafkaConsumer, TopicPartition
@@ -51,6 +51,48 @@ from engine.upcasting import upcast
 from schemas.codec import InboundDecoder
 
 REPLAY_GROUP = "dossier-replay"
+
+# Told (step, done, in all) as a replay goes, so a long one can show how far it is: after each
+# batch (FOLDED), then, in a parallel replay, after each table copied into the target (MERGED).
+# `dossier replay` prints it every few seconds.
+Progress = Callable[[str, int, int], None]
+FOLDED = "batches folded"
+MERGED = "tables merged"
+
+
+class ProgressLine:
+    """Prints how far a replay is to `stream` at most every `every` seconds, and at each new
+    step once it has printed anything: a replay of years of history runs for minutes, and a
+    silent command looks like a hung one. A replay done within `every` seconds prints nothing."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        every: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream
+        self.every = every
+        self.clock = clock
+        self.started = self.printed = clock()
+        self.step: str | None = None
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        now = self.clock()
+        new_step = step != self.step
+        self.step = step
+        if now - self.printed < self.every and not (new_step and self.printed > self.started):
+            return
+        self.printed = now
+        line = f"dossier replay: {done} of {total} {step}, {now - self.started:.0f} s"
+        if step == FOLDED and 0 < done < total:
+            # Batches are of one size; tables are not, so only batches make an estimate. Folding
+            # is the first step: the time so far, start-up included, errs on the long side.
+            left = (now - self.started) * (total - done) / done
+            line += f", about {left:.0f} s more to fold"
+        print(line, file=self.stream, flush=True)
+
+
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
@@ -231,6 +273,7 @@ def replay_from_kafka(
     group: str = REPLAY_GROUP,
     workers: int = 1,
     notice_scan_limit: int | None = None,
+    progress: Progress | None = None,
 ) -> ReplayReport:
     """Rebuild `target` from the inbound topics; `workers` > 1 reads and folds the partitions
     in that many processes (`dossier.replay_kafka`), with the same result."""
@@ -245,6 +288,7 @@ def replay_from_kafka(
             group=group,
             workers=workers,
             notice_scan_limit=notice_scan_limit,
+            progress=progress,
         )
     prepare_target(target)
     started = time.perf_counter()
@@ -255,6 +299,7 @@ def replay_from_kafka(
         batch_size=batch_size,
         group=group,
         notice_scan_limit=notice_scan_limit,
+        progress=progress,
     )
     report.seconds = time.perf_counter() - started
     return report
@@ -268,11 +313,13 @@ def replay_kafka_serial(
     batch_size: int = 5000,
     group: str = REPLAY_GROUP,
     notice_scan_limit: int | None = None,
+    progress: Progress | None = None,
 ) -> ReplayReport:
     """The serial replay of the given partition offsets into a prepared target."""
     report = ReplayReport("kafka")
     started = time.perf_counter()
     records = read_partitions(settings, offsets)
+    batches = -(-sum(len(items) for items in records.values()) // batch_size)
     contract = {settings.topic(t): t for t in INBOUND_TOPICS}
     processor = make_processor(settings, group, notice_scan_limit=notice_scan_limit)
     batch: list[RawInput] = []
@@ -282,9 +329,13 @@ def replay_kafka_serial(
             report.add(processor.process(SqlUnitOfWork(target, writes=True), batch))
             report.inputs += len(batch)
             batch = []
+            if progress is not None:
+                progress(FOLDED, report.batches, batches)
     if batch:
         report.add(processor.process(SqlUnitOfWork(target, writes=True), batch))
         report.inputs += len(batch)
+        if progress is not None:
+            progress(FOLDED, report.batches, batches)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -372,6 +423,7 @@ def replay_from_db(
     group: str = REPLAY_GROUP,
     workers: int = 1,
     notice_scan_limit: int | None = None,
+    progress: Progress | None = None,
 ) -> ReplayReport:
     """Rebuild `target` from `source`'s history; `workers` > 1 folds shards of dossiers in
     that many processes (`dossier.replay_parallel`), with the same result."""
@@ -386,6 +438,7 @@ def replay_from_db(
             batch_size=batch_size,
             group=group,
             notice_scan_limit=notice_scan_limit,
+            progress=progress,
         )
     prepare_target(target)
     report = ReplayReport("db")
@@ -394,6 +447,7 @@ def replay_from_db(
     decoder = _StoredInputs(settings.max_message_bytes)
     processor.decoder = decoder
     with source.connect() as connection:
+        stored = connection.scalar(select(func.count()).select_from(history)) or 0
         for batch in stored_inputs(connection, batch_size):
             decoder.ready = {raw.value: event for raw, event in batch if raw.value is not None}
             result = processor.process(
@@ -401,6 +455,10 @@ def replay_from_db(
             )
             report.add(result)
             report.inputs += len(batch)
+            if progress is not None:
+                # A live source may have grown since it was counted.
+                batches = max(-(-stored // batch_size), report.batches)
+                progress(FOLDED, report.batches, batches)
     decoder.ready = {}
     report.seconds = time.perf_counter() - started
     return report

@@ -77,6 +77,7 @@ from dossier.replay import (
     _EARLIEST,
     REPLAY_GROUP,
     PartitionOffsets,
+    Progress,
     ReplayReport,
     inbound_offsets,
     prepare_target,
@@ -277,6 +278,7 @@ def replay_from_kafka_parallel(
     workers: int | None = None,
     notice_scan_limit: int | None = None,
     scratch_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> ReplayReport:
     """`replay_from_kafka` in `workers` processes (default: one per core); same result. Runs
     serially, with a warning in the report, when the topics turn out not to be co-partitioned
@@ -288,7 +290,9 @@ def replay_from_kafka_parallel(
     wanted = workers or os.cpu_count() or 1
     shards = min(wanted, len(partitions), _attach_limit(), _MAX_WORKERS)
     problem = partition_count_problem(offsets)
-    serial = dict(batch_size=batch_size, group=group, notice_scan_limit=notice_scan_limit)
+    serial = dict(
+        batch_size=batch_size, group=group, notice_scan_limit=notice_scan_limit, progress=progress
+    )
     if problem is not None or shards <= 1:
         return _serially(settings, target, offsets, started, problem, **serial)
     topic_rank = {topic: n for n, topic in enumerate(sorted({t for t, _ in offsets}))}
@@ -322,14 +326,14 @@ def replay_from_kafka_parallel(
             for pipe in pipes:
                 pipe.send(owners)
             batches = -(-len(owners) // batch_size)
-            results, clock = _coordinate(pipes, processes, batches, limit)
+            results, clock = _coordinate(pipes, processes, batches, limit, progress)
             folded = time.perf_counter()
         shared = shared_between_workers(cast(list[KafkaShardResult], results))
         if shared is not None:
             return _serially(settings, target, offsets, started, shared, **serial)
         report = ReplayReport("kafka", batches=batches, workers=shards)
         add_results(report, results)
-        merge_shards(target, paths, clock)
+        merge_shards(target, paths, clock, progress)
     report.seconds = time.perf_counter() - started
     log.info(
         "replayed %d inputs from Kafka in %d workers (%s inputs each): started and read in"

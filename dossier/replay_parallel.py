@@ -86,7 +86,10 @@ from sqlalchemy.engine import URL
 
 from dossier.gc_tuning import tune_for_batches
 from dossier.replay import (
+    FOLDED,
+    MERGED,
     REPLAY_GROUP,
+    Progress,
     ReplayReport,
     _StoredInputs,
     make_processor,
@@ -950,6 +953,7 @@ def replay_from_db_parallel(
     group: str = REPLAY_GROUP,
     notice_scan_limit: int | None = None,
     scratch_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> ReplayReport:
     """`replay_from_db` in `workers` processes (default: one per core); same result."""
     from dossier.replay import replay_from_db
@@ -965,6 +969,7 @@ def replay_from_db_parallel(
             batch_size=batch_size,
             group=group,
             notice_scan_limit=notice_scan_limit,
+            progress=progress,
         )
     prepare_target(target)
     started = time.perf_counter()
@@ -983,9 +988,9 @@ def replay_from_db_parallel(
             for k, path in enumerate(paths)
         ]
         with start_workers(run_shard, jobs) as (pipes, processes):
-            results, clock = _coordinate(pipes, processes, len(bounds), limit)
+            results, clock = _coordinate(pipes, processes, len(bounds), limit, progress)
         add_results(report, results)
-        merge_shards(target, paths, clock)
+        merge_shards(target, paths, clock, progress)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -1038,12 +1043,19 @@ def _scan_limit(notice_scan_limit: int | None) -> int:
 
 
 def _coordinate(
-    pipes: Sequence[Pipe], processes: Sequence[BaseProcess], batches: int, limit: int
+    pipes: Sequence[Pipe],
+    processes: Sequence[BaseProcess],
+    batches: int,
+    limit: int,
+    progress: Progress | None = None,
 ) -> tuple[list[ShardResult], datetime | None]:
     """Run the workers batch by batch: gather their shares' latest events and due dossiers,
     answer each batch's clock and notice cut; then collect what each folded."""
     clock: datetime | None = None  # as the SQL store would return it between batches
-    for _ in range(batches):
+    for index in range(batches):
+        # Each worker reports before a batch once it has folded the one before.
+        if index and progress is not None:
+            progress(FOLDED, index, batches)
         reports: list[BatchReport] = [
             _receive(pipe, process, "batch") for pipe, process in zip(pipes, processes, strict=True)
         ]
@@ -1055,6 +1067,8 @@ def _coordinate(
     results: list[ShardResult] = [
         _receive(pipe, process, "done") for pipe, process in zip(pipes, processes, strict=True)
     ]
+    if batches and progress is not None:
+        progress(FOLDED, batches, batches)
     return results, clock
 
 
@@ -1113,13 +1127,23 @@ def _outcomes_select(shards: int) -> str:
     )
 
 
-def merge_shards(target: Engine, paths: Sequence[Path], clock: datetime | None) -> None:
+def merge_shards(
+    target: Engine,
+    paths: Sequence[Path],
+    clock: datetime | None,
+    progress: Progress | None = None,
+) -> None:
     """Copy the scratch files into the (empty) target in the serial replay's order, in one
     transaction."""
     if target.dialect.name == "sqlite":
-        _merge_into_sqlite(target, paths, clock)
+        _merge_into_sqlite(target, paths, clock, progress)
     else:
-        _merge_through_repository(target, paths, clock)
+        _merge_through_repository(target, paths, clock, progress)
+
+
+def _merged(progress: Progress | None, tables: int) -> None:
+    if progress is not None:
+        progress(MERGED, tables, len(_MERGED) + 1)  # and the summed outcomes
 
 
 def _attach(db: sqlite3.Connection, paths: Sequence[Path]) -> None:
@@ -1133,7 +1157,9 @@ def _detach(db: sqlite3.Connection, paths: Sequence[Path]) -> None:
             db.execute(f"DETACH DATABASE shard{k}")
 
 
-def _merge_into_sqlite(target: Engine, paths: Sequence[Path], clock: datetime | None) -> None:
+def _merge_into_sqlite(
+    target: Engine, paths: Sequence[Path], clock: datetime | None, progress: Progress | None
+) -> None:
     raw = target.raw_connection()
     try:
         db = raw.driver_connection
@@ -1142,17 +1168,19 @@ def _merge_into_sqlite(target: Engine, paths: Sequence[Path], clock: datetime | 
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                for name in _MERGED:
+                for done, name in enumerate(_MERGED, 1):
                     table, names, query = _ordered_select(name, len(paths))
                     listed = ", ".join(_quoted(n) for n in names)
                     # The outbox skips a message id already taken, as `add_outbox` does; the
                     # ORDER BY keeps the first, as the serial replay does.
                     conflict = " ON CONFLICT DO NOTHING" if table is outbox else ""
                     db.execute(f"INSERT INTO main.{name} ({listed}) {query}{conflict}")
+                    _merged(progress, done)
                 db.execute(
                     'INSERT INTO main.input_outcomes (group_id, topic, outcome, "count") '
                     + _outcomes_select(len(paths))
                 )
+                _merged(progress, len(_MERGED) + 1)
                 if clock is not None:
                     db.execute(
                         "INSERT INTO main.engine_clock (id, business_time) VALUES (1, ?)",
@@ -1169,13 +1197,17 @@ def _merge_into_sqlite(target: Engine, paths: Sequence[Path], clock: datetime | 
 
 
 def _merge_through_repository(
-    target: Engine, paths: Sequence[Path], clock: datetime | None, chunk: int = 5000
+    target: Engine,
+    paths: Sequence[Path],
+    clock: datetime | None,
+    progress: Progress | None,
+    chunk: int = 5000,
 ) -> None:
     with closing(sqlite3.connect(":memory:")) as db, SqlUnitOfWork(target, writes=True) as uow:
         _attach(db, paths)
         repo = uow.repo
         assert isinstance(repo, SqlRepository)
-        for name in _MERGED:
+        for done, name in enumerate(_MERGED, 1):
             table, names, query = _ordered_select(name, len(paths))
             decoders = _decoders(table, names)
             cursor = db.execute(query)
@@ -1188,12 +1220,14 @@ def _merge_through_repository(
                     for row in rows
                 ]
                 repo._insert_rows(table, values, skip_duplicates=table is outbox)
+            _merged(progress, done)
         outcomes = db.execute(_outcomes_select(len(paths))).fetchall()
         by_group: dict[str, dict[tuple[str, str], int]] = {}
         for group_id, topic, outcome, count in outcomes:
             by_group.setdefault(group_id, {})[(topic, outcome)] = int(count)
         for group_id, changes in by_group.items():
             repo.add_outcomes(group_id, changes)
+        _merged(progress, len(_MERGED) + 1)
         if clock is not None:
             repo.set_clock(clock)
         uow.commit()

@@ -50,7 +50,13 @@ def register(subparsers: Any) -> None:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from dossier.gc_tuning import tune_for_batches
-    from dossier.replay import REPLAY_GROUP, compare, replay_from_db, replay_from_kafka
+    from dossier.replay import (
+        REPLAY_GROUP,
+        ProgressLine,
+        compare,
+        replay_from_db,
+        replay_from_kafka,
+    )
     from engine.store.sql import create_db_engine
 
     tune_for_batches(settings.gc_young_threshold)
@@ -82,6 +88,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 batch_size=args.batch_size or 5000,
                 group=group,
                 workers=args.workers or os.cpu_count() or 1,
+                progress=ProgressLine(sys.stderr),
             )
         elif args.source == "db":
             source = create_db_engine(args.source_url or settings.database_url)
@@ -93,6 +100,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                     batch_size=args.batch_size or 20_000,
                     group=group,
                     workers=args.workers or os.cpu_count() or 1,
+                    progress=ProgressLine(sys.stderr),
                 )
             finally:
                 source.dispose()
@@ -104,7 +112,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(report.outcomes.items()))
         print(
             f"replayed {report.inputs} inputs from {report.source} in {report.seconds:.1f} s "
-            f"({report.rate:,.0f}/s, {report.batches} batches, {report.workers} workers): "
+            f"({report.rate:,.0f}/s, {report.batches} batches, {report.workers} "
+            f"worker{'' if report.workers == 1 else 's'}): "
             f"{outcomes}"
         )
         if args.publish_prefix:

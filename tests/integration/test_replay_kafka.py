@@ -25,7 +25,7 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from dossier.cli import main as cli
-from dossier.replay import compare, replay_from_kafka
+from dossier.replay import FOLDED, MERGED, compare, replay_from_kafka
 from dossier.settings import Settings
 from dossier.simulation import Workload
 from engine.calendar import WorkingCalendar
@@ -138,8 +138,10 @@ def test_parallel_kafka_replay_rebuilds_the_serial_rows(
 ) -> None:
     options: dict[str, Any] = {"batch_size": 250, "notice_scan_limit": 3}
     serial = create_db_engine(sqlite_url("serial"))
-    report = replay_from_kafka(published, serial, **options)
+    told: list[tuple[str, int, int]] = []
+    report = replay_from_kafka(published, serial, progress=lambda *a: told.append(a), **options)
     assert report.workers == 1 and report.batches > 6
+    assert told == [(FOLDED, n, report.batches) for n in range(1, report.batches + 1)]
     outcomes = report.outcomes
     assert outcomes["parked"] >= 5 and outcomes["duplicate"] > 5 and outcomes["dead_lettered"] > 10
     assert len(table_rows(serial, "parked_inputs")) == 1  # the dossier never submitted
@@ -148,7 +150,13 @@ def test_parallel_kafka_replay_rebuilds_the_serial_rows(
     assert len(table_rows(serial, "consumer_positions")) == 4 * PARTITIONS
     for workers in (2, 3):
         rebuilt = create_db_engine(sqlite_url(f"parallel-{workers}"))
-        got = replay_from_kafka(published, rebuilt, workers=workers, **options)
+        told.clear()
+        got = replay_from_kafka(
+            published, rebuilt, workers=workers, progress=lambda *a: told.append(a), **options
+        )
+        folded = [(FOLDED, n, report.batches) for n in range(1, report.batches + 1)]
+        merged = [(MERGED, n, 7) for n in range(1, 8)]  # 6 tables, then the outcomes
+        assert told == folded + merged
         assert (got.inputs, got.batches, got.outcomes) == (
             report.inputs,
             report.batches,

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from dossier.cli import main as cli
-from dossier.replay import compare, make_processor, replay_from_db
+from dossier.replay import FOLDED, MERGED, compare, make_processor, replay_from_db
 from dossier.replay_parallel import replay_from_db_parallel
 from dossier.settings import Settings
 from dossier.simulation import Workload
@@ -168,15 +168,29 @@ def test_parallel_replay_rebuilds_the_serial_rows(
     source = create_db_engine(disordered)
     serial = create_db_engine(sqlite_url("serial"))
     options: dict[str, Any] = {"batch_size": 250, "notice_scan_limit": 3}
-    report = replay_from_db(settings, source, serial, **options)
+    told: list[tuple[str, int, int]] = []
+    report = replay_from_db(settings, source, serial, progress=lambda *a: told.append(a), **options)
     assert report.outcomes["parked"] > 20 and report.outcomes["dead_lettered"] == 1
+    # One call per batch folded, each with the number of batches in all.
+    assert told == [(FOLDED, n, report.batches) for n in range(1, report.batches + 1)]
     parked = table_rows(serial, "parked_inputs")
     assert len(parked) == 1  # the input of the dossier never submitted
     deadline = [r for r in table_rows(serial, "outbox") if r[1] == "dossier.deadline"]
     assert len(deadline) > 20
     for workers in (2, 3):
         rebuilt = create_db_engine(sqlite_url(f"parallel-{workers}"))
-        got = replay_from_db(settings, source, rebuilt, workers=workers, **options)
+        told.clear()
+        got = replay_from_db(
+            settings,
+            source,
+            rebuilt,
+            workers=workers,
+            progress=lambda *a: told.append(a),
+            **options,
+        )
+        folded = [(FOLDED, n, report.batches) for n in range(1, report.batches + 1)]
+        merged = [(MERGED, n, 7) for n in range(1, 8)]  # 6 tables, then the outcomes
+        assert told == folded + merged
         assert (got.inputs, got.batches, got.outcomes) == (
             report.inputs,
             report.batches,
