@@ -1,6 +1,7 @@
 """Replay and audit throughput, each beside a baseline measured in the same run.
 
     python bench/replay.py [--dossiers 20000] [--workers N] [--verify-rows 1000000] [--no-kafka]
+                            [--keep]
 
 (a) replay from a database's history into SQLite (target >= 50,000 inputs/s), serial and
     parallel (`--workers`, default one per core) side by side, against the live path (the same
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -83,10 +85,23 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--verify-rows", type=int, default=1_000_000)
     parser.add_argument("--no-kafka", action="store_true")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the databases (1-2.5 GB) and print where"
+    )
     args = parser.parse_args()
     settings = Settings.from_env()
     tune_for_batches(settings.gc_young_threshold)  # as `dossier replay` and `dossier run` do
     work = Path(tempfile.mkdtemp(prefix="bench-replay-"))
+    try:
+        return run(args, settings, work)
+    finally:
+        if args.keep:
+            print(f"databases kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, settings: Settings, work: Path) -> int:
     messages = Workload(
         load_catalogue(),
         WorkingCalendar.load(),
