@@ -447,7 +447,9 @@ def replay_from_db(
     decoder = _StoredInputs(settings.max_message_bytes)
     processor.decoder = decoder
     with source.connect() as connection:
-        stored = connection.scalar(select(func.count()).select_from(history)) or 0
+        stored = 0
+        if progress is not None:  # a count is a scan of the whole history on some databases
+            stored = connection.scalar(select(func.count()).select_from(history)) or 0
         for batch in stored_inputs(connection, batch_size):
             decoder.ready = {raw.value: event for raw, event in batch if raw.value is not None}
             result = processor.process(
