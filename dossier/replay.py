@@ -53,12 +53,11 @@ from schemas.codec import InboundDecoder
 REPLAY_GROUP = "dossier-replay"
 
 # Told (step, done, in all) as a replay goes, so a long one can show how far it is: after each
-# batch (FOLDED), then, in a parallel replay, after each of the tables written at the end
-# (WRITTEN: dossiers, parked inputs, positions, then the counts and the commit).
+# batch (FOLDED), then, in a parallel replay, after each table copied into the target (MERGED).
 # `dossier replay` prints it every few seconds.
 Progress = Callable[[str, int, int], None]
 FOLDED = "batches folded"
-WRITTEN = "final tables written"
+MERGED = "tables merged"
 
 
 class ProgressLine:

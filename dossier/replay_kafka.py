@@ -1,7 +1,7 @@
 """Replay from the inbound topics on every core: the partitions split over N worker processes,
 each reading its own partitions with its own consumer and folding the dossiers they carry over
-the in-memory store, in lock step with the parent, which writes their rows into the target.
-The folding, the lock step and the writing are `dossier.replay_parallel`'s (read its docstring
+the in-memory store, in lock step with the parent; the shards are then merged into the target.
+The folding, the lock step and the merge are `dossier.replay_parallel`'s (read its docstring
 first); this module adds what reading Kafka needs.
 
 **Why partitions are shards.** The contract co-partitions the inbound topics (docs/CONTRACT.md,
@@ -35,8 +35,8 @@ too), and the ranks give the merged rows the serial order. An input that fails t
 dossier; the worker of its partition dead-letters it, before the batch handles any input and at
 the clock the batch starts with, as the serial batch does, and its dead letter is ordered in the
 outbox by rank among the batch's others (`PHASE_DECODE`). Consumer positions are kept per
-partition by the worker that reads it, as the serial replay keeps them, and written in the
-order the serial replay first wrote them.
+partition by the worker that reads it, as the serial replay keeps them, and merged in the order
+the serial replay first wrote them.
 
 **When producers did not co-partition.** Co-partitioning is the producers' promise, not
 something a replay can enforce. Each worker reports the dossier codes its decoded inputs name
@@ -58,6 +58,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -66,6 +67,7 @@ from datetime import datetime, timedelta
 from itertools import chain
 from multiprocessing.connection import Connection as Pipe
 from operator import itemgetter
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Engine
@@ -87,15 +89,16 @@ from dossier.replay_parallel import (
     Fold,
     Prepared,
     ShardResult,
-    TargetWriter,
+    _attach_limit,
     _coordinate,
     _receive,
     _scan_limit,
     add_results,
     fold_batches,
+    merge_shards,
     run_worker,
-    shard_result,
     start_workers,
+    write_shard,
 )
 from dossier.settings import Settings
 from engine.events import INBOUND_TOPICS
@@ -170,7 +173,7 @@ class KafkaShardJob:
     batch_size: int
     group: str
     notice_scan_limit: int | None
-    dialect: str  # the target's: how the rows sent to the parent are encoded
+    scratch: str  # the worker's SQLite file
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,6 @@ def _fold_kafka_shard(job: KafkaShardJob, pipe: Pipe) -> KafkaShardResult:
         source="kafka",
         positions=True,
         reuse_by_value=False,
-        dialect=job.dialect,
     )
     owners: bytes = pipe.recv()
     ranks = [rank for rank, owner in enumerate(owners, 1) if owner == job.shard]
@@ -229,10 +231,8 @@ def _fold_kafka_shard(job: KafkaShardJob, pipe: Pipe) -> KafkaShardResult:
     batches = -(-len(owners) // job.batch_size)
     shares = _shares(pending, batches, job.batch_size, job.settings, codes, event_keys)
     fold_batches(fold, pipe, shares)
-    result = shard_result(fold)
-    return KafkaShardResult(
-        result.inputs, result.outcomes, result.rows, result.outcome_rows, codes, event_keys
-    )
+    write_shard(Path(job.scratch), fold.store, fold.tracker)
+    return KafkaShardResult(fold.report.inputs, fold.report.outcomes, codes, event_keys)
 
 
 def _shares(
@@ -277,6 +277,7 @@ def replay_from_kafka_parallel(
     group: str = REPLAY_GROUP,
     workers: int | None = None,
     notice_scan_limit: int | None = None,
+    scratch_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> ReplayReport:
     """`replay_from_kafka` in `workers` processes (default: one per core); same result. Runs
@@ -287,7 +288,7 @@ def replay_from_kafka_parallel(
     offsets = inbound_offsets(settings, since)
     partitions = {p for _, p in offsets}
     wanted = workers or os.cpu_count() or 1
-    shards = min(wanted, len(partitions), _MAX_WORKERS)
+    shards = min(wanted, len(partitions), _attach_limit(), _MAX_WORKERS)
     problem = partition_count_problem(offsets)
     serial = dict(
         batch_size=batch_size, group=group, notice_scan_limit=notice_scan_limit, progress=progress
@@ -297,22 +298,23 @@ def replay_from_kafka_parallel(
     topic_rank = {topic: n for n, topic in enumerate(sorted({t for t, _ in offsets}))}
     contract = {settings.topic(t): t for t in INBOUND_TOPICS}
     limit = _scan_limit(notice_scan_limit)
-    jobs = [
-        KafkaShardJob(
-            settings,
-            k,
-            shards,
-            {slot: span for slot, span in offsets.items() if slot[1] % shards == k},
-            contract,
-            topic_rank,
-            batch_size,
-            group,
-            notice_scan_limit,
-            target.dialect.name,
-        )
-        for k in range(shards)
-    ]
-    with TargetWriter(target) as writer:
+    with tempfile.TemporaryDirectory(prefix="dossier-replay-", dir=scratch_dir) as scratch:
+        paths = [Path(scratch) / f"shard-{k}.db" for k in range(shards)]
+        jobs = [
+            KafkaShardJob(
+                settings,
+                k,
+                shards,
+                {slot: span for slot, span in offsets.items() if slot[1] % shards == k},
+                contract,
+                topic_rank,
+                batch_size,
+                group,
+                notice_scan_limit,
+                str(path),
+            )
+            for k, path in enumerate(paths)
+        ]
         with start_workers(run_kafka_shard, jobs) as (pipes, processes):
             keys = [
                 _receive(pipe, process, "read")
@@ -324,19 +326,18 @@ def replay_from_kafka_parallel(
             for pipe in pipes:
                 pipe.send(owners)
             batches = -(-len(owners) // batch_size)
-            results, clock = _coordinate(pipes, processes, batches, limit, writer, progress)
+            results, clock = _coordinate(pipes, processes, batches, limit, progress)
             folded = time.perf_counter()
         shared = shared_between_workers(cast(list[KafkaShardResult], results))
-        if shared is None:
-            writer.finish(results, clock, progress)
-    if shared is not None:  # nothing was committed
-        return _serially(settings, target, offsets, started, shared, **serial)
-    report = ReplayReport("kafka", batches=batches, workers=shards)
-    add_results(report, results)
+        if shared is not None:
+            return _serially(settings, target, offsets, started, shared, **serial)
+        report = ReplayReport("kafka", batches=batches, workers=shards)
+        add_results(report, results)
+        merge_shards(target, paths, clock, progress)
     report.seconds = time.perf_counter() - started
     log.info(
         "replayed %d inputs from Kafka in %d workers (%s inputs each): started and read in"
-        " %.1f s, folded and written in %.1f s, finished in %.1f s",
+        " %.1f s, folded in %.1f s, merged in %.1f s",
         report.inputs,
         shards,
         "/".join(str(r.inputs) for r in results),

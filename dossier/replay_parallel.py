@@ -1,7 +1,6 @@
 """Replay from a database's history on every core: the history sharded by dossier code, each
-shard folded in its own process over the in-memory store, the shards' rows written into the
-target in the serial replay's order by the parent as they come.
-The folding, the lock step and the writing are shared with the replay from Kafka
+shard folded in its own process over the in-memory store, the shards merged into the target.
+The folding, the lock step and the merge are shared with the replay from Kafka
 (`dossier.replay_kafka`), whose shards are partitions and whose serial order is the merge of
 the topics; below, an input's *rank* is its place in the serial order: its history id here.
 
@@ -37,22 +36,19 @@ emitted it: while dead-lettering the inputs that fail to decode (all of them fir
 input that caused it (by rank), or in the batch's notice pass (dossiers changed in the batch,
 in the order they first changed, then the others by (next_notice_at, code)). Which input is
 being handled is told by the identity of the event the engine is given, not by its (source,
-id), which a stream may repeat. With those keys the parent gives the outbox the serial replay's
+id), which a stream may repeat. With those keys the merge gives the outbox the serial replay's
 id order (the relay's publishing order); history rows get its id order too, (batch, dossier
 code, seq), which is how `SqlRepository.append_history` sorts each batch; consumer positions
 the order in which the serial batches first wrote them.
 
-After each batch a worker sends the parent what the batch added to the append-only tables
-(history, ledger, outbox), each row with its place in the serial order (`batch_rows`); at the
-end, the tables whose rows change until then (dossiers, parked inputs, positions) and its
-outcome counts (`shard_result`). For a SQLite target the values are encoded exactly as
-SQLAlchemy would bind them (UTC text for `UtcDateTime`, the store's JSON text, 0/1 booleans);
-for PostgreSQL they are sent as they are, for `SqlRepository`'s batch insert. The parent
-(`TargetWriter`) holds the target's one transaction for the whole replay: while the workers
-fold batch *n* it writes batch *n - 1*'s rows, every worker's share sorted by place, and it
-commits only after the last. Nothing reaches the target if a worker fails, and no scratch
-space is needed. History keeps the hash chains the workers computed, which are the ones the
-SQL store computes, so the rebuilt database verifies.
+Each worker writes its store into a scratch SQLite file with the store's tables and column
+types but none of its indexes (`scratch_table`), with raw `executemany` of values encoded
+exactly as SQLAlchemy would (UTC text for `UtcDateTime`, the store's JSON text, 0/1 booleans),
+plus the ordering keys in extra `replay_*` columns. The
+parent ATTACHes the scratch files to a SQLite target and copies every table with one
+`INSERT ... SELECT ... ORDER BY` each, in one transaction; into PostgreSQL it copies the same
+ordered rows through `SqlRepository`'s batch insert. History keeps the hash chains the workers
+computed, which are the ones the SQL store computes, so the rebuilt database verifies.
 
 What differs from a serial replay is only what differs between two serial replays: wall-clock
 values (`history.recorded_at`, `parked_at` and `expires_at` of inputs still parked, and which
@@ -68,28 +64,31 @@ import heapq
 import multiprocessing
 import os
 import sqlite3
+import tempfile
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import closing, contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.process import BaseProcess
 from operator import itemgetter
-from types import TracebackType
+from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, Boolean, Connection, Engine, Table, func, select, text
 from sqlalchemy import event as sa_event
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import URL
 
 from dossier.gc_tuning import tune_for_batches
 from dossier.replay import (
     FOLDED,
+    MERGED,
     REPLAY_GROUP,
-    WRITTEN,
     Progress,
     ReplayReport,
     _StoredInputs,
@@ -101,7 +100,7 @@ from dossier.settings import Settings
 from engine.dossier import Applied, Decision, Dossier, NotYetApplicable, Rejected
 from engine.engine import Engine as DossierEngine
 from engine.events import InboundEvent, OutboundEvent
-from engine.ports import HistoryRow, Position, Repository, StoredDossier
+from engine.ports import Position, Repository, StoredDossier
 from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig, _Batch
 from engine.store.memory import InMemoryRepository, InMemoryStore, InMemoryUnitOfWork
 from engine.store.sql import (
@@ -112,9 +111,11 @@ from engine.store.sql import (
     create_db_engine,
     dossier_columns,
     dossiers,
+    engine_clock,
     history,
     history_columns,
     input_ledger,
+    input_outcomes,
     json_dumps,
     outbox,
     parked_columns,
@@ -167,6 +168,18 @@ def _sqlite_bool(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
 
+def _read_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _read_bool(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _read_json(value: str | bytes) -> Any:
+    return orjson.loads(value)
+
+
 Codec = Callable[[Any], Any] | None
 
 
@@ -183,6 +196,21 @@ def _encoders(table: Table, names: Sequence[str]) -> list[Codec]:
         else:
             encoders.append(None)
     return encoders
+
+
+def _decoders(table: Table, names: Sequence[str]) -> list[Codec]:
+    decoders: list[Codec] = []
+    for name in names:
+        type_ = table.c[name].type
+        if isinstance(type_, UtcDateTime):
+            decoders.append(_read_time)
+        elif isinstance(type_, Boolean):
+            decoders.append(_read_bool)
+        elif isinstance(type_, JSON):
+            decoders.append(_read_json)
+        else:
+            decoders.append(None)
+    return decoders
 
 
 def encode_rows(
@@ -206,29 +234,39 @@ def encode_rows(
         yield values
 
 
-# Where each row goes in the serial replay's order. Rows of the tables below are sent to the
-# parent after each batch and ordered within it; the batch comes first in the serial order.
-_BATCH_ORDER: dict[str, tuple[str, ...]] = {
-    "history": ("dossier_code", "seq"),  # how `SqlRepository.append_history` sorts a batch
-    "input_ledger": ("replay_rank", "replay_seq"),
-    "outbox": ("replay_phase", "replay_rank", "replay_due", "replay_code", "replay_seq"),
-}
-# These are sent once, at the end, and ordered over the whole replay.
-_FINAL_ORDER: dict[str, tuple[str, ...]] = {
-    "dossiers": ("replay_batch", "replay_rank"),  # inserted when submitted
+# The extra columns of the scratch tables: where each row goes in the merged order.
+_ORDER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "dossiers": ("replay_batch", "replay_rank"),
+    "history": ("replay_batch",),
+    "input_ledger": ("replay_batch", "replay_rank", "replay_seq"),
     "parked_inputs": ("replay_batch", "replay_rank"),
-    # The serial batches insert the partitions they see first, sorted, and update the others.
-    "consumer_positions": ("replay_batch", "topic", "partition"),
+    "input_outcomes": ("replay_batch",),
+    "consumer_positions": ("replay_batch",),
+    "outbox": (
+        "replay_batch",
+        "replay_phase",
+        "replay_rank",
+        "replay_due",
+        "replay_code",
+        "replay_seq",
+    ),
 }
-_TABLES: dict[str, Table] = {
-    t.name: t for t in (history, input_ledger, outbox, dossiers, parked_inputs, consumer_positions)
-}
+_TEXT_ORDER_COLUMNS = frozenset({"replay_due", "replay_code"})
 
-# table name -> (its columns, [(the row's place in the serial order, its values)]); the values
-# are what the target's driver binds: encoded as SQLAlchemy would on SQLite, as they are else.
-Rows = dict[str, tuple[list[str], list[tuple[tuple[Any, ...], list[Any]]]]]
-# (first batch, group, topic, outcome, count) of a worker's outcome counts
-OutcomeRow = tuple[int, str, str, str, int]
+# Each copied table: its columns (surrogate ids left to the target) and the merged order.
+_MERGED: dict[str, tuple[Table, str]] = {
+    "dossiers": (dossiers, "replay_batch, replay_rank"),
+    "history": (history, "replay_batch, dossier_code, seq"),
+    "input_ledger": (input_ledger, "replay_batch, replay_rank, replay_seq, replay_worker"),
+    "parked_inputs": (parked_inputs, "replay_batch, replay_rank, replay_worker"),
+    "outbox": (
+        outbox,
+        "replay_batch, replay_phase, replay_rank, replay_due, replay_code, replay_seq,"
+        " replay_worker",
+    ),
+    # The serial batches insert the partitions they see first, sorted, and update the others.
+    "consumer_positions": (consumer_positions, 'replay_batch, topic, "partition"'),
+}
 
 
 def _copied_columns(table: Table) -> list[str]:
@@ -249,7 +287,7 @@ class ShardJob:
     bounds: tuple[int, ...]  # the last history id of each serial batch
     group: str
     notice_scan_limit: int | None
-    dialect: str  # the target's: how the rows sent to the parent are encoded
+    scratch: str  # the worker's SQLite file
 
 
 @dataclass(frozen=True)
@@ -258,15 +296,12 @@ class BatchReport:
 
     latest: tuple[datetime, int] | None  # the share's latest event time, and its rank
     due: list[NoticeKey]  # the share's first keys by (next_notice_at, code), any time
-    rows: Rows  # what the previous batch wrote
 
 
 @dataclass(frozen=True)
 class ShardResult:
     inputs: int
     outcomes: dict[str, int]
-    rows: Rows  # what the last batch wrote, and the tables written once, at the end
-    outcome_rows: list[OutcomeRow]
 
 
 @dataclass
@@ -299,9 +334,6 @@ class _OrderTracker:
         self.position_batch: dict[tuple[str, int], int] = {}  # (topic, partition) -> first batch
         self._inputs: Sequence[Prepared] = ()
         self._last_id = 0
-        self.batch_codes: dict[str, None] = {}  # dossiers given history rows this batch, in order
-        self.batch_keys: list[tuple[str, str]] = []  # inputs applied this batch
-        self.batch_outbox: list[int] = []  # store outbox ids written this batch
 
     def _next_seq(self) -> int:
         self.seq += 1
@@ -318,7 +350,6 @@ class _OrderTracker:
         self.emitted = {}
         self._inputs = inputs
         self._last_id = self.store.last_id
-        self.batch_codes, self.batch_keys, self.batch_outbox = {}, [], []
 
     def applied_decision(self, event: InboundEvent, decision: Decision) -> None:
         waiting = (event.source, event.id, event.subject)
@@ -335,8 +366,6 @@ class _OrderTracker:
             code = decision.dossier.code
             self.first_changed.setdefault(code, self.current)
             self.applied[event.key] = _AppliedAt(self.batch, self.current, self._next_seq())
-            self.batch_codes[code] = None
-            self.batch_keys.append(event.key)
             for output in decision.outputs:
                 self._emit(output.id, (PHASE_INPUT, self.current, "", ""))
         elif isinstance(decision, Rejected):
@@ -388,7 +417,6 @@ class _OrderTracker:
                         else (self.batch, PHASE_EXPIRY, 0, "", "", self._next_seq())
                     )
                 self.outbox_order[ident] = order
-                self.batch_outbox.append(ident)
             parked = store.parked.get(ident)
             if parked is not None:
                 key = (parked.source, parked.event_id, parked.dossier_code)
@@ -533,9 +561,6 @@ class Fold:
     limit: int  # the notice scan limit
     positions: bool  # whether consumer positions are kept
     report: ReplayReport
-    dialect: str  # the target's
-    recorded_at: datetime  # the rebuilt history's wall clock
-    last_rows: Rows = field(default_factory=dict)  # what the last batch wrote
 
     @classmethod
     def create(
@@ -547,7 +572,6 @@ class Fold:
         source: str,
         positions: bool,
         reuse_by_value: bool,
-        dialect: str,
     ) -> Fold:
         store = InMemoryStore()
         tracker = _OrderTracker(store)
@@ -557,21 +581,16 @@ class Fold:
             _TrackingEngine(base.engine, tracker), decoder, base.config
         )
         limit = base.config.notice_scan_limit
-        report = ReplayReport(source)
-        recorded_at = datetime.now(UTC)
-        return cls(
-            store, tracker, processor, decoder, limit, positions, report, dialect, recorded_at
-        )
+        return cls(store, tracker, processor, decoder, limit, positions, ReplayReport(source))
 
 
 def fold_batches(fold: Fold, pipe: Pipe, batches: Iterable[Sequence[Prepared]]) -> None:
     """Fold the shard's share of every serial batch (an empty share too: the serial batch
     emits notices for every dossier due), in lock step with the parent (`_coordinate`)."""
     store, tracker, processor = fold.store, fold.tracker, fold.processor
-    rows: Rows = {}
     for index, batch in enumerate(batches):
         due = _due_keys(store, fold.limit)
-        pipe.send(("batch", BatchReport(_latest(batch), due, rows)))
+        pipe.send(("batch", BatchReport(_latest(batch), due)))
         now, cutoff = pipe.recv()
         if cutoff is not None:
             due = [key for key in due if key <= cutoff]
@@ -587,17 +606,9 @@ def fold_batches(fold: Fold, pipe: Pipe, batches: Iterable[Sequence[Prepared]]) 
             # An input dropped before decoding would put the decoder's queue out of step.
             raise RuntimeError(f"{result.redelivered} inputs of batch {index} taken as redelivered")
         tracker.end(result.settled)
-        rows = batch_rows(fold)
         fold.report.add(result)
         fold.report.inputs += len(batch)
     fold.decoder.ready = {}
-    fold.last_rows = rows
-
-
-def shard_result(fold: Fold) -> ShardResult:
-    """What the worker sends at the end: the last batch's rows and the tables written once."""
-    rows = {**fold.last_rows, **final_rows(fold)}
-    return ShardResult(fold.report.inputs, fold.report.outcomes, rows, _outcome_rows(fold))
 
 
 def _due_keys(store: InMemoryStore, limit: int) -> list[NoticeKey]:
@@ -695,14 +706,14 @@ def _fold_shard(job: ShardJob, pipe: Pipe) -> ShardResult:
         source="db",
         positions=False,
         reuse_by_value=True,
-        dialect=job.dialect,
     )
     try:
         with source.connect() as connection:
             fold_batches(fold, pipe, _cut(_shard_rows(connection, job), job.bounds))
     finally:
         source.dispose()
-    return shard_result(fold)
+    write_shard(Path(job.scratch), fold.store, fold.tracker)
+    return ShardResult(fold.report.inputs, fold.report.outcomes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -710,74 +721,104 @@ def _fold_shard(job: ShardJob, pipe: Pipe) -> ShardResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def batch_rows(fold: Fold) -> Rows:
-    """What the batch just folded wrote to the append-only tables, keyed by place."""
-    store, tracker = fold.store, fold.tracker
-    batch = tracker.batch
-    new_history: list[HistoryRow] = []
-    for code in tracker.batch_codes:
-        rows = store.history[code]
-        n = len(rows)
-        while n and tracker.applied[(rows[n - 1].source, rows[n - 1].event_id)].batch == batch:
-            n -= 1
-        new_history.extend(rows[n:])
-    history_rows = (
-        history_columns(r, fold.recorded_at, r.prev_hash, r.chain_hash) for r in new_history
+def write_shard(path: Path, store: InMemoryStore, tracker: _OrderTracker) -> None:
+    """The store's rows, as the SQL store would hold them, into a fresh SQLite file."""
+    recorded_at = datetime.now(UTC)
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode=OFF")  # a scratch file: a crash discards it anyway
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("BEGIN")
+        for table in _SCRATCH_TABLES:
+            db.execute(scratch_table(table))
+        _insert(db, dossiers, _dossier_rows(store, tracker))
+        _insert(db, history, _history_rows(store, tracker, recorded_at))
+        _insert(db, input_ledger, _ledger_rows(store, tracker))
+        _insert(db, parked_inputs, _parked_rows(store, tracker))
+        _insert(db, outbox, _outbox_rows(store, tracker))
+        _insert(
+            db,
+            input_outcomes,
+            (
+                {
+                    "group_id": g,
+                    "topic": t,
+                    "outcome": o,
+                    "count": n,
+                    "replay_batch": tracker.outcome_batch[(t, o)],
+                }
+                for (g, t, o), n in store.outcomes.items()
+            ),
+        )
+        _insert(
+            db,
+            consumer_positions,
+            (
+                {
+                    "group_id": g,
+                    "topic": t,
+                    "partition": p,
+                    "next_offset": offset,
+                    "replay_batch": tracker.position_batch[(t, p)],
+                }
+                for (g, t, p), offset in store.positions.items()
+            ),
+        )
+        if store.clock is not None:
+            _insert(db, engine_clock, [{"id": 1, "business_time": store.clock}])
+        db.execute("COMMIT")
+
+
+_SCRATCH_TABLES = (
+    dossiers,
+    history,
+    input_ledger,
+    parked_inputs,
+    outbox,
+    input_outcomes,
+    consumer_positions,
+    engine_clock,
+)
+
+
+def scratch_table(table: Table) -> str:
+    """`CREATE TABLE` for a scratch copy of `table`: the store's columns with their SQLite
+    types (so values are stored as the store stores them), the ordering columns, and no index
+    or constraint. The target checks the rows as they are merged; a scratch file that kept the
+    store's indexes would be half as large again and slower to write."""
+    dialect = sqlite_dialect()
+    columns = [
+        f"{_quoted(c.name)} INTEGER PRIMARY KEY"
+        if c.primary_key and c.autoincrement is True
+        else f"{_quoted(c.name)} {c.type.compile(dialect=dialect)}"
+        for c in table.c
+    ]
+    columns += [
+        f"{name} {'TEXT' if name in _TEXT_ORDER_COLUMNS else 'INTEGER'}"
+        for name in _ORDER_COLUMNS.get(table.name, ())
+    ]
+    return f"CREATE TABLE {table.name} ({', '.join(columns)})"
+
+
+def _insert(db: sqlite3.Connection, table: Table, rows: Iterable[Mapping[str, Any]]) -> None:
+    iterator = iter(rows)
+    first = next(iterator, None)
+    if first is None:
+        return
+    names = list(first)
+    statement = (
+        f"INSERT INTO {table.name} ({', '.join(_quoted(n) for n in names)})"
+        f" VALUES ({', '.join('?' for _ in names)})"
     )
-    ledger_rows = (_ledger_row(store, tracker, key) for key in tracker.batch_keys)
-    outbox_rows = (_outbox_row(store, tracker, ident) for ident in tracker.batch_outbox)
-    return {
-        "history": _keyed(history, history_rows, _BATCH_ORDER["history"], fold.dialect),
-        "input_ledger": _keyed(
-            input_ledger, ledger_rows, _BATCH_ORDER["input_ledger"], fold.dialect
-        ),
-        "outbox": _keyed(outbox, outbox_rows, _BATCH_ORDER["outbox"], fold.dialect),
-    }
+    db.executemany(statement, encode_rows(table, names, _chain(first, iterator)))
 
 
-def final_rows(fold: Fold) -> Rows:
-    """The tables whose rows change until the end: dossiers, parked inputs, positions."""
-    store, tracker, dialect = fold.store, fold.tracker, fold.dialect
-    positions = (
-        {
-            "group_id": g,
-            "topic": t,
-            "partition": p,
-            "next_offset": offset,
-            "replay_batch": tracker.position_batch[(t, p)],
-        }
-        for (g, t, p), offset in store.positions.items()
-    )
-    return {
-        "dossiers": _keyed(
-            dossiers, _dossier_rows(store, tracker), _FINAL_ORDER["dossiers"], dialect
-        ),
-        "parked_inputs": _keyed(
-            parked_inputs, _parked_rows(store, tracker), _FINAL_ORDER["parked_inputs"], dialect
-        ),
-        "consumer_positions": _keyed(
-            consumer_positions, positions, _FINAL_ORDER["consumer_positions"], dialect
-        ),
-    }
+def _chain(first: Mapping[str, Any], rest: Iterator[Mapping[str, Any]]) -> Iterator[Any]:
+    yield first
+    yield from rest
 
 
-def _outcome_rows(fold: Fold) -> list[OutcomeRow]:
-    batch_of = fold.tracker.outcome_batch
-    return [(batch_of[(t, o)], g, t, o, n) for (g, t, o), n in fold.store.outcomes.items()]
-
-
-def _keyed(
-    table: Table, rows: Iterable[dict[str, Any]], order: Sequence[str], dialect: str
-) -> tuple[list[str], list[tuple[tuple[Any, ...], list[Any]]]]:
-    names = _copied_columns(table)
-    listed = list(rows)
-    keys = [tuple(row[name] for name in order) for row in listed]
-    if dialect == "sqlite":
-        values = list(encode_rows(table, names, listed))
-    else:
-        getter = itemgetter(*names)
-        values = [list(getter(row)) for row in listed]
-    return names, list(zip(keys, values, strict=True))
+def _quoted(name: str) -> str:
+    return f'"{name}"'  # `offset` is a keyword
 
 
 def _dossier_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[str, Any]]:
@@ -794,18 +835,29 @@ def _dossier_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict
         }
 
 
-def _ledger_row(
-    store: InMemoryStore, tracker: _OrderTracker, key: tuple[str, str]
-) -> dict[str, Any]:
-    entry, at = store.ledger[key], tracker.applied[key]
-    return {
-        "source": entry.source,
-        "event_id": entry.event_id,
-        "content_hash": entry.content_hash,
-        "dossier_code": entry.dossier_code,
-        "replay_rank": at.rank,
-        "replay_seq": at.seq,
-    }
+def _history_rows(
+    store: InMemoryStore, tracker: _OrderTracker, recorded_at: datetime
+) -> Iterator[dict[str, Any]]:
+    for rows in store.history.values():
+        for r in rows:
+            yield {
+                **history_columns(r, recorded_at, r.prev_hash, r.chain_hash),
+                "replay_batch": tracker.applied[(r.source, r.event_id)].batch,
+            }
+
+
+def _ledger_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[str, Any]]:
+    for key, entry in store.ledger.items():
+        at = tracker.applied[key]
+        yield {
+            "source": entry.source,
+            "event_id": entry.event_id,
+            "content_hash": entry.content_hash,
+            "dossier_code": entry.dossier_code,
+            "replay_batch": at.batch,
+            "replay_rank": at.rank,
+            "replay_seq": at.seq,
+        }
 
 
 def _parked_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[str, Any]]:
@@ -818,22 +870,23 @@ def _parked_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[
         }
 
 
-def _outbox_row(store: InMemoryStore, tracker: _OrderTracker, ident: int) -> dict[str, Any]:
-    m = store.outbox[ident]
-    _, phase, rank, due, code, seq = tracker.outbox_order[ident]
-    return {
-        "message_id": m.message_id,
-        "topic": m.topic,
-        "key": m.key,
-        "value": m.value,
-        "created_at": m.created_at,
-        "sent_at": store.sent_at.get(ident),
-        "replay_phase": phase,
-        "replay_rank": rank,
-        "replay_due": due,
-        "replay_code": code,
-        "replay_seq": seq,
-    }
+def _outbox_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[str, Any]]:
+    for ident, m in store.outbox.items():
+        batch, phase, rank, due, code, seq = tracker.outbox_order[ident]
+        yield {
+            "message_id": m.message_id,
+            "topic": m.topic,
+            "key": m.key,
+            "value": m.value,
+            "created_at": m.created_at,
+            "sent_at": store.sent_at.get(ident),
+            "replay_batch": batch,
+            "replay_phase": phase,
+            "replay_rank": rank,
+            "replay_due": due,
+            "replay_code": code,
+            "replay_seq": seq,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -899,12 +952,14 @@ def replay_from_db_parallel(
     batch_size: int = 20_000,
     group: str = REPLAY_GROUP,
     notice_scan_limit: int | None = None,
+    scratch_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> ReplayReport:
     """`replay_from_db` in `workers` processes (default: one per core); same result."""
     from dossier.replay import replay_from_db
 
-    shards = workers or os.cpu_count() or 1
+    wanted = workers or os.cpu_count() or 1
+    shards = min(wanted, _attach_limit())
     source_url = _shareable_url(source)
     if shards <= 1 or source_url is None:
         return replay_from_db(
@@ -924,16 +979,18 @@ def replay_from_db_parallel(
         report.seconds = time.perf_counter() - started
         return report
     limit = _scan_limit(notice_scan_limit)
-    dialect = target.dialect.name
-    jobs = [
-        ShardJob(settings, source_url, k, shards, tuple(bounds), group, notice_scan_limit, dialect)
-        for k in range(shards)
-    ]
-    with TargetWriter(target) as writer:
+    with tempfile.TemporaryDirectory(prefix="dossier-replay-", dir=scratch_dir) as scratch:
+        paths = [Path(scratch) / f"shard-{k}.db" for k in range(shards)]
+        jobs = [
+            ShardJob(
+                settings, source_url, k, shards, tuple(bounds), group, notice_scan_limit, str(path)
+            )
+            for k, path in enumerate(paths)
+        ]
         with start_workers(run_shard, jobs) as (pipes, processes):
-            results, clock = _coordinate(pipes, processes, len(bounds), limit, writer, progress)
-        writer.finish(results, clock, progress)
-    add_results(report, results)
+            results, clock = _coordinate(pipes, processes, len(bounds), limit, progress)
+        add_results(report, results)
+        merge_shards(target, paths, clock, progress)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -990,12 +1047,10 @@ def _coordinate(
     processes: Sequence[BaseProcess],
     batches: int,
     limit: int,
-    writer: TargetWriter,
     progress: Progress | None = None,
 ) -> tuple[list[ShardResult], datetime | None]:
     """Run the workers batch by batch: gather their shares' latest events and due dossiers,
-    answer each batch's clock and notice cut, and write the rows of the batch before, while
-    the workers fold the next; then collect what each folded."""
+    answer each batch's clock and notice cut; then collect what each folded."""
     clock: datetime | None = None  # as the SQL store would return it between batches
     for index in range(batches):
         # Each worker reports before a batch once it has folded the one before.
@@ -1009,7 +1064,6 @@ def _coordinate(
         for pipe in pipes:
             pipe.send((now, cutoff))
         clock = now.astimezone(UTC) if now is not None else None
-        writer.write([r.rows for r in reports])
     results: list[ShardResult] = [
         _receive(pipe, process, "done") for pipe, process in zip(pipes, processes, strict=True)
     ]
@@ -1033,6 +1087,11 @@ def _receive(pipe: Pipe, process: BaseProcess, kind: str) -> Any:
     return message[1]
 
 
+def _attach_limit() -> int:
+    with closing(sqlite3.connect(":memory:")) as probe:
+        return probe.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
+
+
 def _shareable_url(source: Engine) -> str | None:
     """A URL another process can open the source with; None for a private in-memory one."""
     url: URL = source.url
@@ -1041,136 +1100,148 @@ def _shareable_url(source: Engine) -> str | None:
     return url.render_as_string(hide_password=False)
 
 
-class TargetWriter:
-    """The target's one transaction: each batch's rows from every worker, in the serial
-    replay's order, as they come; the tables written once and the clock at the end. Nothing
-    is committed unless `finish` is reached."""
+def _union(tables: str, names: Sequence[str], extra: Sequence[str], shards: int) -> str:
+    """Every shard's rows of `tables`, with the shard's number as `replay_worker`."""
+    columns = ", ".join([*(_quoted(n) for n in names), *extra])
+    return " UNION ALL ".join(
+        f"SELECT {columns}, {k} AS replay_worker FROM shard{k}.{tables}" for k in range(shards)
+    )
 
-    def __init__(self, target: Engine) -> None:
-        self.target = target
-        self.sqlite = target.dialect.name == "sqlite"
-        self._statements: dict[str, str] = {}
 
-    def __enter__(self) -> TargetWriter:
-        if self.sqlite:
-            self._raw = self.target.raw_connection()
-            db = self._raw.driver_connection
-            assert isinstance(db, sqlite3.Connection)
-            self._db = db
+def _ordered_select(name: str, shards: int) -> tuple[Table, list[str], str]:
+    table, order = _MERGED[name]
+    names = _copied_columns(table)
+    union = _union(name, names, _ORDER_COLUMNS.get(name, ()), shards)
+    listed = ", ".join(_quoted(n) for n in names)
+    return table, names, f"SELECT {listed} FROM ({union}) ORDER BY {order}"
+
+
+def _outcomes_select(shards: int) -> str:
+    """Counts summed over the shards, in the order the serial replay first wrote them."""
+    names = ["group_id", "topic", "outcome", "count"]
+    union = _union("input_outcomes", names, ("replay_batch",), shards)
+    return (
+        'SELECT group_id, topic, outcome, sum("count") FROM'
+        f" ({union}) GROUP BY group_id, topic, outcome"
+        " ORDER BY min(replay_batch), group_id, topic, outcome"
+    )
+
+
+def merge_shards(
+    target: Engine,
+    paths: Sequence[Path],
+    clock: datetime | None,
+    progress: Progress | None = None,
+) -> None:
+    """Copy the scratch files into the (empty) target in the serial replay's order, in one
+    transaction."""
+    if target.dialect.name == "sqlite":
+        _merge_into_sqlite(target, paths, clock, progress)
+    else:
+        _merge_through_repository(target, paths, clock, progress)
+
+
+def _merged(progress: Progress | None, tables: int) -> None:
+    if progress is not None:
+        progress(MERGED, tables, len(_MERGED) + 1)  # and the summed outcomes
+
+
+def _attach(db: sqlite3.Connection, paths: Sequence[Path]) -> None:
+    for k, path in enumerate(paths):
+        db.execute(f"ATTACH DATABASE ? AS shard{k}", (str(path),))
+
+
+def _detach(db: sqlite3.Connection, paths: Sequence[Path]) -> None:
+    for k in range(len(paths)):
+        with suppress(sqlite3.Error):
+            db.execute(f"DETACH DATABASE shard{k}")
+
+
+def _merge_into_sqlite(
+    target: Engine, paths: Sequence[Path], clock: datetime | None, progress: Progress | None
+) -> None:
+    raw = target.raw_connection()
+    try:
+        db = raw.driver_connection
+        assert isinstance(db, sqlite3.Connection)
+        _attach(db, paths)  # outside a transaction, as ATTACH must be
+        try:
             db.execute("BEGIN IMMEDIATE")
-        else:
-            self._uow = SqlUnitOfWork(self.target, writes=True)
-            self._uow.__enter__()
-            repo = self._uow.repo
-            assert isinstance(repo, SqlRepository)
-            self._repo = repo
-        self._done = False
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self.sqlite:
             try:
-                if not self._done:
-                    self._db.execute("ROLLBACK")
-            finally:
-                self._raw.close()
-        else:
-            self._uow.__exit__(kind, error, traceback)  # rolls back unless committed
-
-    def write(self, shares: Sequence[Rows], tables: Iterable[str] = _BATCH_ORDER) -> None:
-        """Every worker's rows of `tables`, each table's in the serial order (by place, then
-        worker: no two workers' rows share a place, as each place names one input, dossier or
-        partition)."""
-        for name in tables:
-            names: list[str] = []
-            keyed: list[tuple[tuple[Any, ...], int, list[Any]]] = []
-            for worker, rows in enumerate(shares):
-                if name in rows:
-                    names, share = rows[name]
-                    keyed.extend((key, worker, values) for key, values in share)
-            if keyed:
-                keyed.sort(key=itemgetter(0, 1))
-                self._insert(_TABLES[name], names, [values for _, _, values in keyed])
-
-    def finish(
-        self,
-        results: Sequence[ShardResult],
-        clock: datetime | None,
-        progress: Progress | None = None,
-    ) -> None:
-        """The last batch's rows, the tables written once, the outcome counts and the clock;
-        then commit."""
-        shares = [r.rows for r in results]
-        self.write(shares)
-        steps = len(_FINAL_ORDER) + 1
-        for done, name in enumerate(_FINAL_ORDER, 1):
-            self.write(shares, (name,))
-            if progress is not None:
-                progress(WRITTEN, done, steps)
-        counts: dict[tuple[str, str, str], list[int]] = {}
-        for batch, group_id, topic, outcome, n in (row for r in results for row in r.outcome_rows):
-            first_and_sum = counts.setdefault((group_id, topic, outcome), [batch, 0])
-            first_and_sum[0] = min(first_and_sum[0], batch)
-            first_and_sum[1] += n
-        # In the order the serial replay first wrote them.
-        ordered = sorted(counts.items(), key=lambda item: (item[1][0], *item[0]))
-        if self.sqlite:
-            self._db.executemany(
-                'INSERT INTO input_outcomes (group_id, topic, outcome, "count")'
-                " VALUES (?, ?, ?, ?)",
-                [(*key, total) for key, (_, total) in ordered],
-            )
-            if clock is not None:
-                self._db.execute(
-                    "INSERT INTO engine_clock (id, business_time) VALUES (1, ?)",
-                    (sqlite_time(clock),),
+                for done, name in enumerate(_MERGED, 1):
+                    table, names, query = _ordered_select(name, len(paths))
+                    listed = ", ".join(_quoted(n) for n in names)
+                    # The outbox skips a message id already taken, as `add_outbox` does; the
+                    # ORDER BY keeps the first, as the serial replay does.
+                    conflict = " ON CONFLICT DO NOTHING" if table is outbox else ""
+                    db.execute(f"INSERT INTO main.{name} ({listed}) {query}{conflict}")
+                    _merged(progress, done)
+                db.execute(
+                    'INSERT INTO main.input_outcomes (group_id, topic, outcome, "count") '
+                    + _outcomes_select(len(paths))
                 )
-            self._db.execute("COMMIT")
-        else:
-            by_group: dict[str, dict[tuple[str, str], int]] = {}
-            for (group_id, topic, outcome), (_, total) in ordered:
-                by_group.setdefault(group_id, {})[(topic, outcome)] = total
-            for group_id, changes in by_group.items():
-                self._repo.add_outcomes(group_id, changes)
-            if clock is not None:
-                self._repo.set_clock(clock)
-            self._uow.commit()
-        self._done = True
-        if progress is not None:
-            progress(WRITTEN, steps, steps)  # the outcome counts and the clock, committed
+                _merged(progress, len(_MERGED) + 1)
+                if clock is not None:
+                    db.execute(
+                        "INSERT INTO main.engine_clock (id, business_time) VALUES (1, ?)",
+                        (sqlite_time(clock),),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            _detach(db, paths)
+    finally:
+        raw.close()
 
-    def _insert(self, table: Table, names: list[str], rows: list[list[Any]]) -> None:
-        if not self.sqlite:
-            records = [dict(zip(names, values, strict=True)) for values in rows]
-            self._repo._insert_rows(table, records, skip_duplicates=table is outbox)
-            return
-        statement = self._statements.get(table.name)
-        if statement is None:
-            listed = ", ".join(f'"{n}"' for n in names)  # `offset` is a keyword
-            # The outbox skips a message id already taken, as `add_outbox` does; the order
-            # keeps the first, as the serial replay does.
-            conflict = " ON CONFLICT DO NOTHING" if table is outbox else ""
-            statement = self._statements[table.name] = (
-                f"INSERT INTO {table.name} ({listed})"
-                f" VALUES ({', '.join('?' for _ in names)}){conflict}"
-            )
-        self._db.executemany(statement, rows)
+
+def _merge_through_repository(
+    target: Engine,
+    paths: Sequence[Path],
+    clock: datetime | None,
+    progress: Progress | None,
+    chunk: int = 5000,
+) -> None:
+    with closing(sqlite3.connect(":memory:")) as db, SqlUnitOfWork(target, writes=True) as uow:
+        _attach(db, paths)
+        repo = uow.repo
+        assert isinstance(repo, SqlRepository)
+        for done, name in enumerate(_MERGED, 1):
+            table, names, query = _ordered_select(name, len(paths))
+            decoders = _decoders(table, names)
+            cursor = db.execute(query)
+            while rows := cursor.fetchmany(chunk):
+                values = [
+                    {
+                        n: v if decode is None or v is None else decode(v)
+                        for n, v, decode in zip(names, row, decoders, strict=True)
+                    }
+                    for row in rows
+                ]
+                repo._insert_rows(table, values, skip_duplicates=table is outbox)
+            _merged(progress, done)
+        outcomes = db.execute(_outcomes_select(len(paths))).fetchall()
+        by_group: dict[str, dict[tuple[str, str], int]] = {}
+        for group_id, topic, outcome, count in outcomes:
+            by_group.setdefault(group_id, {})[(topic, outcome)] = int(count)
+        for group_id, changes in by_group.items():
+            repo.add_outcomes(group_id, changes)
+        _merged(progress, len(_MERGED) + 1)
+        if clock is not None:
+            repo.set_clock(clock)
+        uow.commit()
 
 
 __all__ = [
     "Fold",
     "ReplayWorkerError",
     "ShardJob",
-    "TargetWriter",
     "add_results",
     "batch_bounds",
     "encode_rows",
     "fold_batches",
+    "merge_shards",
     "notice_cutoff",
     "replay_from_db_parallel",
     "run_worker",

@@ -25,7 +25,7 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from dossier.cli import main as cli
-from dossier.replay import FOLDED, WRITTEN, compare, replay_from_kafka
+from dossier.replay import FOLDED, MERGED, compare, replay_from_kafka
 from dossier.settings import Settings
 from dossier.simulation import Workload
 from engine.calendar import WorkingCalendar
@@ -155,8 +155,8 @@ def test_parallel_kafka_replay_rebuilds_the_serial_rows(
             published, rebuilt, workers=workers, progress=lambda *a: told.append(a), **options
         )
         folded = [(FOLDED, n, report.batches) for n in range(1, report.batches + 1)]
-        written = [(WRITTEN, n, 4) for n in range(1, 5)]  # 3 tables, then the counts and commit
-        assert told == folded + written
+        merged = [(MERGED, n, 7) for n in range(1, 8)]  # 6 tables, then the outcomes
+        assert told == folded + merged
         assert (got.inputs, got.batches, got.outcomes) == (
             report.inputs,
             report.batches,

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from dossier.cli import main as cli
-from dossier.replay import FOLDED, WRITTEN, compare, make_processor, replay_from_db
+from dossier.replay import FOLDED, MERGED, compare, make_processor, replay_from_db
 from dossier.replay_parallel import replay_from_db_parallel
 from dossier.settings import Settings
 from dossier.simulation import Workload
@@ -189,8 +189,8 @@ def test_parallel_replay_rebuilds_the_serial_rows(
             **options,
         )
         folded = [(FOLDED, n, report.batches) for n in range(1, report.batches + 1)]
-        written = [(WRITTEN, n, 4) for n in range(1, 5)]  # 3 tables, then the counts and commit
-        assert told == folded + written
+        merged = [(MERGED, n, 7) for n in range(1, 8)]  # 6 tables, then the outcomes
+        assert told == folded + merged
         assert (got.inputs, got.batches, got.outcomes) == (
             report.inputs,
             report.batches,

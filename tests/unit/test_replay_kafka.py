@@ -127,7 +127,7 @@ def test_partition_counts_must_agree() -> None:
 
 def test_what_two_workers_share_is_found() -> None:
     def result(codes: dict[str, int], keys: set[int]) -> KafkaShardResult:
-        return KafkaShardResult(0, {}, {}, [], codes, keys)
+        return KafkaShardResult(0, {}, codes, keys)
 
     apart = [result({"A": 0, "C": 2}, {1, 2}), result({"B": 1}, {3})]
     assert shared_between_workers(apart) is None

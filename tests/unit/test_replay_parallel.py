@@ -9,18 +9,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from dossier.replay import ReplayReport
 from dossier.replay_parallel import (
-    Fold,
-    TargetWriter,
     _AppliedAt,
     _OrderTracker,
-    batch_rows,
     notice_cutoff,
     serial_clock,
     shard_of,
-    shard_result,
     sqlite_time,
+    write_shard,
 )
 from engine.ports import LedgerEntry, StoredDossier, UnitOfWork
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
@@ -119,7 +115,7 @@ def _rows(path: Path, table: str, skip: set[str]) -> list[tuple[Any, ...]]:
         return db.execute(f"SELECT {listed} FROM {table} ORDER BY rowid").fetchall()
 
 
-def test_the_rows_workers_send_are_written_as_the_sql_store_writes(tmp_path: Path) -> None:
+def test_shard_files_hold_exactly_what_the_sql_store_writes(tmp_path: Path) -> None:
     via_sql = create_db_engine(f"sqlite:///{tmp_path / 'sql.db'}")
     upgrade(via_sql)
     _fill(lambda: SqlUnitOfWork(via_sql, writes=True))
@@ -128,30 +124,17 @@ def test_the_rows_workers_send_are_written_as_the_sql_store_writes(tmp_path: Pat
     store = InMemoryStore()
     _fill(lambda: InMemoryUnitOfWork(store))
     tracker = _OrderTracker(store)
-    tracker.batch = 0
     for rows in store.history.values():
         for n, row in enumerate(rows):
             tracker.applied[(row.source, row.event_id)] = _AppliedAt(0, n, n)
-            tracker.batch_codes[row.dossier_code] = None
     for ident in store.parked:
         tracker.parked_order[ident] = (0, ident)
     for ident in store.outbox:
         tracker.outbox_order[ident] = (0, 1, ident, "", "", ident)
-        tracker.batch_outbox.append(ident)
     for n, key in enumerate(store.ledger):
         tracker.applied.setdefault(key, _AppliedAt(0, n, n))
-        tracker.batch_keys.append(key)
     tracker.outcome_batch[("dossier.commune", "applied")] = 0
-    nothing: Any = None  # no processor or decoder: nothing is folded here
-    report = ReplayReport("db")
-    fold = Fold(store, tracker, nothing, nothing, 0, False, report, "sqlite", datetime.now(UTC))
-    fold.last_rows = batch_rows(fold)  # as if all of it had been written by one batch
-    result = shard_result(fold)
-    target = create_db_engine(f"sqlite:///{tmp_path / 'target.db'}")
-    upgrade(target)
-    with TargetWriter(target) as writer:
-        writer.finish([result], store.clock)
-    target.dispose()
+    write_shard(tmp_path / "shard.db", store, tracker)
 
     for table, skip in {
         "dossiers": set(),
@@ -163,12 +146,12 @@ def test_the_rows_workers_send_are_written_as_the_sql_store_writes(tmp_path: Pat
         "engine_clock": set(),
     }.items():
         expected = _rows(tmp_path / "sql.db", table, skip)
-        assert _rows(tmp_path / "target.db", table, skip) == expected, table
+        assert _rows(tmp_path / "shard.db", table, skip) == expected, table
         assert expected
 
-    # And read through the SQL store, the target gives back what the memory store holds.
-    target = create_db_engine(f"sqlite:///{tmp_path / 'target.db'}")
-    with target.connect() as connection:
+    # And read through the SQL store, the shard gives back what the memory store holds.
+    shard = create_db_engine(f"sqlite:///{tmp_path / 'shard.db'}")
+    with shard.connect() as connection:
         repo = SqlRepository(connection)
         assert repo.load_dossiers([CODE, OTHER]) == store.dossiers
         for code, rows in store.history.items():
@@ -180,4 +163,4 @@ def test_the_rows_workers_send_are_written_as_the_sql_store_writes(tmp_path: Pat
         assert repo.get_clock() == store.clock
         assert repo.outcome_counts("g") == {("dossier.commune", "applied"): 3}
         assert [m.message_id for m in repo.unsent_outbox(10)] == ["m1", "m2"]
-    target.dispose()
+    shard.dispose()

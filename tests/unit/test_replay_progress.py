@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from dossier.replay import FOLDED, WRITTEN, ProgressLine
+from dossier.replay import FOLDED, MERGED, ProgressLine
 
 
 class _Clock:
@@ -32,13 +32,13 @@ def test_a_long_replay_is_told_every_few_seconds_with_what_is_left_to_fold() -> 
     clock.now = 120.0
     told(FOLDED, 20, 20)
     clock.now = 121.0
-    told(WRITTEN, 1, 4)  # a new step is told at once, without an estimate
+    told(MERGED, 1, 7)  # a new step is told at once, without an estimate
     clock.now = 122.0
-    told(WRITTEN, 2, 4)
+    told(MERGED, 2, 7)
     assert _lines(stream) == [
         "dossier replay: 5 of 20 batches folded, 10 s, about 30 s more to fold",
         "dossier replay: 20 of 20 batches folded, 20 s",
-        "dossier replay: 1 of 4 final tables written, 21 s",
+        "dossier replay: 1 of 7 tables merged, 21 s",
     ]
 
 
@@ -49,5 +49,5 @@ def test_a_short_replay_prints_nothing() -> None:
         clock.now += 1.0
         told(FOLDED, n, 3)
     clock.now += 0.5
-    told(WRITTEN, 1, 4)  # a new step, but nothing was printed before
+    told(MERGED, 1, 7)  # a new step, but nothing was printed before
     assert _lines(stream) == []
