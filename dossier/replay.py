@@ -322,20 +322,21 @@ def replay_kafka_serial(
     batches = -(-sum(len(items) for items in records.values()) // batch_size)
     contract = {settings.topic(t): t for t in INBOUND_TOPICS}
     processor = make_processor(settings, group, notice_scan_limit=notice_scan_limit)
-    batch: list[RawInput] = []
-    for raw in merged(records, contract):
-        batch.append(raw)
-        if len(batch) >= batch_size:
-            report.add(processor.process(SqlUnitOfWork(target, writes=True), batch))
-            report.inputs += len(batch)
-            batch = []
-            if progress is not None:
-                progress(FOLDED, report.batches, batches)
-    if batch:
+
+    def fold(batch: list[RawInput]) -> None:
         report.add(processor.process(SqlUnitOfWork(target, writes=True), batch))
         report.inputs += len(batch)
         if progress is not None:
             progress(FOLDED, report.batches, batches)
+
+    batch: list[RawInput] = []
+    for raw in merged(records, contract):
+        batch.append(raw)
+        if len(batch) >= batch_size:
+            fold(batch)
+            batch = []
+    if batch:
+        fold(batch)
     report.seconds = time.perf_counter() - started
     return report
 

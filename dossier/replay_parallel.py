@@ -44,11 +44,11 @@ the order in which the serial batches first wrote them.
 Each worker writes its store into a scratch SQLite file with the store's tables and column
 types but none of its indexes (`scratch_table`), with raw `executemany` of values encoded
 exactly as SQLAlchemy would (UTC text for `UtcDateTime`, the store's JSON text, 0/1 booleans),
-plus the ordering keys in extra `replay_*` columns. The
-parent ATTACHes the scratch files to a SQLite target and copies every table with one
-`INSERT ... SELECT ... ORDER BY` each, in one transaction; into PostgreSQL it copies the same
-ordered rows through `SqlRepository`'s batch insert. History keeps the hash chains the workers
-computed, which are the ones the SQL store computes, so the rebuilt database verifies.
+plus the ordering keys in extra `replay_*` columns. The parent ATTACHes the scratch files to a
+SQLite target and copies every table with one `INSERT ... SELECT ... ORDER BY` each, in one
+transaction; into PostgreSQL it copies the same ordered rows through `SqlRepository`'s batch
+insert. History keeps the hash chains the workers computed, which are the ones the SQL store
+computes, so the rebuilt database verifies.
 
 What differs from a serial replay is only what differs between two serial replays: wall-clock
 values (`history.recorded_at`, `parked_at` and `expires_at` of inputs still parked, and which
