@@ -88,7 +88,12 @@ def evolve(dossier: Dossier, **changes: Any) -> Dossier:
 # ---------------------------------------------------------------------------------------------
 
 RejectionReason = Literal[
-    "unknown-procedure", "invalid-transition", "conflict", "unauthenticated", "parked-expired"
+    "schema",
+    "unknown-procedure",
+    "invalid-transition",
+    "conflict",
+    "unauthenticated",
+    "parked-expired",
 ]
 
 

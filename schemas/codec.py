@@ -66,6 +66,8 @@ class DeadLetterReason(StrEnum):
     CONFLICT = "conflict"
     UNAUTHENTICATED = "unauthenticated"
     PARKED_EXPIRED = "parked-expired"
+    # Contract 1.1, "Poison": handling the input failed unexpectedly; it is set aside, not retried.
+    INTERNAL_ERROR = "internal-error"
 
 
 class Rejected(Exception):

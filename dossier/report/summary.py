@@ -22,6 +22,7 @@ DEAD_LETTER_MEANINGS: Mapping[str, str] = {
     "conflict": "an id already used for different content",
     "unauthenticated": "an agency acting on a dossier it does not hold",
     "parked-expired": "waited too long for an earlier action that never came",
+    "internal-error": "its handling failed unexpectedly; set aside so the inputs after it go on",
 }
 
 
