@@ -10,15 +10,15 @@ of dossiers folds to the same rows it would have in a serial replay, with two ex
 are global and are therefore coordinated by the parent, batch by batch, in lock step:
 
 - **The business clock.** The serial replay cuts the history into batches of `batch_size` rows
-  in id order, and each batch's clock is the latest event time applied so far. Every worker
-  cuts its shard at the same history ids; before each batch it reports the latest event of its
-  share (time and rank), the parent works out the clock the serial replay would have had (the
-  first of the latest events, with the offset it was written with, or, when the batch holds
-  nothing later, the previous clock as the SQL store returns it: in UTC), and each worker's
-  batch starts, as the serial one does, from the previous clock as the SQL store returns it
-  (inputs that fail to decode are dead-lettered at that time), then moves to the parent's clock
-  where the serial batch moves to its events' latest (`_CoordinatedBatch`), which the share's
-  own events may not reach. So deadline notices carry the same `time` and hours, dead letters
+  in id order, and each batch's clock is the latest time of an input applied so far (only
+  applied inputs move it). Every worker cuts its shard at the same history ids; once it has
+  handled its share of a batch it reports the latest time applied in it, the parent works out
+  the clock the serial replay would have had (the latest of them, or the previous clock when
+  the batch applied nothing later; in UTC, as the serial batch keeps it), and each worker's
+  batch, which started as the serial one does from the previous clock (inputs dead-lettered
+  while handling carry that time), moves to the parent's clock (`_CoordinatedBatch`), which
+  the share's own inputs may not reach. So deadline notices carry the same `time` and hours,
+  dead letters
   the same `time`. A worker whose share of a batch is empty still runs the batch (with no
   inputs), because the serial batch emits notices for every dossier that is due.
 - **The notice scan limit.** Each batch the serial replay emits notices for at most
@@ -292,9 +292,9 @@ class ShardJob:
 
 @dataclass(frozen=True)
 class BatchReport:
-    """What a worker tells the parent before a batch."""
+    """What a worker tells the parent once it has handled its share of a batch."""
 
-    latest: tuple[datetime, int] | None  # the share's latest event time, and its rank
+    latest: tuple[datetime, int] | None  # the share's latest applied event time, rank 0
     due: list[NoticeKey]  # the share's first keys by (next_notice_at, code), any time
 
 
@@ -497,27 +497,38 @@ class _ShardUnitOfWork(InMemoryUnitOfWork):
 
 
 class _CoordinatedBatch(_Batch):
-    """A serial batch's clock on a shard of its inputs: it starts where the serial batch
-    starts (the previous clock, which inputs that fail to decode are dead-lettered at) and
-    moves to where the serial batch moves it, which the shard's own events may not reach."""
+    """A serial batch's clock on a shard of its inputs: once the shard's inputs are handled,
+    the clock moves to where the serial batch moves it (the latest time applied in any shard),
+    which the shard's own inputs may not reach; `exchange` asks the parent for it."""
 
-    def __init__(self, processor: BatchProcessor, repo: Repository, clock: datetime | None) -> None:
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        repo: Repository,
+        exchange: Callable[[datetime | None], datetime | None],
+    ) -> None:
         super().__init__(processor, repo)
-        self.coordinated = clock
+        self.exchange = exchange
 
-    def _advance_clock(self, events: Sequence[InboundEvent]) -> None:
-        self.clock = self.coordinated
+    def _advance_clock(self, applied_times: Sequence[datetime]) -> None:
+        now = self.exchange(max(applied_times, default=None))
+        # As the serial batch sets it: in UTC.
+        self.clock = now.astimezone(UTC) if now is not None else None
 
 
 class _CoordinatedProcessor(BatchProcessor):
-    """`BatchProcessor`, each batch on the clock the parent worked out (`clock`)."""
+    """`BatchProcessor`, each batch on the clock the parent works out (`exchange`)."""
 
-    clock: datetime | None = None
+    def __init__(
+        self, engine: DossierEngine, decoder: _ShardDecoder, config: ServiceConfig
+    ) -> None:
+        super().__init__(engine, decoder, config)
+        self.exchange: Callable[[datetime | None], datetime | None] = lambda latest: latest
 
     def run_on(
         self, repo: Repository, inputs: Sequence[RawInput], clock_ceiling: datetime | None = None
     ) -> BatchResult:
-        return _CoordinatedBatch(self, repo, self.clock).run(inputs)
+        return _CoordinatedBatch(self, repo, self.exchange).run(inputs)
 
 
 class _ShardDecoder(_StoredInputs):
@@ -590,14 +601,21 @@ def fold_batches(fold: Fold, pipe: Pipe, batches: Iterable[Sequence[Prepared]]) 
     store, tracker, processor = fold.store, fold.tracker, fold.processor
     for index, batch in enumerate(batches):
         due = _due_keys(store, fold.limit)
-        pipe.send(("batch", BatchReport(_latest(batch), due)))
-        now, cutoff = pipe.recv()
-        if cutoff is not None:
-            due = [key for key in due if key <= cutoff]
         if store.clock is not None:
             # The serial batch reads the previous clock back from the SQL store: in UTC.
             store.clock = store.clock.astimezone(UTC)
-        processor.clock = now
+
+        def exchange(latest: datetime | None, due: list[NoticeKey] = due) -> datetime | None:
+            # Called once the share is handled: only applied inputs move the clock.
+            pipe.send(("batch", BatchReport(None if latest is None else (latest, 0), due)))
+            now: datetime | None
+            cutoff: NoticeKey | None
+            now, cutoff = pipe.recv()
+            if cutoff is not None:
+                due[:] = [key for key in due if key <= cutoff]  # the repository's own list
+            return now
+
+        processor.exchange = exchange
         fold.decoder.prepare(batch)
         tracker.begin(index, batch)
         uow = _ShardUnitOfWork(store, due, fold.positions)
@@ -620,15 +638,6 @@ def _due_keys(store: InMemoryStore, limit: int) -> list[NoticeKey]:
             if stored.next_notice_at is not None
         ),
     )
-
-
-def _latest(inputs: Sequence[Prepared]) -> tuple[datetime, int] | None:
-    """The share's latest event time, as `max()` over the serial batch's events finds it."""
-    latest: tuple[datetime, int] | None = None
-    for rank, _, decoded in inputs:
-        if isinstance(decoded, InboundEvent) and (latest is None or decoded.time > latest[0]):
-            latest = (decoded.time, rank)  # the first of equal times, as max()
-    return latest
 
 
 def _register_shard_function(dbapi_connection: sqlite3.Connection, _record: object) -> None:

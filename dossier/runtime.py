@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine as DbEngine
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from dossier.settings import Settings
 from engine.calendar import WorkingCalendar
@@ -35,6 +37,16 @@ log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 8
 
 BatchListener = Callable[[Sequence[RawInput], BatchResult, float], None]
+
+
+def is_infrastructure_failure(exc: BaseException) -> bool:
+    """A failure of the database or the network, which retrying the same inputs may cure, as
+    opposed to one that the inputs cause (a bug an input triggers, a value the store refuses)."""
+    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OSError | MemoryError)
 
 
 @dataclass
@@ -139,8 +151,9 @@ class Runtime:
         failures_allowed: int = 0,
     ) -> BatchResult:
         """Process and commit the plain way. Conflicts with another engine process are retried
-        `attempts` times; other failures (the database restarting) `failures_allowed` times,
-        with a growing pause."""
+        `attempts` times; infrastructure failures (the database restarting) `failures_allowed`
+        times, with a growing pause. Any other failure is looked for in the inputs
+        (`_isolate`), so one input can never fail every batch it is in."""
         conflicts = failures = 0
         while True:
             try:
@@ -153,11 +166,48 @@ class Runtime:
                         time.sleep(0.05 * conflicts)
                         continue
                     conflicts = 0  # a run of conflicts that outlasted its retries: one failure
+                elif inputs and not is_infrastructure_failure(exc):
+                    return self._isolate(inputs, clock_ceiling, exc, attempts, failures_allowed)
                 failures += 1
                 if failures > failures_allowed:
                     raise
                 log.exception("batch of %d inputs not committed (try %d)", len(inputs), failures)
                 time.sleep(min(0.2 * 2 ** (failures - 1), 5.0))
+
+    def _isolate(
+        self,
+        inputs: Sequence[RawInput],
+        clock_ceiling: datetime | None,
+        failure: Exception,
+        attempts: int,
+        failures_allowed: int,
+    ) -> BatchResult:
+        """Find the input a failure follows by halving the batch (each half commits on its
+        own, in order) and set it aside as `internal-error`; the others go on. Kafka Streams'
+        processing-exception handler (KIP-1033) does the same for one record."""
+        if len(inputs) > 1:
+            log.error(
+                "batch of %d inputs failed (%s); halving it to find the input it follows",
+                len(inputs),
+                type(failure).__name__,
+            )
+            half = len(inputs) // 2
+            first = self._commit(inputs[:half], clock_ceiling, attempts, failures_allowed)
+            second = self._commit(inputs[half:], clock_ceiling, attempts, failures_allowed)
+            return first.merged(second)
+        # One input left. If a batch with no input fails too, the failure is not the input's
+        # (a deadline notice, the store): end as an infrastructure failure rather than
+        # dead-letter every input that comes along.
+        self._commit([], clock_ceiling, attempts, failures_allowed)
+        (raw,) = inputs
+        log.error(
+            "input %s[%s]@%s set aside as internal-error (%s)",
+            raw.position.topic,
+            raw.position.partition,
+            raw.position.offset,
+            type(failure).__name__,
+        )
+        return self.processor.set_aside(self.writing_uow(), raw, failure)
 
     def _committed(self, inputs: Sequence[RawInput], result: BatchResult, elapsed: float) -> None:
         self.outbox_wake.set()

@@ -10,15 +10,16 @@ at-least-once delivery, exactly-once effects.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from engine.dossier import Applied, Dossier, Duplicate, NotYetApplicable, Rejected
+from engine.dossier import Applied, Decision, Dossier, Duplicate, NotYetApplicable, Rejected
 from engine.engine import Engine
-from engine.events import DLQ_TOPIC, INBOUND_TOPICS, InboundEvent, OutboundEvent
+from engine.events import DEADLINE_TOPIC, DLQ_TOPIC, INBOUND_TOPICS, InboundEvent, OutboundEvent
 from engine.ports import (
     HistoryRow,
     LedgerEntry,
@@ -37,6 +38,8 @@ from schemas.codec import (
     encode_outbound,
 )
 from schemas.codec import Rejected as DecodeRejected
+
+log = logging.getLogger(__name__)
 
 Outcome = Literal["applied", "duplicate", "parked", "dead_lettered"]
 
@@ -75,6 +78,23 @@ class BatchResult:
     def count(self, outcome: Outcome) -> int:
         return sum(n for (_, o), n in self.outcomes.items() if o == outcome)
 
+    def merged(self, later: BatchResult) -> BatchResult:
+        """This result and that of the batch committed right after it, as one."""
+        return BatchResult(
+            outcomes=self.outcomes + later.outcomes,
+            settled=_summed(self.settled, later.settled),
+            dead_letters=self.dead_letters + later.dead_letters,
+            transitions=self.transitions + later.transitions,
+            notices=self.notices + later.notices,
+            discounts_granted=self.discounts_granted + later.discounts_granted,
+            discount_vnd=self.discount_vnd + later.discount_vnd,
+            unparked=self.unparked + later.unparked,
+            redelivered=self.redelivered + later.redelivered,
+            applied_event_times=self.applied_event_times + later.applied_event_times,
+            clock=later.clock if later.clock is not None else self.clock,
+            reprocessed=self.reprocessed or later.reprocessed,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
@@ -112,6 +132,14 @@ class BatchProcessor:
             uow.commit()
         return result
 
+    def set_aside(self, uow: UnitOfWork, raw: RawInput, failure: BaseException) -> BatchResult:
+        """Dead-letter one input whose batch failed because of it, as `internal-error`, in a
+        batch of its own: its position and outcome are recorded, nothing of it is applied."""
+        with uow:
+            result = _Batch(self, uow.repo).set_aside(raw, _failure(failure, "processing"))
+            uow.commit()
+        return result
+
     def run_on(
         self,
         repo: Repository,
@@ -140,7 +168,7 @@ class _Batch:
         self.dirty: dict[str, Dossier] = {}
         self.known_missing: set[str] = set()
         self.applied_keys: dict[tuple[str, str], str] = {}
-        self.parked_keys: set[tuple[str, str]] = set()
+        self.parked_keys: dict[tuple[str, str], ParkedInput] = {}
         self.parked_by_dossier: dict[str, list[ParkedInput]] = {}
         self.history_seq: dict[str, int] = {}
         self.partitions: dict[str, int] = {}  # dossier code -> partition its inputs came from
@@ -164,16 +192,32 @@ class _Batch:
                 self._count(raw, "dead_lettered")
                 decoded.append((raw, None))
                 continue
+            except Exception as exc:
+                self._dead_letter(raw, DeadLetterReason.INTERNAL_ERROR, _failure(exc, "decoding"))
+                self._count(raw, "dead_lettered")
+                decoded.append((raw, None))
+                continue
             decoded.append((raw, event))
         events = [e for _, e in decoded if e is not None]
-        # The clock moves first, so inputs parked in this batch count their wait from now.
-        self._advance_clock(events)
         self._prefetch(events)
         for raw, maybe_event in decoded:
             if maybe_event is not None:
                 self._handle(raw, maybe_event)
+        # Contract 1.1, "Time": only inputs that applied move the business clock, so an input
+        # that is refused (a year-9999 `time`, an unknown procedure) cannot make every open
+        # dossier overdue. Inputs dead-lettered above carry the clock the batch started with.
+        self._advance_clock(self.result.applied_event_times)
         self._expire_parked()
         self._deadline_notices()
+        self._flush(inputs)
+        self.result.clock = self.clock
+        return self.result
+
+    def set_aside(self, raw: RawInput, detail: str) -> BatchResult:
+        inputs = self._not_yet_processed([raw])
+        for fresh in inputs:
+            self._dead_letter(fresh, DeadLetterReason.INTERNAL_ERROR, detail)
+            self._count(fresh, "dead_lettered")
         self._flush(inputs)
         self.result.clock = self.clock
         return self.result
@@ -207,7 +251,7 @@ class _Batch:
         self.applied_keys.update(self.repo.applied_hashes(e.key for e in events))
         for parked in self.repo.parked_for(codes):
             self.parked_by_dossier.setdefault(parked.dossier_code, []).append(parked)
-            self.parked_keys.add((parked.source, parked.event_id))
+            self.parked_keys[(parked.source, parked.event_id)] = parked
 
     def _dossier(self, code: str) -> Dossier | None:
         if code in self.dirty:
@@ -222,19 +266,28 @@ class _Batch:
             if known_hash == event.content_hash():
                 self._count(raw, "duplicate")
             else:
-                self._dead_letter(
-                    raw,
-                    DeadLetterReason.CONFLICT,
-                    f"({event.source}, {event.id}) was applied before with other content",
-                )
-                self._count(raw, "dead_lettered")
+                self._conflict(raw, event, "applied")
             return
-        if event.key in self.parked_keys:
-            self._count(raw, "duplicate")  # already waiting; the parked copy will decide
+        waiting = self.parked_keys.get(event.key)
+        if waiting is not None:
+            # The parked copy will decide; a copy with other content is a conflict, not a
+            # duplicate that would vanish while the parked one later applies.
+            if self._parked_hash(waiting) == event.content_hash():
+                self._count(raw, "duplicate")
+            else:
+                self._conflict(raw, event, "parked")
             return
-        decision = self.engine.apply(self._dossier(event.subject), event)
-        if isinstance(decision, Applied):
-            self._record_applied(raw.position, event, decision)
+        try:
+            decision = self.engine.apply(self._dossier(event.subject), event)
+            staged = self._stage(raw.position, event, decision)
+        except Exception as exc:
+            # Contract 1.1, "Poison": a failure that follows this input sets it aside, with
+            # its bytes, instead of failing the batch (and every retry of it) for all the others.
+            self._dead_letter(raw, DeadLetterReason.INTERNAL_ERROR, _failure(exc, "applying"))
+            self._count(raw, "dead_lettered")
+            return
+        if staged is not None:
+            self._record_applied(staged)
             self._count(raw, "applied")
             self._retry_parked(event.subject)
         elif isinstance(decision, NotYetApplicable):
@@ -246,13 +299,40 @@ class _Batch:
         elif isinstance(decision, Duplicate):  # pragma: no cover - the engine never returns it
             self._count(raw, "duplicate")
 
-    def _record_applied(self, position: Position, event: InboundEvent, decision: Applied) -> None:
+    def _conflict(self, raw: RawInput, event: InboundEvent, where: str) -> None:
+        self._dead_letter(
+            raw,
+            DeadLetterReason.CONFLICT,
+            f"({event.source}, {event.id}) was {where} before with other content",
+        )
+        self._count(raw, "dead_lettered")
+
+    def _parked_hash(self, parked: ParkedInput) -> str | None:
+        """The content hash of a parked input, decoded again only when a copy arrives."""
+        try:
+            return self.decoder.decode(parked.value, _contract_topic(parked)).content_hash()
+        except Exception:
+            return None  # no longer decodable: nothing can be the same event as it
+
+    def _stage(
+        self, position: Position, event: InboundEvent, decision: Decision
+    ) -> _StagedApply | None:
+        """Everything an applied input writes, computed before any of it is recorded, so an
+        input whose outputs cannot be built leaves the batch's working set untouched."""
+        if not isinstance(decision, Applied):
+            return None
+        outputs = tuple((output, self._outbox_message(output)) for output in decision.outputs)
+        return _StagedApply(
+            position, event, decision, event.content_hash(), _envelope(event), outputs
+        )
+
+    def _record_applied(self, staged: _StagedApply) -> None:
+        event, decision, position = staged.event, staged.decision, staged.position
         dossier = decision.dossier
         self.dirty[dossier.code] = dossier
         if position.partition is not None:
             self.partitions[dossier.code] = position.partition
-        content_hash = event.content_hash()
-        self.applied_keys[event.key] = content_hash
+        self.applied_keys[event.key] = staged.content_hash
         seq = self.history_seq.get(dossier.code, dossier.inputs_applied - 1) + 1
         self.history_seq[dossier.code] = seq
         self.history.append(
@@ -264,7 +344,7 @@ class _Batch:
                 type=event.type,
                 event_time=event.time,
                 schema_version=event.schema_version,
-                envelope=_envelope(event),
+                envelope=staged.envelope,
                 position=position,
                 state_before=decision.previous_state,
                 state_after=dossier.state,
@@ -272,28 +352,35 @@ class _Batch:
                 workflow_version=dossier.workflow_version,
             )
         )
-        self.ledger.append(LedgerEntry(event.source, event.id, content_hash, dossier.code))
-        self._emit(decision.outputs, dossier)
+        self.ledger.append(LedgerEntry(event.source, event.id, staged.content_hash, dossier.code))
+        for output, message in staged.outputs:
+            self._emit_encoded(output, message, dossier)
         if decision.previous_state != dossier.state:
             self.result.transitions[(dossier.group, dossier.status_code)] += 1
         self.result.applied_event_times.append(event.time)
 
     def _emit(self, outputs: Iterable[OutboundEvent], dossier: Dossier) -> None:
         for output in outputs:
-            self.outbox.append(
-                OutboxMessage(
-                    topic=output.topic,
-                    key=output.key.encode("utf-8"),
-                    value=encode_outbound(output, self.config.engine_source),
-                    message_id=output.id,
-                    created_at=output.time,
-                )
-            )
-            if output.type.endswith("fee-discount-granted"):
-                self.result.discounts_granted[dossier.group] += 1
-                self.result.discount_vnd[dossier.group] += int(output.data["discount_amount"])
-            elif output.topic == "dossier.deadline":
-                self.result.notices[output.type.rsplit(".", 1)[-1]] += 1
+            self._emit_encoded(output, self._outbox_message(output), dossier)
+
+    def _outbox_message(self, output: OutboundEvent) -> OutboxMessage:
+        return OutboxMessage(
+            topic=output.topic,
+            key=output.key.encode("utf-8"),
+            value=encode_outbound(output, self.config.engine_source),
+            message_id=output.id,
+            created_at=output.time,
+        )
+
+    def _emit_encoded(
+        self, output: OutboundEvent, message: OutboxMessage, dossier: Dossier
+    ) -> None:
+        self.outbox.append(message)
+        if output.type.endswith("fee-discount-granted"):
+            self.result.discounts_granted[dossier.group] += 1
+            self.result.discount_vnd[dossier.group] += int(output.data["discount_amount"])
+        elif output.topic == DEADLINE_TOPIC:
+            self.result.notices[output.type.rsplit(".", 1)[-1]] += 1
 
     def _retry_parked(self, code: str) -> None:
         """Inputs waiting for this dossier get another chance after each change of it."""
@@ -305,18 +392,23 @@ class _Batch:
                     event = self.decoder.decode(parked.value, _contract_topic(parked))
                 except DecodeRejected:  # the schema got stricter since it was parked
                     continue
-                decision = self.engine.apply(self._dossier(code), event)
+                except Exception as exc:
+                    self._unpark(parked)
+                    self._settle_failed_parked(parked, _failure(exc, "decoding"))
+                    break
+                try:
+                    decision = self.engine.apply(self._dossier(code), event)
+                    staged = self._stage(parked.position, event, decision)
+                except Exception as exc:
+                    # The parked input fails, not the one that woke it: set the parked one aside.
+                    self._unpark(parked)
+                    self._settle_failed_parked(parked, _failure(exc, "applying"))
+                    break
                 if isinstance(decision, NotYetApplicable):
                     continue
-                self.parked_by_dossier[code].remove(parked)
-                self.parked_keys.discard((parked.source, parked.event_id))
-                if parked.id is not None:
-                    self.to_unpark.append(parked.id)
-                else:
-                    self.to_park.remove(parked)
-                self.result.unparked += 1
-                if isinstance(decision, Applied):
-                    self._record_applied(parked.position, event, decision)
+                self._unpark(parked)
+                if staged is not None:
+                    self._record_applied(staged)
                     self._resettle(parked, "applied")
                     progress = True
                 elif isinstance(decision, Rejected):
@@ -325,6 +417,19 @@ class _Batch:
                     )
                     self._resettle(parked, "dead_lettered")
                 break  # the dossier changed: start again from the oldest parked input
+
+    def _unpark(self, parked: ParkedInput) -> None:
+        self.parked_by_dossier[parked.dossier_code].remove(parked)
+        self.parked_keys.pop((parked.source, parked.event_id), None)
+        if parked.id is not None:
+            self.to_unpark.append(parked.id)
+        else:
+            self.to_park.remove(parked)
+        self.result.unparked += 1
+
+    def _settle_failed_parked(self, parked: ParkedInput, detail: str) -> None:
+        self._dead_letter_parked(parked, DeadLetterReason.INTERNAL_ERROR, detail)
+        self._resettle(parked, "dead_lettered")
 
     def _park(self, raw: RawInput, event: InboundEvent, detail: str) -> None:
         assert raw.value is not None
@@ -341,7 +446,7 @@ class _Batch:
             detail=detail,
         )
         self.to_park.append(parked)
-        self.parked_keys.add(event.key)
+        self.parked_keys[event.key] = parked
         self.parked_by_dossier.setdefault(event.subject, []).append(parked)
 
     # -----------------------------------------------------------------------------------------
@@ -407,14 +512,16 @@ class _Batch:
             return datetime.now(UTC)
         return self.clock or datetime(1970, 1, 1, tzinfo=UTC)
 
-    def _advance_clock(self, events: Sequence[InboundEvent]) -> None:
-        latest = max((e.time for e in events), default=None)
+    def _advance_clock(self, applied_times: Sequence[datetime]) -> None:
+        """Move the clock to the latest time an applied input carried (in UTC, so equal
+        instants written with other offsets are one clock), never past the ceiling."""
+        latest = max(applied_times, default=None)
         if latest is not None and self.clock_ceiling is not None:
             latest = min(latest, self.clock_ceiling)
         if self.config.clock_mode == "wall":
             latest = datetime.now(UTC)
         if latest is not None and (self.clock is None or latest > self.clock):
-            self.clock = latest
+            self.clock = latest.astimezone(UTC)
 
     def _expire_parked(self) -> None:
         # A parked input waits in real time, whatever the clock mode: its predecessor is late
@@ -442,10 +549,17 @@ class _Batch:
             self.stored.setdefault(stored.dossier.code, stored)
             candidates.setdefault(stored.dossier.code, stored.dossier)
         for code, dossier in candidates.items():
-            updated, notices = self.engine.deadline_notices(dossier, now)
+            try:
+                updated, notices = self.engine.deadline_notices(dossier, now)
+                if notices:
+                    self._emit(notices, updated)
+            except Exception:
+                # A notice that cannot be worked out must not stop the inputs of every batch
+                # after it; the dossier is looked at again at the next batch.
+                log.exception("deadline notices of dossier %s failed; skipped this batch", code)
+                continue
             if notices:
                 self.dirty[code] = updated
-                self._emit(notices, updated)
 
     def _partition(self, code: str) -> int | None:
         partition = self.partitions.get(code)
@@ -490,6 +604,31 @@ class _Batch:
             repo.add_outcomes(self.config.consumer_group, self.result.settled)
         if self.clock is not None:
             repo.set_clock(self.clock)
+
+
+@dataclass(frozen=True, slots=True)
+class _StagedApply:
+    position: Position
+    event: InboundEvent
+    decision: Applied
+    content_hash: str
+    envelope: dict[str, object]
+    outputs: tuple[tuple[OutboundEvent, OutboxMessage], ...]
+
+
+def _summed(
+    first: Counter[tuple[str, str]], second: Counter[tuple[str, str]]
+) -> Counter[tuple[str, str]]:
+    """Counter addition that keeps negative counts (a parked input settled later is -1)."""
+    total = Counter(first)
+    total.update(second)
+    return total
+
+
+def _failure(exc: BaseException, step: str) -> str:
+    """A dead letter's detail for an unexpected failure: the exception's class only, since its
+    message may quote the input's personal data."""
+    return f"{step} failed: {type(exc).__module__}.{type(exc).__qualname__}"
 
 
 def _contract_topic(parked: ParkedInput) -> str:

@@ -18,7 +18,7 @@ from engine.engine import Engine
 from engine.ports import Position
 from engine.procedures import load_catalogue
 from engine.service import BatchProcessor, RawInput, ServiceConfig
-from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
+from engine.store.memory import InMemoryRepository, InMemoryStore, InMemoryUnitOfWork
 from schemas.codec import InboundDecoder
 from tests.fixtures import events as ev
 
@@ -79,35 +79,60 @@ def test_a_batch_applies_records_history_ledger_outbox_and_positions() -> None:
     assert result.discount_vnd["single-level"] == 10000
 
 
-def test_a_failing_batch_commits_nothing() -> None:
+def test_a_batch_whose_write_fails_commits_nothing() -> None:
     store, feed = InMemoryStore(), Feed()
     inputs = [feed(t, e) for t, e in lifecycle()]
 
     class Boom(Exception):
         pass
 
-    class FailsOnFourthInput:
-        def __init__(self, inner: Engine) -> None:
-            self.inner, self.calls = inner, 0
+    class HistoryFails(InMemoryRepository):
+        def append_history(self, rows: Any) -> None:
+            super().append_history(rows[:2])  # half written, then the store fails
+            raise Boom
 
-        def apply(self, *args: Any) -> Any:
-            self.calls += 1
-            if self.calls == 4:
-                raise Boom
-            return self.inner.apply(*args)
+    class BrokenUnitOfWork(InMemoryUnitOfWork):
+        def _begin(self) -> None:
+            self.repo = self._repo = HistoryFails(self.store)
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.inner, name)
-
-    broken = processor()
-    broken.engine = FailsOnFourthInput(ENGINE)  # type: ignore[assignment]
     with pytest.raises(Boom):
-        broken.process(InMemoryUnitOfWork(store), inputs)
+        processor().process(BrokenUnitOfWork(store), inputs)
     assert status_codes(store) == []
     uow = InMemoryUnitOfWork(store)
     with uow:
         assert uow.repo.load_positions(GROUP) == {}
         assert uow.repo.load_dossiers([CODE]) == {}
+        assert uow.repo.history(CODE) == []
+
+
+def test_an_input_whose_handling_raises_is_dead_lettered_and_the_rest_apply() -> None:
+    store, feed = InMemoryStore(), Feed()
+    inputs = [feed(t, e) for t, e in lifecycle()]
+    poison = inputs[-1]  # result-returned: nothing after it depends on it
+
+    class Boom(Exception):
+        pass
+
+    class FailsOnOneInput(Engine):
+        def apply(self, dossier: Any, event: Any) -> Any:
+            if event.short_type == "result-returned":
+                raise Boom("personal data could be quoted here: 001090012345")
+            return super().apply(dossier, event)
+
+    broken = processor()
+    broken.engine = FailsOnOneInput(ENGINE.catalogue, ENGINE.calendar)
+    result = broken.process(InMemoryUnitOfWork(store), inputs)
+    assert result.count("dead_lettered") == 1
+    assert result.dead_letters == {"internal-error": 1}
+    assert result.count("applied") == len(inputs) - 1
+    uow = InMemoryUnitOfWork(store)
+    with uow:
+        letters = [m for m in uow.repo.unsent_outbox(10_000) if m.topic == "dossier.dlq"]
+    assert len(letters) == 1
+    data = json.loads(letters[0].value)["data"]
+    assert data["reason"] == "internal-error"
+    assert "Boom" in data["detail"] and "001090012345" not in data["detail"]
+    assert base64.b64decode(data["original"]["value_base64"]) == poison.value
 
 
 def test_redelivered_positions_are_skipped_and_resent_events_are_duplicates() -> None:
