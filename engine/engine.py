@@ -96,6 +96,17 @@ class Engine:
         fired = compiled.fire(dossier, event)
         if fired is None:
             return self._diagnose(compiled, dossier, event)
+        # Money is checked once the workflow accepts the input here and now: an early payment
+        # is parked for its order, not refused for an amount nothing has asked for yet.
+        kind = event.short_type
+        if kind == "payment-requested":
+            forged = _fee_override(compiled.version, event.data)
+            if forged is not None:
+                return Rejected("schema", forged)
+        elif kind == "payment-completed":
+            mismatch = _payment_mismatch(dossier, event.data)
+            if mismatch is not None:
+                return Rejected("invalid-transition", mismatch)
         return self._effects(compiled.version, dossier, event, fired.dest)
 
     def _diagnose(
@@ -135,6 +146,9 @@ class Engine:
                 else f"unknown procedure {procedure_code!r}"
             )
             return Rejected("unknown-procedure", detail)
+        forged = _fee_override(version, data)
+        if forged is not None:
+            return Rejected("schema", forged)
         applicant = data.get("applicant") or {}
         initial = version.states[version.initial]
         dossier = Dossier(
@@ -401,6 +415,37 @@ class Engine:
 
 def _fee_amounts(data: Any) -> dict[str, int]:
     return {str(f["code"]): int(f["amount"]) for f in data.get("fees") or ()}
+
+
+def _fee_override(version: ProcedureVersion, data: Any) -> str | None:
+    """Why the fees an input names are not its to set (contract 1.1, "Money"), or None."""
+    for fee_code, amount in _fee_amounts(data).items():
+        fee = version.fees.get(fee_code)
+        if fee is None:
+            return f"fees: {fee_code!r} is not a fee of procedure {version.code} v{version.version}"
+        if not fee.variable and amount != fee.amount:
+            return (
+                f"fees: {fee_code} is fixed at {fee.amount} VND by the catalogue; an input may "
+                f"set only variable fees (got {amount})"
+            )
+    return None
+
+
+def payable_amount(dossier: Dossier) -> int:
+    """What the applicant owes for the fees requested: each fee less its discount."""
+    return sum(
+        max(0, amount - dossier.discounts.get(fee_code, 0))
+        for fee_code, amount in dossier.fees.items()
+    )
+
+
+def _payment_mismatch(dossier: Dossier, data: Any) -> str | None:
+    if not dossier.payment_requested:
+        return None
+    paid, payable = int(data.get("amount", 0)), payable_amount(dossier)
+    if paid == payable:
+        return None
+    return f"payment of {paid} VND does not match the {payable} VND payable after discounts"
 
 
 def _rule_in_force(

@@ -82,8 +82,11 @@ class TransitionDef:
 @dataclass(frozen=True, slots=True)
 class Fee:
     code: str
-    amount: int  # whole VND
+    amount: int  # whole VND; for a variable fee, the amount when a dossier does not set one
     name: str = ""
+    # Contract 1.1, "Money": only a variable fee's amount may come from an input
+    # (`submitted.fees`, `payment-requested.fees`); a fixed one is the catalogue's.
+    variable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -598,9 +601,13 @@ def _parse_fees(raw: Any, problem: _Collector) -> dict[str, Fee]:
                 f"fees[{i}].amount", f"must be whole VND (a non-negative integer), got {amount!r}"
             )
             continue
+        variable = spec.get("variable", False)
+        if not isinstance(variable, bool):
+            problem(f"fees[{i}].variable", f"must be true or false, got {variable!r}")
+            continue
         if code in fees:
             problem(f"fees[{i}].code", f"duplicate fee code {code!r}")
-        fees[code] = Fee(code, amount, str(spec.get("name", "")))
+        fees[code] = Fee(code, amount, str(spec.get("name", "")), variable)
     return fees
 
 
