@@ -23,6 +23,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from consumers.buffer import ByteBoundedQueue
 from consumers.drain import FastDrainConsumer, RawSchema
 from consumers.ordering import EventTimeGate, Held, event_time
 from dossier.runtime import COMMIT_ATTEMPTS, Runtime
@@ -80,6 +81,10 @@ def build_app(runtime: Runtime) -> faust.App:
     )
     # This app's transport only (a class attribute of faust's; see consumers/drain.py).
     app.transport.Consumer = FastDrainConsumer  # type: ignore[misc]
+    # Stream buffers bounded in bytes too (consumers/buffer.py).
+    app.FlowControlQueue = functools.partial(  # type: ignore[method-assign]
+        ByteBoundedQueue, max_bytes=settings.stream_buffer_bytes, flow_control=app.flow_control
+    )
     topics = app.topic(
         *(settings.topic(name) for name in INBOUND_TOPICS),
         schema=RawSchema(),
@@ -149,14 +154,21 @@ def build_app(runtime: Runtime) -> faust.App:
             gate.add(Held(to_raw_input(runtime, e), event_time(e.message.value), e) for e in events)
             await drain()
 
+    swept: list[float] = []  # when the timer last ran an empty batch for parked expiry
+
     @app.timer(interval=0.25)  # type: ignore[untyped-decorator]
     async def tick() -> None:
         # Held inputs whose wait ran out go even when nothing new arrives; in wall-clock mode
-        # the clock moves (deadline notices, parked expiry) without inputs too.
+        # the clock moves (deadline notices, parked expiry) without inputs too, and in either
+        # mode parked inputs expire on time through a quiet night (an empty batch).
         if lock.locked():
             return  # the agent is draining: it will see what the timer would have
-        if len(gate) or settings.clock_mode == "wall":
-            await drain(tick=settings.clock_mode == "wall")
+        now = asyncio.get_running_loop().time()
+        sweep = bool(swept) and now - swept[0] >= settings.parked_sweep_seconds
+        if sweep or not swept:
+            swept[:] = [now]
+        if len(gate) or sweep or settings.clock_mode == "wall":
+            await drain(tick=sweep or settings.clock_mode == "wall")
 
     return app
 

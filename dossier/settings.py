@@ -155,6 +155,12 @@ class Settings:
         " default most of the engine's time went to collections that freed nothing"
         " (bench/engine_apply.py). 0 keeps Python's defaults.",
     )
+    stream_buffer_bytes: int = setting(
+        "DOSSIER_STREAM_BUFFER_BYTES",
+        64 * 1024 * 1024,
+        "Most key and value bytes of fetched records waiting in the consumer's buffer; with the"
+        " count bound (16 batches), fetching pauses when either is reached.",
+    )
     max_message_bytes: int = setting(
         "DOSSIER_MAX_MESSAGE_BYTES",
         1024 * 1024,
@@ -165,10 +171,17 @@ class Settings:
         7 * 24 * 3600,
         "How long (real time) an input may stay parked before it goes to the DLQ, parked-expired.",
     )
+    parked_sweep_seconds: float = setting(
+        "DOSSIER_PARKED_SWEEP_SECONDS",
+        5.0,
+        "How often (real time) the engine dead-letters parked inputs whose time-to-live ran out"
+        " when no input arrives (a night, a weekend); batches of inputs do it too.",
+    )
     clock_mode: ClockMode = setting(
         "DOSSIER_CLOCK_MODE",
         "business",
-        "'business': the latest event time seen drives deadlines (replayable); 'wall': real time.",
+        "'business': the latest time of an applied input drives deadlines (replayable); 'wall':"
+        " real time.",
     )
     relay_mode: RelayMode = setting(
         "DOSSIER_RELAY_MODE",
