@@ -68,7 +68,7 @@ def workload(dossiers: int) -> list[SimulatedMessage]:
 
 def decoded(messages: list[SimulatedMessage]) -> list[InboundEvent]:
     decoder = InboundDecoder()
-    return [decoder.decode(m.value, m.topic) for m in messages]
+    return [decoder.decode(m.value, m.topic, key=m.key) for m in messages]
 
 
 def pure_apply(engine: Engine, events: list[InboundEvent]) -> tuple[float, int]:

@@ -354,12 +354,12 @@ class _StoredInputs(InboundDecoder):
         super().__init__(max_message_bytes)
         self.ready: dict[bytes, InboundEvent] = {}
 
-    def decode(self, value: bytes | None, topic: str) -> InboundEvent:
+    def decode(self, value: bytes | None, topic: str, *, key: bytes | None) -> InboundEvent:
         if value is not None:
             event = self.ready.get(value)
             if event is not None:
                 return event
-        return super().decode(value, topic)
+        return super().decode(value, topic, key=key)
 
 
 class _PositionlessRepository(SqlRepository):

@@ -253,7 +253,7 @@ def _shares(
             rank, raw = pending.popleft()  # released once folded: memory goes down as we go
             decoded: Decoded
             try:
-                decoded = decoder.decode(raw.value, raw.contract_topic)
+                decoded = decoder.decode(raw.value, raw.contract_topic, key=raw.key)
             except DecodeRejected as rejection:
                 decoded = rejection
             else:

@@ -552,13 +552,13 @@ class _ShardDecoder(_StoredInputs):
                 if raw.value is not None and isinstance(decoded, InboundEvent)
             }
 
-    def decode(self, value: bytes | None, topic: str) -> InboundEvent:
+    def decode(self, value: bytes | None, topic: str, *, key: bytes | None) -> InboundEvent:
         if self._queue and self._queue[0][0] is value:
             decoded = self._queue.popleft()[1]
             if isinstance(decoded, DecodeRejected):
                 raise decoded
             return decoded
-        return super().decode(value, topic)
+        return super().decode(value, topic, key=key)
 
 
 @dataclass

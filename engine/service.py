@@ -186,7 +186,7 @@ class _Batch:
         decoded: list[tuple[RawInput, InboundEvent | None]] = []
         for raw in inputs:
             try:
-                event = self.decoder.decode(raw.value, raw.contract_topic)
+                event = self.decoder.decode(raw.value, raw.contract_topic, key=raw.key)
             except DecodeRejected as rejection:
                 self._dead_letter(raw, rejection.reason, rejection.detail)
                 self._count(raw, "dead_lettered")
@@ -310,7 +310,9 @@ class _Batch:
     def _parked_hash(self, parked: ParkedInput) -> str | None:
         """The content hash of a parked input, decoded again only when a copy arrives."""
         try:
-            return self.decoder.decode(parked.value, _contract_topic(parked)).content_hash()
+            return self.decoder.decode(
+                parked.value, _contract_topic(parked), key=parked.key
+            ).content_hash()
         except Exception:
             return None  # no longer decodable: nothing can be the same event as it
 
@@ -389,7 +391,9 @@ class _Batch:
             progress = False
             for parked in list(self.parked_by_dossier[code]):
                 try:
-                    event = self.decoder.decode(parked.value, _contract_topic(parked))
+                    event = self.decoder.decode(
+                        parked.value, _contract_topic(parked), key=parked.key
+                    )
                 except DecodeRejected:  # the schema got stricter since it was parked
                     continue
                 except Exception as exc:

@@ -3,7 +3,8 @@
 The JSON Schema files next to this module are the contract's machine-readable form and the
 single source of truth: this module compiles them once with fastjsonschema (generated Python,
 far faster than interpreting them with `jsonschema`) and adds only what JSON Schema cannot say
-(UTF-8 and size limits, which type may arrive on which topic, calendar-valid dates).
+(UTF-8 and size limits, duplicate keys, the Kafka key, which type may arrive on which topic,
+calendar-valid dates, time bounds).
 Decisions the contract leaves open are written down in schemas/README.md.
 """
 
@@ -14,7 +15,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from functools import cache
 from importlib import resources
@@ -54,6 +55,13 @@ DEAD_LETTERED_TYPE: Final = TYPE_PREFIX + "dead-lettered"
 MAX_DETAIL_CHARS: Final = 1000
 # Without these the value is not a CloudEvent at all (CloudEvents 1.0, "REQUIRED Attributes").
 _CLOUDEVENT_CORE: Final = ("specversion", "id", "source", "type")
+# Contract 1.1, "Time": nothing the engine handles happened before 2000 or more than a day ahead
+# of its wall clock (a day absorbs clock skew and time-zone mistakes, not a week of them).
+EARLIEST_TIME: Final = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_TIME_AHEAD: Final = timedelta(days=1)
+# Times inside `data` (an appointment) may lie ahead of the wall clock, but a bound is needed all
+# the same: year 9999 overflows datetime arithmetic and walks the working-day calendar for ever.
+DATA_TIME_END: Final = datetime(2100, 1, 1, tzinfo=UTC)
 
 Validator = Callable[[Any], Any]
 
@@ -117,11 +125,35 @@ OUTBOUND_TOPIC_BY_TYPE: Final[Mapping[str, str]] = {
 
 _ENVELOPE_SCHEMA: Final = load_schema("cloudevent.schema.json")
 _DOSSIER_CODE_RE: Final = re.compile(_ENVELOPE_SCHEMA["definitions"]["dossierCode"]["pattern"])
+_DOSSIER_CODE_TITLE: Final = _ENVELOPE_SCHEMA["definitions"]["dossierCode"]["title"]
 
 
 def is_dossier_code(text: str) -> bool:
     # re.search, not fullmatch: JSON Schema patterns are unanchored searches; the pattern anchors.
     return _DOSSIER_CODE_RE.search(text) is not None
+
+
+def _impossible_days() -> frozenset[str]:
+    """Every YYMMDD the dossier-code pattern lets through (month 01-12, day 01-31) that is not
+    a calendar date, reading YY as 20YY: codes date from the reception, never before 2000."""
+    impossible: set[str] = set()
+    for year in range(2000, 2100):
+        for month in range(1, 13):
+            for day in range(29, 32):
+                try:
+                    date(year, month, day)
+                except ValueError:
+                    impossible.add(f"{year % 100:02d}{month:02d}{day:02d}")
+    return frozenset(impossible)
+
+
+# About 700 strings: a set lookup of the code's date part costs less than building a date.
+_IMPOSSIBLE_DAYS: Final = _impossible_days()
+
+
+def _is_calendar_dossier_code(code: str) -> bool:
+    """For a code that matches the pattern, which ends in -YYMMDD-NNNN."""
+    return code[-11:-5] not in _IMPOSSIBLE_DAYS
 
 
 _Path = tuple[str, ...]  # property names; "*" stands for every item of an array
@@ -222,11 +254,25 @@ def _reject_constant(name: str) -> Any:
     raise _NotJSON(f"{name} is not a JSON value")
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing duplicate member names (RFC 8259 leaves them undefined, and
+    last-wins would let a second `subject` move the input to another dossier)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        # No name in the message: a member name can be anything a sender chose to write.
+        raise _NotJSON("duplicate member name in an object")
+    return obj
+
+
 # One decoder instance: json.loads with hooks would build a new decoder on every call.
-_JSON_DECODER: Final = json.JSONDecoder(parse_float=_json_number, parse_constant=_reject_constant)
+_JSON_DECODER: Final = json.JSONDecoder(
+    object_pairs_hook=_object, parse_float=_json_number, parse_constant=_reject_constant
+)
 
 
-_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89abAB]")
+# Any UTF-16 surrogate escape, high (d800-dbff) or low (dc00-dfff): only these can put a lone
+# surrogate into a decoded str, since the bytes were already checked to be valid UTF-8.
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _json_default(value: Any) -> Any:
@@ -291,22 +337,53 @@ def _schema_detail(exc: fastjsonschema.JsonSchemaValueException, *, envelope: bo
 
 
 class _InboundType:
-    __slots__ = ("datetime_paths", "topics", "validate")
+    __slots__ = ("datetime_paths", "dossier_code_paths", "topics", "validate")
 
     def __init__(self, schema: Mapping[str, Any], topics: tuple[str, ...]) -> None:
         self.validate = _compile(schema)
         self.topics = topics
-        # A pattern cannot know that 2025-02-30 does not exist.
+        # A pattern cannot know that 2025-02-30 does not exist, nor bound a year.
         self.datetime_paths = _paths_where(schema, lambda node: node.get("format") == "date-time")
+        # None in contract 1.1's data; a dossier code added to data later is checked like subject.
+        self.dossier_code_paths = _paths_where(
+            schema, lambda node: node.get("title") == _DOSSIER_CODE_TITLE
+        )
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _key_problem(key: bytes | None) -> str:
+    """Why a key that differs from the subject is wrong, without quoting either of them."""
+    if key is None:
+        return "Kafka key is missing (it must be the event's subject)"
+    try:
+        key.decode("utf-8")
+    except UnicodeDecodeError:
+        return "Kafka key is not UTF-8 (it must be the event's subject)"
+    return "Kafka key is not the event's subject"
 
 
 class InboundDecoder:
-    """Turns one inbound Kafka message value into an `InboundEvent` or raises `Rejected`."""
+    """Turns one inbound Kafka message into an `InboundEvent` or raises `Rejected`.
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    `clock` is the wall clock that bounds an input's `time` (contract 1.1, "Time"); it must
+    return an aware datetime. Business time still comes from `time` alone.
+    """
+
+    def __init__(
+        self,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
         if max_message_bytes <= 0:
             raise ValueError("max_message_bytes must be positive")
+        if clock().utcoffset() is None:
+            # Comparing a naive clock with an aware `time` would raise in every decode.
+            raise ValueError("clock must return an aware datetime")
         self.max_message_bytes = max_message_bytes
+        self.clock = clock
         self._envelope = _compile(_ENVELOPE_SCHEMA)
         self._types: dict[str, _InboundType] = {
             type_: _InboundType(
@@ -315,8 +392,9 @@ class InboundDecoder:
             for type_, topics in INBOUND_TOPICS_BY_TYPE.items()
         }
 
-    def decode(self, value: bytes | None, topic: str) -> InboundEvent:
-        """`topic` is the contract topic name without the deployment prefix."""
+    def decode(self, value: bytes | None, topic: str, *, key: bytes | None) -> InboundEvent:
+        """`topic` is the contract topic name without the deployment prefix; `key` the
+        message's Kafka key, which must be the event's `subject`."""
         if topic not in INBOUND_TOPICS:
             # A wiring bug in the caller, not a property of the message: fail loudly.
             raise ValueError(f"{topic!r} is not an inbound contract topic {INBOUND_TOPICS}")
@@ -345,8 +423,9 @@ class InboundDecoder:
             raise Rejected(malformed, "not JSON: nested too deeply") from None
         if type(event) is not dict:
             raise Rejected(malformed, "not a JSON object")
-        # A \uD800-style escape can smuggle a lone surrogate past UTF-8 validation; it would
-        # crash every later UTF-8 encoding (hashing, storage), so look whenever one may exist.
+        # A \uD800- or \uDC00-style escape can smuggle a lone surrogate past UTF-8 validation;
+        # it would crash every later UTF-8 encoding (hashing, storage), so look whenever one may
+        # exist. A correctly paired escape (an emoji) takes the slow path and passes.
         if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(event):
             raise Rejected(malformed, "not JSON: lone UTF-16 surrogate in a string")
 
@@ -360,6 +439,14 @@ class InboundDecoder:
                 ) from None
             raise Rejected(schema, _schema_detail(exc, envelope=True)) from None
 
+        subject: str = event["subject"]
+        # The key decides the partition, so the dossier's order; a subject that differs would
+        # apply the input to one dossier in the order of another. The pattern made it ASCII.
+        if key != subject.encode("ascii"):
+            raise Rejected(malformed, _key_problem(key))
+        if not _is_calendar_dossier_code(subject):
+            raise Rejected(schema, "subject: dossier code date is not a calendar date")
+
         version = int(event.get("schemaversion", CURRENT_SCHEMA_VERSION))
         if version > CURRENT_SCHEMA_VERSION:
             raise Rejected(
@@ -369,6 +456,10 @@ class InboundDecoder:
             time = _parse_time(event["time"])
         except ValueError:
             raise Rejected(schema, "time: not a valid date-time") from None
+        # Aware comparisons never overflow, unlike astimezone() of 9999-12-31T23:59:59-23:59;
+        # once inside the bounds, every conversion and the engine's arithmetic are safe.
+        if not EARLIEST_TIME <= time <= self.clock() + MAX_TIME_AHEAD:
+            raise Rejected(schema, "time: outside [2000-01-01, now + 1 day]")
 
         type_: str = event["type"]
         known = self._types.get(type_)
@@ -386,17 +477,25 @@ class InboundDecoder:
         except fastjsonschema.JsonSchemaValueException as exc:
             raise Rejected(schema, _schema_detail(exc, envelope=False)) from None
         for path in known.datetime_paths:
-            for parent, key in _values_at(data, path):
+            for parent, name in _values_at(data, path):
                 try:
-                    _parse_time(parent[key])
+                    moment = _parse_time(parent[name])
                 except ValueError:
                     raise Rejected(schema, f"{_path_name(path)}: not a valid date-time") from None
+                if not EARLIEST_TIME <= moment < DATA_TIME_END:
+                    raise Rejected(schema, f"{_path_name(path)}: outside [2000-01-01, 2100-01-01)")
+        for path in known.dossier_code_paths:
+            for parent, name in _values_at(data, path):
+                if not _is_calendar_dossier_code(parent[name]):
+                    raise Rejected(
+                        schema, f"{_path_name(path)}: dossier code date is not a calendar date"
+                    )
 
         return InboundEvent(
             source=event["source"],
             id=event["id"],
             type=type_,
-            subject=event["subject"],
+            subject=subject,
             time=time,
             data=data,
             topic=topic,

@@ -234,7 +234,7 @@ def test_two_threads_applying_on_the_shared_machines_decide_as_one_thread_does()
     events = []
     for raw in stream(60, 5):
         try:
-            events.append(decoder.decode(raw.value, raw.contract_topic))
+            events.append(decoder.decode(raw.value, raw.contract_topic, key=raw.key))
         except DecodeRejected:
             continue
     expected = _decisions(events)

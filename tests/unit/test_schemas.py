@@ -42,6 +42,7 @@ ENGINE = "urn:vn:dossier-engine:test"
 ICT = timezone(timedelta(hours=7))
 MALFORMED = DeadLetterReason.MALFORMED
 SCHEMA = DeadLetterReason.SCHEMA
+KEY = ev.DOSSIER.encode()  # the Kafka key of every fixture event: its subject
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +50,11 @@ def decoder() -> InboundDecoder:
     return InboundDecoder()
 
 
-def reject(decoder: InboundDecoder, value: bytes | None, topic: str) -> Rejected:
+def reject(
+    decoder: InboundDecoder, value: bytes | None, topic: str, key: bytes | None = KEY
+) -> Rejected:
     with pytest.raises(Rejected) as caught:
-        decoder.decode(value, topic)
+        decoder.decode(value, topic, key=key)
     return caught.value
 
 
@@ -153,7 +156,7 @@ def test_types_json_topic_rule() -> None:
 def test_every_inbound_type_decodes(decoder: InboundDecoder, short: str) -> None:
     event = ev.BUILDERS[short]()
     for topic in INBOUND_TOPICS_BY_TYPE["vn.gov.dossier." + short]:
-        decoded = decoder.decode(ev.to_bytes(event), topic)
+        decoded = decoder.decode(ev.to_bytes(event), topic, key=KEY)
         assert isinstance(decoded, InboundEvent)
         assert decoded.type == event["type"]
         assert decoded.short_type == short
@@ -181,7 +184,7 @@ def test_fixture_builders_take_overrides(decoder: InboundDecoder) -> None:
         data_extra={"portal_ref": "X1"},
         traceparent="00-abc-def-01",
     )
-    decoded = decoder.decode(ev.to_bytes(event), "dossier.submission")
+    decoded = decoder.decode(ev.to_bytes(event), "dossier.submission", key=b"G22.36-250303-0042")
     assert decoded.id == "evt-1"
     assert decoded.data["agency"] == "G22.36"
     assert decoded.data["fees"] == [{"code": "LP-GCN", "amount": 100_000}]
@@ -193,7 +196,7 @@ def test_unknown_attributes_ignored_and_unknown_data_fields_kept(decoder: Inboun
     event = ev.received(officer="cb01", data_extra={"future_field": {"x": [1, 2]}})
     event["futureattr"] = "whatever"
     event["dataschema"] = "urn:example:s"
-    decoded = decoder.decode(ev.to_bytes(event), "dossier.commune")
+    decoded = decoder.decode(ev.to_bytes(event), "dossier.commune", key=KEY)
     assert decoded.data == {
         "agency": ev.COMMUNE_AGENCY,
         "officer": "cb01",
@@ -211,21 +214,23 @@ def test_unknown_attributes_ignored_and_unknown_data_fields_kept(decoder: Inboun
     ],
 )
 def test_time_forms(decoder: InboundDecoder, text: str, expected: datetime) -> None:
-    decoded = decoder.decode(ev.to_bytes(ev.received(time=text)), "dossier.commune")
+    decoded = decoder.decode(ev.to_bytes(ev.received(time=text)), "dossier.commune", key=KEY)
     assert decoded.time == expected
     assert decoded.time.tzinfo is not None
 
 
 def test_integral_float_amount_becomes_int(decoder: InboundDecoder) -> None:
     raw = ev.to_bytes(ev.payment_completed(amount=50_000)).replace(b"50000", b"5.0e4")
-    decoded = decoder.decode(raw, "dossier.submission")
+    decoded = decoder.decode(raw, "dossier.submission", key=KEY)
     assert decoded.data["amount"] == 50_000
     assert type(decoded.data["amount"]) is int
 
 
 def test_schemaversion_extension(decoder: InboundDecoder) -> None:
     assert (
-        decoder.decode(ev.to_bytes(ev.received(schemaversion=1)), "dossier.commune").schema_version
+        decoder.decode(
+            ev.to_bytes(ev.received(schemaversion=1)), "dossier.commune", key=KEY
+        ).schema_version
         == 1
     )
     assert (
@@ -250,14 +255,14 @@ def test_schemaversion_extension(decoder: InboundDecoder) -> None:
     ],
 )
 def test_applicant_id_forms(decoder: InboundDecoder, applicant: dict[str, str]) -> None:
-    decoder.decode(ev.to_bytes(ev.submitted(applicant=applicant)), "dossier.submission")
+    decoder.decode(ev.to_bytes(ev.submitted(applicant=applicant)), "dossier.submission", key=KEY)
 
 
 def test_unknown_topic_is_a_caller_bug(decoder: InboundDecoder) -> None:
     with pytest.raises(ValueError):
-        decoder.decode(ev.to_bytes(ev.received()), "thai-nguyen.dossier.commune")
+        decoder.decode(ev.to_bytes(ev.received()), "thai-nguyen.dossier.commune", key=KEY)
     with pytest.raises(ValueError):
-        decoder.decode(ev.to_bytes(ev.received()), "dossier.status")
+        decoder.decode(ev.to_bytes(ev.received()), "dossier.status", key=KEY)
 
 
 # --------------------------------------------------------------------------- rejected input
@@ -610,7 +615,7 @@ def test_oversized(decoder: InboundDecoder) -> None:
     assert rejected.reason is MALFORMED
     assert rejected.detail == f"oversized: {len(raw)} bytes > 100"
     exact = InboundDecoder(max_message_bytes=len(raw))
-    exact.decode(raw, "dossier.commune")
+    exact.decode(raw, "dossier.commune", key=KEY)
     huge = b'{"x":"' + b"a" * (1024 * 1024) + b'"}'
     assert reject(decoder, huge, "dossier.commune").detail.startswith("oversized: ")
 
@@ -639,6 +644,7 @@ def test_rejected_carries_reason_and_detail() -> None:
         "conflict",
         "unauthenticated",
         "parked-expired",
+        "internal-error",
     ]
 
 
@@ -840,7 +846,7 @@ def test_dead_letter_detail_is_bounded() -> None:
 def test_decoder_rejections_dead_letter_cleanly(decoder: InboundDecoder) -> None:
     for _, value, topic, _, _ in BAD_INPUTS:
         try:
-            decoder.decode(value, topic)
+            decoder.decode(value, topic, key=KEY)
         except Rejected as exc:
             _, out = _dead(b"k", value, [], exc.reason, exc.detail)
             data = validate_outbound(out)["data"]
