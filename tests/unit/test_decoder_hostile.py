@@ -246,6 +246,218 @@ def test_data_date_time_outside_bounds_is_schema(new_due: str) -> None:
     assert_refused(rejected, SCHEMA, new_due, says="data.new_due: outside [2000-01-01, 2100-01-01)")
 
 
+# --------------------------------------------------------------------------- size limits
+
+
+def _long(length: int) -> str:
+    # Vietnamese letters: maxLength counts characters, not UTF-8 bytes.
+    return ("Nguyễn" * (length // 6 + 1))[:length]
+
+
+# (case id, event, topic, path named in the detail, the offending value)
+OVERSIZED: list[tuple[str, dict[str, Any], str, str, Any]] = [
+    ("envelope id", ev.received(id="i" * 257), "dossier.commune", "id", "i" * 257),
+    (
+        "envelope source",
+        ev.received(source="urn:x:" + "s" * 600),
+        "dossier.commune",
+        "source",
+        "s" * 600,
+    ),
+    (
+        "envelope type",
+        {**ev.received(), "type": "vn.gov.dossier." + "t" * 200},
+        "dossier.commune",
+        "type",
+        "t" * 200,
+    ),
+    (
+        "submitted applicant.name",
+        ev.submitted(applicant={**ev.CITIZEN, "name": _long(513)}),
+        "dossier.submission",
+        "data.applicant.name",
+        _long(513),
+    ),
+    (
+        "submitted applicant.id_number",
+        ev.submitted(applicant={"kind": "organisation", "id_number": "9" * 65, "name": "Hội"}),
+        "dossier.submission",
+        "data.applicant.id_number",
+        "9" * 65,
+    ),
+    (
+        "submitted procedure",
+        ev.submitted(procedure="P" * 65),
+        "dossier.submission",
+        "data.procedure",
+        "P" * 65,
+    ),
+    (
+        "submitted fee code",
+        ev.submitted(fees=[("F" * 65, 1)]),
+        "dossier.submission",
+        "data.fees[0].code",
+        "F" * 65,
+    ),
+    (
+        "submitted fees count",
+        ev.submitted(fees=[("LP-CT", 1)] * 33),
+        "dossier.submission",
+        "data.fees",
+        "LP-CT",
+    ),
+    (
+        "submitted fee amount",
+        ev.submitted(fees=[("LP-CT", 10**12 + 1)]),
+        "dossier.submission",
+        "data.fees[0].amount",
+        str(10**12 + 1),
+    ),
+    (
+        "received officer",
+        ev.received(officer=_long(257)),
+        "dossier.commune",
+        "data.officer",
+        _long(257),
+    ),
+    (
+        "reception-refused reason",
+        ev.reception_refused(reason=_long(4097)),
+        "dossier.commune",
+        "data.reason",
+        _long(4097),
+    ),
+    (
+        "processing-started agency",
+        ev.processing_started(agency="1" * 36),
+        "dossier.commune",
+        "data.agency",
+        "1" * 36,
+    ),
+    (
+        "transferred to_agency",
+        ev.transferred(to_agency="2" * 36),
+        "dossier.commune",
+        "data.to_agency",
+        "2" * 36,
+    ),
+    (
+        "supplement-requested reason",
+        ev.supplement_requested(reason=_long(4097)),
+        "dossier.commune",
+        "data.reason",
+        _long(4097),
+    ),
+    (
+        "supplement-provided document",
+        ev.supplement_provided(documents=["d" * 2049]),
+        "dossier.submission",
+        "data.documents[0]",
+        "d" * 2049,
+    ),
+    (
+        "supplement-provided documents count",
+        ev.supplement_provided(documents=["doc-1"] * 101),
+        "dossier.submission",
+        "data.documents",
+        "doc-1",
+    ),
+    (
+        "payment-requested fee code",
+        ev.payment_requested(fees=[("F" * 65, 1)]),
+        "dossier.commune",
+        "data.fees[0].code",
+        "F" * 65,
+    ),
+    (
+        "payment-requested fee amount",
+        ev.payment_requested(fees=[("LP-GCN", 10**12 + 1)]),
+        "dossier.commune",
+        "data.fees[0].amount",
+        str(10**12 + 1),
+    ),
+    (
+        "payment-completed amount",
+        ev.payment_completed(amount=10**12 + 1),
+        "dossier.submission",
+        "data.amount",
+        str(10**12 + 1),
+    ),
+    (
+        "withdrawal-requested reason",
+        ev.withdrawal_requested(reason=_long(4097)),
+        "dossier.submission",
+        "data.reason",
+        _long(4097),
+    ),
+    (
+        "stopped reason",
+        ev.stopped(reason=_long(4097)),
+        "dossier.commune",
+        "data.reason",
+        _long(4097),
+    ),
+    (
+        "rescheduled reason",
+        ev.rescheduled(reason=_long(4097)),
+        "dossier.commune",
+        "data.reason",
+        _long(4097),
+    ),
+    (
+        "rescheduled new_due",
+        ev.rescheduled(new_due="2025-03-10T17:00:00." + "0" * 60 + "+07:00"),
+        "dossier.commune",
+        "data.new_due",
+        "0" * 60,
+    ),
+    (
+        "resolved reason",
+        ev.resolved(outcome="rejected", reason=_long(4097)),
+        "dossier.commune",
+        "data.reason",
+        _long(4097),
+    ),
+    (
+        "result-returned agency",
+        ev.result_returned(agency="3" * 36),
+        "dossier.commune",
+        "data.agency",
+        "3" * 36,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("event", "topic", "path", "value"),
+    [case[1:] for case in OVERSIZED],
+    ids=[case[0] for case in OVERSIZED],
+)
+def test_over_the_limit_is_schema(event: dict[str, Any], topic: str, path: str, value: Any) -> None:
+    rejected = reject(ev.to_bytes(event), topic)
+    assert_refused(rejected, SCHEMA, str(value)[:20], says=path)
+
+
+def test_every_inbound_type_has_an_over_the_limit_case() -> None:
+    covered = {str(case[1]["type"]).removeprefix(ev.TYPE_PREFIX) for case in OVERSIZED}
+    assert covered >= set(ev.BUILDERS)
+
+
+@pytest.mark.parametrize(
+    ("event", "topic"),
+    [
+        (ev.submitted(applicant={**ev.CITIZEN, "name": _long(512)}), "dossier.submission"),
+        (ev.submitted(fees=[("F" * 64, 10**12)] * 32), "dossier.submission"),
+        (ev.received(officer=_long(256), id="i" * 256), "dossier.commune"),
+        (ev.stopped(reason=_long(4096)), "dossier.commune"),
+        (ev.supplement_provided(documents=["d" * 2048] * 100), "dossier.submission"),
+        (ev.payment_completed(amount=10**12), "dossier.submission"),
+    ],
+)
+def test_at_the_limit_decodes(event: dict[str, Any], topic: str) -> None:
+    decode(ev.to_bytes(event), topic)
+
+
 # --------------------------------------------------------------------------- property
 
 

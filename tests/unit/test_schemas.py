@@ -6,6 +6,7 @@ import base64
 import functools
 import json
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -132,11 +133,77 @@ def test_patterns_are_anchored_and_titled(name: str) -> None:
         assert node.get("title"), pattern
 
 
-def test_shared_definitions_are_identical_in_every_file() -> None:
+INBOUND_SCHEMA_FILES = [name for name in SCHEMA_FILES if not name.startswith("outbound/")]
+
+
+@pytest.mark.parametrize("direction", ["inbound", "outbound"])
+def test_shared_definitions_are_identical_in_every_file_of_a_direction(direction: str) -> None:
+    # Inbound definitions carry the limits on what senders may write (contract 1.1, "Strings");
+    # the outbound ones describe the engine's own output and need not repeat them.
+    files = [n for n in SCHEMA_FILES if n.startswith("outbound/") == (direction == "outbound")]
     seen: dict[str, Any] = {}
-    for name in SCHEMA_FILES:
+    for name in files:
         for key, definition in load_schema(name).get("definitions", {}).items():
             assert seen.setdefault(key, definition) == definition, (name, key)
+
+
+def _unbounded(node: Any, path: str = "") -> Iterator[str]:
+    """Paths of string nodes without maxLength and array nodes without maxItems."""
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _unbounded(item, f"{path}/{index}")
+        return
+    if not isinstance(node, dict):
+        return
+    types = node.get("type", [])
+    types = types if isinstance(types, list) else [types]
+    fixed = "enum" in node or "const" in node
+    if "string" in types and not fixed and "maxLength" not in node:
+        yield f"{path or '/'}: string without maxLength"
+    if "array" in types and "maxItems" not in node:
+        yield f"{path or '/'}: array without maxItems"
+    for name, child in node.items():
+        yield from _unbounded(child, f"{path}/{name}")
+
+
+@pytest.mark.parametrize("name", INBOUND_SCHEMA_FILES)
+def test_every_inbound_string_and_array_is_bounded(name: str) -> None:
+    """Contract 1.1, "Strings": every string field has a maximum length in the schema files.
+    (Unknown fields are bounded by the message size; see schemas/README.md.)"""
+    assert list(_unbounded(load_schema(name))) == []
+
+
+def _amounts(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if node.get("type") == "integer" and str(node.get("description", "")).startswith("VND"):
+            yield node
+        for child in node.values():
+            yield from _amounts(child)
+    elif isinstance(node, list):
+        for child in node:
+            yield from _amounts(child)
+
+
+def test_inbound_amounts_are_between_zero_and_a_trillion() -> None:
+    amounts = [a for name in INBOUND_SCHEMA_FILES for a in _amounts(load_schema(name))]
+    assert len(amounts) == 3  # submitted and payment-requested fees, payment-completed
+    assert all((a["minimum"], a["maximum"]) == (0, 10**12) for a in amounts)
+
+
+def test_the_bound_check_sees_what_it_must() -> None:
+    schema = {
+        "properties": {
+            "a": {"type": "string"},
+            "b": {"type": ["string", "object"]},
+            "c": {"type": "array", "items": {"type": "string", "maxLength": 1}},
+            "d": {"type": "string", "enum": ["x"]},
+        }
+    }
+    assert list(_unbounded(schema)) == [
+        "/properties/a: string without maxLength",
+        "/properties/b: string without maxLength",
+        "/properties/c: array without maxItems",
+    ]
 
 
 def test_types_json_topic_rule() -> None:
