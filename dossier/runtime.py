@@ -24,7 +24,7 @@ from engine.ports import ConcurrencyError
 from engine.procedures import load_catalogue
 from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.store.migrate import upgrade
-from engine.store.sql import SqlUnitOfWork, create_db_engine
+from engine.store.sql import SqlUnitOfWork, create_db_engine, pinned_versions
 from schemas.codec import InboundDecoder
 
 if TYPE_CHECKING:
@@ -84,6 +84,16 @@ class Runtime:
             ),
         )
         return cls(settings, db, engine, processor)
+
+    def missing_versions(self) -> list[tuple[str, int, int]]:
+        """(procedure, version, dossiers) for every workflow version that stored dossiers are
+        pinned to and the catalogue no longer has: their inputs could not be decided."""
+        catalogue = self.engine.catalogue
+        return sorted(
+            (code, version, count)
+            for (code, version), count in pinned_versions(self.db).items()
+            if catalogue.get(code, version) is None
+        )
 
     def uow(self, *, writes: bool = False) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.db, writes=writes)

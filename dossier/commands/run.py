@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dossier.run")
 
 EXIT_UNREACHABLE = 2
+# Not started: stored dossiers are pinned to workflow versions the catalogue does not have.
+EXIT_CATALOGUE_INCOMPLETE = 2
 
 
 def register(subparsers: Any) -> None:
@@ -84,6 +86,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from dossier.runtime import Runtime
 
     runtime = Runtime.create(settings)
+    missing = runtime.missing_versions()
+    if missing:
+        runtime.close()
+        print(catalogue_incomplete(missing, settings), file=sys.stderr)
+        return EXIT_CATALOGUE_INCOMPLETE
     monitoring = None
     if settings.metrics_port:
         from dossier.metrics import engine_monitoring
@@ -125,6 +132,16 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         runtime.close()
         log.info("engine stopped")
     return exit_code
+
+
+def catalogue_incomplete(missing: list[tuple[str, int, int]], settings: Settings) -> str:
+    lines = [
+        f"dossier run: the catalogue in {settings.workflows_dir or 'the shipped workflows'} lacks"
+        f" {len(missing)} workflow version(s) that stored dossiers are pinned to; restore them"
+        " (or migrate the dossiers) before starting:"
+    ]
+    lines += [f"  {code} v{version}: {count} dossier(s)" for code, version, count in missing]
+    return "\n".join(lines)
 
 
 class _Relay(Protocol):

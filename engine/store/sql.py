@@ -990,6 +990,16 @@ class SqlRepository:
 _UPSERT_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
+def pinned_versions(db: Engine) -> dict[tuple[str, int], int]:
+    """How many stored dossiers each (procedure, workflow version) holds."""
+    d = dossiers.c
+    query = select(d.procedure, d.workflow_version, func.count()).group_by(
+        d.procedure, d.workflow_version
+    )
+    with db.connect() as connection:
+        return {(code, version): count for code, version, count in connection.execute(query)}
+
+
 def history_columns(
     r: HistoryRow, recorded_at: datetime, prev_hash: str | None, chain_hash: str | None
 ) -> dict[str, Any]:
