@@ -77,6 +77,7 @@ def test_every_issue_alert_exists() -> None:
         "DossierEngineDown",
         "DossierConsumerLagGrowing",
         "DossierDeadLetters",
+        "DossierInputSetAside",
         "DossierOutboxBacklogGrowing",
         "DossierParkedInputsPilingUp",
         "DossierOnTimeRateBelowTarget",
