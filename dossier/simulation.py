@@ -16,12 +16,13 @@ uniformly and agencies from generated codes, as before.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import yaml
 
 from engine.calendar import VN_TZ, WorkingCalendar
-from engine.procedures import Catalogue, ProcedureVersion, default_workflows_dir
+from engine.procedures import Catalogue, Fee, ProcedureVersion, default_workflows_dir
 
 HOUR = 3600
 PORTAL = "urn:vn:portal:dichvucong.gov.vn"
@@ -45,6 +46,7 @@ class SimulatedMessage:
     expected: str  # "valid", "duplicate", or a dead-letter reason ("malformed", "schema", ...)
     time: datetime  # business time of the action (arrival order follows it)
     dossier: str | None = None
+    hostile: str | None = None  # the hostile sender's kind (HOSTILE_REASONS) that made it
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,73 @@ class Shares:
     # for dossiers submitted within `new_version_days` of the version's first day.
     new_version_overdue_factor: float = 1.8
     new_version_days: int = 21
+
+
+# What hostile or careless senders do, and the dead-letter reason contract 1.1 ("Rules": Money,
+# Time, Strings) gives each. All but the wrong payment and the conflicting copy are refused before
+# any dossier is looked at.
+HOSTILE_REASONS: Mapping[str, str] = {
+    "poison-string": "malformed",  # a lone UTF-16 surrogate escape in the applicant's name
+    "duplicate-key": "malformed",  # a JSON member named twice
+    "wrong-key": "malformed",  # a Kafka key that is not the event's subject
+    "implausible-time": "schema",  # `time` in year 9999, a century ahead, or in 1970
+    "oversized-string": "schema",  # an officer or reason of OVERSIZED_CHARS characters
+    "forged-fee": "schema",  # a submission setting a fee the catalogue fixes
+    "wrong-payment": "invalid-transition",  # an amount other than the one payable
+    "conflicting-copy": "conflict",  # a parked input's (source, id) with other content
+}
+HOSTILE_KINDS = tuple(HOSTILE_REASONS)
+# Far beyond any sane limit on a name or a reason, yet the whole input stays well under the
+# contract's 1 MiB message limit: it is the schema's maxLength that must refuse it.
+OVERSIZED_CHARS = 100_000
+# Default shares as multiples of --bad-share: at the main job's size each kind then makes a few
+# dozen inputs, a tenth or so of the older bad inputs together; kinds made from rarer inputs (a
+# payment, an input delivered early) take a larger share of them.
+_DEFAULT_FACTORS: Mapping[str, float] = {
+    "poison-string": 0.5,
+    "duplicate-key": 0.1,
+    "wrong-key": 0.1,
+    "implausible-time": 0.1,
+    "oversized-string": 0.2,
+    "forged-fee": 1.0,
+    "wrong-payment": 1.0,
+    "conflicting-copy": 5.0,
+}
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """How often hostile senders strike: for each kind, the share of the inputs it can be made
+    from that get one. An input it can be made from is:"""
+
+    poison_string: float = 0.0  # a submission (the name is the applicant's)
+    duplicate_key: float = 0.0  # any input
+    wrong_key: float = 0.0  # any input
+    implausible_time: float = 0.0  # any input
+    oversized_string: float = 0.0  # an input with an officer or a reason (_FREE_TEXT)
+    forged_fee: float = 0.0  # a submission whose procedure has a fixed fee
+    wrong_payment: float = 0.0  # a payment
+    conflicting_copy: float = 0.0  # an input delivered before its predecessor (reorder_share)
+
+    @classmethod
+    def relative_to(cls, bad_share: float) -> Hostile:
+        """The defaults: small, and none without other bad inputs."""
+        return cls(**{_field(k): min(0.5, bad_share * f) for k, f in _DEFAULT_FACTORS.items()})
+
+    def share(self, kind: str) -> float:
+        return float(getattr(self, _field(kind)))
+
+    def with_share(self, kind: str, share: float) -> Hostile:
+        return replace(self, **{_field(kind): share})
+
+    def as_dict(self) -> dict[str, float]:
+        return {kind: self.share(kind) for kind in HOSTILE_KINDS}
+
+
+def _field(kind: str) -> str:
+    if kind not in HOSTILE_REASONS:
+        raise ValueError(f"unknown hostile kind {kind!r} (one of {', '.join(HOSTILE_KINDS)})")
+    return kind.replace("-", "_")
 
 
 # Online submissions by hour of the day (relative): office hours, and evenings at home.
@@ -244,6 +313,7 @@ class Workload:
         duplicate_share: float = 0.0,
         bad_share: float = 0.0,
         reorder_share: float = 0.0,
+        hostile: Hostile | None = None,
         profile: ProvinceProfile | None = None,
         until: datetime | None = None,
     ) -> None:
@@ -261,6 +331,7 @@ class Workload:
         self.duplicate_share = duplicate_share
         self.bad_share = bad_share
         self.reorder_share = reorder_share
+        self.hostile = hostile or Hostile()
         self.profile = profile
         self.procedures = list(procedures or catalogue.codes())
         self.agencies = profile.agencies if profile is not None else Agencies()
@@ -274,6 +345,10 @@ class Workload:
         self._serial: dict[tuple[str, str], int] = {}
         self._ids = 0
         self._days: list[tuple[date, bool]] | None = None
+        # Dossier code -> (fees requested, amount payable after discounts), for wrong payments.
+        self._payments: dict[str, tuple[int, int]] = {}
+        # Values of the inputs delivered before their predecessor: the engine parks them.
+        self._early: set[bytes] = set()
 
     # -----------------------------------------------------------------------------------------
     def messages(self) -> list[SimulatedMessage]:
@@ -289,6 +364,7 @@ class Workload:
         stream = self._reorder(stream)
         stream = self._add_duplicates(stream)
         stream = self._add_bad_inputs(stream)
+        stream = self._add_hostile_inputs(stream)
         return stream
 
     # --- arrivals ------------------------------------------------------------------------------
@@ -433,7 +509,7 @@ class Workload:
             vneid_authenticated=rng.random() < shares.vneid,
             digitised=rng.random() < shares.digitised,
         )
-        submitted_on = t.date()
+        submitted, submitted_on = t, t.date()
         t = later(t, 0.1, 4)
         if rng.random() < shares.refused:
             emit("reception-refused", rcv, t, agency=receiving, reason="Không thuộc thẩm quyền")
@@ -486,10 +562,15 @@ class Workload:
             due = new_due
         if version.fees:
             t = later(t, 0.5, max(1.0, budget_hours * 0.2))
-            fees = [{"code": f.code, "amount": f.amount} for f in version.fees.values()]
+            requested = {f.code: f.amount for f in version.fees.values()}
+            fees = [{"code": c, "amount": a} for c, a in requested.items()]
             emit("payment-requested", level, t, agency=holder, fees=fees)
             t = later(t, 0.5, 16)
-            paid = sum(f.amount for f in version.fees.values())
+            paid = payable_amount(
+                version, requested, channel=channel, full_online=full_online, submitted_at=submitted
+            )
+            # Kept for the hostile payer, who must get it wrong (contract 1.1, "Money").
+            self._payments[code] = (sum(requested.values()), paid)
             emit("payment-completed", None, t, amount=paid, online=channel == 2)
         # Resolve within or past the appointment, leaving time to return the result.
         left = max(0.5, cal.working_seconds_between(t, due) / HOUR)
@@ -534,6 +615,7 @@ class Workload:
                 and self.rng.random() < self.reorder_share
             ):
                 delayed[i] = j
+                self._early.add(message.value)
                 moved.add(j)
         result: list[SimulatedMessage] = []
         for i, message in enumerate(stream):
@@ -661,6 +743,232 @@ class Workload:
             )
         return None
 
+    # --- hostile senders (contract 1.1, "Rules") --------------------------------------------------
+    def _add_hostile_inputs(self, stream: list[SimulatedMessage]) -> list[SimulatedMessage]:
+        """Inputs of careless or hostile systems, each next to the honest one it imitates.
+
+        They draw from a random stream of their own, so turning them on or off leaves every
+        other input as it was, byte for byte.
+        """
+        kinds = [k for k in HOSTILE_KINDS if self.hostile.share(k) > 0]
+        if not kinds:
+            return stream
+        rng = random.Random(f"{self.seed}:hostile")
+        codes = list(
+            dict.fromkeys(
+                m.dossier for m in stream if m.dossier is not None and m.expected == VALID
+            )
+        )
+        result: list[SimulatedMessage] = []
+        for message in stream:
+            if message.expected != VALID:
+                result.append(message)
+                continue
+            type_ = _type_of(message)
+            before: list[SimulatedMessage] = []
+            after: list[SimulatedMessage] = []
+            for kind in kinds:
+                if not self._can_imitate(kind, message, type_):
+                    continue
+                if rng.random() >= self.hostile.share(kind):
+                    continue
+                made = self._hostile_like(kind, message, type_, rng, codes)
+                # A wrong payment comes first, as a payer's mistake corrected by the right one:
+                # after the right one the dossier waits for no payment, and a wrong one then
+                # would stay parked until it expired.
+                (before if kind == "wrong-payment" else after).append(made)
+            result.extend(before)
+            result.append(message)
+            result.extend(after)
+        return result
+
+    def _can_imitate(self, kind: str, model: SimulatedMessage, type_: str) -> bool:
+        if kind == "poison-string":
+            return type_ == "submitted"
+        if kind == "oversized-string":
+            return type_ in _FREE_TEXT
+        if kind == "forged-fee":
+            return type_ == "submitted" and self._fixed_fee(model) is not None
+        if kind == "wrong-payment":
+            return type_ == "payment-completed" and model.dossier in self._payments
+        if kind == "conflicting-copy":
+            return model.value in self._early
+        return True
+
+    def _fixed_fee(self, model: SimulatedMessage) -> Fee | None:
+        """A fee of the submitted procedure that the catalogue fixes (an input may not set it)."""
+        event = json.loads(model.value)
+        version = self.catalogue.in_force(str(event["data"]["procedure"]), model.time)
+        if version is None:
+            return None
+        return next((f for f in version.fees.values() if not f.variable), None)
+
+    def _hostile_like(
+        self,
+        kind: str,
+        model: SimulatedMessage,
+        type_: str,
+        rng: random.Random,
+        codes: Sequence[str],
+    ) -> SimulatedMessage:
+        event = json.loads(model.value)
+        data = event["data"]
+        key, dossier = model.key, None  # refused before any dossier is looked at
+        if kind != "conflicting-copy":
+            self._ids += 1
+            event["id"] = f"sim-{self.seed}-bad-{self._ids:09d}"
+        value: bytes | None = None
+        if kind == "poison-string":
+            # A stray low half, or an emoji cut in two by a UTF-16 truncation.
+            escape = rng.choice(("\\udc00", "\\ud83d"))
+            data["applicant"]["name"] += _MARK
+            value = _dump(event).replace(_MARK.encode(), escape.encode())
+        elif kind == "duplicate-key":
+            if rng.random() < 0.5:
+                # A second subject naming another dossier: which one counts is up to the parser.
+                other = self._other_code(model, rng, codes)
+                value = _with_extra_member(event, event, "subject", other)
+            else:
+                # A careless serialiser writing a member twice, even with the same value.
+                name, same = next(iter(data.items()))
+                value = _with_extra_member(event, data, name, same)
+        elif kind == "wrong-key":
+            variant = rng.choice(("other-dossier", "sender", "none"))
+            if variant == "other-dossier":
+                key = self._other_code(model, rng, codes).encode()
+            elif variant == "sender":  # keyed by who sends rather than by what it is about
+                key = str(data.get("agency") or event["source"]).encode()
+            else:
+                key = None
+        elif kind == "implausible-time":
+            at = datetime.fromisoformat(event["time"])
+            variant = rng.choice(("year-9999", "century-ahead", "before-2000"))
+            if variant == "year-9999":
+                at = _with_year(at, 9999)
+            elif variant == "century-ahead":
+                at = _with_year(at, at.year + 100)
+            else:  # a clock that was never set
+                at = datetime(1970, 1, 1, 7, tzinfo=VN_TZ)
+            event["time"] = at.isoformat()
+        elif kind == "oversized-string":
+            data[_FREE_TEXT[type_]] = OVERSIZED_TEXT
+        elif kind == "forged-fee":
+            # A dossier of its own, never created, so no later input of it is left waiting.
+            fee = self._fixed_fee(model)
+            assert fee is not None
+            code = self._dossier_code(str(data["agency"]), model.time)
+            event["subject"], key, dossier = code, code.encode(), code
+            amounts = [a for a in (0, fee.amount // 2, fee.amount + 50_000) if a != fee.amount]
+            data["fees"] = [{"code": fee.code, "amount": rng.choice(amounts)}]
+        elif kind == "wrong-payment":
+            assert model.dossier is not None
+            requested, payable = self._payments[model.dossier]
+            # The fee without its discount, half of it, or a round sum too many.
+            amounts = [a for a in (requested, payable // 2, payable + 1000) if a != payable]
+            data["amount"] = rng.choice(amounts)
+            dossier = model.dossier
+        else:  # conflicting-copy: same source and id as the model, other content
+            if rng.random() < 0.5:
+                # A sender that stamps a re-send with the time it re-sends.
+                at = datetime.fromisoformat(event["time"])
+                event["time"] = (at + timedelta(minutes=rng.randint(1, 59))).isoformat()
+            else:
+                _edit(data)  # a correction sent under the old id
+            dossier = model.dossier
+        if value is None:
+            value = _dump(event)
+        reason = HOSTILE_REASONS[kind]
+        return SimulatedMessage(model.topic, key, value, reason, model.time, dossier, kind)
+
+    def _other_code(self, model: SimulatedMessage, rng: random.Random, codes: Sequence[str]) -> str:
+        if not codes:
+            return "000.00.00.H56-000101-0001"
+        i = rng.randrange(len(codes))
+        if codes[i] == model.dossier:
+            i = (i + 1) % len(codes)
+        if codes[i] == model.dossier:  # the only dossier there is
+            return f"{codes[i][:-4]}9999"
+        return codes[i]
+
+
+def payable_amount(
+    version: ProcedureVersion,
+    fees: Mapping[str, int],
+    *,
+    channel: int,
+    full_online: bool,
+    submitted_at: datetime,
+) -> int:
+    """What the applicant owes for `fees` (fee code -> amount requested), as the engine counts
+    it: each fee less the discount of the first of the version's rules for it that applies to
+    the dossier's channel and submission day (engine.engine._grant_discounts)."""
+    submitted_on = submitted_at.astimezone(VN_TZ).date()
+    total = 0
+    for code, base in fees.items():
+        rule = next(
+            (
+                r
+                for r in version.discounts
+                if r.fee_code == code
+                and r.applies(channel=channel, full_online=full_online, submitted_on=submitted_on)
+            ),
+            None,
+        )
+        # The engine grants no discount that would raise the amount or leave it as it is.
+        total += min(base, rule.payable(base)) if rule is not None and base > 0 else base
+    return total
+
+
+# Where an input carries free text an oversized-string sender fills: type -> data field.
+_FREE_TEXT: Mapping[str, str] = {
+    "received": "officer",
+    "reception-refused": "reason",
+    "supplement-requested": "reason",
+    "withdrawal-requested": "reason",
+    "stopped": "reason",
+    "rescheduled": "reason",
+    "resolved": "reason",
+}
+OVERSIZED_TEXT = ("Hồ sơ còn thiếu bản sao giấy tờ theo quy định; " * 2200)[:OVERSIZED_CHARS]
+# A private-use character the simulator never writes otherwise: a place in an event's JSON to
+# put what json.dumps cannot write.
+_MARK = "\ue000"
+
+
+def _with_extra_member(
+    event: dict[str, Any], target: dict[str, Any], name: str, value: Any
+) -> bytes:
+    """The event's JSON with one more member `name` at the end of `target` (an object inside
+    `event`), so that the object names it twice."""
+    target[_MARK] = None
+    try:
+        raw = _dump(event)
+    finally:
+        del target[_MARK]
+    member = json.dumps(name, ensure_ascii=False) + ":" + json.dumps(value, ensure_ascii=False)
+    return raw.replace(f'"{_MARK}":null'.encode(), member.encode())
+
+
+def _with_year(moment: datetime, year: int) -> datetime:
+    try:
+        return moment.replace(year=year)
+    except ValueError:  # 29 February in a common year
+        return moment.replace(year=year, day=28)
+
+
+def _edit(data: dict[str, Any]) -> None:
+    """Change what an input says, the way a correction re-sent under the same id would."""
+    if "officer" in data:
+        data["officer"] = f"{data['officer']}-2"
+    elif "reason" in data:
+        data["reason"] = f"{data['reason']} (sửa)"
+    elif "documents" in data:
+        data["documents"] = [*data["documents"], "bo-sung.pdf"]
+    elif "online" in data:
+        data["online"] = not data["online"]
+    else:
+        data["note"] = "gửi lại"
+
 
 # Actions whose successor on another topic cannot apply before them: swapping the two makes the
 # engine park the successor until they arrive.
@@ -737,13 +1045,27 @@ def manifest(messages: Sequence[SimulatedMessage], **meta: Any) -> dict[str, Any
         and m.topic == "dossier.submission"
         and b'dossier.submitted"' in m.value
     )
+    # Each hostile input's digest, so that its dead letter can be told from the others with the
+    # same reason: a kind refused for another reason must not hide behind another kind's count.
+    hostile: dict[str, dict[str, Any]] = {}
+    for m in messages:
+        if m.hostile is not None:
+            entry = hostile.setdefault(m.hostile, {"reason": m.expected, "count": 0, "sha256": []})
+            entry["count"] += 1
+            entry["sha256"].append(value_digest(m.value))
     return {
         **meta,
         "messages": len(messages),
         "dossiers": dossiers,
         "expected": dict(sorted(expected.items())),
         "by_topic": {topic: dict(sorted(c.items())) for topic, c in sorted(by_topic.items())},
+        "hostile": {kind: hostile[kind] for kind in HOSTILE_KINDS if kind in hostile},
     }
+
+
+def value_digest(value: bytes) -> str:
+    """How the manifest names an input: the SHA-256 of its bytes, as a dead letter carries them."""
+    return hashlib.sha256(value).hexdigest()
 
 
 def encode_jsonl(messages: Sequence[SimulatedMessage]) -> Iterator[bytes]:
@@ -756,6 +1078,8 @@ def encode_jsonl(messages: Sequence[SimulatedMessage]) -> Iterator[bytes]:
             "time": m.time.isoformat(),
             "value_base64": base64.b64encode(m.value).decode("ascii"),
         }
+        if m.hostile is not None:
+            line["hostile"] = m.hostile
         yield json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 

@@ -12,6 +12,7 @@ progress, so the reported month starts the way a real one does: with a backlog.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import secrets
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -221,7 +223,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, console: Any) -> int:
     from deploy import local_kafka
     from dossier.report import html, load
-    from dossier.report.summary import print_summary
+    from dossier.report.summary import hostile_checks, print_summary
     from dossier.simulation import manifest
     from dossier.supervision import EngineProcess, wait_caught_up
     from engine import indicators as ind
@@ -363,6 +365,8 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
                 seconds=seconds,
             )
             summary.timings = dict(phases.seconds)
+            if content["hostile"]:
+                summary.checks += hostile_checks(content, dead_letters_by_input(demo.database_url))
             details = {
                 "run": run_id,
                 "seed": str(spec.seed),
@@ -419,7 +423,34 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
 def _expected_line(content: dict[str, Any]) -> str:
     expected = content["expected"]
     bad = sum(n for k, n in expected.items() if k not in ("valid", "duplicate"))
-    return f"{expected.get('duplicate', 0):,} duplicates, {bad:,} bad inputs"
+    hostile = sum(int(entry["count"]) for entry in content["hostile"].values())
+    return (
+        f"{expected.get('duplicate', 0):,} duplicates, {bad:,} bad inputs "
+        f"({hostile:,} of them from hostile senders)"
+    )
+
+
+def dead_letters_by_input(database_url: str) -> dict[str, Counter[str]]:
+    """The reasons the engine gave each input it dead-lettered, by the SHA-256 of the input's
+    bytes (a dead letter carries them whole), for the accounting of the hostile inputs."""
+    from sqlalchemy import select
+
+    from dossier.simulation import value_digest
+    from engine.events import DLQ_TOPIC
+    from engine.store.sql import create_db_engine, outbox
+
+    letters: dict[str, Counter[str]] = {}
+    db = create_db_engine(database_url)
+    try:
+        with db.connect() as connection:
+            query = select(outbox.c.value).where(outbox.c.topic == DLQ_TOPIC)
+            for (value,) in connection.execute(query):
+                data = json.loads(bytes(value))["data"]
+                raw = base64.b64decode(data["original"]["value_base64"] or "")
+                letters.setdefault(value_digest(raw), Counter())[str(data["reason"])] += 1
+    finally:
+        db.dispose()
+    return letters
 
 
 def _save_summary(run_dir: Path, summary: Any, *, run_id: str, database: str) -> None:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -25,6 +25,9 @@ from typing import Any
 
 from dossier.settings import Settings, default_state_dir
 from dossier.simulation import (
+    HOSTILE_KINDS,
+    HOSTILE_REASONS,
+    Hostile,
     ProvinceProfile,
     SimulatedMessage,
     Workload,
@@ -103,6 +106,17 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
         help="a dossier's actions on different topics arriving swapped (default 0.02)",
     )
     parser.add_argument(
+        "--hostile",
+        action="append",
+        default=[],
+        metavar="KIND=SHARE",
+        help="how often a hostile sender (contract 1.1) strikes: the share of the inputs a kind "
+        "can be made from that get one; 'all=SHARE' sets every kind; repeatable. Kinds (and "
+        "the dead-letter reason each must get): "
+        + ", ".join(f"{k} ({r})" for k, r in HOSTILE_REASONS.items())
+        + ". Default: each a small multiple of --bad-share",
+    )
+    parser.add_argument(
         "--play-to-end",
         action="store_true",
         help="play every dossier to its end, even after --to (default: stop the clock at --to)",
@@ -128,6 +142,7 @@ class WorkloadSpec:
     reorder_share: float
     play_to_end: bool
     profile: ProvinceProfile
+    hostile: Hostile = field(default_factory=Hostile)
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -139,6 +154,7 @@ class WorkloadSpec:
             "bad_share": self.bad_share,
             "duplicate_share": self.duplicate_share,
             "reorder_share": self.reorder_share,
+            "hostile_shares": self.hostile.as_dict(),
             "played_to_end": self.play_to_end,
         }
 
@@ -158,6 +174,7 @@ def spec_from_args(args: argparse.Namespace, default_scale: float = 1.0) -> Work
         value = getattr(args, name)
         if not 0 <= value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+    hostile = hostile_from_args(args.hostile, args.bad_share)
     profile = ProvinceProfile.load(args.profile)
     start = datetime.combine(first, datetime.min.time(), VN_TZ)
     end = datetime.combine(last + timedelta(days=1), datetime.min.time(), VN_TZ)
@@ -181,7 +198,30 @@ def spec_from_args(args: argparse.Namespace, default_scale: float = 1.0) -> Work
         reorder_share=args.reorder_share,
         play_to_end=args.play_to_end,
         profile=profile,
+        hostile=hostile,
     )
+
+
+def hostile_from_args(items: Sequence[str], bad_share: float) -> Hostile:
+    """The defaults (relative to --bad-share), then each --hostile KIND=SHARE in order."""
+    hostile = Hostile.relative_to(bad_share)
+    for item in items:
+        kind, equals, raw = item.partition("=")
+        kind = kind.strip()
+        if not equals or (kind != "all" and kind not in HOSTILE_REASONS):
+            raise UsageError(
+                f"--hostile takes KIND=SHARE with KIND 'all' or one of {', '.join(HOSTILE_KINDS)}; "
+                f"got {item!r}"
+            )
+        try:
+            share = float(raw)
+        except ValueError:
+            raise UsageError(f"--hostile {item!r}: the share must be a number") from None
+        if not 0 <= share < 1:
+            raise UsageError(f"--hostile {item!r}: the share must be in [0, 1)")
+        for one in HOSTILE_KINDS if kind == "all" else (kind,):
+            hostile = hostile.with_share(one, share)
+    return hostile
 
 
 def build_messages(spec: WorkloadSpec, settings: Settings) -> list[SimulatedMessage]:
@@ -200,6 +240,7 @@ def build_messages(spec: WorkloadSpec, settings: Settings) -> list[SimulatedMess
         duplicate_share=spec.duplicate_share,
         bad_share=spec.bad_share,
         reorder_share=spec.reorder_share,
+        hostile=spec.hostile,
         profile=spec.profile,
         until=None if spec.play_to_end else spec.end,
     ).messages()

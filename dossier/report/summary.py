@@ -133,6 +133,24 @@ def reconcile(manifest: Mapping[str, Any], run: RunData) -> list[Check]:
     return checks
 
 
+def hostile_checks(
+    manifest: Mapping[str, Any], letters: Mapping[str, Mapping[str, int]]
+) -> list[Check]:
+    """One line per kind of hostile input: how many the engine dead-lettered with the reason
+    that kind was made for.
+
+    `letters` maps the SHA-256 of each dead-lettered input's bytes to the reasons it was given.
+    Matching input by input, a kind refused for the wrong reason fails its line even where the
+    totals by reason agree (another input's mistake making up for it).
+    """
+    checks = []
+    for kind, entry in (manifest.get("hostile") or {}).items():
+        reason = str(entry["reason"])
+        actual = sum(letters.get(digest, {}).get(reason, 0) for digest in set(entry["sha256"]))
+        checks.append(Check(f"hostile {kind}: {reason}", int(entry["count"]), actual))
+    return checks
+
+
 # ---------------------------------------------------------------------------------------------
 # Formatting
 # ---------------------------------------------------------------------------------------------

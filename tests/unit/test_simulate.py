@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections import Counter
 from datetime import datetime, time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dossier.cli import main
 from dossier.simulation import (
+    HOSTILE_KINDS,
+    HOSTILE_REASONS,
+    OVERSIZED_CHARS,
+    Hostile,
     ProvinceProfile,
     SimulatedMessage,
     Workload,
     encode_jsonl,
     manifest,
+    value_digest,
 )
 from engine.calendar import VN_TZ, WorkingCalendar
 from engine.procedures import Catalogue, load_catalogue
+from schemas.codec import DEFAULT_MAX_MESSAGE_BYTES, load_schema
 
 START = datetime(2025, 6, 23, tzinfo=VN_TZ)
 END = datetime(2025, 7, 8, tzinfo=VN_TZ)
@@ -212,3 +220,284 @@ def test_usage_errors_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "is before --from" in capsys.readouterr().err
     assert main(["simulate", "--bad-share", "1.5", "--write", out]) == 2
     assert "--bad-share must be in [0, 1)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile senders (contract 1.1, "Rules": Money, Time, Strings)
+# ---------------------------------------------------------------------------------------------
+
+# Every kind often enough to be sure of a few of each in 600 dossiers.
+HOSTILE = Hostile(
+    poison_string=0.05,
+    duplicate_key=0.02,
+    wrong_key=0.02,
+    implausible_time=0.02,
+    oversized_string=0.03,
+    forged_fee=0.2,
+    wrong_payment=0.3,
+    conflicting_copy=0.5,
+)
+
+
+@pytest.fixture(scope="module")
+def hostile_stream(catalogue: Catalogue, profile: ProvinceProfile) -> list[SimulatedMessage]:
+    return workload(catalogue, profile, hostile=HOSTILE)
+
+
+def of_kind(messages: list[SimulatedMessage], hostile: str) -> list[SimulatedMessage]:
+    found = [m for m in messages if m.hostile == hostile]
+    assert found, f"no {hostile} input made"
+    return found
+
+
+def strict_json(value: bytes) -> Any:
+    """Parse as the contract reads JSON: a member named twice is an error."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [name for name, _ in items]
+        if len(names) != len(set(names)):
+            raise ValueError(f"duplicate member in {names}")
+        return dict(items)
+
+    return json.loads(value, object_pairs_hook=pairs)
+
+
+def content(event: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two events with one (source, id) the same event (engine.events)."""
+    return (event["type"], event["subject"], event["time"], event["data"])
+
+
+def test_every_hostile_kind_is_made_with_the_reason_the_contract_gives_it(
+    hostile_stream: list[SimulatedMessage],
+) -> None:
+    made = Counter(m.hostile for m in hostile_stream if m.hostile is not None)
+    assert set(made) == set(HOSTILE_KINDS)
+    assert all(m.expected == HOSTILE_REASONS[m.hostile] for m in hostile_stream if m.hostile)
+    assert HOSTILE_REASONS == {
+        "poison-string": "malformed",
+        "duplicate-key": "malformed",
+        "wrong-key": "malformed",
+        "implausible-time": "schema",
+        "oversized-string": "schema",
+        "forged-fee": "schema",
+        "wrong-payment": "invalid-transition",
+        "conflicting-copy": "conflict",
+    }
+    # The manifest names each one by its bytes, for the accounting line by line.
+    listed = manifest(hostile_stream)["hostile"]
+    assert {kind: entry["count"] for kind, entry in listed.items()} == dict(made)
+    for kind, entry in listed.items():
+        assert entry["reason"] == HOSTILE_REASONS[kind]
+        assert sorted(entry["sha256"]) == sorted(
+            value_digest(m.value) for m in hostile_stream if m.hostile == kind
+        )
+    assert len({value_digest(m.value) for m in hostile_stream if m.hostile}) == sum(made.values())
+
+
+def test_hostile_senders_leave_every_other_input_as_it_was(
+    catalogue: Catalogue, profile: ProvinceProfile, hostile_stream: list[SimulatedMessage]
+) -> None:
+    honest = workload(catalogue, profile)
+    assert [m for m in hostile_stream if m.hostile is None] == honest
+    assert stream_bytes(hostile_stream) == stream_bytes(
+        workload(catalogue, profile, hostile=HOSTILE)
+    )
+    assert stream_bytes(hostile_stream) != stream_bytes(
+        workload(catalogue, profile, seed=8, hostile=HOSTILE)
+    )
+
+
+def test_the_defaults_are_a_small_multiple_of_the_bad_share() -> None:
+    assert Hostile.relative_to(0.0) == Hostile()
+    default = Hostile.relative_to(0.005)
+    assert all(0 < default.share(kind) <= 0.025 for kind in HOSTILE_KINDS)
+    assert Hostile().with_share("wrong-key", 0.1).as_dict()["wrong-key"] == 0.1
+    with pytest.raises(ValueError, match="unknown hostile kind"):
+        Hostile().share("teleport")
+
+
+def test_poison_strings_carry_a_lone_surrogate_escape_in_the_applicant_s_name(
+    hostile_stream: list[SimulatedMessage],
+) -> None:
+    escapes: Counter[str] = Counter()
+    for message in of_kind(hostile_stream, "poison-string"):
+        text = message.value.decode("utf-8")  # valid UTF-8: only the JSON escape is poison
+        escape = re.search(r"\\u(d[89a-f][0-9a-f]{2})", text)
+        assert escape is not None, text
+        escapes[escape.group(0)] += 1
+        name = json.loads(message.value)["data"]["applicant"]["name"]
+        assert "\ud800" <= name[-1] <= "\udfff"
+        with pytest.raises(UnicodeEncodeError):
+            name.encode("utf-8")
+        assert message.key == json.loads(message.value)["subject"].encode()
+    assert escapes["\\udc00"] > 0
+
+
+def test_duplicate_keys_name_a_member_twice(hostile_stream: list[SimulatedMessage]) -> None:
+    other_subjects = 0
+    for message in of_kind(hostile_stream, "duplicate-key"):
+        with pytest.raises(ValueError, match="duplicate member"):
+            strict_json(message.value)
+        if message.value.count(b'"subject":') == 2:
+            subjects = re.findall(rb'"subject":"([^"]+)"', message.value)
+            assert subjects[0] == message.key and subjects[1] != message.key
+            other_subjects += 1
+    assert other_subjects > 0
+
+
+def test_wrong_keys_are_not_the_subject(hostile_stream: list[SimulatedMessage]) -> None:
+    keys = of_kind(hostile_stream, "wrong-key")
+    assert all(m.key != strict_json(m.value)["subject"].encode() for m in keys)
+    assert any(m.key is None for m in keys)
+
+
+def test_implausible_times_are_far_ahead_or_before_2000(
+    hostile_stream: list[SimulatedMessage],
+) -> None:
+    years = {
+        datetime.fromisoformat(strict_json(m.value)["time"]).year
+        for m in of_kind(hostile_stream, "implausible-time")
+    }
+    assert 9999 in years
+    assert all(year >= 2100 or year < 2000 for year in years)
+
+
+def test_oversized_strings_are_beyond_the_schema_s_limit_and_within_a_message(
+    hostile_stream: list[SimulatedMessage],
+) -> None:
+    for message in of_kind(hostile_stream, "oversized-string"):
+        event = strict_json(message.value)
+        kind_ = event["type"].removeprefix("vn.gov.dossier.")
+        schema = load_schema(f"inbound/{kind_}.schema.json")
+        field = "officer" if kind_ == "received" else "reason"
+        limit = resolved(schema, schema["properties"][field]).get("maxLength")
+        assert limit is not None, f"{kind_}.{field} has no maxLength"
+        assert len(event["data"][field]) == OVERSIZED_CHARS > limit
+        assert len(message.value) < DEFAULT_MAX_MESSAGE_BYTES
+
+
+def resolved(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = schema["definitions"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def test_forged_fees_override_a_fixed_fee_of_a_dossier_with_no_other_input(
+    catalogue: Catalogue, hostile_stream: list[SimulatedMessage]
+) -> None:
+    for message in of_kind(hostile_stream, "forged-fee"):
+        event = strict_json(message.value)
+        assert event["type"] == "vn.gov.dossier.submitted"
+        assert message.key == event["subject"].encode() and message.dossier == event["subject"]
+        version = catalogue.in_force(event["data"]["procedure"], message.time)
+        assert version is not None
+        (forged,) = event["data"]["fees"]
+        fee = version.fees[forged["code"]]
+        assert not fee.variable and forged["amount"] != fee.amount
+        # Its dossier is never created: nothing else may be waiting for it.
+        assert [m for m in hostile_stream if m.dossier == message.dossier] == [message]
+
+
+def dossier_events(messages: list[SimulatedMessage]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each dossier's valid events by short type (the last one of a type)."""
+    by_dossier: dict[str, dict[str, dict[str, Any]]] = {}
+    for message in messages:
+        if message.expected == "valid" and message.dossier is not None:
+            event = json.loads(message.value)
+            by_dossier.setdefault(message.dossier, {})[kind(message)] = event
+    return by_dossier
+
+
+def test_payments_are_the_fees_requested_less_the_discounts_granted(
+    catalogue: Catalogue, hostile_stream: list[SimulatedMessage]
+) -> None:
+    discounted = 0
+    for events in dossier_events(hostile_stream).values():
+        if "payment-completed" not in events:
+            continue
+        submitted = events["submitted"]["data"]
+        at = datetime.fromisoformat(events["submitted"]["time"])
+        version = catalogue.in_force(submitted["procedure"], at)
+        assert version is not None
+        payable = 0
+        for fee in events["payment-requested"]["data"]["fees"]:
+            rules = [
+                r
+                for r in version.discounts
+                if r.fee_code == fee["code"]
+                and r.applies(
+                    channel=submitted["channel"],
+                    full_online=submitted["full_online"],
+                    submitted_on=at.astimezone(VN_TZ).date(),
+                )
+            ]
+            payable += rules[0].payable(fee["amount"]) if rules else fee["amount"]
+        requested = sum(f["amount"] for f in events["payment-requested"]["data"]["fees"])
+        assert events["payment-completed"]["data"]["amount"] == payable
+        discounted += payable < requested
+    assert discounted > 0
+
+
+def test_a_wrong_payment_comes_just_before_the_right_one(
+    hostile_stream: list[SimulatedMessage],
+) -> None:
+    for message in of_kind(hostile_stream, "wrong-payment"):
+        at = hostile_stream.index(message)
+        right = next(
+            m
+            for m in hostile_stream[at + 1 :]
+            if m.dossier == message.dossier and m.expected == "valid"
+        )
+        assert kind(right) == "payment-completed" and right.topic == message.topic
+        wrong, paid = json.loads(message.value), json.loads(right.value)
+        assert wrong["id"] != paid["id"] and wrong["subject"] == paid["subject"]
+        assert wrong["data"]["amount"] != paid["data"]["amount"]
+
+
+def test_a_conflicting_copy_arrives_while_its_original_waits_for_its_predecessor(
+    hostile_stream: list[SimulatedMessage],
+) -> None:
+    for copy in of_kind(hostile_stream, "conflicting-copy"):
+        at = hostile_stream.index(copy)
+        event = strict_json(copy.value)
+        originals = [
+            m
+            for m in hostile_stream[:at]
+            if m.expected == "valid"
+            and (json.loads(m.value)["source"], json.loads(m.value)["id"])
+            == (event["source"], event["id"])
+        ]
+        assert len(originals) == 1
+        original = originals[0]
+        assert (original.topic, original.key) == (copy.topic, copy.key)
+        assert content(json.loads(original.value)) != content(event)
+        # The original was delivered before its predecessor, which comes only after the copy:
+        # the engine still has it parked when the copy arrives.
+        assert any(
+            m.dossier == copy.dossier
+            and m.expected == "valid"
+            and m.time < original.time
+            and m.topic != original.topic
+            for m in hostile_stream[at + 1 :]
+        )
+
+
+def test_the_command_takes_hostile_shares(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "x.jsonl"
+    base = ["simulate", "--dossiers", "150", "--from", "2025-06-25", "--to", "2025-07-04"]
+    assert main([*base, "--bad-share", "0.05", "--write", str(out)]) == 0
+    written = json.loads((tmp_path / "x.jsonl.manifest.json").read_text())
+    assert written["hostile_shares"] == Hostile.relative_to(0.05).as_dict()
+    assert written["hostile"] and sum(e["count"] for e in written["hostile"].values()) == sum(
+        1 for line in out.read_bytes().splitlines() if b'"hostile":' in line
+    )
+    args = ["--hostile", "all=0", "--hostile", "wrong-key=0.2", "--write", str(out)]
+    assert main([*base, *args]) == 0
+    written = json.loads((tmp_path / "x.jsonl.manifest.json").read_text())
+    assert set(written["hostile"]) == {"wrong-key"}
+    assert written["hostile_shares"]["wrong-key"] == 0.2
+    for bad in ("teleport=0.1", "wrong-key", "wrong-key=x", "all=1.5"):
+        assert main([*base, "--hostile", bad, "--write", str(out)]) == 2
+        assert "--hostile" in capsys.readouterr().err
