@@ -171,9 +171,9 @@ class Settings:
         7 * 24 * 3600,
         "How long (real time) an input may stay parked before it goes to the DLQ, parked-expired.",
     )
-    parked_sweep_seconds: float = setting(
+    parked_sweep_seconds: int = setting(
         "DOSSIER_PARKED_SWEEP_SECONDS",
-        5.0,
+        5,
         "How often (real time) the engine dead-letters parked inputs whose time-to-live ran out"
         " when no input arrives (a night, a weekend); batches of inputs do it too.",
     )
