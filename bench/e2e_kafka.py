@@ -1,6 +1,7 @@
 """Throughput and latency of the real engine process through real Kafka.
 
     python bench/e2e_kafka.py [--events 30000] [--rate 1000] [--seconds 20] [--no-postgres]
+                              [--no-sqlite] [--engines 2]
 
 For SQLite and PostgreSQL, each in a fresh database, topic prefix and consumer group:
   sustained : `dossier run` is up; a realistic mix is published as fast as Kafka takes it;
@@ -245,6 +246,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument(
         "--engines",
         type=int,
@@ -262,7 +264,9 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        databases = [("SQLite", lambda: f"sqlite:///{tmp / uuid.uuid4().hex}.db")]
+        databases = []
+        if not args.no_sqlite:
+            databases.append(("SQLite", lambda: f"sqlite:///{tmp / uuid.uuid4().hex}.db"))
         if not args.no_postgres:
             databases.append(("PostgreSQL", lambda: postgres_url(base)))
         for name, url in databases:
