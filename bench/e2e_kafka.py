@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -264,7 +265,7 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        databases = []
+        databases: list[tuple[str, Callable[[], str]]] = []
         if not args.no_sqlite:
             databases.append(("SQLite", lambda: f"sqlite:///{tmp / uuid.uuid4().hex}.db"))
         if not args.no_postgres:
