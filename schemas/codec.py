@@ -222,6 +222,22 @@ def _parse_time(text: str) -> datetime:
         return datetime.fromisoformat(text.upper())
 
 
+def _in_utc(moment: datetime, text: str) -> datetime | None:
+    """`moment` (parsed from `text`) in UTC, or None when that is before 2000-01-01 or beyond
+    datetime's range (9999-12-31T23:59:59-23:59 is in year 10000 in UTC)."""
+    if "2000-01-02" <= text < "9999":
+        # The usual case, decided on the text: offsets are under a day, so the instant is after
+        # 2000-01-01 and converts safely; later comparisons are then between UTC datetimes,
+        # several times cheaper than between datetimes of different offsets.
+        return moment.astimezone(UTC)
+    if moment < EARLIEST_TIME:  # comparing aware datetimes cannot overflow; converting can
+        return None
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return None
+
+
 def _format_time(value: datetime) -> str:
     offset = value.utcoffset()
     if offset is None:
@@ -452,13 +468,14 @@ class InboundDecoder:
             raise Rejected(
                 schema, f"schemaversion: {version} is newer than {CURRENT_SCHEMA_VERSION}"
             )
+        time_text: str = event["time"]
         try:
-            time = _parse_time(event["time"])
+            time = _parse_time(time_text)
         except ValueError:
             raise Rejected(schema, "time: not a valid date-time") from None
-        # Aware comparisons never overflow, unlike astimezone() of 9999-12-31T23:59:59-23:59;
-        # once inside the bounds, every conversion and the engine's arithmetic are safe.
-        if not EARLIEST_TIME <= time <= self.clock() + MAX_TIME_AHEAD:
+        # Once inside the bounds, every conversion and the engine's arithmetic are safe.
+        utc = _in_utc(time, time_text)
+        if utc is None or utc > self.clock() + MAX_TIME_AHEAD:
             raise Rejected(schema, "time: outside [2000-01-01, now + 1 day]")
 
         type_: str = event["type"]
@@ -478,11 +495,13 @@ class InboundDecoder:
             raise Rejected(schema, _schema_detail(exc, envelope=False)) from None
         for path in known.datetime_paths:
             for parent, name in _values_at(data, path):
+                text = parent[name]
                 try:
-                    moment = _parse_time(parent[name])
+                    moment = _parse_time(text)
                 except ValueError:
                     raise Rejected(schema, f"{_path_name(path)}: not a valid date-time") from None
-                if not EARLIEST_TIME <= moment < DATA_TIME_END:
+                utc = _in_utc(moment, text)
+                if utc is None or utc >= DATA_TIME_END:
                     raise Rejected(schema, f"{_path_name(path)}: outside [2000-01-01, 2100-01-01)")
         for path in known.dossier_code_paths:
             for parent, name in _values_at(data, path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -212,7 +212,14 @@ def test_envelope_time_outside_bounds_is_schema(time: str) -> None:
 
 @pytest.mark.parametrize(
     "time",
-    ["2000-01-01T00:00:00Z", "2000-01-01T07:00:00+07:00", (NOW + timedelta(days=1)).isoformat()],
+    [
+        "2000-01-01T00:00:00Z",
+        "2000-01-01T07:00:00+07:00",
+        "1999-12-31T20:00:00-05:00",  # 2000-01-01T01:00:00Z
+        (NOW + timedelta(days=1)).isoformat(),
+        # The same instant, read in Vietnam: 19:00 local, beyond now + 1 day only on its face.
+        (NOW + timedelta(days=1)).astimezone(timezone(timedelta(hours=7))).isoformat(),
+    ],
 )
 def test_envelope_time_at_the_bounds_decodes(time: str) -> None:
     decoded = decode(ev.to_bytes(ev.received(time=time)), "dossier.commune")
@@ -234,6 +241,8 @@ def test_the_wall_clock_is_injectable() -> None:
         "9999-01-01T00:00:00+07:00",
         "2100-01-01T00:00:00Z",
         "2100-01-01T06:59:59+07:00",  # 2099-12-31T23:59:59Z is inside: see below
+        "2099-12-31T23:00:00-05:00",  # 2100-01-01T04:00:00Z
+        "9998-12-31T23:59:59-23:59",
         "1999-12-31T23:59:59Z",
         "0001-01-01T00:00:00+23:59",
     ],
