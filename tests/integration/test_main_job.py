@@ -7,6 +7,7 @@ really reached Kafka). Each run has its own topic prefix, consumer group and dat
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from collections import Counter
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from deploy import local_kafka
 from dossier.cli import main
 from dossier.settings import Settings
+from dossier.simulation import HOSTILE_KINDS, HOSTILE_REASONS, value_digest
 from engine.events import ALL_TOPICS
 from engine.store.sql import consumer_positions, create_db_engine, dossiers, history, outbox
 from producers.workload import read_topic
@@ -44,6 +46,15 @@ DEMO = [
     "0.03",
     "--reorder-share",
     "0.1",
+    # Enough of every hostile sender's kind to see each one in a run this small.
+    *("--hostile", "poison-string=0.05"),
+    *("--hostile", "duplicate-key=0.01"),
+    *("--hostile", "wrong-key=0.01"),
+    *("--hostile", "implausible-time=0.01"),
+    *("--hostile", "oversized-string=0.03"),
+    *("--hostile", "forged-fee=0.2"),
+    *("--hostile", "wrong-payment=0.2"),
+    *("--hostile", "conflicting-copy=0.3"),
     "--keep-topics",
     "--timeout",
     "300",
@@ -177,3 +188,22 @@ def test_main_job_summary_agrees_with_the_database_and_with_what_was_produced(
         expect=sum(bad.values()),
     )
     assert Counter(json.loads(r.value)["data"]["reason"] for r in records) == Counter(bad)
+
+    # Each hostile sender's input, found by its bytes among them, with the reason the contract
+    # gives its kind: not merely the right totals by reason.
+    letters: dict[str, Counter[str]] = {}
+    for record in records:
+        data = json.loads(record.value)["data"]
+        original = base64.b64decode(data["original"]["value_base64"])
+        letters.setdefault(value_digest(original), Counter())[data["reason"]] += 1
+    hostile = manifest["hostile"]
+    assert set(hostile) == set(HOSTILE_KINDS)
+    lines = {c["name"]: c for c in summary["checks"]}
+    for kind, entry in hostile.items():
+        reason = HOSTILE_REASONS[kind]
+        assert entry["reason"] == reason
+        assert [letters.get(digest) for digest in entry["sha256"]] == [
+            Counter({reason: 1})
+        ] * entry["count"], kind
+        line = lines[f"hostile {kind}: {reason}"]
+        assert line["expected"] == line["actual"] == entry["count"]
