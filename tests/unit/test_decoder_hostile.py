@@ -527,7 +527,7 @@ def _at(value: Any, path: tuple[Any, ...]) -> Any:
     return value
 
 
-HOSTILE_STRINGS = (
+HOSTILE_STRINGS: st.SearchStrategy[str] = (
     st.sampled_from(["\ud800", "\udbff", "\udc00", "a\udfff", "\udc00\ud800"])
     | st.sampled_from(
         [
@@ -544,7 +544,7 @@ HOSTILE_STRINGS = (
     | st.text(max_size=40)
     | st.integers(1, 300_000).map(lambda n: "x" * n)
 )
-EDGE_NUMBERS = (
+EDGE_NUMBERS: st.SearchStrategy[Any] = (
     st.sampled_from(
         [0, -1, 1, 2**31, 2**53 - 1, 2**53, 2**63, -(2**63), 10**12, 10**12 + 1, 10**4000]
     )
@@ -585,6 +585,7 @@ def mutated(draw: st.DrawFn) -> tuple[bytes, str, bytes | None]:
         path = draw(st.sampled_from(places))
         text = json.dumps(_replace(event, path, "RAW-PLACE")).replace('"RAW-PLACE"', literal)
         return text.encode("utf-8"), topic, key
+    new: Any
     if kind == "string":
         path = draw(st.sampled_from([p for p in places if isinstance(_at(event, p), str)]))
         new = draw(HOSTILE_STRINGS)
