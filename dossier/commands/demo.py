@@ -425,8 +425,8 @@ def _expected_line(content: dict[str, Any]) -> str:
     bad = sum(n for k, n in expected.items() if k not in ("valid", "duplicate"))
     hostile = sum(int(entry["count"]) for entry in content["hostile"].values())
     return (
-        f"{expected.get('duplicate', 0):,} duplicates, {bad:,} bad inputs "
-        f"({hostile:,} of them from hostile senders)"
+        f"{expected.get('duplicate', 0):,} duplicates, {bad:,} bad inputs, "
+        f"{hostile:,} of them from hostile senders"
     )
 
 
