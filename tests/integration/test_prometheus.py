@@ -64,7 +64,7 @@ def run_tool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProc
 def test_promtool_check_config(promtool: str, config: str) -> None:
     result = run_tool(promtool, "check", "config", str(PROMETHEUS_DIR / config))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout + result.stderr
+    assert "SUCCESS: 8 rules found" in result.stdout + result.stderr
 
 
 def test_promtool_check_rules(promtool: str) -> None:
