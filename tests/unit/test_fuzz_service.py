@@ -21,6 +21,7 @@ from typing import Any
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
+from consumers.ordering import EventTimeGate, Held, event_time
 from engine.calendar import WorkingCalendar
 from engine.engine import Engine
 from engine.events import INBOUND_TOPICS
@@ -32,6 +33,7 @@ from schemas.codec import DeadLetterReason, InboundDecoder, validate_outbound
 from tests.fixtures import events as ev
 
 WALL = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # contract 1.1, Time: nothing before is applied
 GROUP = "fuzz"
 RESIDENCE = f"{ev.COMMUNE_AGENCY}-250303-0001"
 BIRTH = f"{ev.COMMUNE_AGENCY}-250303-0002"
@@ -331,7 +333,9 @@ HOSTILE = f"{ev.COMMUNE_AGENCY}-250305-0999"
 
 
 @st.composite
-def messages(draw: st.DrawFn, readdressed: bool = False) -> Message:
+def messages(
+    draw: st.DrawFn, readdressed: bool = False, mutations: Sequence[Mutation] = MUTATIONS
+) -> Message:
     """A base event, mutated. `readdressed`: moved first to another dossier with another id,
     so that only what the mutation does to it could touch the base dossiers."""
     topic, event = draw(st.sampled_from(BASE))
@@ -339,7 +343,7 @@ def messages(draw: st.DrawFn, readdressed: bool = False) -> Message:
     if readdressed:
         event["subject"] = HOSTILE
         event["id"] = f"hostile:{event['id']}"
-    mutation = draw(st.sampled_from(MUTATIONS))
+    mutation = draw(st.sampled_from(mutations))
     return mutation(draw, topic, event)
 
 
@@ -359,37 +363,49 @@ def batches(draw: st.DrawFn) -> list[list[Message]]:
 class Run:
     def __init__(self) -> None:
         self.store = InMemoryStore()
-        self.offsets: dict[str, int] = {}
+        self.offsets: dict[tuple[str, int], int] = {}
         self.inputs: list[tuple[RawInput, Message]] = []
 
-    def raw(self, message: Message) -> RawInput:
-        offset = self.offsets.get(message.topic, 0)
-        self.offsets[message.topic] = offset + 1
+    def raw(self, message: Message, partition: int = 0) -> RawInput:
+        slot = (message.topic, partition)
+        offset = self.offsets.get(slot, 0)
+        self.offsets[slot] = offset + 1
         raw = RawInput(
-            message.topic, Position(message.topic, 0, offset), message.key, message.value
+            message.topic, Position(message.topic, partition, offset), message.key, message.value
         )
         self.inputs.append((raw, message))
         return raw
 
     def process(self, batch: Sequence[Message]) -> BatchResult:
-        raws = [self.raw(m) for m in batch]
+        return self.process_raws([self.raw(m) for m in batch])
+
+    def process_raws(
+        self, raws: Sequence[RawInput], ceiling: datetime | None = None
+    ) -> BatchResult:
         try:
-            result = PROCESSOR.process(InMemoryUnitOfWork(self.store), raws)
+            result = PROCESSOR.process(InMemoryUnitOfWork(self.store), raws, ceiling)
         except Exception as exc:
+            whats = [m.what for raw, m in self.inputs if raw in raws]
             raise AssertionError(
-                f"process raised {type(exc).__name__}: {exc} on {[m.what for m in batch]}"
+                f"process raised {type(exc).__name__}: {exc} on {whats} (ceiling {ceiling})"
             ) from exc
         assert sum(result.outcomes.values()) == len(raws), (result.outcomes, len(raws))
-        self.check_clock(result)
+        self.check_clock(result, exact=ceiling is None)
         return result
 
     def latest_applied(self) -> datetime | None:
         times = [row.event_time for rows in self.store.history.values() for row in rows]
         return max(times, default=None)
 
-    def check_clock(self, result: BatchResult) -> None:
+    def check_clock(self, result: BatchResult, exact: bool = True) -> None:
+        """The clock is the latest applied time; under a transport's ceiling (the watermark of
+        inputs held back), it may lag behind it, but it is never a time no input could apply."""
         latest = self.latest_applied()
-        assert result.clock == latest, f"clock {result.clock}, latest applied input {latest}"
+        if exact:
+            assert result.clock == latest, f"clock {result.clock}, latest applied input {latest}"
+        elif result.clock is not None:
+            assert latest is not None and result.clock <= latest, (result.clock, latest)
+            assert result.clock >= EARLIEST, f"clock {result.clock} set by a refused time"
         for message in self.outbox():
             if message.topic == "dossier.deadline":
                 assert latest is not None and message.created_at <= latest
@@ -454,6 +470,58 @@ def test_any_mutated_stream_is_accounted_for_and_never_raises(
     run.process([])  # the timer's empty batch
     run.check_fates()
     run.check_outputs()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(messages(mutations=[valid, valid, edge_time, edge_time]), st.integers(0, 1)),
+        min_size=1,
+        max_size=12,
+    ),
+    st.dictionaries(
+        st.tuples(st.sampled_from(INBOUND_TOPICS), st.integers(0, 1)),
+        st.sampled_from([None, 3]),
+        min_size=1,
+        max_size=4,
+    ),
+    st.lists(st.integers(1, 4), min_size=1, max_size=6),
+)
+def test_through_the_ordering_gate_with_its_watermark_as_the_clock_ceiling(
+    arrivals: list[tuple[Message, int]],
+    lagging: dict[tuple[str, int], int | None],
+    waves: list[int],
+) -> None:
+    """As the consumer runs it: inputs on two partitions go through the event-time gate
+    (consumers.ordering), which reads their `time` before any validation, holds some back for
+    topics that lag, and bounds each released batch's clock by the watermark of what it holds.
+    Hostile times held back must not break the batches released meanwhile."""
+    run = Run()
+    gate = EventTimeGate(INBOUND_TOPICS, max_idle_s=1.0, max_lagging_wait_s=2.0)
+
+    def lag(topic: str, partition: int, next_offset: int | None) -> int | None:
+        return lagging.get((topic, partition), 0)
+
+    now, pending = 0.0, list(arrivals)
+    for wave in waves:
+        arrived, pending = pending[:wave], pending[wave:]
+        for message, partition in arrived:
+            raw = run.raw(message, partition)
+            gate.add([Held(raw, event_time(raw.value))])
+        now += 0.5
+        released = [h.raw for h in gate.release(lag, now)]
+        ceiling = gate.watermark(lag)
+        if currently_in_test_context():
+            event(f"ceiling {'none' if ceiling is None else ceiling.year}")
+        run.process_raws(released, ceiling)
+    for message, partition in pending:
+        raw = run.raw(message, partition)
+        gate.add([Held(raw, event_time(raw.value))])
+    while len(gate):  # the lagging topics never deliver: everything goes after its wait
+        now += 2.5
+        run.process_raws([h.raw for h in gate.release(lag, now)], gate.watermark(lag))
+    run.process_raws([], gate.watermark(lag))  # the timer
+    run.check_fates()
 
 
 def _valid_message(index: int) -> Message:
