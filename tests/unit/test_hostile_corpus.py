@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from consumers.ordering import EventTimeGate, Held, event_time
 from engine.calendar import WorkingCalendar
 from engine.dossier import Decision, Dossier
 from engine.engine import Engine
@@ -372,6 +373,58 @@ def test_time_within_a_day_of_the_wall_clock_applies() -> None:
     assert bench.latest_applied() == WALL + timedelta(hours=20)
 
 
+@pytest.mark.parametrize(
+    ("time", "refused"),
+    [
+        ("1999-12-31T23:59:59Z", True),
+        ("2000-01-01T06:59:59+07:00", True),  # 1999-12-31T23:59:59Z
+        ("2000-01-01T00:00:00Z", False),
+        (rfc3339(WALL + timedelta(days=1)), False),
+        (rfc3339(WALL + timedelta(days=1, seconds=1)), True),
+    ],
+)
+def test_the_time_bounds_are_exact(time: str, refused: bool) -> None:
+    """Before 2000-01-01 (an instant: UTC) or more than one day after the wall clock is
+    `schema`; the bounds themselves are not (2000 may still be refused for other reasons: no
+    procedure version was in force)."""
+    bench = Bench()
+    raw = bench.feed(SUBMISSION, valid_submitted(time=time))
+    bench.run(raw)
+    if refused:
+        bench.assert_dead_lettered(raw, "schema")
+    else:
+        assert bench.fate(raw) not in ("dead_lettered:schema", "dead_lettered:malformed")
+
+
+@pytest.mark.parametrize(
+    "new_due",
+    ["9999-12-31T23:59:59-23:59", "9999-12-31T23:59:59+23:59", "0001-01-01T00:00:00+23:59"],
+)
+def test_an_appointment_at_the_end_of_time_is_refused(new_due: str) -> None:
+    """`rescheduled.new_due` is a time in `data`: one the calendar cannot count from (or the
+    clock cannot reach) is refused, and the dossier can still be rescheduled properly."""
+    bench = Bench()
+    steps = ev.residence_lifecycle(CODE)[:3]
+    assert bench.run(*(bench.feed(t, e) for t, e in steps)).count("applied") == 3
+    raw = bench.feed(
+        COMMUNE, ev.rescheduled(dossier=CODE, new_due=new_due, time="2025-03-04T09:00:00+07:00")
+    )
+    bench.run(raw)
+    assert bench.fate(raw) in ("dead_lettered:schema", "dead_lettered:invalid-transition")
+    proper = bench.feed(
+        COMMUNE,
+        ev.rescheduled(
+            dossier=CODE,
+            new_due="2025-03-20T17:00:00+07:00",
+            time="2025-03-04T10:00:00+07:00",
+            id="reschedule-2",
+        ),
+    )
+    assert bench.run(proper).count("applied") == 1
+    assert bench.run().notices == {}
+    bench.assert_next_dossier_applies(COMMUNE)
+
+
 def _far(hours: int = 12) -> str:
     """Later than any legitimate input of these tests, but allowed (within a day of WALL)."""
     return rfc3339(WALL + timedelta(hours=hours))
@@ -433,6 +486,76 @@ def test_clock_pushed_by_dead_lettered_unknown_procedure_no_overdue_afterwards()
     assert bench.outbox("dossier.deadline") == []
     bench.assert_next_dossier_applies(COMMUNE)  # due within a day: it may get its warning
     assert bench.notices(CODE) == []
+
+
+GATE_CEILING_BUG = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "open: consumers.ordering.EventTimeGate.watermark takes held inputs' unvalidated `time`"
+        " as the clock ceiling, and engine.service._Batch._advance_clock sets an unset clock to"
+        " min(latest applied, ceiling): year 1 becomes the business clock, or its astimezone(UTC)"
+        " overflows and the runtime sets the legitimate input aside as internal-error; remove"
+        " this mark once fixed"
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    "time",
+    [
+        pytest.param("0001-01-01T00:00:00+23:59", marks=GATE_CEILING_BUG),
+        pytest.param("0001-01-01T00:00:00Z", marks=GATE_CEILING_BUG),
+        "9999-12-31T23:59:59-23:59",
+    ],
+)
+def test_a_hostile_time_held_by_the_ordering_gate_does_not_break_other_batches(time: str) -> None:
+    """The consumer's event-time gate reads `time` before the decoder has refused it, and a
+    held input's time bounds the clock of the batches released meanwhile (their ceiling). A
+    hostile time held on one partition must neither fail the batch of another partition (which
+    the runtime would then set aside, a legitimate input as internal-error) nor become the
+    business clock. Here on a fresh engine, whose clock is not set yet."""
+    bench = Bench()
+    topics = ("dossier.submission", "dossier.commune", "dossier.district", "dossier.province")
+    gate = EventTimeGate(topics, max_idle_s=1.0)
+
+    def held(raw: RawInput, partition: int) -> Held:
+        raw = RawInput(
+            raw.contract_topic,
+            Position(raw.position.topic, partition, raw.position.offset),
+            raw.key,
+            raw.value,
+        )
+        return Held(raw, event_time(raw.value))
+
+    def lag(topic: str, partition: int, next_offset: int | None) -> int | None:
+        # Partition 0's district topic has not been fetched yet: its inputs wait for it.
+        return None if (partition, topic) == (0, "dossier.district") else 0
+
+    # Partition 0 releases a reception that waits for its submission (the clock stays unset),
+    # then holds a hostile reception.
+    early = ev.received(dossier=f"{AGENCY}-250303-0009", time="2025-03-03T08:00:00+07:00")
+    gate.add([held(bench.feed(COMMUNE, early), 0)])
+    assert gate.release(lag, now=0.0) == []  # waits for the district topic
+    [released] = gate.release(lag, now=2.0)  # ... for at most max_idle_s
+    assert bench.run(released.raw).count("parked") == 1
+    hostile = ev.received(dossier=CODE, time=time)
+    gate.add([held(bench.feed(COMMUNE, ev.to_bytes(hostile), key=CODE.encode()), 0)])
+    # Partition 1 releases a legitimate dossier meanwhile, bounded by the watermark.
+    submitted = valid_submitted(OTHER_CODE, time="2025-03-03T08:30:00+07:00")
+    other = held(bench.feed(SUBMISSION, submitted), 1)
+    gate.add([other])
+    batch = [h.raw for h in gate.release(lag, now=2.1)]
+    assert batch == [other.raw]
+    ceiling = gate.watermark(lag)
+    try:
+        result = bench.processor.process(InMemoryUnitOfWork(bench.store), batch, ceiling)
+    except Exception as exc:
+        pytest.fail(f"a hostile held time ({time}) failed another partition's batch: {exc!r}")
+    assert result.count("applied") == 1
+    assert bench.fate(other.raw) == "applied"
+    if result.clock is not None:
+        assert datetime(2000, 1, 1, tzinfo=UTC) <= result.clock
+        assert result.clock <= datetime.fromisoformat("2025-03-03T08:30:00+07:00")
 
 
 # =========================================================================== Arrival order
