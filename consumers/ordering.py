@@ -24,12 +24,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from engine.service import RawInput
+from schemas.codec import plausible_time
 
 # (topic, partition, next offset seen) -> records known unread (0: caught up), None if unknown
 Lag = Callable[[str, int, int | None], int | None]
@@ -42,8 +43,10 @@ class Held:
     token: Any = None  # what the transport needs to acknowledge it (a faust event)
 
 
-def event_time(value: bytes | None) -> datetime | None:
-    """The input's `time`, cheaply; None when it has none that parses (a bad input)."""
+def event_time(value: bytes | None, now: datetime | None = None) -> datetime | None:
+    """The input's `time`, cheaply; None when it has none that parses, or one the decoder will
+    refuse (contract 1.1, "Time": before 2000 or over a day after `now`, the wall clock). Such
+    an input goes first, as a bad one does, and never holds other inputs or the clock back."""
     if not value:
         return None
     try:
@@ -51,7 +54,9 @@ def event_time(value: bytes | None) -> datetime | None:
         time = datetime.fromisoformat(document["time"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
-    return time if time.tzinfo is not None else None
+    if time.tzinfo is None or plausible_time(time, now or datetime.now(UTC)) is None:
+        return None
+    return time
 
 
 class EventTimeGate:

@@ -46,6 +46,7 @@ __all__ = [
     "encode_outbound",
     "is_dossier_code",
     "load_schema",
+    "plausible_time",
     "validate_outbound",
 ]
 
@@ -236,6 +237,18 @@ def _in_utc(moment: datetime, text: str) -> datetime | None:
         return moment.astimezone(UTC)
     except OverflowError:
         return None
+
+
+def plausible_time(moment: datetime, now: datetime) -> datetime | None:
+    """`moment` in UTC if the contract's Time rule admits it as an input's `time` when the wall
+    clock says `now` (from 2000-01-01 to a day after `now`), else None."""
+    if moment.tzinfo is None or moment < EARLIEST_TIME:
+        return None
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError:
+        return None
+    return utc if utc <= now + MAX_TIME_AHEAD else None
 
 
 def _format_time(value: datetime) -> str:
