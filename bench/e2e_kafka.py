@@ -38,12 +38,12 @@ from kafka import KafkaConsumer
 from dossier.settings import Settings
 from dossier.simulation import SimulatedMessage, Workload
 from dossier.supervision import EngineProcess, wait_caught_up
+from engine.application.ports import Position
+from engine.application.service import BatchProcessor, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
-from engine.engine import Engine
+from engine.decider import Decider
 from engine.events import ALL_TOPICS, INBOUND_TOPICS
-from engine.ports import Position
 from engine.procedures import load_catalogue
-from engine.service import BatchProcessor, RawInput, ServiceConfig
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from producers.workload import create_input_producer, publish, read_topic
@@ -204,7 +204,7 @@ def naive(settings: Settings, stream: list[SimulatedMessage]) -> float:
     db = create_db_engine(settings.database_url)
     upgrade(db)
     processor = BatchProcessor(
-        Engine(load_catalogue(), WorkingCalendar.load()),
+        Decider(load_catalogue(), WorkingCalendar.load()),
         InboundDecoder(),
         ServiceConfig(settings.engine_source, settings.consumer_group, timedelta(days=7)),
     )

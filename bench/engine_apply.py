@@ -1,8 +1,8 @@
-"""Engine throughput, each figure beside a naive baseline measured in the same run.
+"""Decider throughput, each figure beside a naive baseline measured in the same run.
 
     python bench/engine_apply.py [--dossiers 20000] [--postgres URL | --no-postgres]
 
-(a) pure `Engine.apply` in memory on one core, against a `transitions.Machine` built per
+(a) pure `Decider.apply` in memory on one core, against a `transitions.Machine` built per
     dossier, plus the cost of `Machine.add_model` as models accumulate (why the engine shares
     one compiled machine per procedure version);
 (b) decode + apply + batched commit through the service layer into SQLite and PostgreSQL,
@@ -36,14 +36,14 @@ from transitions import Machine
 from dossier.gc_tuning import tune_for_batches
 from dossier.settings import Settings
 from dossier.simulation import SimulatedMessage, Workload
+from engine.application.pipeline import WriteBehindPipeline
+from engine.application.ports import ConcurrencyError, Position
+from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
+from engine.decider import Decider
 from engine.dossier import Applied, Dossier
-from engine.engine import Engine
 from engine.events import InboundEvent
-from engine.pipeline import WriteBehindPipeline
-from engine.ports import ConcurrencyError, Position
 from engine.procedures import ProcedureVersion, load_catalogue
-from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
@@ -71,7 +71,7 @@ def decoded(messages: list[SimulatedMessage]) -> list[InboundEvent]:
     return [decoder.decode(m.value, m.topic, key=m.key) for m in messages]
 
 
-def pure_apply(engine: Engine, events: list[InboundEvent]) -> tuple[float, int]:
+def pure_apply(engine: Decider, events: list[InboundEvent]) -> tuple[float, int]:
     dossiers: dict[str, Dossier] = {}
     applied = 0
     started = time.perf_counter()
@@ -89,7 +89,7 @@ class NaiveDossier:
     state: str
 
 
-def naive_machine_per_dossier(engine: Engine, events: list[InboundEvent]) -> tuple[float, int]:
+def naive_machine_per_dossier(engine: Decider, events: list[InboundEvent]) -> tuple[float, int]:
     """A transitions Machine built for every dossier; conditions on level and agency only."""
     models: dict[str, tuple[NaiveDossier, Machine]] = {}
     versions: dict[str, ProcedureVersion] = {}
@@ -167,7 +167,7 @@ def through_service(
 ) -> float:
     db = create_db_engine(url)
     upgrade(db)
-    engine = Engine(load_catalogue(), WorkingCalendar.load())
+    engine = Decider(load_catalogue(), WorkingCalendar.load())
     processor = BatchProcessor(
         engine,
         InboundDecoder(),
@@ -215,7 +215,7 @@ def in_memory_service(inputs: list[RawInput], batch_size: int) -> float:
     """Seconds to decode, apply and commit `inputs` through the service layer into the
     in-memory store: the engine's own per-input work, with no database to wait for."""
     processor = BatchProcessor(
-        Engine(load_catalogue(), WorkingCalendar.load()),
+        Decider(load_catalogue(), WorkingCalendar.load()),
         InboundDecoder(),
         ServiceConfig("urn:bench", "bench", parked_ttl=_week()),
     )
@@ -282,7 +282,7 @@ def _serve_share(
 ) -> None:
     db = create_db_engine(url)
     processor = BatchProcessor(
-        Engine(load_catalogue(), WorkingCalendar.load()),
+        Decider(load_catalogue(), WorkingCalendar.load()),
         InboundDecoder(),
         ServiceConfig("urn:bench", group, parked_ttl=_week()),
     )
@@ -323,7 +323,7 @@ def main() -> int:
     tune_for_batches(settings.gc_young_threshold)
 
     catalogue = load_catalogue()
-    engine = Engine(catalogue, WorkingCalendar.load())
+    engine = Decider(catalogue, WorkingCalendar.load())
     messages = workload(args.dossiers)
     events = decoded(messages)
     print(f"workload: {args.dossiers} dossiers, {len(events)} events (3 reference procedures)")

@@ -39,12 +39,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dossier import metrics as m
 from engine import indicators as ind
+from engine.application.ports import Position, StoredDossier
+from engine.application.service import BatchResult, RawInput
 from engine.calendar import WorkingCalendar
 from engine.dossier import Dossier
 from engine.events import INBOUND_TOPICS
-from engine.ports import Position, StoredDossier
 from engine.procedures import load_catalogue
-from engine.service import BatchResult, RawInput
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 

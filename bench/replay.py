@@ -56,14 +56,14 @@ from dossier.replay import compare, make_processor, replay_from_db, replay_from_
 from dossier.replay_parallel import encode_rows, sqlite_time
 from dossier.settings import Settings
 from dossier.simulation import Workload
+from engine.application.ports import HistoryRow, Position, StoredDossier
+from engine.application.service import RawInput, _envelope
 from engine.audit import GENESIS, link, row_content
 from engine.calendar import WorkingCalendar
+from engine.decider import Decider
 from engine.dossier import Applied, Dossier
-from engine.engine import Engine as DossierEngine
 from engine.events import INBOUND_TOPICS, InboundEvent
-from engine.ports import HistoryRow, Position, StoredDossier
 from engine.procedures import load_catalogue
-from engine.service import RawInput, _envelope
 from engine.store.audit import verify, write_checkpoint
 from engine.store.migrate import upgrade
 from engine.store.sql import (
@@ -76,9 +76,9 @@ from engine.store.sql import (
     outbox,
 )
 from engine.store.sql import dossiers as dossiers_table
-from engine.upcasting import upcast
 from producers.workload import create_input_producer, publish
 from schemas.codec import encode_outbound
+from schemas.upcasting import upcast
 
 
 def main() -> int:
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace, settings: Settings, work: Path) -> int:
 
 def replay_floor(source: Engine, path: Path, engine_source: str, batch: int = 5000) -> None:
     """Time the floor's stages over `source`'s history (see the module's docstring)."""
-    engine = DossierEngine(load_catalogue(), WorkingCalendar.load())
+    engine = Decider(load_catalogue(), WorkingCalendar.load())
     target = create_db_engine(f"sqlite:///{path}")
     upgrade(target)
     target.dispose()

@@ -27,9 +27,9 @@ from consumers.buffer import ByteBoundedQueue
 from consumers.drain import FastDrainConsumer, RawSchema
 from consumers.ordering import EventTimeGate, Held, event_time
 from dossier.runtime import COMMIT_ATTEMPTS, Runtime
+from engine.application.ports import Position
+from engine.application.service import RawInput
 from engine.events import INBOUND_TOPICS
-from engine.ports import Position
-from engine.service import RawInput
 
 log = logging.getLogger(__name__)
 

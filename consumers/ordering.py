@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from engine.service import RawInput
+from engine.application.service import RawInput
 from schemas.codec import plausible_time
 
 # (topic, partition, next offset seen) -> records known unread (0: caught up), None if unknown

@@ -27,7 +27,7 @@ from engine.calendar import WorkingCalendar
 from engine.events import FEE_DISCOUNT_TOPIC, TYPE_PREFIX
 from engine.procedures import load_catalogue
 from engine.store.sql import history, outbox
-from engine.upcasting import upcast
+from schemas.upcasting import upcast
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 # Keys whose values identify a person: masked wherever they occur in an input's data.

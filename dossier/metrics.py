@@ -46,10 +46,10 @@ from sqlalchemy import Engine as DbEngine
 from sqlalchemy import case, func, select
 
 from engine import indicators as ind
+from engine.application.ports import OutboxMessage
+from engine.application.service import BatchResult, RawInput
 from engine.calendar import WorkingCalendar
 from engine.events import INBOUND_TOPICS, OUTBOUND_TOPICS
-from engine.ports import OutboxMessage
-from engine.service import BatchResult, RawInput
 from engine.store.sql import dossiers, engine_clock, input_outcomes, outbox, parked_inputs
 from schemas.codec import DeadLetterReason
 

@@ -39,16 +39,16 @@ from sqlalchemy import Connection, Engine, func, select
 
 from consumers.ordering import event_time
 from dossier.settings import Settings
+from engine.application.ports import Position
+from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
-from engine.engine import Engine as DossierEngine
+from engine.decider import Decider
 from engine.events import INBOUND_TOPICS, InboundEvent
-from engine.ports import Position
 from engine.procedures import load_catalogue
-from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlRepository, SqlUnitOfWork, dossiers, history
-from engine.upcasting import upcast
 from schemas.codec import InboundDecoder
+from schemas.upcasting import upcast
 
 REPLAY_GROUP = "dossier-replay"
 
@@ -122,7 +122,7 @@ def make_processor(
 ) -> BatchProcessor:
     """The processor every replay path uses. `notice_scan_limit` (None: the service's
     default) is there so tests can make the limit bite on a small history."""
-    engine = DossierEngine(load_catalogue(settings.workflows_dir), WorkingCalendar.load())
+    engine = Decider(load_catalogue(settings.workflows_dir), WorkingCalendar.load())
     config = ServiceConfig(
         engine_source=settings.engine_source,
         consumer_group=group,

@@ -101,9 +101,9 @@ from dossier.replay_parallel import (
     write_shard,
 )
 from dossier.settings import Settings
+from engine.application.ports import Position
+from engine.application.service import RawInput
 from engine.events import INBOUND_TOPICS
-from engine.ports import Position
-from engine.service import RawInput
 from schemas.codec import InboundDecoder
 from schemas.codec import Rejected as DecodeRejected
 

@@ -97,11 +97,11 @@ from dossier.replay import (
     stored_input,
 )
 from dossier.settings import Settings
+from engine.application.ports import Position, Repository, StoredDossier
+from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig, _Batch
+from engine.decider import Decider
 from engine.dossier import Applied, Decision, Dossier, NotYetApplicable, Rejected
-from engine.engine import Engine as DossierEngine
 from engine.events import InboundEvent, OutboundEvent
-from engine.ports import Position, Repository, StoredDossier
-from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig, _Batch
 from engine.store.memory import InMemoryRepository, InMemoryStore, InMemoryUnitOfWork
 from engine.store.sql import (
     SqlRepository,
@@ -434,10 +434,10 @@ def _dead_letter_id(position: Position) -> str:
     return dead_letter_id(position.topic, partition, offset)
 
 
-class _TrackingEngine(DossierEngine):
+class _TrackingEngine(Decider):
     """The engine, telling the tracker about each decision and notice as it is made."""
 
-    def __init__(self, base: DossierEngine, tracker: _OrderTracker) -> None:
+    def __init__(self, base: Decider, tracker: _OrderTracker) -> None:
         super().__init__(base.catalogue, base.calendar)
         self.tracker = tracker
 
@@ -519,9 +519,7 @@ class _CoordinatedBatch(_Batch):
 class _CoordinatedProcessor(BatchProcessor):
     """`BatchProcessor`, each batch on the clock the parent works out (`exchange`)."""
 
-    def __init__(
-        self, engine: DossierEngine, decoder: _ShardDecoder, config: ServiceConfig
-    ) -> None:
+    def __init__(self, engine: Decider, decoder: _ShardDecoder, config: ServiceConfig) -> None:
         super().__init__(engine, decoder, config)
         self.exchange: Callable[[datetime | None], datetime | None] = lambda latest: latest
 

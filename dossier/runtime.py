@@ -16,13 +16,13 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from dossier.settings import Settings
+from engine.application.pipeline import WriteBehindPipeline
+from engine.application.ports import ConcurrencyError
+from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
-from engine.engine import Engine
+from engine.decider import Decider
 from engine.events import INBOUND_TOPICS
-from engine.pipeline import WriteBehindPipeline
-from engine.ports import ConcurrencyError
 from engine.procedures import load_catalogue
-from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine, pinned_versions
 from schemas.codec import InboundDecoder
@@ -53,7 +53,7 @@ def is_infrastructure_failure(exc: BaseException) -> bool:
 class Runtime:
     settings: Settings
     db: DbEngine
-    engine: Engine
+    engine: Decider
     processor: BatchProcessor
     batch_listeners: list[BatchListener] = field(default_factory=list)
     # Set after every commit; a relay in another process passes its own (multiprocessing) one.
@@ -69,7 +69,7 @@ class Runtime:
     @classmethod
     def create(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
         catalogue = load_catalogue(settings.workflows_dir)
-        engine = Engine(catalogue, WorkingCalendar.load())
+        engine = Decider(catalogue, WorkingCalendar.load())
         db = create_db_engine(settings.database_url)
         if migrate:
             upgrade(db)
@@ -130,9 +130,9 @@ class Runtime:
     def submit(
         self, inputs: Sequence[RawInput], clock_ceiling: datetime | None = None
     ) -> Future[BatchResult]:
-        """Apply a batch now and commit it behind (engine.pipeline): returns once the batch is
-        staged, while the one before may still be committing; the future resolves when this
-        one is committed. Call from one thread."""
+        """Apply a batch now and commit it behind (engine.application.pipeline): returns once
+        the batch is staged, while the one before may still be committing; the future resolves
+        when this one is committed. Call from one thread."""
         if self._pipeline is None:
             self._pipeline = WriteBehindPipeline(
                 self.processor,

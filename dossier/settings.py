@@ -142,9 +142,10 @@ class Settings:
     batch_pipeline: BatchPipeline = setting(
         "DOSSIER_BATCH_PIPELINE",
         "auto",
-        "'write-behind': a batch is computed while the one before commits (engine.pipeline);"
-        " 'serial': each batch is committed before the next is computed; 'auto': write-behind"
-        " on PostgreSQL (a server to wait for), serial on SQLite (measured faster there).",
+        "'write-behind': a batch is computed while the one before commits"
+        " (engine.application.pipeline); 'serial': each batch is committed before the next is"
+        " computed; 'auto': write-behind on PostgreSQL (a server to wait for), serial on SQLite"
+        " (measured faster there).",
     )
     gc_young_threshold: int = setting(
         "DOSSIER_GC_YOUNG_THRESHOLD",

@@ -901,7 +901,7 @@ def payable_amount(
 ) -> int:
     """What the applicant owes for `fees` (fee code -> amount requested), as the engine counts
     it: each fee less the discount of the first of the version's rules for it that applies to
-    the dossier's channel and submission day (engine.engine._grant_discounts)."""
+    the dossier's channel and submission day (engine.decider._grant_discounts)."""
     submitted_on = submitted_at.astimezone(VN_TZ).date()
     total = 0
     for code, base in fees.items():

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from engine.ports import OutboxMessage, UnitOfWork
+from engine.application.ports import OutboxMessage, UnitOfWork
 
 log = logging.getLogger(__name__)
 

@@ -185,8 +185,8 @@ def relay_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     from dossier.logs import configure_logging
+    from engine.application.ports import OutboxMessage
     from engine.events import OUTBOUND_TOPICS
-    from engine.ports import OutboxMessage
     from engine.store.sql import RelayLease, SqlUnitOfWork, create_db_engine
     from producers.relay import OutboxRelay, create_producer
 

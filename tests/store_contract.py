@@ -1,4 +1,4 @@
-"""The storage contract (`engine.ports`), written once and run against every adapter.
+"""The storage contract (`engine.application.ports`), written once and run against every adapter.
 
 A test module subclasses `StoreContract` and provides a `uow_factory` fixture: a callable that
 returns a new unit of work over one shared, initially empty store.
@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from engine.dossier import Dossier
-from engine.ports import (
+from engine.application.ports import (
     ConcurrencyError,
     HistoryRow,
     LedgerEntry,
@@ -24,6 +23,7 @@ from engine.ports import (
     StoredDossier,
     UnitOfWork,
 )
+from engine.dossier import Dossier
 
 UowFactory = Callable[[], UnitOfWork]
 
@@ -117,7 +117,7 @@ def save_new(factory: UowFactory, *dossiers: Dossier, notice: datetime | None = 
 
 
 class StoreContract:
-    """Every adapter of `engine.ports.UnitOfWork` passes these."""
+    """Every adapter of `engine.application.ports.UnitOfWork` passes these."""
 
     # --- dossiers ----------------------------------------------------------------------------
     def test_save_load_round_trip(self, uow_factory: UowFactory) -> None:

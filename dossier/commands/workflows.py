@@ -112,7 +112,7 @@ def run_show(settings: Settings, args: argparse.Namespace) -> int:
     if not versions:
         print(f"error: no procedure {args.code!r} (version {args.version})", file=sys.stderr)
         return 1
-    from engine.engine import GUARDS
+    from engine.decider import GUARDS
 
     for version in versions:
         if args.mermaid:

@@ -1,4 +1,4 @@
-"""Storage adapters of `engine.ports`.
+"""Storage adapters of `engine.application.ports`.
 
 - `engine.store.sql`: SQLAlchemy Core over SQLite (embedded default) or PostgreSQL (psycopg 3).
 - `engine.store.memory`: plain Python objects, for unit tests and benchmarks of the pure path.

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, case, func, select, text
 
+from engine.application.ports import HistoryRow, OutboxMessage, Position
 from engine.audit import (
     CHECKPOINT,
     DIVERGED,
@@ -31,7 +32,6 @@ from engine.audit import (
     verify_chain,
 )
 from engine.events import AUDIT_CHECKPOINT_TOPIC, TYPE_PREFIX, OutboundEvent
-from engine.ports import HistoryRow, OutboxMessage, Position
 from engine.store.sql import (
     SqlRepository,
     audit_checkpoint_heads,

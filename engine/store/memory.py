@@ -1,4 +1,4 @@
-"""The in-memory adapter of `engine.ports`: plain dicts, same semantics as the SQL one.
+"""The in-memory adapter of `engine.application.ports`: plain dicts, same semantics as the SQL one.
 
 For unit tests and for benchmarks of the pure path, so staging has to stay proportional to
 what a batch touches: a unit of work writes into overlays (changed keys, deleted keys) over the
@@ -18,9 +18,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
-from engine.audit import GENESIS, link, row_content
-from engine.copying import compile_replace
-from engine.ports import (
+from engine.application.ports import (
     ConcurrencyError,
     HistoryRow,
     LedgerEntry,
@@ -29,6 +27,8 @@ from engine.ports import (
     Repository,
     StoredDossier,
 )
+from engine.audit import GENESIS, link, row_content
+from engine.copying import compile_replace
 
 _copy_parked = compile_replace(ParkedInput)
 _copy_message = compile_replace(OutboxMessage)
@@ -106,7 +106,7 @@ class _Overlay(Generic[K, V]):
 
 
 class InMemoryRepository:
-    """`engine.ports.Repository` staging its writes until `_merge()`."""
+    """`engine.application.ports.Repository` staging its writes until `_merge()`."""
 
     def __init__(self, store: InMemoryStore) -> None:
         self.store = store

@@ -1,4 +1,5 @@
-"""The SQL adapter of `engine.ports`: SQLAlchemy 2 Core over SQLite or PostgreSQL (psycopg 3).
+"""The SQL adapter of `engine.application.ports`: SQLAlchemy 2 Core over SQLite or PostgreSQL
+(psycopg 3).
 
 Core, not the ORM: the engine writes thousands of rows per batch, and the ORM's identity map
 and per-object flush cost more than the database does. A batch write is one statement per
@@ -72,9 +73,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.types import UserDefinedType
 
-from engine.audit import GENESIS, link, row_content
-from engine.dossier import Dossier
-from engine.ports import (
+from engine.application.ports import (
     ConcurrencyError,
     HistoryRow,
     LedgerEntry,
@@ -84,6 +83,8 @@ from engine.ports import (
     Repository,
     StoredDossier,
 )
+from engine.audit import GENESIS, link, row_content
+from engine.dossier import Dossier
 
 # Values per IN list: well under SQLite's bound-parameter limit, and PostgreSQL plans a list
 # this size as quickly as a smaller one.
@@ -567,7 +568,8 @@ _update_dossier = (
 
 
 class SqlRepository:
-    """`engine.ports.Repository` on one connection, inside the unit of work's transaction."""
+    """`engine.application.ports.Repository` on one connection, inside the unit of work's
+    transaction."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection

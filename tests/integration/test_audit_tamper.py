@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from engine.application.ports import Position
+from engine.application.service import BatchProcessor, RawInput, ServiceConfig
 from engine.audit import (
     CHANGED,
     CHECKPOINT,
@@ -26,10 +28,8 @@ from engine.audit import (
     row_content,
 )
 from engine.calendar import WorkingCalendar
-from engine.engine import Engine as DossierEngine
-from engine.ports import Position
+from engine.decider import Decider
 from engine.procedures import load_catalogue
-from engine.service import BatchProcessor, RawInput, ServiceConfig
 from engine.store.audit import verify, write_checkpoint
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
@@ -53,7 +53,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     engine = create_db_engine(url)
     upgrade(engine)
     processor = BatchProcessor(
-        DossierEngine(load_catalogue(), WorkingCalendar.load()),
+        Decider(load_catalogue(), WorkingCalendar.load()),
         InboundDecoder(),
         ServiceConfig("urn:test:engine", "audit-test", timedelta(days=7)),
     )

@@ -17,16 +17,16 @@ from sqlalchemy import Engine
 from dossier.cli import main as cli
 from dossier.replay import compare, replay_from_db
 from dossier.settings import Settings
+from engine.application.ports import Position
+from engine.application.service import BatchProcessor, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
-from engine.engine import Engine as DossierEngine
-from engine.ports import Position
+from engine.decider import Decider
 from engine.procedures import load_catalogue
-from engine.service import BatchProcessor, RawInput, ServiceConfig
 from engine.store.audit import verify
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
-from engine.upcasting import upcast
 from schemas.codec import InboundDecoder
+from schemas.upcasting import upcast
 from tests.fixtures import events as ev
 from tests.integration.test_engine_e2e import land_certificate
 
@@ -37,7 +37,7 @@ def live_db(path: Path) -> Engine:
     db = create_db_engine(f"sqlite:///{path}")
     upgrade(db)
     processor = BatchProcessor(
-        DossierEngine(load_catalogue(), WorkingCalendar.load()),
+        Decider(load_catalogue(), WorkingCalendar.load()),
         InboundDecoder(),
         ServiceConfig("urn:test:engine", "live", timedelta(days=7)),
     )

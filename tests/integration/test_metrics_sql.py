@@ -11,8 +11,8 @@ from sqlalchemy import Engine, text
 
 from dossier import metrics as m
 from engine import indicators as ind
+from engine.application.ports import StoredDossier
 from engine.calendar import WorkingCalendar
-from engine.ports import StoredDossier
 from engine.store.migrate import downgrade, upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from tests.store_contract import make_dossier

@@ -28,11 +28,11 @@ import pytest
 from dossier.runtime import COMMIT_ATTEMPTS, Runtime
 from dossier.settings import Settings
 from dossier.supervision import settings_env
+from engine.application.ports import Position
+from engine.application.service import BatchResult, RawInput
+from engine.decider import Decider
 from engine.dossier import Applied, Decision, Dossier, evolve
-from engine.engine import Engine
 from engine.events import InboundEvent
-from engine.ports import Position
-from engine.service import BatchResult, RawInput
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from tests.fixtures import events as ev
 from tests.integration.conftest import isolated_run
@@ -104,10 +104,10 @@ def within(seconds: float, call: Callable[[], T]) -> T:
     return result
 
 
-class RaisingEngine(Engine):
+class RaisingEngine(Decider):
     """The runtime's engine, except that applying one event id raises."""
 
-    def __init__(self, inner: Engine, poison_id: str) -> None:
+    def __init__(self, inner: Decider, poison_id: str) -> None:
         super().__init__(inner.catalogue, inner.calendar)
         self.poison_id = poison_id
         self.calls = 0
@@ -119,11 +119,11 @@ class RaisingEngine(Engine):
         return super().apply(dossier, event)
 
 
-class UnstorableEngine(Engine):
+class UnstorableEngine(Decider):
     """Decides one event id like the real engine, outputs included, but hands back a dossier the
     store cannot write: the batch fails only when it is flushed, not while it is applied."""
 
-    def __init__(self, inner: Engine, poison_id: str, how: str) -> None:
+    def __init__(self, inner: Decider, poison_id: str, how: str) -> None:
         super().__init__(inner.catalogue, inner.calendar)
         self.poison_id = poison_id
         self.how = how

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dossier.settings import Settings
-from engine.ports import OutboxMessage
+from engine.application.ports import OutboxMessage
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from producers.relay_process import RelayProcess

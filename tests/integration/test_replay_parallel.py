@@ -24,10 +24,10 @@ from dossier.replay import FOLDED, MERGED, compare, make_processor, replay_from_
 from dossier.replay_parallel import replay_from_db_parallel
 from dossier.settings import Settings
 from dossier.simulation import Workload
+from engine.application.ports import HistoryRow, Position
+from engine.application.service import RawInput
 from engine.calendar import WorkingCalendar
-from engine.ports import HistoryRow, Position
 from engine.procedures import load_catalogue
-from engine.service import RawInput
 from engine.store.audit import verify
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine, history, metadata

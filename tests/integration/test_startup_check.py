@@ -13,8 +13,8 @@ from sqlalchemy import update
 
 from dossier.runtime import Runtime
 from dossier.settings import Settings
-from engine.ports import Position
-from engine.service import RawInput
+from engine.application.ports import Position
+from engine.application.service import RawInput
 from engine.store.sql import dossiers
 from tests.fixtures import events as ev
 
@@ -26,9 +26,7 @@ def seeded(settings: Settings, tmp_path: Path) -> tuple[Settings, Runtime]:
     runtime = Runtime.create(local)
     event = ev.submitted(dossier=CODE, procedure="1.004222")
     topic = "dossier.submission"
-    runtime.process(
-        [RawInput(topic, Position(topic, 0, 0), CODE.encode(), ev.to_bytes(event))]
-    )
+    runtime.process([RawInput(topic, Position(topic, 0, 0), CODE.encode(), ev.to_bytes(event))])
     return local, runtime
 
 

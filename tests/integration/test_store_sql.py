@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 
 from dossier.cli import main as cli_main
 from dossier.settings import Settings
-from engine.ports import ConcurrencyError, StoredDossier, UnitOfWork
+from engine.application.ports import ConcurrencyError, StoredDossier, UnitOfWork
 from engine.store.migrate import current_revision, downgrade, head_revision, upgrade
 from engine.store.sql import (
     RelayLease,

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from engine.application.ports import HistoryRow, OutboxMessage, Position
 from engine.copying import compile_replace
-from engine.ports import HistoryRow, OutboxMessage, Position
 
 AT = datetime(2025, 7, 1, 8, 0, tzinfo=UTC)
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from engine.calendar import WorkingCalendar
+from engine.decider import Decider
 from engine.dossier import Applied, Decision, Dossier, NotYetApplicable, Rejected
-from engine.engine import Engine
 from engine.events import InboundEvent, OutboundEvent
 from engine.procedures import load_catalogue
 
@@ -22,8 +22,8 @@ OTHER_COMMUNE = "000.00.20.H56"
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine(load_catalogue(), WorkingCalendar.load())
+def engine() -> Decider:
+    return Decider(load_catalogue(), WorkingCalendar.load())
 
 
 _ids: Iterator[int] = itertools.count(1)
@@ -64,7 +64,7 @@ def submitted(
 class Story:
     """Applies inputs one by one, keeping the dossier and every output."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Decider) -> None:
         self.engine = engine
         self.dossier: Dossier | None = None
         self.outputs: list[OutboundEvent] = []
@@ -89,7 +89,7 @@ class Story:
         return [int(o.data["status_code"]) for o in self.of_type("status-changed")]
 
 
-def test_birth_registration_lifecycle(engine: Engine) -> None:
+def test_birth_registration_lifecycle(engine: Decider) -> None:
     story = Story(engine)
     story.ok(submitted("2025-03-03T08:00:00+07:00", "1.001193"))
     d = story.ok(event("received", "2025-03-03T09:00:00+07:00", "commune", agency=COMMUNE))
@@ -112,7 +112,7 @@ def test_birth_registration_lifecycle(engine: Engine) -> None:
     assert not story.of_type("fee-discount-granted")
 
 
-def test_residence_registration_online_discount_and_payment(engine: Engine) -> None:
+def test_residence_registration_online_discount_and_payment(engine: Decider) -> None:
     story = Story(engine)
     story.ok(submitted("2024-05-06T09:00:00+07:00", "1.004222", channel=2))
     [grant] = story.of_type("fee-discount-granted")
@@ -167,7 +167,7 @@ def test_residence_registration_online_discount_and_payment(engine: Engine) -> N
     assert len(story.of_type("fee-discount-granted")) == 1  # at most one grant per fee
 
 
-def test_residence_discount_depends_on_channel_and_submission_date(engine: Engine) -> None:
+def test_residence_discount_depends_on_channel_and_submission_date(engine: Decider) -> None:
     in_person = Story(engine)
     in_person.ok(submitted("2024-05-06T09:00:00+07:00", "1.004222", channel=1))
     assert not in_person.of_type("fee-discount-granted")
@@ -179,7 +179,7 @@ def test_residence_discount_depends_on_channel_and_submission_date(engine: Engin
     assert len(last_day.of_type("fee-discount-granted")) == 1
 
 
-def test_withdrawal_before_payment_revokes_the_discount(engine: Engine) -> None:
+def test_withdrawal_before_payment_revokes_the_discount(engine: Decider) -> None:
     story = Story(engine)
     story.ok(submitted("2024-05-06T09:00:00+07:00", "1.004222", channel=2))
     story.ok(event("received", "2024-05-06T10:00:00+07:00", "commune", agency=COMMUNE))
@@ -191,7 +191,7 @@ def test_withdrawal_before_payment_revokes_the_discount(engine: Engine) -> None:
     assert d.status_code == 7 and d.final and d.discounts == {}
 
 
-def test_land_certificate_district_era_end_to_end(engine: Engine) -> None:
+def test_land_certificate_district_era_end_to_end(engine: Decider) -> None:
     code = "000.00.19.H56-250630-0001"
     story = Story(engine)
     d = story.ok(submitted("2025-06-30T16:00:00+07:00", "DD.GCN.LD", full_online=True, code=code))
@@ -267,7 +267,7 @@ def test_land_certificate_district_era_end_to_end(engine: Engine) -> None:
     assert d.final and d.workflow_version == 1
 
 
-def test_land_certificate_province_era_rejects_the_district(engine: Engine) -> None:
+def test_land_certificate_province_era_rejects_the_district(engine: Decider) -> None:
     code = "000.00.19.H56-250701-0001"
     story = Story(engine)
     d = story.ok(submitted("2025-07-01T09:00:00+07:00", "DD.GCN.LD", full_online=False, code=code))
@@ -300,7 +300,7 @@ def test_land_certificate_province_era_rejects_the_district(engine: Engine) -> N
     assert (d.level, d.agency) == ("province", PROVINCE)
 
 
-def test_out_of_order_upper_level_event_is_parked_not_rejected(engine: Engine) -> None:
+def test_out_of_order_upper_level_event_is_parked_not_rejected(engine: Decider) -> None:
     code = "000.00.19.H56-250303-0009"
     story = Story(engine)
     story.ok(submitted("2025-03-03T09:00:00+07:00", "DD.GCN.LD", code=code))
@@ -346,7 +346,7 @@ def test_out_of_order_upper_level_event_is_parked_not_rejected(engine: Engine) -
     ],
 )
 def test_error_kinds_on_a_registered_dossier(
-    engine: Engine, inbound: InboundEvent, reason: str
+    engine: Decider, inbound: InboundEvent, reason: str
 ) -> None:
     story = Story(engine)
     story.ok(submitted("2025-03-03T08:00:00+07:00", "1.001193"))
@@ -357,7 +357,7 @@ def test_error_kinds_on_a_registered_dossier(
         assert isinstance(decision, Rejected) and decision.reason == reason
 
 
-def test_unknown_procedure_and_second_submission(engine: Engine) -> None:
+def test_unknown_procedure_and_second_submission(engine: Decider) -> None:
     decision = engine.apply(None, submitted("2025-03-03T08:00:00+07:00", "9.999999"))
     assert isinstance(decision, Rejected) and decision.reason == "unknown-procedure"
     story = Story(engine)
@@ -366,7 +366,7 @@ def test_unknown_procedure_and_second_submission(engine: Engine) -> None:
     assert isinstance(again, Rejected) and again.reason == "invalid-transition"
 
 
-def test_nothing_applies_after_a_final_state(engine: Engine) -> None:
+def test_nothing_applies_after_a_final_state(engine: Decider) -> None:
     story = Story(engine)
     story.ok(submitted("2025-03-03T08:00:00+07:00", "1.001193"))
     story.ok(
@@ -383,7 +383,7 @@ def test_nothing_applies_after_a_final_state(engine: Engine) -> None:
     assert story.dossier is not None and story.dossier.status_code == 3
 
 
-def test_supplementation_restarts_the_clock(engine: Engine) -> None:
+def test_supplementation_restarts_the_clock(engine: Decider) -> None:
     story = Story(engine)
     story.ok(submitted("2024-05-06T08:00:00+07:00", "1.004222"))
     story.ok(event("received", "2024-05-06T09:00:00+07:00", "commune", agency=COMMUNE))
@@ -404,7 +404,7 @@ def test_supplementation_restarts_the_clock(engine: Engine) -> None:
     assert story.of_type("status-changed")[-1].data["due_at"] == "2024-05-22T14:00:00+07:00"
 
 
-def test_reschedule_only_once_and_only_later(engine: Engine) -> None:
+def test_reschedule_only_once_and_only_later(engine: Decider) -> None:
     story = Story(engine)
     story.ok(submitted("2025-03-03T08:00:00+07:00", "1.001193"))
     story.ok(event("received", "2025-03-03T09:00:00+07:00", "commune", agency=COMMUNE))
@@ -444,7 +444,7 @@ def test_reschedule_only_once_and_only_later(engine: Engine) -> None:
     assert isinstance(twice, Rejected) and "only once" in twice.detail
 
 
-def test_deadline_warning_then_overdue_once_each(engine: Engine) -> None:
+def test_deadline_warning_then_overdue_once_each(engine: Decider) -> None:
     story = Story(engine)
     story.ok(submitted("2024-05-06T08:00:00+07:00", "1.004222"))
     d = story.ok(event("received", "2024-05-06T10:00:00+07:00", "commune", agency=COMMUNE))
@@ -472,14 +472,14 @@ def test_deadline_warning_then_overdue_once_each(engine: Engine) -> None:
     assert engine.next_notice_at(late) is None
 
 
-def test_snapshot_round_trips_through_json(engine: Engine) -> None:
+def test_snapshot_round_trips_through_json(engine: Decider) -> None:
     story = Story(engine)
     story.ok(submitted("2024-05-06T08:00:00+07:00", "1.004222"))
     d = story.ok(event("received", "2024-05-06T10:00:00+07:00", "commune", agency=COMMUNE))
     assert Dossier.from_json(d.to_json()) == d
 
 
-def test_a_failed_guard_does_not_leak_into_the_next_decision(engine: Engine) -> None:
+def test_a_failed_guard_does_not_leak_into_the_next_decision(engine: Decider) -> None:
     story = Story(engine)
     story.ok(submitted("2025-03-03T08:00:00+07:00", "1.001193"))
     story.ok(event("received", "2025-03-03T09:00:00+07:00", "commune", agency=COMMUNE))

@@ -1,4 +1,4 @@
-"""Properties of `Engine.apply` over random sequences of contract events (hypothesis)."""
+"""Properties of `Decider.apply` over random sequences of contract events (hypothesis)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.calendar import WorkingCalendar
+from engine.decider import Decider
 from engine.dossier import Applied, Dossier, NotYetApplicable, Rejected
-from engine.engine import Engine
 from engine.events import InboundEvent, OutboundEvent
 from engine.procedures import load_catalogue
 
-ENGINE = Engine(load_catalogue(), WorkingCalendar.load())
+ENGINE = Decider(load_catalogue(), WorkingCalendar.load())
 CODE = "000.00.19.H56-250303-0001"
 AGENCIES = {"commune": "000.00.19.H56", "district": "000.00.30.H56", "province": "000.00.01.H56"}
 LEVEL_TYPES = [

@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 from consumers.ordering import EventTimeGate, Held, event_time
+from engine.application.ports import Position
+from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
-from engine.engine import Engine
+from engine.decider import Decider
 from engine.events import INBOUND_TOPICS
-from engine.ports import Position
 from engine.procedures import load_catalogue
-from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from schemas.codec import DeadLetterReason, InboundDecoder, validate_outbound
 from tests.fixtures import events as ev
@@ -44,7 +44,7 @@ REASONS = {reason.value for reason in DeadLetterReason}
 # One decoder and processor for every example: compiling the schemas is the slow part, and
 # neither keeps state between batches (the store does).
 PROCESSOR = BatchProcessor(
-    Engine(load_catalogue(), WorkingCalendar.load()),
+    Decider(load_catalogue(), WorkingCalendar.load()),
     InboundDecoder(clock=lambda: WALL),
     ServiceConfig("urn:test:fuzz", GROUP, timedelta(days=7)),
 )

@@ -19,20 +19,20 @@ from typing import Any
 import pytest
 
 from consumers.ordering import EventTimeGate, Held, event_time
+from engine.application.ports import Position
+from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
+from engine.decider import Decider
 from engine.dossier import Decision, Dossier
-from engine.engine import Engine
 from engine.events import InboundEvent
-from engine.ports import Position
 from engine.procedures import load_catalogue
-from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from schemas.codec import INBOUND_TOPICS_BY_TYPE, InboundDecoder, load_schema
 from tests.fixtures import events as ev
 
 CATALOGUE = load_catalogue()
 CALENDAR = WorkingCalendar.load()
-ENGINE = Engine(CATALOGUE, CALENDAR)
+ENGINE = Decider(CATALOGUE, CALENDAR)
 GROUP = "hostile-corpus"
 ENGINE_SOURCE = "urn:test:hostile-corpus"
 AGENCY = ev.COMMUNE_AGENCY
@@ -90,7 +90,7 @@ class Bench:
     contract: each input has exactly one outcome, nothing raises, the business clock is the
     latest time of an applied input, and no deadline notice is dated after it."""
 
-    def __init__(self, engine: Engine = ENGINE, ttl: timedelta = timedelta(days=7)) -> None:
+    def __init__(self, engine: Decider = ENGINE, ttl: timedelta = timedelta(days=7)) -> None:
         self.store = InMemoryStore()
         self.feed = Feed()
         self.processor = BatchProcessor(engine, decoder(), ServiceConfig(ENGINE_SOURCE, GROUP, ttl))
@@ -1017,7 +1017,7 @@ def test_a_fee_code_one_over_its_maximum_length_is_schema() -> None:
 # =========================================================================== Poison
 
 
-class PoisonEngine(Engine):
+class PoisonEngine(Decider):
     """The real engine, except that applying one event id raises: an engine bug, say, that
     only this input triggers. `when_known`: only once the dossier exists (a parked retry)."""
 

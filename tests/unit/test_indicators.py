@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from engine import indicators as ind
+from engine.application.ports import StoredDossier
 from engine.calendar import VN_TZ, WorkingCalendar
-from engine.ports import StoredDossier
 from engine.procedures import load_catalogue
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine

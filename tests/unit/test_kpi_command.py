@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dossier.cli import main as cli_main
-from engine.ports import StoredDossier
+from engine.application.ports import StoredDossier
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from tests.store_contract import make_dossier

@@ -14,9 +14,9 @@ from sqlalchemy import Engine
 
 from dossier import metrics as m
 from engine import indicators as ind
+from engine.application.ports import OutboxMessage, ParkedInput, Position, StoredDossier
+from engine.application.service import BatchResult, RawInput
 from engine.calendar import WorkingCalendar
-from engine.ports import OutboxMessage, ParkedInput, Position, StoredDossier
-from engine.service import BatchResult, RawInput
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from tests.store_contract import make_dossier

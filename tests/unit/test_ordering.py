@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from consumers.ordering import EventTimeGate, Held, event_time
-from engine.ports import Position
-from engine.service import RawInput
+from engine.application.ports import Position
+from engine.application.service import RawInput
 
 TOPICS = ("p.dossier.submission", "p.dossier.commune", "p.dossier.district", "p.dossier.province")
 

@@ -1,5 +1,5 @@
-"""Write-behind (engine.pipeline) has the effects of processing the batches one after the
-other, whatever the stream holds, and when a staged write fails."""
+"""Write-behind (engine.application.pipeline) has the effects of processing the batches one
+after the other, whatever the stream holds, and when a staged write fails."""
 
 from __future__ import annotations
 
@@ -14,19 +14,19 @@ from typing import Any, Self
 import pytest
 
 from dossier.simulation import Workload
+from engine.application.pipeline import Overlay, StagingRepository, WriteBehindPipeline
+from engine.application.ports import ConcurrencyError, Position, StoredDossier
+from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
+from engine.decider import Decider
 from engine.dossier import Applied
-from engine.engine import Engine
-from engine.pipeline import Overlay, StagingRepository, WriteBehindPipeline
-from engine.ports import ConcurrencyError, Position, StoredDossier
 from engine.procedures import load_catalogue
-from engine.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from schemas.codec import InboundDecoder
 from schemas.codec import Rejected as DecodeRejected
 from tests.store_contract import make_dossier
 
-ENGINE = Engine(load_catalogue(), WorkingCalendar.load())
+ENGINE = Decider(load_catalogue(), WorkingCalendar.load())
 GROUP = "pipeline-test"
 
 

@@ -18,7 +18,7 @@ from dossier.replay_parallel import (
     sqlite_time,
     write_shard,
 )
-from engine.ports import LedgerEntry, StoredDossier, UnitOfWork
+from engine.application.ports import LedgerEntry, StoredDossier, UnitOfWork
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlRepository, SqlUnitOfWork, create_db_engine

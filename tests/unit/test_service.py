@@ -13,16 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.application.ports import Position
+from engine.application.service import BatchProcessor, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
-from engine.engine import Engine
-from engine.ports import Position
+from engine.decider import Decider
 from engine.procedures import load_catalogue
-from engine.service import BatchProcessor, RawInput, ServiceConfig
 from engine.store.memory import InMemoryRepository, InMemoryStore, InMemoryUnitOfWork
 from schemas.codec import InboundDecoder
 from tests.fixtures import events as ev
 
-ENGINE = Engine(load_catalogue(), WorkingCalendar.load())
+ENGINE = Decider(load_catalogue(), WorkingCalendar.load())
 GROUP = "test-group"
 CODE = "000.00.19.H56-250303-0001"
 
@@ -113,7 +113,7 @@ def test_an_input_whose_handling_raises_is_dead_lettered_and_the_rest_apply() ->
     class Boom(Exception):
         pass
 
-    class FailsOnOneInput(Engine):
+    class FailsOnOneInput(Decider):
         def apply(self, dossier: Any, event: Any) -> Any:
             if event.short_type == "result-returned":
                 raise Boom("personal data could be quoted here: 001090012345")
@@ -297,7 +297,7 @@ def test_wall_clock_mode_raises_notices_without_new_inputs() -> None:
 
 
 def test_deadline_notices_only_for_the_dossiers_of_the_partitions_owned() -> None:
-    """Engine processes sharing a database each notify the dossiers of their own partitions."""
+    """Decider processes sharing a database each notify the dossiers of their own partitions."""
     store, feed = InMemoryStore(), Feed()
     first, second = "000.00.19.H56-250303-0001", "000.00.19.H56-250303-0002"
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from engine.ports import ConcurrencyError, StoredDossier, UnitOfWork
+from engine.application.ports import ConcurrencyError, StoredDossier, UnitOfWork
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from tests.store_contract import T0, StoreContract, UowFactory, make_dossier
 

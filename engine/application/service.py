@@ -17,10 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from engine.dossier import Applied, Decision, Dossier, Duplicate, NotYetApplicable, Rejected
-from engine.engine import Engine
-from engine.events import DEADLINE_TOPIC, DLQ_TOPIC, INBOUND_TOPICS, InboundEvent, OutboundEvent
-from engine.ports import (
+from engine.application.ports import (
     HistoryRow,
     LedgerEntry,
     OutboxMessage,
@@ -30,6 +27,9 @@ from engine.ports import (
     StoredDossier,
     UnitOfWork,
 )
+from engine.decider import Decider
+from engine.dossier import Applied, Decision, Dossier, Duplicate, NotYetApplicable, Rejected
+from engine.events import DEADLINE_TOPIC, DLQ_TOPIC, INBOUND_TOPICS, InboundEvent, OutboundEvent
 from schemas.codec import (
     DeadLetterReason,
     InboundDecoder,
@@ -71,7 +71,7 @@ class BatchResult:
     redelivered: int = 0  # inputs at or past a position already committed: skipped
     applied_event_times: list[datetime] = field(default_factory=list)
     clock: datetime | None = None
-    # Set by engine.pipeline when what it staged could not be written and the batch was
+    # Set by engine.application.pipeline when what it staged could not be written and the batch was
     # processed again the plain way (a conflict with another engine process, a database error).
     reprocessed: bool = False
 
@@ -106,7 +106,7 @@ class ServiceConfig:
 
 
 class BatchProcessor:
-    def __init__(self, engine: Engine, decoder: InboundDecoder, config: ServiceConfig) -> None:
+    def __init__(self, engine: Decider, decoder: InboundDecoder, config: ServiceConfig) -> None:
         self.engine = engine
         self.decoder = decoder
         self.config = config
@@ -147,7 +147,7 @@ class BatchProcessor:
         clock_ceiling: datetime | None = None,
     ) -> BatchResult:
         """The batch's reads and writes on `repo`, in a transaction the caller owns (or, for
-        engine.pipeline, a repository that stages the writes for later)."""
+        engine.application.pipeline, a repository that stages the writes for later)."""
         return _Batch(self, repo, clock_ceiling).run(inputs)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from engine.ports import (
+from engine.application.ports import (
     HistoryRow,
     LedgerEntry,
     OutboxMessage,
@@ -38,7 +38,7 @@ from engine.ports import (
     StoredDossier,
     UnitOfWork,
 )
-from engine.service import BatchProcessor, BatchResult, RawInput
+from engine.application.service import BatchProcessor, BatchResult, RawInput
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`Engine.apply(dossier, event) -> Decision`: the pure, deterministic heart.
+"""`Decider.apply(dossier, event) -> Decision`: the pure, deterministic heart.
 
 Business time comes only from the input's `time`; the same catalogue, calendar and inputs
 always give the same dossiers and outputs, which is what makes replay an audit tool.
@@ -63,7 +63,7 @@ GUARDS: dict[str, GuardCheck] = {
 }
 
 
-class Engine:
+class Decider:
     """Decides inputs for every procedure of a catalogue; holds no dossier state."""
 
     def __init__(self, catalogue: Catalogue, calendar: WorkingCalendar) -> None:
