@@ -36,8 +36,9 @@ import scratch  # bench/scratch.py, beside this script
 from kafka import KafkaConsumer
 
 from dossier.settings import Settings
-from dossier.simulation import SimulatedMessage, Workload
-from dossier.supervision import EngineProcess, wait_caught_up
+from dossier.tools.simulation import SimulatedMessage, Workload
+from dossier.tools.supervision import EngineProcess, wait_caught_up
+from dossier.tools.workload import create_input_producer, publish, read_topic
 from engine.application.ports import Position
 from engine.application.service import BatchProcessor, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
@@ -46,7 +47,6 @@ from engine.events import ALL_TOPICS, INBOUND_TOPICS
 from engine.procedures import load_catalogue
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
-from producers.workload import create_input_producer, publish, read_topic
 from schemas.codec import InboundDecoder
 
 REFERENCE_PROCEDURES = ("1.001193", "1.004222", "DD.GCN.LD")

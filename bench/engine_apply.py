@@ -35,7 +35,7 @@ from transitions import Machine
 
 from dossier.gc_tuning import tune_for_batches
 from dossier.settings import Settings
-from dossier.simulation import SimulatedMessage, Workload
+from dossier.tools.simulation import SimulatedMessage, Workload
 from engine.application.pipeline import WriteBehindPipeline
 from engine.application.ports import ConcurrencyError, Position
 from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig

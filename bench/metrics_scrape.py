@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dossier import metrics as m
+from dossier import monitoring as m
 from engine import indicators as ind
 from engine.application.ports import Position, StoredDossier
 from engine.application.service import BatchResult, RawInput

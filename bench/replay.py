@@ -52,10 +52,11 @@ from sqlalchemy import Engine, Table
 
 from deploy import local_kafka
 from dossier.gc_tuning import tune_for_batches
-from dossier.replay import compare, make_processor, replay_from_db, replay_from_kafka
-from dossier.replay_parallel import encode_rows, sqlite_time
+from dossier.replay.parallel import encode_rows, sqlite_time
+from dossier.replay.serial import compare, make_processor, replay_from_db, replay_from_kafka
 from dossier.settings import Settings
-from dossier.simulation import Workload
+from dossier.tools.simulation import Workload
+from dossier.tools.workload import create_input_producer, publish
 from engine.application.ports import HistoryRow, Position, StoredDossier
 from engine.application.service import RawInput, _envelope
 from engine.audit import GENESIS, link, row_content
@@ -76,7 +77,6 @@ from engine.store.sql import (
     outbox,
 )
 from engine.store.sql import dossiers as dossiers_table
-from producers.workload import create_input_producer, publish
 from schemas.codec import encode_outbound
 from schemas.upcasting import upcast
 

@@ -1,6 +1,6 @@
 """The service-quality indicators of Decision 766/QĐ-TTg (2022), defined once.
 
-`dossier kpi`, the Prometheus gauges (`dossier.metrics`) and the dashboard all read the figures
+`dossier kpi`, the Prometheus gauges (`dossier.monitoring`) and the dashboard all read the figures
 computed here: one SQL query selects the facts of the dossiers of a period (`facts_query`), and
 pure functions turn those facts into figures (`tally`, `figures`), so the definitions can be
 checked by hand on a few rows.

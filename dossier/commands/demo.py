@@ -222,16 +222,16 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, console: Any) -> int:
     from deploy import local_kafka
-    from dossier.report import html, load
-    from dossier.report.summary import hostile_checks, print_summary
-    from dossier.simulation import manifest
-    from dossier.supervision import EngineProcess, wait_caught_up
+    from dossier.tools.causal import DatabasePositions, publish_following, publish_stream
+    from dossier.tools.report import html, load
+    from dossier.tools.report.summary import hostile_checks, print_summary
+    from dossier.tools.simulation import manifest
+    from dossier.tools.supervision import EngineProcess, wait_caught_up
+    from dossier.tools.workload import create_input_producer
     from engine import indicators as ind
     from engine.calendar import WorkingCalendar
     from engine.events import ALL_TOPICS
     from engine.procedures import load_catalogue
-    from producers.causal import DatabasePositions, publish_following, publish_stream
-    from producers.workload import create_input_producer
 
     phases = Phases()
     run_id = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
@@ -435,7 +435,7 @@ def dead_letters_by_input(database_url: str) -> dict[str, Counter[str]]:
     bytes (a dead letter carries them whole), for the accounting of the hostile inputs."""
     from sqlalchemy import select
 
-    from dossier.simulation import value_digest
+    from dossier.tools.simulation import value_digest
     from engine.events import DLQ_TOPIC
     from engine.store.sql import create_db_engine, outbox
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from dossier.settings import Settings
 
 if TYPE_CHECKING:
-    from dossier.metrics import Monitoring
+    from dossier.monitoring import Monitoring
     from engine.indicators import LevelOf
 
 
@@ -58,7 +58,7 @@ def level_resolver(settings: Settings) -> LevelOf:
 
 
 def build(settings: Settings, window_days: int | None) -> tuple[Monitoring, Any]:
-    from dossier.metrics import INDICATOR_WINDOW_DAYS, database_monitoring
+    from dossier.monitoring import INDICATOR_WINDOW_DAYS, database_monitoring
     from engine.calendar import WorkingCalendar
     from engine.store.sql import create_db_engine
 

@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from dossier.gc_tuning import tune_for_batches
-    from dossier.replay import (
+    from dossier.replay.serial import (
         REPLAY_GROUP,
         ProgressLine,
         compare,

@@ -13,7 +13,7 @@ from dossier.logs import configure_logging
 from dossier.settings import Settings
 
 if TYPE_CHECKING:
-    from dossier.metrics import Monitoring
+    from dossier.monitoring import Monitoring
     from dossier.runtime import Runtime
 
 log = logging.getLogger("dossier.run")
@@ -93,7 +93,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_CATALOGUE_INCOMPLETE
     monitoring = None
     if settings.metrics_port:
-        from dossier.metrics import engine_monitoring
+        from dossier.monitoring import engine_monitoring
 
         monitoring = engine_monitoring(runtime)
         try:

@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 from dossier.settings import Settings, default_state_dir
-from dossier.simulation import (
+from dossier.tools.simulation import (
     HOSTILE_KINDS,
     HOSTILE_REASONS,
     Hostile,
@@ -284,7 +284,7 @@ def publish_with_progress(
     on_tick: Callable[[], None] | None = None,
 ) -> Published:
     """Send every message to its deployed topic; a rich Progress shows how far it got."""
-    from producers.workload import create_input_producer, publish
+    from dossier.tools.workload import create_input_producer, publish
 
     own = progress is None
     if progress is None:

@@ -31,7 +31,8 @@ def register(subparsers: Any) -> None:
         description=(
             "Each CSV row is one version of a procedure, instantiated from a workflow template; "
             "the result is one YAML file, <OUT>/<csv name>.yaml. Codes already defined in "
-            "another file of the catalogue are skipped. Columns: see dossier/catalogue_import.py."
+            "another file of the catalogue are skipped. Columns: see "
+            "dossier/tools/catalogue_import.py."
         ),
     )
     imp.add_argument("csv", metavar="FILE.csv", help="the procedure list")
@@ -71,7 +72,7 @@ def run_check(settings: Settings, args: argparse.Namespace) -> int:
 def run_import(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dossier.catalogue_import import CatalogueImportError, import_catalogue
+    from dossier.tools.catalogue_import import CatalogueImportError, import_catalogue
     from engine.procedures import default_workflows_dir
 
     root = Path(args.dir) if args.dir else (settings.workflows_dir or default_workflows_dir())

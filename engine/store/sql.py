@@ -165,7 +165,7 @@ dossiers = Table(
     # The inbound partition the dossier's inputs arrive on: whose deadline notices these are.
     Column("partition", Integer, nullable=True),
 )
-# Monitoring (engine/indicators.py, dossier/metrics.py): the indicators of a period read
+# Monitoring (engine/indicators.py, dossier/monitoring.py): the indicators of a period read
 # dossiers by reception and finish time; the open-dossier gauges read only the partial index.
 Index("ix_dossiers_received_at", dossiers.c.received_at)
 Index("ix_dossiers_finished_at", dossiers.c.finished_at)

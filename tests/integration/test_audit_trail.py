@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine
 
 from dossier.cli import main as cli
-from dossier.replay import compare, replay_from_db
+from dossier.replay.serial import compare, replay_from_db
 from dossier.settings import Settings
 from engine.application.ports import Position
 from engine.application.service import BatchProcessor, RawInput, ServiceConfig

@@ -21,12 +21,12 @@ import sqlalchemy as sa
 
 from deploy import local_kafka
 from dossier.settings import Settings
-from dossier.simulation import SimulatedMessage, Workload
-from dossier.supervision import EngineProcess, wait_caught_up
+from dossier.tools.simulation import SimulatedMessage, Workload
+from dossier.tools.supervision import EngineProcess, wait_caught_up
+from dossier.tools.workload import create_input_producer, publish, read_topic
 from engine.calendar import WorkingCalendar
 from engine.procedures import load_catalogue
 from engine.store.sql import SqlUnitOfWork, create_db_engine
-from producers.workload import create_input_producer, publish, read_topic
 from tests.integration.conftest import isolated_run
 
 STREAM_SIZE = 10_000

@@ -18,9 +18,9 @@ import pytest
 from kafka import KafkaProducer
 
 from dossier.settings import Settings
-from dossier.supervision import EngineProcess, wait_caught_up
+from dossier.tools.supervision import EngineProcess, wait_caught_up
+from dossier.tools.workload import read_topic
 from engine.store.sql import SqlUnitOfWork, create_db_engine
-from producers.workload import read_topic
 from tests.fixtures import events as ev
 from tests.integration.conftest import isolated_run
 

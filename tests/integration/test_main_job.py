@@ -23,10 +23,10 @@ import sqlalchemy as sa
 from deploy import local_kafka
 from dossier.cli import main
 from dossier.settings import Settings
-from dossier.simulation import HOSTILE_KINDS, HOSTILE_REASONS, value_digest
+from dossier.tools.simulation import HOSTILE_KINDS, HOSTILE_REASONS, value_digest
+from dossier.tools.workload import read_topic
 from engine.events import ALL_TOPICS
 from engine.store.sql import consumer_positions, create_db_engine, dossiers, history, outbox
-from producers.workload import read_topic
 
 DEMO = [
     "demo",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from dossier import metrics as m
+from dossier import monitoring as m
 from engine import indicators as ind
 from engine.application.ports import StoredDossier
 from engine.calendar import WorkingCalendar

@@ -27,7 +27,7 @@ import pytest
 
 from dossier.runtime import COMMIT_ATTEMPTS, Runtime
 from dossier.settings import Settings
-from dossier.supervision import settings_env
+from dossier.tools.supervision import settings_env
 from engine.application.ports import Position
 from engine.application.service import BatchResult, RawInput
 from engine.decider import Decider

@@ -22,7 +22,7 @@ import yaml
 from kafka import KafkaProducer
 
 from dossier.settings import Settings
-from dossier.supervision import EngineProcess, wait_caught_up
+from dossier.tools.supervision import EngineProcess, wait_caught_up
 from tests.fixtures import events as ev
 from tests.integration.conftest import in_ci, isolated_run
 

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dossier.settings import Settings
+from dossier.tools.workload import read_topic
 from engine.application.ports import OutboxMessage
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from producers.relay_process import RelayProcess
-from producers.workload import read_topic
 from tests.integration.conftest import isolated_run
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 
 from dossier.cli import main as cli
-from dossier.replay import compare, replay_from_db, replay_from_kafka
+from dossier.replay.serial import compare, replay_from_db, replay_from_kafka
 from dossier.settings import Settings
-from dossier.simulation import Workload
-from dossier.supervision import EngineProcess, wait_caught_up
+from dossier.tools.simulation import Workload
+from dossier.tools.supervision import EngineProcess, wait_caught_up
+from dossier.tools.workload import create_input_producer, publish, read_topic
 from engine.calendar import WorkingCalendar
 from engine.events import AUDIT_CHECKPOINT_TOPIC
 from engine.procedures import load_catalogue
 from engine.store.audit import verify, write_checkpoint
 from engine.store.sql import create_db_engine
-from producers.workload import create_input_producer, publish, read_topic
 from tests.integration.conftest import isolated_run
 from tests.integration.test_replay_parallel import assert_same_rows
 

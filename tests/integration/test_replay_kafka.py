@@ -25,14 +25,14 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from dossier.cli import main as cli
-from dossier.replay import FOLDED, MERGED, compare, replay_from_kafka
+from dossier.replay.serial import FOLDED, MERGED, compare, replay_from_kafka
 from dossier.settings import Settings
-from dossier.simulation import Workload
+from dossier.tools.simulation import Workload
+from dossier.tools.workload import create_input_producer
 from engine.calendar import WorkingCalendar
 from engine.procedures import load_catalogue
 from engine.store.audit import verify
 from engine.store.sql import create_db_engine
-from producers.workload import create_input_producer
 from tests.integration.conftest import isolated_run
 from tests.integration.test_replay_parallel import assert_same_rows, table_rows
 

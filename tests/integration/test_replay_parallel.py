@@ -20,10 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from dossier.cli import main as cli
-from dossier.replay import FOLDED, MERGED, compare, make_processor, replay_from_db
-from dossier.replay_parallel import replay_from_db_parallel
+from dossier.replay.parallel import replay_from_db_parallel
+from dossier.replay.serial import FOLDED, MERGED, compare, make_processor, replay_from_db
 from dossier.settings import Settings
-from dossier.simulation import Workload
+from dossier.tools.simulation import Workload
 from engine.application.ports import HistoryRow, Position
 from engine.application.service import RawInput
 from engine.calendar import WorkingCalendar

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dossier.catalogue_import import CatalogueImportError, import_catalogue
+from dossier.tools.catalogue_import import CatalogueImportError, import_catalogue
 from engine.procedures import default_workflows_dir, load_catalogue
 
 HEADER = (

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine
 
-from dossier import metrics as m
+from dossier import monitoring as m
 from engine import indicators as ind
 from engine.application.ports import OutboxMessage, ParkedInput, Position, StoredDossier
 from engine.application.service import BatchResult, RawInput

@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine
 
-from dossier import metrics as m
+from dossier import monitoring as m
 from engine.calendar import WorkingCalendar
 
 ROOT = Path(__file__).resolve().parents[2]

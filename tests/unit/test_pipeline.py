@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import pytest
 
-from dossier.simulation import Workload
+from dossier.tools.simulation import Workload
 from engine.application.pipeline import Overlay, StagingRepository, WriteBehindPipeline
 from engine.application.ports import ConcurrencyError, Position, StoredDossier
 from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig

@@ -12,8 +12,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dossier.replay import merged
-from dossier.replay_kafka import (
+from dossier.replay.kafka import (
     KafkaShardResult,
     merge_keys,
     order_key,
@@ -21,6 +20,7 @@ from dossier.replay_kafka import (
     serial_owners,
     shared_between_workers,
 )
+from dossier.replay.serial import merged
 
 TOPICS = ("p.dossier.commune", "p.dossier.district", "p.dossier.province", "p.dossier.submission")
 CONTRACT = {topic: topic.removeprefix("p.") for topic in TOPICS}

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from dossier.replay_parallel import (
+from dossier.replay.parallel import (
     _AppliedAt,
     _OrderTracker,
     notice_cutoff,

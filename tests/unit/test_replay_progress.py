@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from dossier.replay import FOLDED, MERGED, ProgressLine
+from dossier.replay.serial import FOLDED, MERGED, ProgressLine
 
 
 class _Clock:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from dossier.cli import main
-from dossier.simulation import (
+from dossier.tools.simulation import (
     HOSTILE_KINDS,
     HOSTILE_REASONS,
     OVERSIZED_CHARS,

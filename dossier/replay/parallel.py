@@ -1,7 +1,7 @@
 """Replay from a database's history on every core: the history sharded by dossier code, each
 shard folded in its own process over the in-memory store, the shards merged into the target.
 The folding, the lock step and the merge are shared with the replay from Kafka
-(`dossier.replay_kafka`), whose shards are partitions and whose serial order is the merge of
+(`dossier.replay.kafka`), whose shards are partitions and whose serial order is the merge of
 the topics; below, an input's *rank* is its place in the serial order: its history id here.
 
 Dossiers are independent (the engine reads and writes one dossier per input; (source, id) keys
@@ -85,7 +85,7 @@ from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import URL
 
 from dossier.gc_tuning import tune_for_batches
-from dossier.replay import (
+from dossier.replay.serial import (
     FOLDED,
     MERGED,
     REPLAY_GROUP,
@@ -963,7 +963,7 @@ def replay_from_db_parallel(
     progress: Progress | None = None,
 ) -> ReplayReport:
     """`replay_from_db` in `workers` processes (default: one per core); same result."""
-    from dossier.replay import replay_from_db
+    from dossier.replay.serial import replay_from_db
 
     wanted = workers or os.cpu_count() or 1
     shards = min(wanted, _attach_limit())

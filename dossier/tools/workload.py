@@ -14,7 +14,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from dossier.simulation import SimulatedMessage
+from dossier.tools.simulation import SimulatedMessage
 
 
 def create_input_producer(bootstrap_servers: str) -> KafkaProducer:

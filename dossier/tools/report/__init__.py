@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dossier.report.data import RunData, load_run
-from dossier.report.summary import Summary, summarize
+from dossier.tools.report.data import RunData, load_run
+from dossier.tools.report.summary import Summary, summarize
 from engine import indicators as ind
 from engine.calendar import WorkingCalendar
 from engine.procedures import Catalogue

@@ -18,9 +18,9 @@ from types import TracebackType
 from typing import IO, Self
 
 from dossier.settings import Settings
+from dossier.tools.workload import end_offsets
 from engine.events import INBOUND_TOPICS
 from engine.store.sql import SqlUnitOfWork, create_db_engine
-from producers.workload import end_offsets
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

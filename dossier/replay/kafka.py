@@ -1,7 +1,7 @@
 """Replay from the inbound topics on every core: the partitions split over N worker processes,
 each reading its own partitions with its own consumer and folding the dossiers they carry over
 the in-memory store, in lock step with the parent; the shards are then merged into the target.
-The folding, the lock step and the merge are `dossier.replay_parallel`'s (read its docstring
+The folding, the lock step and the merge are `dossier.replay.parallel`'s (read its docstring
 first); this module adds what reading Kafka needs.
 
 **Why partitions are shards.** The contract co-partitions the inbound topics (docs/CONTRACT.md,
@@ -73,18 +73,7 @@ from typing import Any, cast
 from sqlalchemy import Engine
 
 from consumers.ordering import event_time
-from dossier.replay import (
-    _EARLIEST,
-    REPLAY_GROUP,
-    PartitionOffsets,
-    Progress,
-    ReplayReport,
-    inbound_offsets,
-    prepare_target,
-    read_partitions,
-    replay_kafka_serial,
-)
-from dossier.replay_parallel import (
+from dossier.replay.parallel import (
     Decoded,
     Fold,
     Prepared,
@@ -99,6 +88,17 @@ from dossier.replay_parallel import (
     run_worker,
     start_workers,
     write_shard,
+)
+from dossier.replay.serial import (
+    _EARLIEST,
+    REPLAY_GROUP,
+    PartitionOffsets,
+    Progress,
+    ReplayReport,
+    inbound_offsets,
+    prepare_target,
+    read_partitions,
+    replay_kafka_serial,
 )
 from dossier.settings import Settings
 from engine.application.ports import Position

@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
-from dossier.report.data import DossierRow, RunData, days, figures_by, weeks
+from dossier.tools.report.data import DossierRow, RunData, days, figures_by, weeks
 from engine import indicators as ind
 from engine.calendar import VN_TZ, WorkingCalendar
 from engine.procedures import Catalogue

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from dossier.simulation import SimulatedMessage
+from dossier.tools.simulation import SimulatedMessage
 
 Positions = Mapping[tuple[str, int], int]  # (deployed topic, partition) -> next offset
 
@@ -232,7 +232,7 @@ def publish_stream(
 ) -> CausalReport:
     """Everything in arrival order, as fast as the producer goes; the engine's event-time gate
     (consumers.ordering) puts the topics back in order."""
-    from producers.workload import publish
+    from dossier.tools.workload import publish
 
     report = publish(producer, messages, topic_name, stop=stop, on_progress=on_progress)
     return CausalReport(report.sent, report.seconds, report.stopped_early)

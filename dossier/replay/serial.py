@@ -9,14 +9,14 @@ Two sources:
   `BatchProcessor`, duplicates and bad inputs included, so the rebuilt database holds the same
   outcomes. Positions follow each partition's offsets, as live. With `workers` > 1 the
   partitions are split over that many processes, each reading its own with its own consumer
-  (`dossier.replay_kafka`: the topics are co-partitioned by dossier code), which write the same
+  (`dossier.replay.kafka`: the topics are co-partitioned by dossier code), which write the same
   rows as the serial replay.
 - **Database** (`replay_from_db`): the applied inputs stored in a database's history, in the
   order the live engine applied them (history id), upcast to the current schema version. The
   stored envelope is already validated, so it is handed to the engine without decoding again;
   consumer positions are not tracked, because an input once parked is stored after inputs
   with later offsets, and position tracking would skip it as a redelivery. With `workers` > 1
-  the dossiers are sharded over that many processes (`dossier.replay_parallel`), which write
+  the dossiers are sharded over that many processes (`dossier.replay.parallel`), which write
   the same rows as the serial replay.
 
 Outputs go to the rebuilt database's outbox only; nothing is published unless the caller runs
@@ -276,9 +276,9 @@ def replay_from_kafka(
     progress: Progress | None = None,
 ) -> ReplayReport:
     """Rebuild `target` from the inbound topics; `workers` > 1 reads and folds the partitions
-    in that many processes (`dossier.replay_kafka`), with the same result."""
+    in that many processes (`dossier.replay.kafka`), with the same result."""
     if workers > 1:
-        from dossier.replay_kafka import replay_from_kafka_parallel  # imports this module
+        from dossier.replay.kafka import replay_from_kafka_parallel  # imports this module
 
         return replay_from_kafka_parallel(
             settings,
@@ -427,9 +427,9 @@ def replay_from_db(
     progress: Progress | None = None,
 ) -> ReplayReport:
     """Rebuild `target` from `source`'s history; `workers` > 1 folds shards of dossiers in
-    that many processes (`dossier.replay_parallel`), with the same result."""
+    that many processes (`dossier.replay.parallel`), with the same result."""
     if workers > 1:
-        from dossier.replay_parallel import replay_from_db_parallel  # imports this module
+        from dossier.replay.parallel import replay_from_db_parallel  # imports this module
 
         return replay_from_db_parallel(
             settings,

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dossier.report.data import RunData
+from dossier.tools.report.data import RunData
 from engine import indicators as ind
 from engine.calendar import WorkingCalendar
 from engine.procedures import STATUS_LABELS

@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 from html import escape
 from pathlib import Path
 
-from dossier.report import charts
-from dossier.report.data import RunData
-from dossier.report.summary import (
+from dossier.tools.report import charts
+from dossier.tools.report.data import RunData
+from dossier.tools.report.summary import (
     DEAD_LETTER_MEANINGS,
     INDICATOR_ROWS,
     LEVELS,
