@@ -33,8 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import scratch  # bench/scratch.py, beside this script
-from kafka import KafkaConsumer
 
+from dossier import kafka_clients
 from dossier.settings import Settings
 from dossier.tools.simulation import SimulatedMessage, Workload
 from dossier.tools.supervision import EngineProcess, wait_caught_up
@@ -47,7 +47,7 @@ from engine.events import ALL_TOPICS, INBOUND_TOPICS
 from engine.procedures import load_catalogue
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
-from schemas.codec import InboundDecoder
+from schemas.codec import ContractCodec
 
 REFERENCE_PROCEDURES = ("1.001193", "1.004222", "DD.GCN.LD")
 
@@ -105,7 +105,7 @@ def sustained(
         time.sleep(6 + 4 * (engines - 1))  # let the workers join and share before the clock
         before = cpu_ticks()
         started = time.perf_counter()
-        producer = create_input_producer(settings.kafka_bootstrap_servers)
+        producer = create_input_producer(settings)
         publish(producer, stream, settings.topic)
         producer.close()
         wait_caught_up(settings, 900, engine, poll_s=0.2)
@@ -165,7 +165,7 @@ def latency(
         # A running engine is warm: joined to its group, statements compiled, connections
         # open, first checkpoint written. Warm it on other dossiers (January's) first.
         time.sleep(6)
-        producer = create_input_producer(settings.kafka_bootstrap_servers)
+        producer = create_input_producer(settings)
         warm_up = messages(500, seed=9, start="2025-01-06", end="2025-01-31")
         publish(producer, warm_up, settings.topic)
         wait_caught_up(settings, 120, engine, poll_s=0.2)
@@ -174,9 +174,7 @@ def latency(
         wait_caught_up(settings, 600, engine, poll_s=0.2)
     sent: dict[str, int] = {}
     for topic in INBOUND_TOPICS:
-        for record in read_topic(
-            settings.kafka_bootstrap_servers, settings.topic(topic), timeout_s=20
-        ):
+        for record in read_topic(settings, settings.topic(topic), timeout_s=20):
             try:
                 sent[json.loads(record.value)["id"]] = record.timestamp
             except (ValueError, KeyError, TypeError):
@@ -187,9 +185,7 @@ def latency(
         except (ValueError, KeyError, TypeError):
             continue
     delays: list[float] = []
-    for record in read_topic(
-        settings.kafka_bootstrap_servers, settings.topic("dossier.status"), timeout_s=20
-    ):
+    for record in read_topic(settings, settings.topic("dossier.status"), timeout_s=20):
         cause = json.loads(record.value)["data"]["caused_by"]["id"]
         if cause in sent:
             delays.append(record.timestamp - sent.pop(cause))  # one status per input at most
@@ -198,21 +194,20 @@ def latency(
 
 def naive(settings: Settings, stream: list[SimulatedMessage]) -> float:
     """One event per transaction and an offset commit per message, kafka-python only."""
-    producer = create_input_producer(settings.kafka_bootstrap_servers)
+    producer = create_input_producer(settings)
     publish(producer, stream, settings.topic)
     producer.close()
     db = create_db_engine(settings.database_url)
     upgrade(db)
     processor = BatchProcessor(
         Decider(load_catalogue(), WorkingCalendar.load()),
-        InboundDecoder(),
+        ContractCodec(),
         ServiceConfig(settings.engine_source, settings.consumer_group, timedelta(days=7)),
     )
-    consumer = KafkaConsumer(
+    consumer = kafka_clients.consumer(
+        settings,
         *(settings.topic(t) for t in INBOUND_TOPICS),
-        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
         group_id=settings.consumer_group,
-        enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=1,
     )

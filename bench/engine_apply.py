@@ -47,7 +47,7 @@ from engine.procedures import ProcedureVersion, load_catalogue
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
-from schemas.codec import InboundDecoder
+from schemas.codec import ContractCodec
 
 REFERENCE_PROCEDURES = ("1.001193", "1.004222", "DD.GCN.LD")
 PASSES = 3
@@ -67,7 +67,7 @@ def workload(dossiers: int) -> list[SimulatedMessage]:
 
 
 def decoded(messages: list[SimulatedMessage]) -> list[InboundEvent]:
-    decoder = InboundDecoder()
+    decoder = ContractCodec()
     return [decoder.decode(m.value, m.topic, key=m.key) for m in messages]
 
 
@@ -170,7 +170,7 @@ def through_service(
     engine = Decider(load_catalogue(), WorkingCalendar.load())
     processor = BatchProcessor(
         engine,
-        InboundDecoder(),
+        ContractCodec(),
         ServiceConfig("urn:bench", f"bench-{uuid.uuid4().hex[:8]}", parked_ttl=_week()),
     )
     started = time.perf_counter()
@@ -183,7 +183,7 @@ def through_service(
 def _apply_all(
     db: Any, processor: BatchProcessor, inputs: list[RawInput], batch_size: int, behind: bool
 ) -> None:
-    """Every batch committed, as `dossier.runtime.Runtime` commits them: plainly, retrying a
+    """Every batch committed, as `dossier.composition.Runtime` commits them: plainly, retrying a
     conflict with another engine process, or through the write-behind pipeline."""
 
     def plain(batch: Sequence[RawInput], ceiling: datetime | None = None) -> BatchResult:
@@ -216,7 +216,7 @@ def in_memory_service(inputs: list[RawInput], batch_size: int) -> float:
     in-memory store: the engine's own per-input work, with no database to wait for."""
     processor = BatchProcessor(
         Decider(load_catalogue(), WorkingCalendar.load()),
-        InboundDecoder(),
+        ContractCodec(),
         ServiceConfig("urn:bench", "bench", parked_ttl=_week()),
     )
     store = InMemoryStore()
@@ -283,7 +283,7 @@ def _serve_share(
     db = create_db_engine(url)
     processor = BatchProcessor(
         Decider(load_catalogue(), WorkingCalendar.load()),
-        InboundDecoder(),
+        ContractCodec(),
         ServiceConfig("urn:bench", group, parked_ttl=_week()),
     )
     # As `dossier run` does on assignment: this process's partitions' deadline notices.

@@ -39,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dossier import monitoring as m
 from engine import indicators as ind
-from engine.application.ports import Position, StoredDossier
+from engine.application.ports import ChangeSet, Position, StoredDossier
 from engine.application.service import BatchResult, RawInput
 from engine.calendar import WorkingCalendar
 from engine.dossier import Dossier
@@ -101,10 +101,10 @@ def fill(url: str, count: int, all_open: bool) -> Any:
     for start in range(0, count, batch):
         chunk = dossiers(start, min(batch, count - start), all_open, rng)
         with SqlUnitOfWork(db) as uow:
-            uow.repo.save_dossiers([StoredDossier(d, 0, None) for d in chunk])
+            uow.repo.write(ChangeSet(dossiers=[StoredDossier(d, 0, None) for d in chunk]))
             uow.commit()
     with SqlUnitOfWork(db) as uow:
-        uow.repo.set_clock(CLOCK)
+        uow.repo.write(ChangeSet(clock=CLOCK))
         uow.commit()
     return db
 

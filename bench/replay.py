@@ -50,14 +50,14 @@ from datetime import UTC
 import orjson
 from sqlalchemy import Engine, Table
 
-from deploy import local_kafka
+from dossier import kafka_clients
 from dossier.gc_tuning import tune_for_batches
 from dossier.replay.parallel import encode_rows, sqlite_time
 from dossier.replay.serial import compare, make_processor, replay_from_db, replay_from_kafka
 from dossier.settings import Settings
 from dossier.tools.simulation import Workload
 from dossier.tools.workload import create_input_producer, publish
-from engine.application.ports import HistoryRow, Position, StoredDossier
+from engine.application.ports import ChangeSet, HistoryRow, Position, StoredDossier
 from engine.application.service import RawInput, _envelope
 from engine.audit import GENESIS, link, row_content
 from engine.calendar import WorkingCalendar
@@ -150,9 +150,9 @@ def run(args: argparse.Namespace, settings: Settings, work: Path) -> int:
         scratch = replace(settings, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.")
         names = [scratch.topic(t) for t in INBOUND_TOPICS]
         # The parallel replay shards by partition: as many as the project gives its topics.
-        local_kafka.ensure_topics(scratch, names, settings.topic_partitions)
+        kafka_clients.ensure_topics(scratch, names, settings.topic_partitions)
         try:
-            producer = create_input_producer(scratch.kafka_bootstrap_servers)
+            producer = create_input_producer(scratch)
             publish(producer, messages, scratch.topic)
             producer.close()
             rebuilt = []
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace, settings: Settings, work: Path) -> int:
             for target in rebuilt:
                 target.dispose()
         finally:
-            local_kafka.delete_topics(scratch, names)
+            kafka_clients.delete_topics(scratch, names)
 
     # (c) synthetic history of --verify-rows rows: the live history copied under new codes.
     big = create_db_engine(f"sqlite:///{work / 'verify.db'}")
@@ -197,7 +197,7 @@ def run(args: argparse.Namespace, settings: Settings, work: Path) -> int:
             for r in template[: args.verify_rows - written]
         ]
         with SqlUnitOfWork(big, writes=True) as uow:
-            uow.repo.append_history(rows)
+            uow.repo.write(ChangeSet(history=rows))
             uow.commit()
         written += len(rows)
         copy += 1

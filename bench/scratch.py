@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import text
 
-from deploy import local_kafka
+from dossier import kafka_clients
 from dossier.settings import Settings
 from engine.store.sql import create_db_engine
 
@@ -29,7 +29,7 @@ def schema_url(base_url: str) -> str:
 def topics(settings: Settings, names: Iterable[str], partitions: int) -> None:
     """Create these topics now; delete them at exit."""
     created = list(names)
-    local_kafka.ensure_topics(settings, created, partitions)
+    kafka_clients.ensure_topics(settings, created, partitions)
     atexit.register(_delete_topics, settings, created)
 
 
@@ -42,4 +42,4 @@ def _drop_schema(base_url: str, schema: str) -> None:
 
 def _delete_topics(settings: Settings, names: list[str]) -> None:
     with contextlib.suppress(Exception):
-        local_kafka.delete_topics(settings, names)
+        kafka_clients.delete_topics(settings, names)

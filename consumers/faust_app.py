@@ -16,9 +16,12 @@ import concurrent.futures
 import functools
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import faust
 from faust.types import TP
@@ -26,14 +29,13 @@ from faust.types import TP
 from consumers.buffer import ByteBoundedQueue
 from consumers.drain import FastDrainConsumer, RawSchema
 from consumers.ordering import EventTimeGate, Held, event_time
-from dossier.runtime import COMMIT_ATTEMPTS, Runtime
+from engine.application.commit import COMMIT_ATTEMPTS
 from engine.application.ports import Position
 from engine.application.service import RawInput
-from engine.events import INBOUND_TOPICS
 
 log = logging.getLogger(__name__)
 
-# A batch that cannot be committed after dossier.runtime.COMMIT_ATTEMPTS tries ends the
+# A batch that cannot be committed after engine.application.commit.COMMIT_ATTEMPTS tries ends the
 # process with this code before faust acks it.
 EXIT_CANNOT_COMMIT = 70
 
@@ -43,10 +45,48 @@ def faust_broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{s.strip()}" for s in bootstrap_servers.split(",") if s.strip())
 
 
-def to_raw_input(runtime: Runtime, event: Any) -> RawInput:
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """What the consuming side needs to know, built from the settings by the composition root."""
+
+    bootstrap_servers: str
+    consumer_group: str
+    topics: Mapping[str, str]  # Kafka topic -> the contract's inbound topic it carries
+    datadir: Path  # faust keeps a little worker state on disk even without tables
+    batch_size: int
+    batch_timeout_ms: int
+    ordering_max_idle_ms: int
+    clock_mode: str
+    parked_sweep_seconds: int
+    stream_buffer_bytes: int
+
+
+class BatchSink(Protocol):
+    """Where batches go: engine.application.commit.BatchCommitter."""
+
+    write_behind: bool
+
+    def process(
+        self,
+        inputs: Sequence[RawInput],
+        attempts: int = 5,
+        clock_ceiling: datetime | None = None,
+        failures_allowed: int = 0,
+    ) -> Any: ...
+
+    def submit(
+        self, inputs: Sequence[RawInput], clock_ceiling: datetime | None = None
+    ) -> concurrent.futures.Future[Any]: ...
+
+    def committed_position(self, topic: str, partition: int) -> int: ...
+
+    def own_partitions(self, partitions: frozenset[int]) -> None: ...
+
+
+def to_raw_input(config: ConsumerConfig, event: Any) -> RawInput:
     message = event.message
     return RawInput(
-        contract_topic=runtime.contract_topic(message.topic),
+        contract_topic=config.topics[message.topic],
         position=Position(message.topic, message.partition, message.offset),
         key=message.key,
         value=message.value,
@@ -54,27 +94,25 @@ def to_raw_input(runtime: Runtime, event: Any) -> RawInput:
     )
 
 
-def build_app(runtime: Runtime) -> faust.App:
-    settings = runtime.settings
-    # faust keeps a small amount of worker state on disk even without tables.
-    datadir = settings.kafka_data_dir.parent / "faust" / settings.consumer_group
+def build_app(config: ConsumerConfig, sink: BatchSink) -> faust.App:
+    datadir = config.datadir
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        settings.consumer_group,
-        broker=faust_broker_url(settings.kafka_bootstrap_servers),
+        config.consumer_group,
+        broker=faust_broker_url(config.bootstrap_servers),
         store="memory://",
         datadir=str(datadir),
         web_enabled=False,
         topic_disable_leader=True,  # no leader election topic: the engine keeps no faust tables
         topic_allow_declare=False,  # the topics are the contract's; deploy/ creates them
         consumer_auto_offset_reset="earliest",
-        broker_commit_every=max(settings.batch_size, 1),
+        broker_commit_every=max(config.batch_size, 1),
         broker_commit_interval=1.0,
         # faust stops fetching a partition whose buffer is under pressure and resumes when it
         # has drained to under half: with room for 4 batches the batch thread sat idle, waiting
         # for input, 45% of the time (py-spy --idle). 16 batches measured +8-17% through Kafka
         # on PostgreSQL (bench/e2e_kafka.py), 8 and 32 less; peak RSS did not grow.
-        stream_buffer_maxsize=max(16 * settings.batch_size, 4096),
+        stream_buffer_maxsize=max(16 * config.batch_size, 4096),
         consumer_max_fetch_size=8 * 1024 * 1024,
         stream_wait_empty=False,
         logging_config=None,
@@ -83,19 +121,19 @@ def build_app(runtime: Runtime) -> faust.App:
     app.transport.Consumer = FastDrainConsumer  # type: ignore[misc]
     # Stream buffers bounded in bytes too (consumers/buffer.py).
     app.FlowControlQueue = functools.partial(  # type: ignore[method-assign]
-        ByteBoundedQueue, max_bytes=settings.stream_buffer_bytes, flow_control=app.flow_control
+        ByteBoundedQueue, max_bytes=config.stream_buffer_bytes, flow_control=app.flow_control
     )
     topics = app.topic(
-        *(settings.topic(name) for name in INBOUND_TOPICS),
+        *config.topics,
         schema=RawSchema(),
         allow_empty=True,
     )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dossier-batch")
-    within = settings.batch_timeout_ms / 1000
-    inbound = [settings.topic(name) for name in INBOUND_TOPICS]
-    gate = EventTimeGate(inbound, max_idle_s=settings.ordering_max_idle_ms / 1000)
+    within = config.batch_timeout_ms / 1000
+    inbound = list(config.topics)
+    gate = EventTimeGate(inbound, max_idle_s=config.ordering_max_idle_ms / 1000)
     lock = asyncio.Lock()  # the agent and the timer both drain the gate
-    write_behind = runtime.write_behind
+    write_behind = sink.write_behind
     in_flight: set[asyncio.Task[None]] = set()  # acks waiting for their batch's commit
     streams: list[Any] = []
 
@@ -107,7 +145,7 @@ def build_app(runtime: Runtime) -> faust.App:
         if highwater is None:
             return None  # not fetched yet: it may still deliver earlier inputs
         if next_offset is None:
-            next_offset = runtime.committed_position(topic, partition)
+            next_offset = sink.committed_position(topic, partition)
         return max(0, highwater - next_offset)
 
     async def drain(tick: bool = False) -> None:
@@ -117,17 +155,17 @@ def build_app(runtime: Runtime) -> faust.App:
             if not released and not tick:
                 return
             ceiling = gate.watermark(lag)
-            for start in range(0, max(len(released), 1), settings.batch_size):
-                chunk = released[start : start + settings.batch_size]
+            for start in range(0, max(len(released), 1), config.batch_size):
+                chunk = released[start : start + config.batch_size]
                 inputs = [h.raw for h in chunk]
                 if not write_behind:
-                    await _commit_or_exit(loop, executor, runtime, inputs, ceiling)
+                    await _commit_or_exit(loop, executor, sink, inputs, ceiling)
                     for held in chunk:
                         await streams[0].ack(held.token)
                     continue
                 # Returns once the batch is staged; its commit, then its acks, come behind.
                 future = await loop.run_in_executor(
-                    executor, functools.partial(runtime.submit, inputs, ceiling)
+                    executor, functools.partial(sink.submit, inputs, ceiling)
                 )
                 acking = loop.create_task(_ack_when_committed(future, chunk, streams[0]))
                 in_flight.add(acking)
@@ -144,14 +182,14 @@ def build_app(runtime: Runtime) -> faust.App:
     async def own_notices(sender: Any, assigned: Any, **_: Any) -> None:
         # Deadline notices of the dossiers on the partitions this worker now consumes.
         owned = frozenset(tp.partition for tp in assigned if tp.topic in inbound)
-        runtime.processor.notice_partitions = owned
+        sink.own_partitions(owned)
         log.info("assignment: deadline notices for partitions %s", sorted(owned) or "none")
 
     @app.agent(topics, concurrency=1)
     async def consume(stream: Any) -> None:
         streams[:] = [stream]
-        async for events in stream.noack_take(settings.batch_size, within=within):
-            gate.add(Held(to_raw_input(runtime, e), event_time(e.message.value), e) for e in events)
+        async for events in stream.noack_take(config.batch_size, within=within):
+            gate.add(Held(to_raw_input(config, e), event_time(e.message.value), e) for e in events)
             await drain()
 
     swept: list[float] = []  # when the timer last ran an empty batch for parked expiry
@@ -164,11 +202,11 @@ def build_app(runtime: Runtime) -> faust.App:
         if lock.locked():
             return  # the agent is draining: it will see what the timer would have
         now = asyncio.get_running_loop().time()
-        sweep = bool(swept) and now - swept[0] >= settings.parked_sweep_seconds
+        sweep = bool(swept) and now - swept[0] >= config.parked_sweep_seconds
         if sweep or not swept:
             swept[:] = [now]
-        if len(gate) or sweep or settings.clock_mode == "wall":
-            await drain(tick=sweep or settings.clock_mode == "wall")
+        if len(gate) or sweep or config.clock_mode == "wall":
+            await drain(tick=sweep or config.clock_mode == "wall")
 
     return app
 
@@ -179,7 +217,7 @@ async def _ack_when_committed(
     try:
         await asyncio.wrap_future(future)
     except Exception:
-        # The runtime already retried it the plain way: as below, end before acking.
+        # The committer already retried it the plain way: as below, end before acking.
         log.critical("cannot commit; exiting so the batch is consumed again after restart")
         os._exit(EXIT_CANNOT_COMMIT)
     for held in chunk:
@@ -189,12 +227,12 @@ async def _ack_when_committed(
 async def _commit_or_exit(
     loop: asyncio.AbstractEventLoop,
     executor: ThreadPoolExecutor,
-    runtime: Runtime,
+    sink: BatchSink,
     inputs: list[RawInput],
     clock_ceiling: datetime | None = None,
 ) -> None:
     commit = functools.partial(
-        runtime.process,
+        sink.process,
         inputs,
         clock_ceiling=clock_ceiling,
         failures_allowed=COMMIT_ATTEMPTS - 1,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import logging
 import os
 import shlex
 import shutil
@@ -23,13 +22,49 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
-from dossier.settings import Settings
-from engine.events import ALL_TOPICS, AUDIT_CHECKPOINT_TOPIC
+
+class BrokerSettings(Protocol):
+    """What starting the local broker needs of the settings (dossier.settings.Settings has it):
+    deploy/ reads them without importing the engine's packages."""
+
+    @property
+    def kafka_listen(self) -> tuple[str, int]: ...
+
+    @property
+    def kafka_controller_port(self) -> int: ...
+
+    @property
+    def kafka_data_dir(self) -> Path: ...
+
+    @property
+    def cache_dir(self) -> Path: ...
+
+    @property
+    def kafka_version(self) -> str: ...
+
+    @property
+    def kafka_heap(self) -> str: ...
+
+    @property
+    def topic_partitions(self) -> int: ...
+
+    @property
+    def maven_repo_local(self) -> Path | None: ...
+
+
+class TopicAdmin(Protocol):
+    """The Kafka client side of `up` and `status`, handed in by the command line
+    (dossier.kafka_clients): deploy/ builds no client of its own."""
+
+    def list_topics(self) -> list[str]: ...
+
+    def ensure_contract_topics(self) -> list[str]: ...
+
 
 KAFKA_GROUP = "org.apache.kafka"
 KAFKA_ARTIFACT = "kafka_2.13"
@@ -47,7 +82,6 @@ START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 KILL_TIMEOUT_S = 10.0
 # Checkpoints are rare and must stay totally ordered.
-SINGLE_PARTITION_TOPICS = frozenset({AUDIT_CHECKPOINT_TOPIC})
 NODE_ID = 1
 COMPLETE_MARKER = ".complete"
 
@@ -109,7 +143,7 @@ class Layout:
         return self.data_dir / ".lock"
 
 
-def layout(settings: Settings) -> Layout:
+def layout(settings: BrokerSettings) -> Layout:
     return Layout(
         data_dir=settings.kafka_data_dir,
         libs_dir=settings.cache_dir / f"kafka-{settings.kafka_version}" / "libs",
@@ -119,7 +153,7 @@ def layout(settings: Settings) -> Layout:
 # --- Commands ------------------------------------------------------------------------------
 
 
-def up(settings: Settings) -> int:
+def up(settings: BrokerSettings, topics: TopicAdmin) -> int:
     """Start the broker if it is not running, then make sure every contract topic exists."""
     paths = layout(settings)
     host, port = settings.kafka_listen
@@ -130,9 +164,9 @@ def up(settings: Settings) -> int:
                 _check_running_matches(settings, paths, pid)
                 print(f"kafka: already running (pid {pid}) on {host}:{port}; nothing to start")
             else:
-                _start(settings, paths)
+                _start(settings, paths, topics)
             try:
-                created = ensure_contract_topics(settings)
+                created = topics.ensure_contract_topics()
             except Exception as exc:  # kafka-python raises many types; all mean the same here
                 raise LocalKafkaError(
                     f"the broker on {host}:{port} did not accept the contract topics "
@@ -148,7 +182,7 @@ def up(settings: Settings) -> int:
     return EXIT_OK
 
 
-def down(settings: Settings) -> int:
+def down(settings: BrokerSettings) -> int:
     """Stop exactly the broker process `up` started, and nothing else."""
     paths = layout(settings)
     with _locked(paths):
@@ -174,7 +208,7 @@ def down(settings: Settings) -> int:
     return EXIT_OK
 
 
-def status(settings: Settings) -> int:
+def status(settings: BrokerSettings, topics: TopicAdmin) -> int:
     paths = layout(settings)
     host, port = settings.kafka_listen
     pid = running_pid(paths)
@@ -191,104 +225,18 @@ def status(settings: Settings) -> int:
             print(f"  note: something else answers on {host}:{port} (not from this data dir)")
         return EXIT_NOT_RUNNING
     try:
-        topics = list_topics(settings)
+        names = topics.list_topics()
     except Exception as exc:  # the broker may be starting or wedged; status must still answer
         print(f"  topics:     unavailable ({type(exc).__name__}: {exc})")
     else:
-        print(f"  topics:     {', '.join(topics) if topics else '(none)'}")
+        print(f"  topics:     {', '.join(names) if names else '(none)'}")
     return EXIT_OK
-
-
-# --- Topics --------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def admin_client(settings: Settings, request_timeout_ms: int = 30_000) -> Iterator[Any]:
-    """A kafka-python admin client that is always closed, even when a call fails."""
-    from kafka import KafkaAdminClient
-
-    client = KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id="dossier-local-kafka",
-        request_timeout_ms=request_timeout_ms,
-    )
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-def list_topics(settings: Settings) -> list[str]:
-    """Topic names on the broker, internal ones (`__consumer_offsets`) left out."""
-    with admin_client(settings, request_timeout_ms=10_000) as admin:
-        return sorted(t for t in admin.list_topics() if not t.startswith("__"))
-
-
-def ensure_topics(settings: Settings, names: Iterable[str], partitions: int) -> list[str]:
-    """Create the given topics (deployed names, prefix already applied) where missing.
-
-    Replication factor 1: the local broker is a single node. Returns the names created; topics
-    that already exist are left as they are, even with another partition count.
-    """
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    wanted = list(dict.fromkeys(names))
-    created: list[str] = []
-    with admin_client(settings) as admin:
-        # Another creator may race us (two `up`s, a test in parallel): re-list and retry.
-        for _ in range(5):
-            existing = set(admin.list_topics())
-            missing = [name for name in wanted if name not in existing]
-            if not missing:
-                break
-            try:
-                admin.create_topics(
-                    [
-                        NewTopic(name, num_partitions=partitions, replication_factor=1)
-                        for name in missing
-                    ],
-                    timeout_ms=30_000,
-                )
-            except TopicAlreadyExistsError:
-                continue
-            created.extend(missing)
-            break
-        else:
-            still_missing = set(wanted) - set(admin.list_topics())
-            if still_missing:
-                raise LocalKafkaError(f"could not create topics {sorted(still_missing)}")
-        wait = getattr(admin, "wait_for_topics", None)
-        if created and wait is not None:
-            # A created topic has no partition leader for a moment; a producer sent at it
-            # then fails, so return only once it is usable.
-            wait(created, timeout_ms=30_000)
-    return created
-
-
-def delete_topics(settings: Settings, names: Iterable[str]) -> None:
-    """Delete topics that exist among `names` (deployed names)."""
-    with admin_client(settings) as admin:
-        existing = set(admin.list_topics())
-        doomed = [name for name in names if name in existing]
-        if doomed:
-            admin.delete_topics(doomed, timeout_ms=30_000)
-
-
-def ensure_contract_topics(settings: Settings) -> list[str]:
-    """Every topic of the contract, with the deployment prefix applied."""
-    many = [settings.topic(n) for n in ALL_TOPICS if n not in SINGLE_PARTITION_TOPICS]
-    single = [settings.topic(n) for n in ALL_TOPICS if n in SINGLE_PARTITION_TOPICS]
-    with quiet_kafka_logs():
-        return ensure_topics(settings, many, settings.topic_partitions) + ensure_topics(
-            settings, single, 1
-        )
 
 
 # --- Jars ----------------------------------------------------------------------------------
 
 
-def fetch_libs(settings: Settings) -> Path:
+def fetch_libs(settings: BrokerSettings) -> Path:
     """The broker's class path directory, resolved with Maven on first use only."""
     libs = layout(settings).libs_dir
     if _libs_complete(libs):
@@ -374,7 +322,7 @@ def _pom(version: str) -> str:
 # --- Broker process ------------------------------------------------------------------------
 
 
-def _start(settings: Settings, paths: Layout) -> None:
+def _start(settings: BrokerSettings, paths: Layout, topics: TopicAdmin) -> None:
     host, port = settings.kafka_listen
     if _port_open(host, port):
         raise LocalKafkaError(
@@ -419,7 +367,7 @@ def _start(settings: Settings, paths: Layout) -> None:
     paths.version_file.write_text(f"{settings.kafka_version}\n", encoding="utf-8")
     print(f"kafka: started Apache Kafka {settings.kafka_version} (pid {process.pid}), waiting ...")
     try:
-        _wait_ready(settings, paths, process)
+        _wait_ready(settings, paths, process, topics)
     except LocalKafkaError:
         # A half-started broker would hold the ports and the PID file: leave nothing behind.
         if process.poll() is None:
@@ -434,7 +382,7 @@ def _start(settings: Settings, paths: Layout) -> None:
     )
 
 
-def _check_running_matches(settings: Settings, paths: Layout, pid: int) -> None:
+def _check_running_matches(settings: BrokerSettings, paths: Layout, pid: int) -> None:
     """A broker started with other ports keeps them until restarted: say so, do not hang."""
     host, port = settings.kafka_listen
     wanted = f"PLAINTEXT://{host}:{port}"
@@ -451,7 +399,9 @@ def _check_running_matches(settings: Settings, paths: Layout, pid: int) -> None:
         )
 
 
-def _wait_ready(settings: Settings, paths: Layout, process: subprocess.Popen[bytes]) -> None:
+def _wait_ready(
+    settings: BrokerSettings, paths: Layout, process: subprocess.Popen[bytes], topics: TopicAdmin
+) -> None:
     """Until an admin client connects and the broker answers metadata requests."""
     host, port = settings.kafka_listen
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -464,8 +414,7 @@ def _wait_ready(settings: Settings, paths: Layout, process: subprocess.Popen[byt
             )
         if _port_open(host, port):
             try:
-                with quiet_kafka_logs(), admin_client(settings, 5_000) as admin:
-                    admin.list_topics()
+                topics.list_topics()
                 return
             except Exception as exc:  # any client failure only means "not ready yet"
                 last_error = f"{type(exc).__name__}: {exc}"
@@ -477,7 +426,7 @@ def _wait_ready(settings: Settings, paths: Layout, process: subprocess.Popen[byt
         time.sleep(0.25)
 
 
-def _write_config(settings: Settings, paths: Layout) -> None:
+def _write_config(settings: BrokerSettings, paths: Layout) -> None:
     host, port = settings.kafka_listen
     controller = settings.kafka_controller_port
     # The controller listener only serves this one node, so it never leaves loopback.
@@ -666,18 +615,6 @@ def _locked(paths: Layout) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def quiet_kafka_logs() -> Iterator[None]:
-    """kafka-python logs every refused connection while the broker starts: expected noise."""
-    logger = logging.getLogger("kafka")
-    previous = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
-
-
 def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -710,17 +647,3 @@ def _log_tail(paths: Layout, lines: int = 40) -> str:
 
 
 # --- `python -m deploy.local_kafka up|down|status` -----------------------------------------
-
-COMMANDS: dict[str, Callable[[Settings], int]] = {"up": up, "down": down, "status": status}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or args[0] not in COMMANDS:
-        print(f"usage: python -m deploy.local_kafka {{{'|'.join(COMMANDS)}}}", file=sys.stderr)
-        return 2
-    return COMMANDS[args[0]](Settings.from_env())
-
-
-if __name__ == "__main__":
-    sys.exit(main())

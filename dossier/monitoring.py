@@ -836,9 +836,9 @@ def database_monitoring(
 
 
 def engine_monitoring(runtime: Any) -> Monitoring:
-    """Everything `dossier run` exports; `runtime` is a `dossier.runtime.Runtime`."""
+    """Everything `dossier run` exports; `runtime` is a `dossier.composition.Runtime`."""
     settings = runtime.settings
-    engine = runtime.engine
+    engine = runtime.decider
     monitoring = database_monitoring(
         runtime.db,
         engine.calendar,

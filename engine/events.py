@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -34,6 +35,44 @@ TYPE_PREFIX = "vn.gov.dossier."
 
 # The current version of the inbound event shape; older stored inputs are upcast on read.
 CURRENT_SCHEMA_VERSION = 1
+
+
+def contract_topic(kafka_topic: str, prefix: str | None = None) -> str:
+    """The contract's name of an inbound Kafka topic: without the deployment's `prefix` when it
+    is given (the consumer knows it), else the inbound name the topic ends with (a stored
+    position does not say which prefix it was read with). ValueError for any other topic."""
+    if prefix is not None:
+        name = kafka_topic.removeprefix(prefix)
+        if name in INBOUND_TOPICS:
+            return name
+    else:
+        for name in INBOUND_TOPICS:
+            if kafka_topic.endswith(name):
+                return name
+    raise ValueError(f"not an inbound topic of this deployment: {kafka_topic}")
+
+
+class DeadLetterReason(StrEnum):
+    """Why an input was dead-lettered: the contract's `reason` of a `dossier.dlq` message."""
+
+    MALFORMED = "malformed"
+    SCHEMA = "schema"
+    UNKNOWN_PROCEDURE = "unknown-procedure"
+    INVALID_TRANSITION = "invalid-transition"
+    CONFLICT = "conflict"
+    UNAUTHENTICATED = "unauthenticated"
+    PARKED_EXPIRED = "parked-expired"
+    # Contract 1.1, "Poison": handling the input failed unexpectedly; it is set aside, not retried.
+    INTERNAL_ERROR = "internal-error"
+
+
+class InputRejected(Exception):
+    """An input that cannot be decoded into an event; `detail` never carries personal data."""
+
+    def __init__(self, reason: DeadLetterReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 def canonical_json(value: Any) -> bytes:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from engine.application.ports import OutboxMessage, UnitOfWork
+from engine.application.ports import Outbox, OutboxMessage, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def create_producer(bootstrap_servers: str, **overrides: Any) -> KafkaProducer:
 class OutboxRelay:
     def __init__(
         self,
-        uow_factory: Callable[[], UnitOfWork],
+        uow_factory: Callable[[], UnitOfWork[Outbox]],
         producer: KafkaProducer,
         topic_name: Callable[[str], str],
         *,

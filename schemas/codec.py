@@ -16,7 +16,6 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from enum import StrEnum
 from functools import cache
 from importlib import resources
 from typing import Any, Final
@@ -28,9 +27,13 @@ from engine.events import (
     CURRENT_SCHEMA_VERSION,
     INBOUND_TOPICS,
     TYPE_PREFIX,
+    DeadLetterReason,
     InboundEvent,
+    InputRejected,
     OutboundEvent,
+    contract_topic,
 )
+from schemas.upcasting import upcast
 
 __all__ = [
     "DEAD_LETTERED_TYPE",
@@ -38,15 +41,17 @@ __all__ = [
     "INBOUND_TOPICS_BY_TYPE",
     "INBOUND_TYPES",
     "OUTBOUND_TOPIC_BY_TYPE",
+    "ContractCodec",
     "DeadLetterReason",
-    "InboundDecoder",
+    "InputRejected",
     "OutboundSchemaError",
-    "Rejected",
     "dead_letter",
     "encode_outbound",
     "is_dossier_code",
     "load_schema",
     "plausible_time",
+    "stored_envelope",
+    "stored_input",
     "validate_outbound",
 ]
 
@@ -65,27 +70,6 @@ MAX_TIME_AHEAD: Final = timedelta(days=1)
 DATA_TIME_END: Final = datetime(2100, 1, 1, tzinfo=UTC)
 
 Validator = Callable[[Any], Any]
-
-
-class DeadLetterReason(StrEnum):
-    MALFORMED = "malformed"
-    SCHEMA = "schema"
-    UNKNOWN_PROCEDURE = "unknown-procedure"
-    INVALID_TRANSITION = "invalid-transition"
-    CONFLICT = "conflict"
-    UNAUTHENTICATED = "unauthenticated"
-    PARKED_EXPIRED = "parked-expired"
-    # Contract 1.1, "Poison": handling the input failed unexpectedly; it is set aside, not retried.
-    INTERNAL_ERROR = "internal-error"
-
-
-class Rejected(Exception):
-    """An input that cannot be applied; `detail` never carries personal data values."""
-
-    def __init__(self, reason: DeadLetterReason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 class OutboundSchemaError(ValueError):
@@ -394,8 +378,8 @@ def _key_problem(key: bytes | None) -> str:
     return "Kafka key is not the event's subject"
 
 
-class InboundDecoder:
-    """Turns one inbound Kafka message into an `InboundEvent` or raises `Rejected`.
+class ContractCodec:
+    """Turns one inbound Kafka message into an `InboundEvent` or raises `InputRejected`.
 
     `clock` is the wall clock that bounds an input's `time` (contract 1.1, "Time"); it must
     return an aware datetime. Business time still comes from `time` alone.
@@ -421,6 +405,42 @@ class InboundDecoder:
             for type_, topics in INBOUND_TOPICS_BY_TYPE.items()
         }
 
+    def encode_outbound(self, event: OutboundEvent, source: str) -> bytes:
+        return encode_outbound(event, source)
+
+    def dead_letter(
+        self,
+        reason: DeadLetterReason,
+        detail: str,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]],
+        time: datetime,
+        source: str,
+    ) -> tuple[bytes | None, bytes]:
+        return dead_letter(
+            reason,
+            detail,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            value=value,
+            headers=headers,
+            time=time,
+            source=source,
+        )
+
+    def dead_letter_id(self, topic: str, partition: int, offset: int) -> str:
+        return dead_letter_id(topic, partition, offset)
+
+    def stored_envelope(self, event: InboundEvent) -> dict[str, Any]:
+        return stored_envelope(event)
+
     def decode(self, value: bytes | None, topic: str, *, key: bytes | None) -> InboundEvent:
         """`topic` is the contract topic name without the deployment prefix; `key` the
         message's Kafka key, which must be the event's `subject`."""
@@ -431,72 +451,74 @@ class InboundDecoder:
         schema = DeadLetterReason.SCHEMA
 
         if not value:
-            raise Rejected(malformed, "empty value")
+            raise InputRejected(malformed, "empty value")
         size = len(value)
         if size > self.max_message_bytes:
-            raise Rejected(malformed, f"oversized: {size} bytes > {self.max_message_bytes}")
+            raise InputRejected(malformed, f"oversized: {size} bytes > {self.max_message_bytes}")
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise Rejected(malformed, f"not UTF-8: invalid byte at offset {exc.start}") from None
+            raise InputRejected(
+                malformed, f"not UTF-8: invalid byte at offset {exc.start}"
+            ) from None
         try:
             event = _JSON_DECODER.decode(text)
         except json.JSONDecodeError as exc:
-            raise Rejected(malformed, f"not JSON: {exc}") from None
+            raise InputRejected(malformed, f"not JSON: {exc}") from None
         except _NotJSON as exc:
-            raise Rejected(malformed, f"not JSON: {exc}") from None
+            raise InputRejected(malformed, f"not JSON: {exc}") from None
         except ValueError:
             # The only other ValueError of the C scanner: an integer beyond the digit limit.
-            raise Rejected(malformed, "not JSON: integer too long") from None
+            raise InputRejected(malformed, "not JSON: integer too long") from None
         except RecursionError:
-            raise Rejected(malformed, "not JSON: nested too deeply") from None
+            raise InputRejected(malformed, "not JSON: nested too deeply") from None
         if type(event) is not dict:
-            raise Rejected(malformed, "not a JSON object")
+            raise InputRejected(malformed, "not a JSON object")
         # A \uD800- or \uDC00-style escape can smuggle a lone surrogate past UTF-8 validation;
         # it would crash every later UTF-8 encoding (hashing, storage), so look whenever one may
         # exist. A correctly paired escape (an emoji) takes the slow path and passes.
         if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(event):
-            raise Rejected(malformed, "not JSON: lone UTF-16 surrogate in a string")
+            raise InputRejected(malformed, "not JSON: lone UTF-16 surrogate in a string")
 
         try:
             self._envelope(event)
         except fastjsonschema.JsonSchemaValueException as exc:
             missing = [name for name in _CLOUDEVENT_CORE if name not in event]
             if missing:
-                raise Rejected(
+                raise InputRejected(
                     malformed, f"not a CloudEvent: missing {', '.join(missing)}"
                 ) from None
-            raise Rejected(schema, _schema_detail(exc, envelope=True)) from None
+            raise InputRejected(schema, _schema_detail(exc, envelope=True)) from None
 
         subject: str = event["subject"]
         # The key decides the partition, so the dossier's order; a subject that differs would
         # apply the input to one dossier in the order of another. The pattern made it ASCII.
         if key != subject.encode("ascii"):
-            raise Rejected(malformed, _key_problem(key))
+            raise InputRejected(malformed, _key_problem(key))
         if not _is_calendar_dossier_code(subject):
-            raise Rejected(schema, "subject: dossier code date is not a calendar date")
+            raise InputRejected(schema, "subject: dossier code date is not a calendar date")
 
         version = int(event.get("schemaversion", CURRENT_SCHEMA_VERSION))
         if version > CURRENT_SCHEMA_VERSION:
-            raise Rejected(
+            raise InputRejected(
                 schema, f"schemaversion: {version} is newer than {CURRENT_SCHEMA_VERSION}"
             )
         time_text: str = event["time"]
         try:
             time = _parse_time(time_text)
         except ValueError:
-            raise Rejected(schema, "time: not a valid date-time") from None
+            raise InputRejected(schema, "time: not a valid date-time") from None
         # Once inside the bounds, every conversion and the engine's arithmetic are safe.
         utc = _in_utc(time, time_text)
         if utc is None or utc > self.clock() + MAX_TIME_AHEAD:
-            raise Rejected(schema, "time: outside [2000-01-01, now + 1 day]")
+            raise InputRejected(schema, "time: outside [2000-01-01, now + 1 day]")
 
         type_: str = event["type"]
         known = self._types.get(type_)
         if known is None:
-            raise Rejected(schema, f"unknown type {json.dumps(_clip(type_))}")
+            raise InputRejected(schema, f"unknown type {json.dumps(_clip(type_))}")
         if topic not in known.topics:
-            raise Rejected(
+            raise InputRejected(
                 schema,
                 f"type {type_} not accepted on topic {topic} (only on {', '.join(known.topics)})",
             )
@@ -505,21 +527,25 @@ class InboundDecoder:
         try:
             known.validate(data)
         except fastjsonschema.JsonSchemaValueException as exc:
-            raise Rejected(schema, _schema_detail(exc, envelope=False)) from None
+            raise InputRejected(schema, _schema_detail(exc, envelope=False)) from None
         for path in known.datetime_paths:
             for parent, name in _values_at(data, path):
                 moment_text = parent[name]
                 try:
                     moment = _parse_time(moment_text)
                 except ValueError:
-                    raise Rejected(schema, f"{_path_name(path)}: not a valid date-time") from None
+                    raise InputRejected(
+                        schema, f"{_path_name(path)}: not a valid date-time"
+                    ) from None
                 utc = _in_utc(moment, moment_text)
                 if utc is None or utc >= DATA_TIME_END:
-                    raise Rejected(schema, f"{_path_name(path)}: outside [2000-01-01, 2100-01-01)")
+                    raise InputRejected(
+                        schema, f"{_path_name(path)}: outside [2000-01-01, 2100-01-01)"
+                    )
         for path in known.dossier_code_paths:
             for parent, name in _values_at(data, path):
                 if not _is_calendar_dossier_code(parent[name]):
-                    raise Rejected(
+                    raise InputRejected(
                         schema, f"{_path_name(path)}: dossier code date is not a calendar date"
                     )
 
@@ -621,6 +647,44 @@ def dead_letter(
         data=data,
     )
     return key, _encode(envelope)
+
+
+# --------------------------------------------------------------------------- stored inputs
+
+
+def stored_envelope(event: InboundEvent) -> dict[str, Any]:
+    """An applied input as its dossier's history keeps it: the CloudEvent, and the contract
+    topic it came on (the Kafka topic's prefix is a deployment's, not the input's)."""
+    return {
+        "specversion": "1.0",
+        "id": event.id,
+        "source": event.source,
+        "type": event.type,
+        "subject": event.subject,
+        "time": event.time.isoformat(),
+        "datacontenttype": "application/json",
+        "data": dict(event.data),
+        "topic": event.topic,
+    }
+
+
+def stored_input(
+    envelope: Mapping[str, Any], schema_version: int, kafka_topic: str
+) -> tuple[InboundEvent, bytes]:
+    """A history row's input as the event it is now (upcast to the current schema version)
+    and as bytes a replay can hand the engine again."""
+    current = upcast(dict(envelope), schema_version)
+    topic = str(current.pop("topic", None) or contract_topic(kafka_topic))
+    event = InboundEvent(
+        source=current["source"],
+        id=current["id"],
+        type=current["type"],
+        subject=current["subject"],
+        time=datetime.fromisoformat(current["time"]),
+        data=current["data"],
+        topic=topic,
+    )
+    return event, orjson.dumps(current)
 
 
 @cache

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from engine.application.ports import (
+    ChangeSet,
     ConcurrencyError,
     HistoryRow,
     LedgerEntry,
@@ -25,7 +26,10 @@ from engine.application.ports import (
 )
 from engine.dossier import Dossier
 
-UowFactory = Callable[[], UnitOfWork]
+# The stores' units of work: their repository is the batch's port (reads and `write`), the
+# relay's outbox port, and the read models the stores share (`history`, `parked_count`,
+# `outcome_counts`).
+UowFactory = Callable[[], UnitOfWork[Any]]
 
 ICT = timezone(timedelta(hours=7))  # Asia/Ho_Chi_Minh has no DST: a fixed offset is exact
 T0 = datetime(2025, 3, 3, 8, 15, 30, 123456, tzinfo=ICT)
@@ -112,7 +116,7 @@ def make_message(message_id: str, **changes: Any) -> OutboxMessage:
 
 def save_new(factory: UowFactory, *dossiers: Dossier, notice: datetime | None = None) -> None:
     with factory() as uow:
-        uow.repo.save_dossiers([StoredDossier(d, 0, notice) for d in dossiers])
+        uow.repo.write(ChangeSet(dossiers=[StoredDossier(d, 0, notice) for d in dossiers]))
         uow.commit()
 
 
@@ -137,7 +141,7 @@ class StoreContract:
         changed = replace(dossier, state="resolved", status_code=9, final=False, outcome="ok")
         with uow_factory() as uow:
             stored = uow.repo.load_dossiers([dossier.code])[dossier.code]
-            uow.repo.save_dossiers([StoredDossier(changed, stored.revision, None)])
+            uow.repo.write(ChangeSet(dossiers=[StoredDossier(changed, stored.revision, None)]))
             uow.commit()
         with uow_factory() as uow:
             assert uow.repo.load_dossiers([dossier.code]) == {
@@ -148,16 +152,20 @@ class StoreContract:
         dossier = make_dossier()
         save_new(uow_factory, dossier)
         with uow_factory() as uow:
-            uow.repo.save_dossiers([StoredDossier(replace(dossier, state="a"), 1, None)])
+            uow.repo.write(
+                ChangeSet(dossiers=[StoredDossier(replace(dossier, state="a"), 1, None)])
+            )
             uow.commit()
         with uow_factory() as uow:
             other = make_dossier("000.00.19.H56-250303-0002")
             with pytest.raises(ConcurrencyError):
-                uow.repo.save_dossiers(
-                    [
-                        StoredDossier(other, 0, None),
-                        StoredDossier(replace(dossier, state="b"), 1, None),
-                    ]
+                uow.repo.write(
+                    ChangeSet(
+                        dossiers=[
+                            StoredDossier(other, 0, None),
+                            StoredDossier(replace(dossier, state="b"), 1, None),
+                        ]
+                    )
                 )
             with pytest.raises(ConcurrencyError):
                 uow.commit()  # a unit of work that conflicted must be rolled back
@@ -170,16 +178,16 @@ class StoreContract:
         dossier = make_dossier()
         save_new(uow_factory, dossier)
         with uow_factory() as uow, pytest.raises(ConcurrencyError):
-            uow.repo.save_dossiers([StoredDossier(dossier, 0, None)])
+            uow.repo.write(ChangeSet(dossiers=[StoredDossier(dossier, 0, None)]))
 
     def test_rollback_after_conflict_allows_new_work(self, uow_factory: UowFactory) -> None:
         dossier = make_dossier()
         save_new(uow_factory, dossier)
         with uow_factory() as uow:
             with pytest.raises(ConcurrencyError):
-                uow.repo.save_dossiers([StoredDossier(dossier, 0, None)])
+                uow.repo.write(ChangeSet(dossiers=[StoredDossier(dossier, 0, None)]))
             uow.rollback()
-            uow.repo.set_clock(T0)
+            uow.repo.write(ChangeSet(clock=T0))
             uow.commit()
         with uow_factory() as uow:
             assert uow.repo.get_clock() == T0
@@ -191,7 +199,7 @@ class StoreContract:
             loaded = uow.repo.load_dossiers(d.code for d in dossiers)
             assert len(loaded) == len(dossiers)
             assert loaded[dossiers[-1].code].dossier == dossiers[-1]
-            uow.repo.save_dossiers([StoredDossier(d, 1, None) for d in dossiers])
+            uow.repo.write(ChangeSet(dossiers=[StoredDossier(d, 1, None) for d in dossiers]))
             uow.commit()
         with uow_factory() as uow:
             revisions = {
@@ -201,19 +209,21 @@ class StoreContract:
 
     def test_naive_datetimes_are_refused(self, uow_factory: UowFactory) -> None:
         with uow_factory() as uow, pytest.raises(ValueError, match="naive"):
-            uow.repo.set_clock(datetime(2025, 1, 1, 8, 0))
+            uow.repo.write(ChangeSet(clock=datetime(2025, 1, 1, 8, 0)))
 
     # --- notices -----------------------------------------------------------------------------
     def test_notices_due(self, uow_factory: UowFactory) -> None:
         a, b, c, d = (make_dossier(f"000.00.19.H56-250303-000{i}") for i in range(1, 5))
         with uow_factory() as uow:
-            uow.repo.save_dossiers(
-                [
-                    StoredDossier(a, 0, T0 + timedelta(hours=3)),
-                    StoredDossier(b, 0, T0 + timedelta(hours=1)),
-                    StoredDossier(c, 0, None),
-                    StoredDossier(d, 0, T0 + timedelta(days=1)),
-                ]
+            uow.repo.write(
+                ChangeSet(
+                    dossiers=[
+                        StoredDossier(a, 0, T0 + timedelta(hours=3)),
+                        StoredDossier(b, 0, T0 + timedelta(hours=1)),
+                        StoredDossier(c, 0, None),
+                        StoredDossier(d, 0, T0 + timedelta(days=1)),
+                    ]
+                )
             )
             uow.commit()
         with uow_factory() as uow:
@@ -227,12 +237,14 @@ class StoreContract:
     def test_notices_due_among_the_partitions_asked_for(self, uow_factory: UowFactory) -> None:
         on_0, on_1, unknown = (make_dossier(f"000.00.19.H56-250303-000{i}") for i in (1, 2, 3))
         with uow_factory() as uow:
-            uow.repo.save_dossiers(
-                [
-                    StoredDossier(on_0, 0, T0, partition=0),
-                    StoredDossier(on_1, 0, T0, partition=1),
-                    StoredDossier(unknown, 0, T0),
-                ]
+            uow.repo.write(
+                ChangeSet(
+                    dossiers=[
+                        StoredDossier(on_0, 0, T0, partition=0),
+                        StoredDossier(on_1, 0, T0, partition=1),
+                        StoredDossier(unknown, 0, T0),
+                    ]
+                )
             )
             uow.commit()
         now = T0 + timedelta(hours=1)
@@ -251,18 +263,23 @@ class StoreContract:
         assert (loaded[on_0.code].partition, loaded[unknown.code].partition) == (0, None)
 
     # --- rollback ----------------------------------------------------------------------------
-    def _write_everything(self, uow: UnitOfWork) -> None:
+    def _write_everything(self, uow: UnitOfWork[Any]) -> None:
         code = "000.00.19.H56-250303-0001"
-        repo = uow.repo
-        repo.save_dossiers([StoredDossier(make_dossier(code), 0, T0)])
-        repo.record_applied([LedgerEntry("s", "e1", "h1", code)])
-        repo.append_history([make_history(code, 1)])
-        repo.park([make_parked(code, 1)])
-        repo.add_outbox([make_message("m1")])
-        repo.save_positions("g", {("dossier.commune", 0): 10})
-        repo.set_clock(T0)
+        uow.repo.write(
+            ChangeSet(
+                dossiers=[StoredDossier(make_dossier(code), 0, T0)],
+                history=[make_history(code, 1)],
+                ledger=[LedgerEntry("s", "e1", "h1", code)],
+                parked=[make_parked(code, 1)],
+                outbox=[make_message("m1")],
+                group="g",
+                positions={("dossier.commune", 0): 10},
+                outcomes={("dossier.commune", "applied"): 1},
+                clock=T0,
+            )
+        )
 
-    def _assert_empty(self, uow: UnitOfWork) -> None:
+    def _assert_empty(self, uow: UnitOfWork[Any]) -> None:
         code = "000.00.19.H56-250303-0001"
         repo = uow.repo
         assert repo.load_dossiers([code]) == {}
@@ -273,6 +290,7 @@ class StoreContract:
         assert repo.unsent_outbox(10) == []
         assert repo.outbox_backlog() == 0
         assert repo.load_positions("g") == {}
+        assert repo.outcome_counts("g") == {}
         assert repo.get_clock() is None
         assert repo.notices_due(T0 + timedelta(days=1), 10) == []
 
@@ -295,7 +313,7 @@ class StoreContract:
             self._write_everything(uow)
             uow.rollback()
             self._assert_empty(uow)
-            uow.repo.set_clock(T0)
+            uow.repo.write(ChangeSet(clock=T0))
             uow.commit()
         with uow_factory() as uow:
             assert uow.repo.get_clock() == T0
@@ -304,11 +322,11 @@ class StoreContract:
     def test_work_continues_after_commit(self, uow_factory: UowFactory) -> None:
         uow = uow_factory()
         with uow:
-            uow.repo.set_clock(T0)
+            uow.repo.write(ChangeSet(clock=T0))
             uow.commit()
-            uow.repo.save_positions("g", {("t", 0): 1})
+            uow.repo.write(ChangeSet(group="g", positions={("t", 0): 1}))
             uow.commit()
-            uow.repo.set_clock(T0 + timedelta(days=1))  # not committed
+            uow.repo.write(ChangeSet(clock=T0 + timedelta(days=1)))  # not committed
         with uow:  # a unit of work is reusable
             assert uow.repo.get_clock() == T0
             assert uow.repo.load_positions("g") == {("t", 0): 1}
@@ -317,7 +335,7 @@ class StoreContract:
     def test_ledger(self, uow_factory: UowFactory) -> None:
         entries = [LedgerEntry(f"urn:s{i % 3}", f"id-{i}", f"hash-{i}", "D1") for i in range(2100)]
         with uow_factory() as uow:
-            uow.repo.record_applied(entries)
+            uow.repo.write(ChangeSet(ledger=entries))
             uow.commit()
         with uow_factory() as uow:
             keys = [(e.source, e.event_id) for e in entries] + [("urn:s0", "nope"), ("x", "id-0")]
@@ -327,10 +345,10 @@ class StoreContract:
 
     def test_ledger_entry_recorded_twice_is_a_conflict(self, uow_factory: UowFactory) -> None:
         with uow_factory() as uow:
-            uow.repo.record_applied([LedgerEntry("s", "e", "h", "D1")])
+            uow.repo.write(ChangeSet(ledger=[LedgerEntry("s", "e", "h", "D1")]))
             uow.commit()
         with uow_factory() as uow, pytest.raises(ConcurrencyError):
-            uow.repo.record_applied([LedgerEntry("s", "e", "h2", "D1")])
+            uow.repo.write(ChangeSet(ledger=[LedgerEntry("s", "e", "h2", "D1")]))
 
     # --- history -----------------------------------------------------------------------------
     def test_history_append_and_ordered_read(self, uow_factory: UowFactory) -> None:
@@ -340,10 +358,10 @@ class StoreContract:
             make_history(code, 4), position=Position("dossier.submission", None, None)
         )
         with uow_factory() as uow:
-            uow.repo.append_history([rows[1], make_history(other, 1), rows[0]])
+            uow.repo.write(ChangeSet(history=[rows[1], make_history(other, 1), rows[0]]))
             uow.commit()
         with uow_factory() as uow:
-            uow.repo.append_history([unkeyed, rows[2]])
+            uow.repo.write(ChangeSet(history=[unkeyed, rows[2]]))
             uow.commit()
         with uow_factory() as uow:
             assert uow.repo.history(code) == [*rows, unkeyed]
@@ -352,10 +370,10 @@ class StoreContract:
 
     def test_history_seq_taken_is_a_conflict(self, uow_factory: UowFactory) -> None:
         with uow_factory() as uow:
-            uow.repo.append_history([make_history("D-1", 1)])
+            uow.repo.write(ChangeSet(history=[make_history("D-1", 1)]))
             uow.commit()
         with uow_factory() as uow, pytest.raises(ConcurrencyError):
-            uow.repo.append_history([make_history("D-1", 1, event_id="other")])
+            uow.repo.write(ChangeSet(history=[make_history("D-1", 1, event_id="other")]))
 
     # --- parked inputs -----------------------------------------------------------------------
     def test_park_and_unpark(self, uow_factory: UowFactory) -> None:
@@ -364,8 +382,8 @@ class StoreContract:
         second = make_parked(b, 2, key=None, headers=[])
         third = make_parked(a, 3, expires_at=T0 + timedelta(days=1))
         with uow_factory() as uow:
-            uow.repo.park([first, second])
-            uow.repo.park([third])
+            uow.repo.write(ChangeSet(parked=[first, second]))
+            uow.repo.write(ChangeSet(parked=[third]))
             uow.commit()
         with uow_factory() as uow:
             repo = uow.repo
@@ -386,7 +404,7 @@ class StoreContract:
             assert [p.event_id for p in repo.parked_expired(T0 + timedelta(days=5), 1)] == [
                 third.event_id
             ]
-            repo.unpark([p.id for p in expired if p.id is not None] + [999_999])
+            repo.write(ChangeSet(unparked=[p.id for p in expired if p.id is not None] + [999_999]))
             uow.commit()
         with uow_factory() as uow:
             assert uow.repo.parked_count() == 1
@@ -395,17 +413,19 @@ class StoreContract:
     # --- outbox ------------------------------------------------------------------------------
     def test_outbox_dedup_order_and_mark_sent(self, uow_factory: UowFactory) -> None:
         with uow_factory() as uow:
-            uow.repo.add_outbox([make_message("m1"), make_message("m2", key=None)])
+            uow.repo.write(ChangeSet(outbox=[make_message("m1"), make_message("m2", key=None)]))
             uow.commit()
         with uow_factory() as uow:
             # m2 again (a re-emitted output), and m3 twice within one batch
-            uow.repo.add_outbox(
-                [
-                    make_message("m3"),
-                    make_message("m2", value=b"changed"),
-                    make_message("m3"),
-                    make_message("m4", topic="dossier.dlq"),
-                ]
+            uow.repo.write(
+                ChangeSet(
+                    outbox=[
+                        make_message("m3"),
+                        make_message("m2", value=b"changed"),
+                        make_message("m3"),
+                        make_message("m4", topic="dossier.dlq"),
+                    ]
+                )
             )
             uow.commit()
         with uow_factory() as uow:
@@ -423,18 +443,27 @@ class StoreContract:
         with uow_factory() as uow:
             assert uow.repo.outbox_backlog() == 1
             assert [m.message_id for m in uow.repo.unsent_outbox(10)] == ["m4"]
-            uow.repo.add_outbox([make_message("m1")])  # sent long ago: still a duplicate
+            # m1 was sent long ago: still a duplicate
+            uow.repo.write(ChangeSet(outbox=[make_message("m1")]))
             assert uow.repo.outbox_backlog() == 1
 
     # --- positions ---------------------------------------------------------------------------
     def test_positions_upsert(self, uow_factory: UowFactory) -> None:
         with uow_factory() as uow:
-            uow.repo.save_positions("g1", {("dossier.commune", 0): 10, ("dossier.commune", 1): 5})
-            uow.repo.save_positions("g2", {("dossier.commune", 0): 99})
+            uow.repo.write(
+                ChangeSet(
+                    group="g1", positions={("dossier.commune", 0): 10, ("dossier.commune", 1): 5}
+                )
+            )
+            uow.repo.write(ChangeSet(group="g2", positions={("dossier.commune", 0): 99}))
             uow.commit()
         with uow_factory() as uow:
-            uow.repo.save_positions("g1", {("dossier.commune", 1): 7, ("dossier.province", 0): 1})
-            uow.repo.save_positions("g1", {})
+            uow.repo.write(
+                ChangeSet(
+                    group="g1", positions={("dossier.commune", 1): 7, ("dossier.province", 0): 1}
+                )
+            )
+            uow.repo.write(ChangeSet(group="g1", positions={}))
             uow.commit()
         with uow_factory() as uow:
             assert uow.repo.load_positions("g1") == {
@@ -445,16 +474,82 @@ class StoreContract:
             assert uow.repo.load_positions("g2") == {("dossier.commune", 0): 99}
             assert uow.repo.load_positions("g3") == {}
 
+    # --- outcome counts ----------------------------------------------------------------------
+    def test_outcome_counts_add_up_per_group(self, uow_factory: UowFactory) -> None:
+        applied, parked = ("dossier.commune", "applied"), ("dossier.commune", "parked")
+        with uow_factory() as uow:
+            uow.repo.write(ChangeSet(group="g1", outcomes={applied: 3, parked: 1}))
+            uow.repo.write(ChangeSet(group="g2", outcomes={applied: 100}))
+            uow.commit()
+        with uow_factory() as uow:
+            # A parked input applied later moves from one outcome to the other.
+            uow.repo.write(ChangeSet(group="g1", outcomes={applied: 1, parked: -1}))
+            uow.commit()
+        with uow_factory() as uow:
+            assert uow.repo.outcome_counts("g1") == {applied: 4, parked: 0}
+            assert uow.repo.outcome_counts("g2") == {applied: 100}
+            assert uow.repo.outcome_counts("g3") == {}
+
+    # --- a batch's whole change set ----------------------------------------------------------
+    def test_one_write_of_everything_a_batch_changed(self, uow_factory: UowFactory) -> None:
+        code = "000.00.19.H56-250303-0001"
+        with uow_factory() as uow:
+            self._write_everything(uow)
+            uow.commit()
+        with uow_factory() as uow:
+            repo = uow.repo
+            [waiting] = repo.parked_for([code])
+            assert waiting.id is not None
+            stored = repo.load_dossiers([code])[code]
+            # The next batch: the parked input applies (unparked), another one parks.
+            repo.write(
+                ChangeSet(
+                    dossiers=[replace(stored, dossier=replace(stored.dossier, state="x"))],
+                    history=[make_history(code, 2)],
+                    ledger=[LedgerEntry("s", "e2", "h2", code)],
+                    unparked=[waiting.id],
+                    parked=[make_parked(code, 2)],
+                    outbox=[make_message("m1"), make_message("m2")],
+                    group="g",
+                    positions={("dossier.commune", 0): 12},
+                    outcomes={("dossier.commune", "applied"): 2},
+                    clock=T0 + timedelta(hours=1),
+                )
+            )
+            uow.commit()
+        with uow_factory() as uow:
+            repo = uow.repo
+            assert repo.load_dossiers([code])[code].revision == 2
+            assert repo.load_dossiers([code])[code].dossier.state == "x"
+            assert [r.seq for r in repo.history(code)] == [1, 2]
+            assert repo.applied_hashes([("s", "e1"), ("s", "e2")]) == {
+                ("s", "e1"): "h1",
+                ("s", "e2"): "h2",
+            }
+            assert [p.event_id for p in repo.parked_for([code])] == [f"{code}-p2"]
+            assert [m.message_id for m in repo.unsent_outbox(10)] == ["m1", "m2"]
+            assert repo.load_positions("g") == {("dossier.commune", 0): 12}
+            assert repo.outcome_counts("g") == {("dossier.commune", "applied"): 3}
+            assert repo.get_clock() == T0 + timedelta(hours=1)
+
+    def test_an_empty_change_set_writes_nothing(self, uow_factory: UowFactory) -> None:
+        with uow_factory() as uow:
+            uow.repo.write(ChangeSet())
+            uow.repo.write(ChangeSet(group="g", positions={}, outcomes={}))
+            uow.commit()
+        with uow_factory() as uow:
+            self._assert_empty(uow)
+
     # --- clock -------------------------------------------------------------------------------
     def test_clock(self, uow_factory: UowFactory) -> None:
         with uow_factory() as uow:
             assert uow.repo.get_clock() is None
-            uow.repo.set_clock(T0)
+            uow.repo.write(ChangeSet(clock=T0))
             assert uow.repo.get_clock() == T0
             uow.commit()
         with uow_factory() as uow:
             assert uow.repo.get_clock() == T0
-            uow.repo.set_clock(T0 + timedelta(seconds=1))
+            uow.repo.write(ChangeSet(clock=T0 + timedelta(seconds=1)))
             uow.commit()
         with uow_factory() as uow:
             assert uow.repo.get_clock() == T0 + timedelta(seconds=1)

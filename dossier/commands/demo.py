@@ -221,7 +221,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, console: Any) -> int:
-    from deploy import local_kafka
+    from dossier import kafka_clients
     from dossier.tools.causal import DatabasePositions, publish_following, publish_stream
     from dossier.tools.report import html, load
     from dossier.tools.report.summary import hostile_checks, print_summary
@@ -254,9 +254,9 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
 
     with phases("kafka"):
         console.print("[bold]1/5[/] local Kafka broker")
-        if local_kafka.up(settings) != 0:
+        if kafka_clients.local_broker("up", settings) != 0:
             return EXIT_FAILED
-        local_kafka.ensure_contract_topics(demo)
+        kafka_clients.ensure_contract_topics(demo)
     topics = [demo.topic(t) for t in ALL_TOPICS]
     engine = EngineProcess(demo, run_dir / "engine.log")
     positions = DatabasePositions(demo.database_url, demo.consumer_group)
@@ -293,7 +293,7 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
             progress = new_progress()
             engine_task = progress.add_task("engine", total=len(messages))
             watch = EngineWatch(positions, progress, engine_task)
-            producer = create_input_producer(demo.kafka_bootstrap_servers)
+            producer = create_input_producer(demo)
 
             def engine_alive() -> None:
                 if not engine.alive():
@@ -417,7 +417,7 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
         positions.close()
         if not args.keep_topics:
             with contextlib.suppress(Exception):
-                local_kafka.delete_topics(demo, topics)
+                kafka_clients.delete_topics(demo, topics)
 
 
 def _expected_line(content: dict[str, Any]) -> str:

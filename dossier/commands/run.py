@@ -13,8 +13,8 @@ from dossier.logs import configure_logging
 from dossier.settings import Settings
 
 if TYPE_CHECKING:
+    from dossier.composition import Runtime
     from dossier.monitoring import Monitoring
-    from dossier.runtime import Runtime
 
 log = logging.getLogger("dossier.run")
 
@@ -30,24 +30,21 @@ def register(subparsers: Any) -> None:
 
 def check_kafka(settings: Settings, timeout_s: float = 10.0) -> str | None:
     """None if the broker answers and the inbound topics exist; otherwise what is wrong."""
-    from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    from dossier import kafka_clients
     from engine.events import INBOUND_TOPICS
 
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+        with kafka_clients.admin(
+            settings,
             request_timeout_ms=int(timeout_s * 1000),
             bootstrap_timeout_ms=int(timeout_s * 1000),
             client_id="dossier-engine-check",
-        )
+        ) as admin:
+            existing = set(admin.list_topics())
     except (KafkaError, OSError) as exc:
         return f"Kafka at {settings.kafka_bootstrap_servers} is unreachable ({exc})"
-    try:
-        existing = set(admin.list_topics())
-    finally:
-        admin.close()
     missing = [settings.topic(t) for t in INBOUND_TOPICS if settings.topic(t) not in existing]
     if missing:
         return f"inbound topics missing on {settings.kafka_bootstrap_servers}: {', '.join(missing)}"
@@ -83,7 +80,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
     from consumers.faust_app import build_app
-    from dossier.runtime import Runtime
+    from dossier.composition import Runtime, consumer_config
 
     runtime = Runtime.create(settings)
     missing = runtime.missing_versions()
@@ -112,7 +109,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     runtime.warm_up()
     tune_for_batches(settings.gc_young_threshold)
     relay = _start_relay(settings, runtime, monitoring)
-    app = build_app(runtime)
+    app = build_app(consumer_config(settings), runtime.committer)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     log.info(
         "engine consuming %s as group %s; database %s",

@@ -38,10 +38,9 @@ def register(subparsers: Any) -> None:
 
 def run_kafka(settings: Settings, args: argparse.Namespace) -> int:
     # Imported here so `dossier postgres` and `dossier config` never load kafka-python.
-    from deploy import local_kafka
+    from dossier.kafka_clients import local_broker
 
-    action = local_kafka.COMMANDS[args.action]
-    return action(settings)
+    return local_broker(args.action, settings)
 
 
 def run_postgres(settings: Settings, args: argparse.Namespace) -> int:

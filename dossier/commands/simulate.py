@@ -296,7 +296,7 @@ def publish_with_progress(
         if on_tick is not None:
             on_tick()
 
-    producer = create_input_producer(settings.kafka_bootstrap_servers)
+    producer = create_input_producer(settings)
     try:
         if own:
             progress.start()
@@ -333,10 +333,10 @@ def new_progress() -> Any:
 
 def ensure_topics(settings: Settings) -> str | None:
     """Create the contract topics (with the prefix) where missing; None or what went wrong."""
-    from deploy import local_kafka
+    from dossier import kafka_clients
 
     try:
-        local_kafka.ensure_contract_topics(settings)
+        kafka_clients.ensure_contract_topics(settings)
     except Exception as exc:  # kafka-python raises many types; all mean "cannot create"
         return f"cannot create the topics on {settings.kafka_bootstrap_servers}: {exc}"
     return None

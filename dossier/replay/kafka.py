@@ -103,9 +103,8 @@ from dossier.replay.serial import (
 from dossier.settings import Settings
 from engine.application.ports import Position
 from engine.application.service import RawInput
-from engine.events import INBOUND_TOPICS
-from schemas.codec import InboundDecoder
-from schemas.codec import Rejected as DecodeRejected
+from engine.events import INBOUND_TOPICS, InputRejected
+from schemas.codec import ContractCodec
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +244,7 @@ def _shares(
 ) -> Iterator[list[Prepared]]:
     """This worker's inputs of each serial batch, decoded (the parent needs the share's latest
     event time before the batch); what they name is noted for the co-partitioning check."""
-    decoder = InboundDecoder(settings.max_message_bytes)
+    decoder = ContractCodec(settings.max_message_bytes)
     for index in range(batches):
         end = (index + 1) * batch_size  # the last rank of the batch
         share: list[Prepared] = []
@@ -254,7 +253,7 @@ def _shares(
             decoded: Decoded
             try:
                 decoded = decoder.decode(raw.value, raw.contract_topic, key=raw.key)
-            except DecodeRejected as rejection:
+            except InputRejected as rejection:
                 decoded = rejection
             else:
                 codes.setdefault(decoded.subject, raw.position.partition or 0)

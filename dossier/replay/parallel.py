@@ -38,7 +38,7 @@ in the order they first changed, then the others by (next_notice_at, code)). Whi
 being handled is told by the identity of the event the engine is given, not by its (source,
 id), which a stream may repeat. With those keys the merge gives the outbox the serial replay's
 id order (the relay's publishing order); history rows get its id order too, (batch, dossier
-code, seq), which is how `SqlRepository.append_history` sorts each batch; consumer positions
+code, seq), which is how the SQL store appends each batch's history; consumer positions
 the order in which the serial batches first wrote them.
 
 Each worker writes its store into a scratch SQLite file with the store's tables and column
@@ -70,7 +70,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.process import BaseProcess
@@ -97,14 +97,13 @@ from dossier.replay.serial import (
     stored_input,
 )
 from dossier.settings import Settings
-from engine.application.ports import Position, Repository, StoredDossier
+from engine.application.ports import BatchRepository, ChangeSet, Position, StoredDossier
 from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig, _Batch
 from engine.decider import Decider
 from engine.dossier import Applied, Decision, Dossier, NotYetApplicable, Rejected
-from engine.events import InboundEvent, OutboundEvent
+from engine.events import InboundEvent, InputRejected, OutboundEvent
 from engine.store.memory import InMemoryRepository, InMemoryStore, InMemoryUnitOfWork
 from engine.store.sql import (
-    SqlRepository,
     SqlUnitOfWork,
     UtcDateTime,
     consumer_positions,
@@ -121,7 +120,6 @@ from engine.store.sql import (
     parked_columns,
     parked_inputs,
 )
-from schemas.codec import Rejected as DecodeRejected
 from schemas.codec import dead_letter_id
 
 # Where, within its batch, the serial replay emits an outbound message.
@@ -134,7 +132,7 @@ PHASE_DUE = 4  # notices of the other due dossiers, by (next_notice_at, code)
 # (batch, phase, history id of the causing input, next_notice_at, code, seq within the worker)
 OutboxOrder = tuple[int, int, int, str, str, int]
 NoticeKey = tuple[datetime, str]  # (next_notice_at, dossier code): the serial scan's order
-Decoded = InboundEvent | DecodeRejected  # an input's event, or why it failed to decode
+Decoded = InboundEvent | InputRejected  # an input's event, or why it failed to decode
 # (rank: the input's place in the serial order, unique and from 1; the input; its decoding)
 Prepared = tuple[int, RawInput, Decoded]
 
@@ -399,7 +397,7 @@ class _OrderTracker:
         # them before any input is handled), or a conflict found on handling.
         dead_letters: dict[str, tuple[int, int]] = {}
         for rank, raw, decoded in self._inputs:
-            phase = PHASE_DECODE if isinstance(decoded, DecodeRejected) else PHASE_INPUT
+            phase = PHASE_DECODE if isinstance(decoded, InputRejected) else PHASE_INPUT
             dead_letters[_dead_letter_id(raw.position)] = (phase, rank)
             p = raw.position
             if p.partition is not None and p.offset is not None:
@@ -467,9 +465,8 @@ class _ShardRepository(InMemoryRepository):
     def load_positions(self, group: str) -> dict[tuple[str, int], int]:
         return super().load_positions(group) if self.positions else {}
 
-    def save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
-        if self.positions:
-            super().save_positions(group, positions)
+    def write(self, changes: ChangeSet) -> None:
+        super().write(changes if self.positions else replace(changes, positions={}))
 
     def notices_due(
         self,
@@ -504,7 +501,7 @@ class _CoordinatedBatch(_Batch):
     def __init__(
         self,
         processor: BatchProcessor,
-        repo: Repository,
+        repo: BatchRepository,
         exchange: Callable[[datetime | None], datetime | None],
     ) -> None:
         super().__init__(processor, repo)
@@ -524,7 +521,10 @@ class _CoordinatedProcessor(BatchProcessor):
         self.exchange: Callable[[datetime | None], datetime | None] = lambda latest: latest
 
     def run_on(
-        self, repo: Repository, inputs: Sequence[RawInput], clock_ceiling: datetime | None = None
+        self,
+        repo: BatchRepository,
+        inputs: Sequence[RawInput],
+        clock_ceiling: datetime | None = None,
     ) -> BatchResult:
         return _CoordinatedBatch(self, repo, self.exchange).run(inputs)
 
@@ -553,7 +553,7 @@ class _ShardDecoder(_StoredInputs):
     def decode(self, value: bytes | None, topic: str, *, key: bytes | None) -> InboundEvent:
         if self._queue and self._queue[0][0] is value:
             decoded = self._queue.popleft()[1]
-            if isinstance(decoded, DecodeRejected):
+            if isinstance(decoded, InputRejected):
                 raise decoded
             return decoded
         return super().decode(value, topic, key=key)
@@ -1178,7 +1178,7 @@ def _merge_into_sqlite(
                 for done, name in enumerate(_MERGED, 1):
                     table, names, query = _ordered_select(name, len(paths))
                     listed = ", ".join(_quoted(n) for n in names)
-                    # The outbox skips a message id already taken, as `add_outbox` does; the
+                    # The outbox skips a message id already taken, as the store's write does; the
                     # ORDER BY keeps the first, as the serial replay does.
                     conflict = " ON CONFLICT DO NOTHING" if table is outbox else ""
                     db.execute(f"INSERT INTO main.{name} ({listed}) {query}{conflict}")
@@ -1213,7 +1213,6 @@ def _merge_through_repository(
     with closing(sqlite3.connect(":memory:")) as db, SqlUnitOfWork(target, writes=True) as uow:
         _attach(db, paths)
         repo = uow.repo
-        assert isinstance(repo, SqlRepository)
         for done, name in enumerate(_MERGED, 1):
             table, names, query = _ordered_select(name, len(paths))
             decoders = _decoders(table, names)
@@ -1226,17 +1225,16 @@ def _merge_through_repository(
                     }
                     for row in rows
                 ]
-                repo._insert_rows(table, values, skip_duplicates=table is outbox)
+                repo.insert_rows(table, values, skip_duplicates=table is outbox)
             _merged(progress, done)
         outcomes = db.execute(_outcomes_select(len(paths))).fetchall()
         by_group: dict[str, dict[tuple[str, str], int]] = {}
         for group_id, topic, outcome, count in outcomes:
             by_group.setdefault(group_id, {})[(topic, outcome)] = int(count)
         for group_id, changes in by_group.items():
-            repo.add_outcomes(group_id, changes)
+            repo.write(ChangeSet(group=group_id, outcomes=changes))
         _merged(progress, len(_MERGED) + 1)
-        if clock is not None:
-            repo.set_clock(clock)
+        repo.write(ChangeSet(clock=clock))
         uow.commit()
 
 

@@ -33,13 +33,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-import orjson
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import Connection, Engine, func, select
 
 from consumers.ordering import event_time
+from dossier import kafka_clients
 from dossier.settings import Settings
-from engine.application.ports import Position
+from engine.application.ports import ChangeSet, Position
 from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
 from engine.decider import Decider
@@ -47,8 +47,8 @@ from engine.events import INBOUND_TOPICS, InboundEvent
 from engine.procedures import load_catalogue
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlRepository, SqlUnitOfWork, dossiers, history
-from schemas.codec import InboundDecoder
-from schemas.upcasting import upcast
+from schemas.codec import ContractCodec
+from schemas.codec import stored_input as stored_contract_input
 
 REPLAY_GROUP = "dossier-replay"
 
@@ -131,7 +131,7 @@ def make_processor(
     )
     if notice_scan_limit is not None:
         config = replace(config, notice_scan_limit=notice_scan_limit)
-    return BatchProcessor(engine, InboundDecoder(settings.max_message_bytes), config)
+    return BatchProcessor(engine, ContractCodec(settings.max_message_bytes), config)
 
 
 def prepare_target(target: Engine) -> None:
@@ -154,9 +154,8 @@ PartitionOffsets = dict[tuple[str, int], tuple[int, int]]
 
 
 def _consumer(settings: Settings, client_id: str = "dossier-replay") -> KafkaConsumer:
-    return KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-        enable_auto_commit=False,
+    return kafka_clients.consumer(
+        settings,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,
         max_poll_records=50_000,
@@ -346,7 +345,7 @@ def replay_kafka_serial(
 # ---------------------------------------------------------------------------------------------
 
 
-class _StoredInputs(InboundDecoder):
+class _StoredInputs(ContractCodec):
     """Hands the engine inputs already decoded from stored, upcast envelopes; anything it was
     not given (a parked input's bytes, say) is decoded the ordinary way."""
 
@@ -366,8 +365,8 @@ class _PositionlessRepository(SqlRepository):
     def load_positions(self, group: str) -> dict[tuple[str, int], int]:
         return {}
 
-    def save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
-        return None
+    def write(self, changes: ChangeSet) -> None:
+        super().write(replace(changes, positions={}))
 
 
 class _ReplayUnitOfWork(SqlUnitOfWork):
@@ -399,19 +398,8 @@ def stored_input(
     topic: str, partition: int | None, offset: int | None, version: int, envelope: Any
 ) -> tuple[RawInput, InboundEvent]:
     """One history row as the input it was, upcast, and the event already decoded from it."""
-    current = upcast(envelope, version)
-    contract = str(current.pop("topic", None) or _contract(topic))
-    event = InboundEvent(
-        source=current["source"],
-        id=current["id"],
-        type=current["type"],
-        subject=current["subject"],
-        time=datetime.fromisoformat(current["time"]),
-        data=current["data"],
-        topic=contract,
-    )
-    value = orjson.dumps(current)
-    raw = RawInput(contract, Position(topic, partition, offset), event.subject.encode(), value)
+    event, value = stored_contract_input(envelope, version, topic)
+    raw = RawInput(event.topic, Position(topic, partition, offset), event.subject.encode(), value)
     return raw, event
 
 
@@ -446,7 +434,7 @@ def replay_from_db(
     started = time.perf_counter()
     processor = make_processor(settings, group, notice_scan_limit=notice_scan_limit)
     decoder = _StoredInputs(settings.max_message_bytes)
-    processor.decoder = decoder
+    processor.codec = decoder
     with source.connect() as connection:
         stored = 0
         if progress is not None:  # a count is a scan of the whole history on some databases
@@ -465,11 +453,6 @@ def replay_from_db(
     decoder.ready = {}
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _contract(topic: str) -> str:
-    index = topic.find("dossier.")
-    return topic[index:] if index >= 0 else topic
 
 
 # ---------------------------------------------------------------------------------------------

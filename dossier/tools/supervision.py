@@ -118,7 +118,7 @@ class Progress:
 
 def progress(settings: Settings) -> Progress:
     topics = [settings.topic(t) for t in INBOUND_TOPICS]
-    ends = end_offsets(settings.kafka_bootstrap_servers, topics)
+    ends = end_offsets(settings, topics)
     db = create_db_engine(settings.database_url)
     try:
         with SqlUnitOfWork(db) as uow:

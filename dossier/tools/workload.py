@@ -12,19 +12,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 
+from dossier import kafka_clients
+from dossier.settings import Settings
 from dossier.tools.simulation import SimulatedMessage
 
 
-def create_input_producer(bootstrap_servers: str) -> KafkaProducer:
-    return KafkaProducer(
-        bootstrap_servers=bootstrap_servers.split(","),
-        acks="all",
-        linger_ms=5,
-        batch_size=256 * 1024,
-        max_request_size=8 * 1024 * 1024,
-        client_id="dossier-simulator",
+def create_input_producer(settings: Settings) -> KafkaProducer:
+    return kafka_clients.producer(
+        settings, max_request_size=8 * 1024 * 1024, client_id="dossier-simulator"
     )
 
 
@@ -67,8 +64,8 @@ def publish(
     return PublishReport(sent, time.perf_counter() - started, sent < len(messages))
 
 
-def end_offsets(bootstrap_servers: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers.split(","))
+def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    consumer = kafka_clients.consumer(settings, client_id="dossier-watch")
     try:
         partitions = [
             TopicPartition(topic, p)
@@ -81,13 +78,12 @@ def end_offsets(bootstrap_servers: str, topics: Iterable[str]) -> dict[tuple[str
 
 
 def read_topic(
-    bootstrap_servers: str, topic: str, *, timeout_s: float = 10.0, expect: int | None = None
+    settings: Settings, topic: str, *, timeout_s: float = 10.0, expect: int | None = None
 ) -> list[Any]:
     """Every record of a topic from the beginning (until `expect` records or an idle timeout)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers.split(","),
+    consumer = kafka_clients.consumer(
+        settings,
         auto_offset_reset="earliest",
-        enable_auto_commit=False,
         consumer_timeout_ms=int(timeout_s * 1000),
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,

@@ -4,8 +4,8 @@ A batch spends a good part of its time waiting for the database (its writes, the
 that time the interpreter is free, so the next batch can be decoded, applied and staged. Its
 reads must see the batch still being written as if it were committed: they go to the database
 and then through an *overlay* of what that batch will have written (its dossiers with their
-next revision, ledger keys, positions, clock, parked inputs it removed). Its writes are staged,
-not executed, and the writer thread replays them in a transaction of their own once the batch
+next revision, ledger keys, positions, clock, parked inputs it removed). Its change set is
+staged, not written, and the writer thread writes it in a transaction of its own once the batch
 before has committed. At most one batch is being written while one is computed.
 
 Anything unusual falls back to the plain path, which is always correct:
@@ -23,18 +23,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from engine.application.ports import (
-    HistoryRow,
-    LedgerEntry,
-    OutboxMessage,
+    BatchRepository,
+    ChangeSet,
     ParkedInput,
-    Repository,
     StoredDossier,
     UnitOfWork,
 )
@@ -43,7 +40,6 @@ from engine.application.service import BatchProcessor, BatchResult, RawInput
 log = logging.getLogger(__name__)
 
 Serial = Callable[[Sequence[RawInput], "datetime | None"], BatchResult]
-StagedWrite = tuple[str, tuple[Any, ...]]
 
 
 @dataclass
@@ -58,42 +54,35 @@ class Overlay:
     parked_codes: set[str] = field(default_factory=set)
 
     @classmethod
-    def of(cls, writes: Iterable[StagedWrite]) -> Overlay:
+    def of(cls, changes: ChangeSet | None) -> Overlay:
         overlay = cls()
-        for name, args in writes:
-            if name == "save_dossiers":
-                for stored in args[0]:
-                    overlay.dossiers[stored.dossier.code] = stored.saved()
-            elif name == "record_applied":
-                for entry in args[0]:
-                    overlay.ledger[(entry.source, entry.event_id)] = entry.content_hash
-            elif name == "save_positions":
-                group, positions = args
-                for (topic, partition), offset in positions.items():
-                    key = (group, topic, partition)
-                    overlay.positions[key] = max(overlay.positions.get(key, 0), offset)
-            elif name == "set_clock":
-                overlay.clock = args[0]
-            elif name == "unpark":
-                overlay.unparked.update(args[0])
-            elif name == "park":
-                overlay.parked_codes.update(p.dossier_code for p in args[0])
+        if changes is None:
+            return overlay
+        overlay.dossiers = {stored.dossier.code: stored.saved() for stored in changes.dossiers}
+        overlay.ledger = {(e.source, e.event_id): e.content_hash for e in changes.ledger}
+        overlay.positions = {
+            (changes.group, topic, partition): offset
+            for (topic, partition), offset in changes.positions.items()
+        }
+        overlay.clock = changes.clock
+        overlay.unparked = set(changes.unparked)
+        overlay.parked_codes = {p.dossier_code for p in changes.parked}
         return overlay
 
 
 class StagingRepository:
-    """Reads: the database, then the in-flight batch's overlay. Writes: staged, in order."""
+    """Reads: the database, then the in-flight batch's overlay. The write: staged."""
 
     def __init__(
         self,
-        reads: Repository,
+        reads: BatchRepository,
         overlay: Overlay | None,
         settle: Callable[[], None],
     ) -> None:
         self._reads = reads
         self._overlay = overlay or Overlay()
         self._settle = settle
-        self.writes: list[StagedWrite] = []
+        self.changes: ChangeSet | None = None
 
     # --- reads ---------------------------------------------------------------------------
     def load_dossiers(self, codes: Iterable[str]) -> dict[str, StoredDossier]:
@@ -159,51 +148,11 @@ class StagingRepository:
             return stored
         return staged if stored is None or staged > stored else stored
 
-    def history(self, dossier_code: str) -> list[HistoryRow]:
-        return self._reads.history(dossier_code)
-
-    def parked_count(self) -> int:
-        return self._reads.parked_count()
-
-    def unsent_outbox(self, limit: int) -> list[OutboxMessage]:
-        return self._reads.unsent_outbox(limit)
-
-    def outbox_backlog(self) -> int:
-        return self._reads.outbox_backlog()
-
-    def outcome_counts(self, group: str) -> dict[tuple[str, str], int]:
-        return self._reads.outcome_counts(group)
-
-    # --- writes: staged ----------------------------------------------------------------
-    def save_dossiers(self, dossiers: Sequence[StoredDossier]) -> None:
-        self.writes.append(("save_dossiers", (list(dossiers),)))
-
-    def record_applied(self, entries: Sequence[LedgerEntry]) -> None:
-        self.writes.append(("record_applied", (list(entries),)))
-
-    def append_history(self, rows: Sequence[HistoryRow]) -> None:
-        self.writes.append(("append_history", (list(rows),)))
-
-    def park(self, inputs: Sequence[ParkedInput]) -> None:
-        self.writes.append(("park", (list(inputs),)))
-
-    def unpark(self, ids: Iterable[int]) -> None:
-        self.writes.append(("unpark", (list(ids),)))
-
-    def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
-        self.writes.append(("add_outbox", (list(messages),)))
-
-    def mark_sent(self, ids: Sequence[int], sent_at: datetime) -> None:
-        self.writes.append(("mark_sent", (list(ids), sent_at)))
-
-    def save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
-        self.writes.append(("save_positions", (group, dict(positions))))
-
-    def add_outcomes(self, group: str, changes: Mapping[tuple[str, str], int]) -> None:
-        self.writes.append(("add_outcomes", (group, dict(changes))))
-
-    def set_clock(self, now: datetime) -> None:
-        self.writes.append(("set_clock", (now,)))
+    # --- the write: staged --------------------------------------------------------------
+    def write(self, changes: ChangeSet) -> None:
+        if self.changes is not None:
+            raise RuntimeError("a batch writes once: its change set is already staged")
+        self.changes = changes
 
 
 @dataclass
@@ -211,7 +160,7 @@ class _Stage:
     inputs: Sequence[RawInput]
     clock_ceiling: datetime | None
     future: Future[BatchResult]
-    writes: list[StagedWrite] = field(default_factory=list)
+    changes: ChangeSet | None = None
     overlay: Overlay | None = None
     result: BatchResult | None = None
     recompute: bool = False  # write it the plain way: what was staged cannot be trusted
@@ -224,8 +173,8 @@ class WriteBehindPipeline:
     def __init__(
         self,
         processor: BatchProcessor,
-        read_uow: Callable[[], UnitOfWork],
-        write_uow: Callable[[], UnitOfWork],
+        read_uow: Callable[[], UnitOfWork[BatchRepository]],
+        write_uow: Callable[[], UnitOfWork[BatchRepository]],
         serial: Serial,
     ) -> None:
         self._processor = processor
@@ -268,8 +217,8 @@ class WriteBehindPipeline:
                     reads.repo, base.overlay if base is not None else None, settle
                 )
                 stage.result = self._processor.run_on(staging, inputs, clock_ceiling)
-            stage.writes = staging.writes
-            stage.overlay = Overlay.of(staging.writes)
+            stage.changes = staging.changes
+            stage.overlay = Overlay.of(staging.changes)
         except Exception:
             log.exception("staging a batch failed; it will be processed the plain way")
             stage.recompute = True
@@ -307,9 +256,8 @@ class WriteBehindPipeline:
         if not stage.recompute:
             try:
                 with self._write_uow() as uow:
-                    repo: Any = uow.repo
-                    for name, args in stage.writes:
-                        getattr(repo, name)(*args)
+                    if stage.changes is not None:
+                        uow.repo.write(stage.changes)
                     uow.commit()
                 assert stage.result is not None
                 return stage.result

@@ -1,9 +1,12 @@
-"""What the service layer needs from storage: a unit of work over batched repositories.
+"""What the application layer needs from storage: a unit of work over a batched repository.
 
-Two adapters implement it: `engine.store.sql` (SQLAlchemy; SQLite or PostgreSQL) and
-`engine.store.memory` (plain objects, for unit tests and benchmarks of the pure path).
-Every method is batched: the engine applies inputs in batches, and a round trip per input
-would cap throughput at the database's latency.
+A batch reads through `BatchRepository` (its dossiers, the ledger, parked inputs, due notices,
+positions, the clock) and writes everything it changed with one `write(ChangeSet)`; the outbox
+relay reads and marks through `Outbox`. Two adapters implement both: `engine.store.sql`
+(SQLAlchemy; SQLite or PostgreSQL) and `engine.store.memory` (plain objects, for unit tests
+and benchmarks of the pure path). Read models that no batch needs (a dossier's history, the
+counts monitoring shows) are the adapters' own. Every read is batched: the engine applies inputs
+in batches, and a round trip per input would cap throughput at the database's latency.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
 from engine.copying import compile_replace
 from engine.dossier import Dossier
@@ -100,71 +103,57 @@ class StoredDossier:
 _copy_stored = compile_replace(StoredDossier)
 
 
+@dataclass(frozen=True, slots=True)
+class ChangeSet:
+    """Everything one batch writes, handed to storage in one call (`BatchRepository.write`).
+
+    The batch hands over the sequences it built and does not touch them again. Storage writes
+    the parts in the order of the fields (dossiers first, the clock last), each part only if it
+    is not empty, and all of them in the unit of work's transaction.
+    """
+
+    # Dossiers to save: each with the revision it was loaded at (0 for a new dossier). New ones
+    # are inserted at revision 1, the others updated where the revision still matches;
+    # ConcurrencyError if any row moved on meanwhile.
+    dossiers: Sequence[StoredDossier] = ()
+    # Applied inputs, appended to the history and chained there (engine.audit) by the store;
+    # ConcurrencyError if a (dossier_code, seq) is taken.
+    history: Sequence[HistoryRow] = ()
+    # The inputs applied, by (source, event_id); ConcurrencyError if one is recorded already.
+    ledger: Sequence[LedgerEntry] = ()
+    unparked: Collection[int] = ()  # ids of parked inputs to remove (unknown ids are ignored)
+    parked: Sequence[ParkedInput] = ()  # inputs to park; storage assigns their ids
+    # Outputs to publish; a message whose message_id is already stored is skipped.
+    outbox: Sequence[OutboxMessage] = ()
+    group: str = ""  # the consumer group the positions and the outcome counts are of
+    # Next offset to consume per (topic, partition): upserted.
+    positions: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    # Added to the count of consumed inputs by (contract topic, outcome). Committed with the
+    # positions, so the counts are exact across crashes: applied + duplicate + parked +
+    # dead_lettered = inputs consumed. A parked input that is later applied or dead-lettered
+    # moves from one outcome to the other (a -1 and a +1).
+    outcomes: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    clock: datetime | None = None  # the business clock from now on; None: unchanged
+
+
 class ConcurrencyError(Exception):
     """A dossier changed under us (another engine process): retry the batch."""
 
 
-class Repository(Protocol):
+class BatchRepository(Protocol):
+    """What a batch reads, and its one write: the port of `engine.application.service`."""
+
     def load_dossiers(self, codes: Iterable[str]) -> dict[str, StoredDossier]: ...
-
-    def save_dossiers(self, dossiers: Sequence[StoredDossier]) -> None:
-        """Insert new ones (revision 0 -> 1) and update others where revision still matches.
-
-        `StoredDossier.revision` is the revision that was loaded (0 for a new dossier);
-        raises ConcurrencyError if any row moved on meanwhile.
-        """
-        ...
 
     def applied_hashes(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """content_hash of each (source, id) already applied."""
         ...
-
-    def record_applied(self, entries: Sequence[LedgerEntry]) -> None: ...
-
-    def append_history(self, rows: Sequence[HistoryRow]) -> None: ...
-
-    def history(self, dossier_code: str) -> list[HistoryRow]: ...
-
-    def park(self, inputs: Sequence[ParkedInput]) -> None: ...
 
     def parked_for(self, dossier_codes: Iterable[str]) -> list[ParkedInput]:
         """Parked inputs of these dossiers, oldest first."""
         ...
 
     def parked_expired(self, now: datetime, limit: int) -> list[ParkedInput]: ...
-
-    def unpark(self, ids: Iterable[int]) -> None: ...
-
-    def parked_count(self) -> int: ...
-
-    def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
-        """Messages whose message_id is already stored are skipped, not duplicated."""
-        ...
-
-    def unsent_outbox(self, limit: int) -> list[OutboxMessage]:
-        """Oldest unsent first (by id)."""
-        ...
-
-    def mark_sent(self, ids: Sequence[int], sent_at: datetime) -> None: ...
-
-    def outbox_backlog(self) -> int: ...
-
-    def save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
-        """Next offset to consume per (topic, partition); upsert."""
-        ...
-
-    def load_positions(self, group: str) -> dict[tuple[str, int], int]: ...
-
-    def add_outcomes(self, group: str, changes: Mapping[tuple[str, str], int]) -> None:
-        """Add to the count of consumed inputs by (contract topic, outcome).
-
-        Committed with the positions, so the counts are exact across crashes: applied +
-        duplicate + parked + dead_lettered = inputs consumed. A parked input that is later
-        applied or dead-lettered moves from one outcome to the other (a -1 and a +1).
-        """
-        ...
-
-    def outcome_counts(self, group: str) -> dict[tuple[str, str], int]: ...
 
     def notices_due(
         self,
@@ -179,17 +168,41 @@ class Repository(Protocol):
         With `partitions`, only dossiers of those inbound partitions or of none known."""
         ...
 
+    def load_positions(self, group: str) -> dict[tuple[str, int], int]:
+        """Next offset to consume per (topic, partition) of the group."""
+        ...
+
     def get_clock(self) -> datetime | None:
         """The engine's business clock: the latest event time applied so far."""
         ...
 
-    def set_clock(self, now: datetime) -> None: ...
+    def write(self, changes: ChangeSet) -> None:
+        """Write a batch's changes (see `ChangeSet`) in this unit of work's transaction."""
+        ...
 
 
-class UnitOfWork(Protocol):
-    """`with uow:` ... `uow.commit()`; leaving the block without commit rolls back."""
+class Outbox(Protocol):
+    """What the outbox relay (`producers.relay`) needs of storage."""
 
-    repo: Repository
+    def unsent_outbox(self, limit: int) -> list[OutboxMessage]:
+        """Oldest unsent first (by id)."""
+        ...
+
+    def mark_sent(self, ids: Sequence[int], sent_at: datetime) -> None: ...
+
+    def outbox_backlog(self) -> int: ...
+
+
+R_co = TypeVar("R_co", covariant=True)
+
+
+class UnitOfWork(Protocol[R_co]):
+    """`with uow:` ... `uow.commit()`; leaving the block without commit rolls back. `repo` is
+    the unit of work's repository: a `BatchRepository` for the service, an `Outbox` for the
+    relay (the stores' units of work give one repository that is both)."""
+
+    @property
+    def repo(self) -> R_co: ...
 
     def __enter__(self) -> Self: ...
 

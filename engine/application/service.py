@@ -17,27 +17,29 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from engine.application.codec import WireCodec
 from engine.application.ports import (
+    BatchRepository,
+    ChangeSet,
     HistoryRow,
     LedgerEntry,
     OutboxMessage,
     ParkedInput,
     Position,
-    Repository,
     StoredDossier,
     UnitOfWork,
 )
 from engine.decider import Decider
 from engine.dossier import Applied, Decision, Dossier, Duplicate, NotYetApplicable, Rejected
-from engine.events import DEADLINE_TOPIC, DLQ_TOPIC, INBOUND_TOPICS, InboundEvent, OutboundEvent
-from schemas.codec import (
+from engine.events import (
+    DEADLINE_TOPIC,
+    DLQ_TOPIC,
     DeadLetterReason,
-    InboundDecoder,
-    dead_letter,
-    dead_letter_id,
-    encode_outbound,
+    InboundEvent,
+    InputRejected,
+    OutboundEvent,
+    contract_topic,
 )
-from schemas.codec import Rejected as DecodeRejected
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +108,9 @@ class ServiceConfig:
 
 
 class BatchProcessor:
-    def __init__(self, engine: Decider, decoder: InboundDecoder, config: ServiceConfig) -> None:
+    def __init__(self, engine: Decider, codec: WireCodec, config: ServiceConfig) -> None:
         self.engine = engine
-        self.decoder = decoder
+        self.codec = codec
         self.config = config
         # The inbound partitions this process consumes, set by the transport on every
         # assignment: due deadline notices are looked for among their dossiers only, so that
@@ -117,7 +119,7 @@ class BatchProcessor:
 
     def process(
         self,
-        uow: UnitOfWork,
+        uow: UnitOfWork[BatchRepository],
         inputs: Sequence[RawInput],
         clock_ceiling: datetime | None = None,
     ) -> BatchResult:
@@ -132,7 +134,9 @@ class BatchProcessor:
             uow.commit()
         return result
 
-    def set_aside(self, uow: UnitOfWork, raw: RawInput, failure: BaseException) -> BatchResult:
+    def set_aside(
+        self, uow: UnitOfWork[BatchRepository], raw: RawInput, failure: BaseException
+    ) -> BatchResult:
         """Dead-letter one input whose batch failed because of it, as `internal-error`, in a
         batch of its own: its position and outcome are recorded, nothing of it is applied."""
         with uow:
@@ -142,7 +146,7 @@ class BatchProcessor:
 
     def run_on(
         self,
-        repo: Repository,
+        repo: BatchRepository,
         inputs: Sequence[RawInput],
         clock_ceiling: datetime | None = None,
     ) -> BatchResult:
@@ -155,12 +159,15 @@ class _Batch:
     """The working set of one batch: loaded dossiers, staged rows, counters."""
 
     def __init__(
-        self, processor: BatchProcessor, repo: Repository, clock_ceiling: datetime | None = None
+        self,
+        processor: BatchProcessor,
+        repo: BatchRepository,
+        clock_ceiling: datetime | None = None,
     ) -> None:
         self.clock_ceiling = clock_ceiling
         self.notice_partitions = processor.notice_partitions
         self.engine = processor.engine
-        self.decoder = processor.decoder
+        self.codec = processor.codec
         self.config = processor.config
         self.repo = repo
         self.result = BatchResult()
@@ -186,8 +193,8 @@ class _Batch:
         decoded: list[tuple[RawInput, InboundEvent | None]] = []
         for raw in inputs:
             try:
-                event = self.decoder.decode(raw.value, raw.contract_topic, key=raw.key)
-            except DecodeRejected as rejection:
+                event = self.codec.decode(raw.value, raw.contract_topic, key=raw.key)
+            except InputRejected as rejection:
                 self._dead_letter(raw, rejection.reason, rejection.detail)
                 self._count(raw, "dead_lettered")
                 decoded.append((raw, None))
@@ -310,7 +317,7 @@ class _Batch:
     def _parked_hash(self, parked: ParkedInput) -> str | None:
         """The content hash of a parked input, decoded again only when a copy arrives."""
         try:
-            return self.decoder.decode(
+            return self.codec.decode(
                 parked.value, _contract_topic(parked), key=parked.key
             ).content_hash()
         except Exception:
@@ -325,7 +332,12 @@ class _Batch:
             return None
         outputs = tuple((output, self._outbox_message(output)) for output in decision.outputs)
         return _StagedApply(
-            position, event, decision, event.content_hash(), _envelope(event), outputs
+            position,
+            event,
+            decision,
+            event.content_hash(),
+            self.codec.stored_envelope(event),
+            outputs,
         )
 
     def _record_applied(self, staged: _StagedApply) -> None:
@@ -369,7 +381,7 @@ class _Batch:
         return OutboxMessage(
             topic=output.topic,
             key=output.key.encode("utf-8"),
-            value=encode_outbound(output, self.config.engine_source),
+            value=self.codec.encode_outbound(output, self.config.engine_source),
             message_id=output.id,
             created_at=output.time,
         )
@@ -391,10 +403,8 @@ class _Batch:
             progress = False
             for parked in list(self.parked_by_dossier[code]):
                 try:
-                    event = self.decoder.decode(
-                        parked.value, _contract_topic(parked), key=parked.key
-                    )
-                except DecodeRejected:  # the schema got stricter since it was parked
+                    event = self.codec.decode(parked.value, _contract_topic(parked), key=parked.key)
+                except InputRejected:  # the schema got stricter since it was parked
                     continue
                 except Exception as exc:
                     self._unpark(parked)
@@ -485,7 +495,7 @@ class _Batch:
         now = self._now()
         partition = position.partition if position.partition is not None else -1
         offset = position.offset if position.offset is not None else -1
-        dlq_key, dlq_value = dead_letter(
+        dlq_key, dlq_value = self.codec.dead_letter(
             reason,
             detail,
             topic=position.topic,
@@ -497,7 +507,7 @@ class _Batch:
             time=now,
             source=self.config.engine_source,
         )
-        message_id = dead_letter_id(position.topic, partition, offset)
+        message_id = self.codec.dead_letter_id(position.topic, partition, offset)
         self.outbox.append(OutboxMessage(DLQ_TOPIC, dlq_key, dlq_value, message_id, now))
         self.result.dead_letters[reason.value] += 1
 
@@ -573,10 +583,15 @@ class _Batch:
         return stored.partition if stored is not None else None
 
     def _flush(self, inputs: Sequence[RawInput]) -> None:
-        repo = self.repo
-        if self.dirty:
-            repo.save_dossiers(
-                [
+        positions: dict[tuple[str, int], int] = {}
+        for raw in inputs:
+            p = raw.position
+            if p.partition is not None and p.offset is not None:
+                slot = (p.topic, p.partition)
+                positions[slot] = max(positions.get(slot, 0), p.offset + 1)
+        self.repo.write(
+            ChangeSet(
+                dossiers=[
                     StoredDossier(
                         dossier=d,
                         revision=self.stored[code].revision if code in self.stored else 0,
@@ -584,30 +599,19 @@ class _Batch:
                         partition=self._partition(code),
                     )
                     for code, d in self.dirty.items()
-                ]
+                ],
+                history=self.history,
+                ledger=self.ledger,
+                unparked=self.to_unpark,
+                parked=self.to_park,
+                outbox=self.outbox,
+                group=self.config.consumer_group,
+                positions=positions,
+                # A copy: the result's counter is the caller's once the batch returns.
+                outcomes=dict(self.result.settled),
+                clock=self.clock,
             )
-        if self.history:
-            repo.append_history(self.history)
-        if self.ledger:
-            repo.record_applied(self.ledger)
-        if self.to_unpark:
-            repo.unpark(self.to_unpark)
-        if self.to_park:
-            repo.park(self.to_park)
-        if self.outbox:
-            repo.add_outbox(self.outbox)
-        positions: dict[tuple[str, int], int] = {}
-        for raw in inputs:
-            p = raw.position
-            if p.partition is not None and p.offset is not None:
-                slot = (p.topic, p.partition)
-                positions[slot] = max(positions.get(slot, 0), p.offset + 1)
-        if positions:
-            repo.save_positions(self.config.consumer_group, positions)
-        if self.result.settled:
-            repo.add_outcomes(self.config.consumer_group, self.result.settled)
-        if self.clock is not None:
-            repo.set_clock(self.clock)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -636,20 +640,5 @@ def _failure(exc: BaseException, step: str) -> str:
 
 
 def _contract_topic(parked: ParkedInput) -> str:
-    """Parked inputs keep their real topic; strip a deployment prefix back to the contract name."""
-    topic = parked.position.topic
-    return next((name for name in INBOUND_TOPICS if topic.endswith(name)), topic)
-
-
-def _envelope(event: InboundEvent) -> dict[str, object]:
-    return {
-        "specversion": "1.0",
-        "id": event.id,
-        "source": event.source,
-        "type": event.type,
-        "subject": event.subject,
-        "time": event.time.isoformat(),
-        "datacontenttype": "application/json",
-        "data": dict(event.data),
-        "topic": event.topic,
-    }
+    """Parked inputs keep their Kafka topic; the contract's name is the one it ends with."""
+    return contract_topic(parked.position.topic)

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, case, func, select, text
 
-from engine.application.ports import HistoryRow, OutboxMessage, Position
+from engine.application.ports import ChangeSet, HistoryRow, OutboxMessage, Position
 from engine.audit import (
     CHECKPOINT,
     DIVERGED,
@@ -142,7 +142,7 @@ def _write_checkpoint(
         root,
         len(heads),
     )
-    repo.add_outbox([_announcement(checkpoint, engine_source)])
+    repo.write(ChangeSet(outbox=[_announcement(checkpoint, engine_source)]))
     return checkpoint
 
 

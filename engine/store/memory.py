@@ -24,11 +24,11 @@ from engine.application.ports import (
     LedgerEntry,
     OutboxMessage,
     ParkedInput,
-    Repository,
     StoredDossier,
 )
 from engine.audit import GENESIS, link, row_content
 from engine.copying import compile_replace
+from engine.store.writer import ChangeSetWriter
 
 _copy_parked = compile_replace(ParkedInput)
 _copy_message = compile_replace(OutboxMessage)
@@ -105,8 +105,9 @@ class _Overlay(Generic[K, V]):
         self.base.update(self.changes)
 
 
-class InMemoryRepository:
-    """`engine.application.ports.Repository` staging its writes until `_merge()`."""
+class InMemoryRepository(ChangeSetWriter):
+    """`engine.application.ports.BatchRepository` and `Outbox`, staging writes until
+    `_merge()`; with the read models the SQL repository has (a dossier's history, counts)."""
 
     def __init__(self, store: InMemoryStore) -> None:
         self.store = store
@@ -138,7 +139,7 @@ class InMemoryRepository:
                 found[code] = stored
         return found
 
-    def save_dossiers(self, dossiers: Sequence[StoredDossier]) -> None:
+    def _save_dossiers(self, dossiers: Sequence[StoredDossier]) -> None:
         # Checked before anything is staged, although (as with SQL) a unit of work that saw a
         # ConcurrencyError may not be committed anyway.
         seen: set[str] = set()
@@ -181,7 +182,7 @@ class InMemoryRepository:
                 found[key] = entry.content_hash
         return found
 
-    def record_applied(self, entries: Sequence[LedgerEntry]) -> None:
+    def _record_applied(self, entries: Sequence[LedgerEntry]) -> None:
         """Raises ConcurrencyError if an entry's (source, event_id) is already recorded."""
         keys = [(e.source, e.event_id) for e in entries]
         if len(set(keys)) != len(keys) or any(k in self._ledger for k in keys):
@@ -190,7 +191,7 @@ class InMemoryRepository:
             self._ledger[key] = entry
 
     # --- history -----------------------------------------------------------------------------
-    def append_history(self, rows: Sequence[HistoryRow]) -> None:
+    def _append_history(self, rows: Sequence[HistoryRow]) -> None:
         """Raises ConcurrencyError if a (dossier_code, seq) is already taken."""
         fresh: dict[str, list[HistoryRow]] = {}
         for row in rows:
@@ -210,7 +211,7 @@ class InMemoryRepository:
         return list(self._history.get(dossier_code) or ())
 
     # --- parked inputs -----------------------------------------------------------------------
-    def park(self, inputs: Sequence[ParkedInput]) -> None:
+    def _park(self, inputs: Sequence[ParkedInput]) -> None:
         for p in inputs:
             _aware(p.parked_at)
             _aware(p.expires_at)
@@ -229,7 +230,7 @@ class InMemoryRepository:
         expired.sort(key=lambda p: (p.expires_at, p.id or 0))
         return expired[:limit]
 
-    def unpark(self, ids: Iterable[int]) -> None:
+    def _unpark(self, ids: Iterable[int]) -> None:
         for parked_id in ids:
             self._parked.discard(parked_id)
 
@@ -237,7 +238,7 @@ class InMemoryRepository:
         return len(self._parked)
 
     # --- outbox ------------------------------------------------------------------------------
-    def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+    def _add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
         for m in messages:
             _aware(m.created_at)
             if m.message_id in self._outbox_ids:
@@ -270,7 +271,7 @@ class InMemoryRepository:
         return len(self._unsent)
 
     # --- consumer positions ------------------------------------------------------------------
-    def save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
+    def _save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
         for (topic, partition), offset in positions.items():
             self._positions[(group, topic, partition)] = offset
 
@@ -281,7 +282,7 @@ class InMemoryRepository:
             if g == group
         }
 
-    def add_outcomes(self, group: str, changes: Mapping[tuple[str, str], int]) -> None:
+    def _add_outcomes(self, group: str, changes: Mapping[tuple[str, str], int]) -> None:
         for (topic, outcome), delta in changes.items():
             if delta:
                 key = (group, topic, outcome)
@@ -298,7 +299,7 @@ class InMemoryRepository:
     def get_clock(self) -> datetime | None:
         return self._clock
 
-    def set_clock(self, now: datetime) -> None:
+    def _set_clock(self, now: datetime) -> None:
         _aware(now)
         self._clock = now
 
@@ -337,7 +338,7 @@ class InMemoryUnitOfWork:
     """`with uow:` stages; `commit()` publishes the staged changes to the store; leaving the
     block without committing discards them. Reusable: each `with` starts afresh."""
 
-    repo: Repository
+    repo: InMemoryRepository
 
     def __init__(self, store: InMemoryStore | None = None) -> None:
         self.store = InMemoryStore() if store is None else store

@@ -80,11 +80,11 @@ from engine.application.ports import (
     OutboxMessage,
     ParkedInput,
     Position,
-    Repository,
     StoredDossier,
 )
 from engine.audit import GENESIS, link, row_content
 from engine.dossier import Dossier
+from engine.store.writer import ChangeSetWriter
 
 # Values per IN list: well under SQLite's bound-parameter limit, and PostgreSQL plans a list
 # this size as quickly as a smaller one.
@@ -384,7 +384,7 @@ class SqlUnitOfWork:
     """`with uow:` opens a connection and a transaction; `commit()` commits it, and leaving the
     block without committing rolls back. Reusable: each `with` is a new transaction."""
 
-    repo: Repository
+    repo: SqlRepository
 
     def __init__(self, engine: Engine, *, writes: bool = False) -> None:
         """`writes=True` for a unit of work that will write (a batch): on SQLite it takes the
@@ -567,9 +567,10 @@ _update_dossier = (
 )
 
 
-class SqlRepository:
-    """`engine.application.ports.Repository` on one connection, inside the unit of work's
-    transaction."""
+class SqlRepository(ChangeSetWriter):
+    """`engine.application.ports.BatchRepository` and `Outbox` on one connection, inside the
+    unit of work's transaction, and the read models a unit of work is handy for (a dossier's
+    history, counts); the other read models are `engine.store.queries`."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -588,7 +589,7 @@ class SqlRepository:
                 found[code] = _stored_dossier(*stored)
         return found
 
-    def save_dossiers(self, dossiers: Sequence[StoredDossier]) -> None:
+    def _save_dossiers(self, dossiers: Sequence[StoredDossier]) -> None:
         new = [d for d in dossiers if d.revision == 0]
         # A stable row order keeps two writers' row locks in one order: no deadlocks.
         known = sorted((d for d in dossiers if d.revision != 0), key=lambda d: d.dossier.code)
@@ -613,7 +614,7 @@ class SqlRepository:
                     " they were loaded"
                 )
         if new:
-            self._insert_rows(
+            self.insert_rows(
                 dossiers_table,
                 [{"code": d.dossier.code, **dossier_columns(d), "revision": 1} for d in new],
             )
@@ -670,7 +671,7 @@ class SqlRepository:
                 found[(source, event_id)] = content_hash
         return found
 
-    def record_applied(self, entries: Sequence[LedgerEntry]) -> None:
+    def _record_applied(self, entries: Sequence[LedgerEntry]) -> None:
         """Raises ConcurrencyError if an entry's (source, event_id) is already recorded."""
         if not entries:
             return
@@ -683,10 +684,10 @@ class SqlRepository:
             }
             for e in entries
         ]
-        self._insert_rows(input_ledger, rows)
+        self.insert_rows(input_ledger, rows)
 
     # --- history -----------------------------------------------------------------------------
-    def append_history(self, rows: Sequence[HistoryRow]) -> None:
+    def _append_history(self, rows: Sequence[HistoryRow]) -> None:
         """Raises ConcurrencyError if a (dossier_code, seq) is already taken.
 
         Each row is chained over its dossier's previous row (engine.audit). The heads of the
@@ -711,7 +712,7 @@ class SqlRepository:
             current = link(prev, row_content(r))
             values.append(history_columns(r, recorded_at, prev, current))
             prev = current
-        self._insert_rows(history, values)
+        self.insert_rows(history, values)
 
     def _chain_heads(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], str]:
         """chain_hash of each stored (dossier_code, seq) asked for."""
@@ -779,11 +780,11 @@ class SqlRepository:
         ]
 
     # --- parked inputs -----------------------------------------------------------------------
-    def park(self, inputs: Sequence[ParkedInput]) -> None:
+    def _park(self, inputs: Sequence[ParkedInput]) -> None:
         if not inputs:
             return
         rows = [parked_columns(p) for p in inputs]
-        self._insert_rows(parked_inputs, rows)
+        self.insert_rows(parked_inputs, rows)
 
     def parked_for(self, dossier_codes: Iterable[str]) -> list[ParkedInput]:
         c = parked_inputs.c
@@ -805,7 +806,7 @@ class SqlRepository:
         )
         return [_parked(r) for r in self.connection.execute(query).all()]
 
-    def unpark(self, ids: Iterable[int]) -> None:
+    def _unpark(self, ids: Iterable[int]) -> None:
         for chunk in _chunks(sorted(set(ids))):
             self._execute(delete(parked_inputs).where(self._in(parked_inputs.c.id, chunk)))
 
@@ -814,7 +815,7 @@ class SqlRepository:
         return int(count or 0)
 
     # --- outbox ------------------------------------------------------------------------------
-    def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+    def _add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
         if not messages:
             return
         rows: list[dict[str, Any]] = [
@@ -828,7 +829,7 @@ class SqlRepository:
             for m in messages
         ]
         if self.connection.dialect.name in _UPSERT_INSERTS:
-            self._insert_rows(outbox, rows, skip_duplicates=True)
+            self.insert_rows(outbox, rows, skip_duplicates=True)
             return
         # Other databases: skip ids already stored or repeated within the batch.
         stored: set[str] = set()
@@ -841,7 +842,7 @@ class SqlRepository:
                 stored.add(row["message_id"])
                 fresh.append(row)
         if fresh:
-            self._insert_rows(outbox, fresh)
+            self.insert_rows(outbox, fresh)
 
     def unsent_outbox(self, limit: int) -> list[OutboxMessage]:
         c = outbox.c
@@ -877,7 +878,7 @@ class SqlRepository:
         return int(self.connection.scalar(query) or 0)
 
     # --- consumer positions ------------------------------------------------------------------
-    def save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
+    def _save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
         if not positions:
             return
         rows = [
@@ -894,7 +895,7 @@ class SqlRepository:
             for topic, partition, offset in self.connection.execute(query).all()
         }
 
-    def add_outcomes(self, group: str, changes: Mapping[tuple[str, str], int]) -> None:
+    def _add_outcomes(self, group: str, changes: Mapping[tuple[str, str], int]) -> None:
         rows = [
             {"group_id": group, "topic": topic, "outcome": outcome, "count": delta}
             for (topic, outcome), delta in sorted(changes.items())
@@ -921,7 +922,7 @@ class SqlRepository:
         value: datetime | None = self.connection.scalar(query)
         return value
 
-    def set_clock(self, now: datetime) -> None:
+    def _set_clock(self, now: datetime) -> None:
         self._upsert(engine_clock, [{"id": 1, "business_time": now}], ["business_time"])
 
     # -----------------------------------------------------------------------------------------
@@ -953,11 +954,13 @@ class SqlRepository:
             return col == any_(bindparam(None, list(values), type_=array))
         return col.in_(values)
 
-    def _insert_rows(
+    def insert_rows(
         self, table: Table, rows: list[dict[str, Any]], *, skip_duplicates: bool = False
     ) -> None:
-        """Insert `rows` (all with the same keys) in their order; with `skip_duplicates`, rows
-        colliding with a unique key (stored or earlier in `rows`) are left out."""
+        """Insert `rows` (all with the same keys, the table's columns) in their order, in one
+        statement; with `skip_duplicates`, rows colliding with a unique key (stored or earlier
+        in `rows`) are left out. The batch writes and bulk copies (a parallel replay's merge)
+        go through here."""
         if self._postgresql:
             statement = _pg_insert_statement(table, tuple(rows[0]), skip_duplicates)
             self._execute(statement, _as_arrays(table, rows))

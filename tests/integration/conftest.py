@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from deploy import local_kafka
+from dossier import kafka_clients
 from dossier.settings import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -61,7 +61,7 @@ def kafka_bootstrap(settings: Settings) -> str:
     except OSError as exc:
         unavailable("Kafka broker", "kafka", f"{settings.kafka_bootstrap_servers}: {exc}")
     try:
-        local_kafka.list_topics(settings)
+        kafka_clients.list_topics(settings)
     except Exception as exc:  # whatever the client raises, the broker is not usable
         unavailable("Kafka broker", "kafka", f"{settings.kafka_bootstrap_servers}: {exc!r}")
     return settings.kafka_bootstrap_servers
@@ -78,7 +78,7 @@ def unique_topic(settings: Settings, kafka_bootstrap: str) -> Iterator[Callable[
 
     def make(base: str = "topic", partitions: int = 1) -> str:
         name = settings.topic(f"test.{base}.{uuid.uuid4().hex[:12]}")
-        local_kafka.ensure_topics(settings, [name], partitions)
+        kafka_clients.ensure_topics(settings, [name], partitions)
         created.append(name)
         return name
 
@@ -86,7 +86,7 @@ def unique_topic(settings: Settings, kafka_bootstrap: str) -> Iterator[Callable[
     if created:
         # Cleanup must not turn a passing test into an error, nor hide a failing one.
         with contextlib.suppress(Exception):
-            local_kafka.delete_topics(settings, created)
+            kafka_clients.delete_topics(settings, created)
 
 
 @pytest.fixture
@@ -97,8 +97,8 @@ def unique_group(settings: Settings, kafka_bootstrap: str) -> Iterator[str]:
     # Best effort: a group that never committed may already be gone.
     with (
         contextlib.suppress(Exception),
-        local_kafka.quiet_kafka_logs(),
-        local_kafka.admin_client(settings) as admin,
+        kafka_clients.quiet_kafka_logs(),
+        kafka_clients.admin(settings) as admin,
     ):
         admin.delete_groups([group])
 
@@ -201,10 +201,10 @@ def isolated_run(
     }
     isolated = replace(settings, **(values | overrides))
     names = [isolated.topic(t) for t in ALL_TOPICS]
-    local_kafka.ensure_topics(isolated, names, 3)
+    kafka_clients.ensure_topics(isolated, names, 3)
     try:
         yield isolated
     finally:
         # A broker restarted by a test may refuse for a moment; the names are unique anyway.
         with contextlib.suppress(Exception):
-            local_kafka.delete_topics(isolated, names)
+            kafka_clients.delete_topics(isolated, names)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from engine.application.ports import Position
+from engine.application.ports import ChangeSet, Position
 from engine.application.service import BatchProcessor, RawInput, ServiceConfig
 from engine.audit import (
     CHANGED,
@@ -33,7 +33,7 @@ from engine.procedures import load_catalogue
 from engine.store.audit import verify, write_checkpoint
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
-from schemas.codec import InboundDecoder
+from schemas.codec import ContractCodec
 from tests.fixtures import events as ev
 
 A = f"{ev.COMMUNE_AGENCY}-250303-0001"
@@ -54,7 +54,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     upgrade(engine)
     processor = BatchProcessor(
         Decider(load_catalogue(), WorkingCalendar.load()),
-        InboundDecoder(),
+        ContractCodec(),
         ServiceConfig("urn:test:engine", "audit-test", timedelta(days=7)),
     )
     offsets: dict[str, int] = {}
@@ -222,7 +222,7 @@ def test_rewritten_chain_diverges_from_the_checkpoint(db: Engine) -> None:
         connection.execute(text("DELETE FROM history WHERE dossier_code = :c"), {"c": B})
     forged = [replace(r, source="urn:forged") if r.seq == 2 else r for r in rows]
     with SqlUnitOfWork(db) as uow:
-        uow.repo.append_history(forged)
+        uow.repo.write(ChangeSet(history=forged))
         uow.commit()
     assert findings(db) == [(B, 7, DIVERGED)]
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from dossier.cli import main as cli
 from dossier.replay.serial import compare, replay_from_db
 from dossier.settings import Settings
-from engine.application.ports import Position
+from engine.application.ports import ChangeSet, Position
 from engine.application.service import BatchProcessor, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
 from engine.decider import Decider
@@ -25,7 +25,7 @@ from engine.procedures import load_catalogue
 from engine.store.audit import verify
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
-from schemas.codec import InboundDecoder
+from schemas.codec import ContractCodec
 from schemas.upcasting import upcast
 from tests.fixtures import events as ev
 from tests.integration.test_engine_e2e import land_certificate
@@ -38,7 +38,7 @@ def live_db(path: Path) -> Engine:
     upgrade(db)
     processor = BatchProcessor(
         Decider(load_catalogue(), WorkingCalendar.load()),
-        InboundDecoder(),
+        ContractCodec(),
         ServiceConfig("urn:test:engine", "live", timedelta(days=7)),
     )
     items = land_certificate(CODE, "2025-06-30", "district", ev.DISTRICT_AGENCY)
@@ -69,9 +69,8 @@ def test_legacy_input_and_district_era_history_replay(tmp_path: Path) -> None:
     imported = create_db_engine(f"sqlite:///{tmp_path / 'imported.db'}")
     upgrade(imported)
     with SqlUnitOfWork(imported) as uow:
-        uow.repo.append_history(
-            [replace(rows[0], schema_version=0, envelope=legacy_envelope), *rows[1:]]
-        )
+        legacy = replace(rows[0], schema_version=0, envelope=legacy_envelope)
+        uow.repo.write(ChangeSet(history=[legacy, *rows[1:]]))
         uow.commit()
     assert verify(imported).findings == []
 

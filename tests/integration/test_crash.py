@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from deploy import local_kafka
+from dossier import kafka_clients
 from dossier.settings import Settings
 from dossier.tools.simulation import SimulatedMessage, Workload
 from dossier.tools.supervision import EngineProcess, wait_caught_up
@@ -102,7 +102,7 @@ def isolated(
 def produce(
     settings: Settings, messages: list[SimulatedMessage], rate: float | None = None
 ) -> None:
-    producer = create_input_producer(settings.kafka_bootstrap_servers)
+    producer = create_input_producer(settings)
     try:
         publish(producer, messages, settings.topic, rate=rate)
     finally:
@@ -177,9 +177,7 @@ def outcome_counts(settings: Settings) -> Counter[str]:
 
 def statuses(settings: Settings) -> dict[str, list[dict[str, Any]]]:
     by_dossier: dict[str, list[dict[str, Any]]] = {}
-    records = read_topic(
-        settings.kafka_bootstrap_servers, settings.topic("dossier.status"), timeout_s=30
-    )
+    records = read_topic(settings, settings.topic("dossier.status"), timeout_s=30)
     for record in records:
         event = json.loads(record.value)
         by_dossier.setdefault(event["subject"], []).append(event)
@@ -261,9 +259,7 @@ def test_kill_9_five_times_loses_nothing_and_matches_an_uninterrupted_run(
     assert {c: len({e["id"] for e in es}) for c, es in crashed_statuses.items()} == {
         c: len({e["id"] for e in es}) for c, es in reference_statuses.items()
     }
-    letters = read_topic(
-        crashed.kafka_bootstrap_servers, crashed.topic("dossier.dlq"), timeout_s=20
-    )
+    letters = read_topic(crashed, crashed.topic("dossier.dlq"), timeout_s=20)
     assert len({json.loads(r.value)["id"] for r in letters}) == counts["dead_lettered"]
     # The accounting, for the record (pytest -s): what the closing notes quote.
     print(
@@ -283,9 +279,9 @@ def test_the_engine_survives_a_broker_restart_mid_stream(
     produce(target, part[:1500])
     with EngineProcess(target, tmp_path / "engine.log") as engine:
         wait_caught_up(target, 120, engine)
-        assert local_kafka.down(settings) == 0
+        assert kafka_clients.local_broker("down", settings) == 0
         threading.Event().wait(2)
-        assert local_kafka.up(settings) == 0
+        assert kafka_clients.local_broker("up", settings) == 0
         produce(target, part[1500:])
         wait_caught_up(target, 240, engine)
         assert engine.alive()

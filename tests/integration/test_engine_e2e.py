@@ -65,7 +65,7 @@ def run_engine_until_caught_up(settings: Settings, tmp_path: Path, timeout_s: fl
 
 
 def outputs(settings: Settings, topic: str) -> list[dict[str, Any]]:
-    records = read_topic(settings.kafka_bootstrap_servers, settings.topic(topic), timeout_s=10)
+    records = read_topic(settings, settings.topic(topic), timeout_s=10)
     return [json.loads(r.value) for r in records]
 
 

@@ -226,7 +226,7 @@ def send_all(settings: Settings, steps: list[Step]) -> None:
 
 
 def outputs(settings: Settings, topic: str) -> list[dict[str, Any]]:
-    records = read_topic(settings.kafka_bootstrap_servers, settings.topic(topic), timeout_s=10)
+    records = read_topic(settings, settings.topic(topic), timeout_s=10)
     return [json.loads(r.value) for r in records]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from deploy import local_kafka
+from dossier import kafka_clients
 from dossier.cli import main
 from dossier.settings import Settings
 from dossier.tools.simulation import HOSTILE_KINDS, HOSTILE_REASONS, value_digest
@@ -94,7 +94,7 @@ def demo_run(backend: str, settings: Settings, tmp_path: Path) -> Iterator[dict[
     finally:
         isolated = replace(settings, topic_prefix=prefix)
         with contextlib.suppress(Exception):
-            local_kafka.delete_topics(isolated, [isolated.topic(t) for t in ALL_TOPICS])
+            kafka_clients.delete_topics(isolated, [isolated.topic(t) for t in ALL_TOPICS])
         if backend == "postgresql":
             admin = sa.create_engine(settings.postgres_url)
             with admin.begin() as connection:
@@ -182,7 +182,7 @@ def test_main_job_summary_agrees_with_the_database_and_with_what_was_produced(
 
     # The dead letters really went out on Kafka, once each, with those reasons.
     records = read_topic(
-        settings.kafka_bootstrap_servers,
+        settings,
         f"{prefix}dossier.dlq",
         timeout_s=30,
         expect=sum(bad.values()),

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, text
 
 from dossier import monitoring as m
 from engine import indicators as ind
-from engine.application.ports import StoredDossier
+from engine.application.ports import ChangeSet, StoredDossier
 from engine.calendar import WorkingCalendar
 from engine.store.migrate import downgrade, upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
@@ -50,7 +50,7 @@ def test_indicators_on_postgresql(pg: Engine) -> None:
     calendar = WorkingCalendar.load()
     stored = fixture.stored_dossiers(fixture.CASES)
     with SqlUnitOfWork(pg) as uow:
-        uow.repo.save_dossiers(stored)
+        uow.repo.write(ChangeSet(dossiers=stored))
         uow.commit()
     expected = ind.report((fixture.facts(c) for c in fixture.CASES), fixture.MARCH, calendar)
     with pg.connect() as connection:
@@ -74,7 +74,9 @@ def test_migration_0002_backfills_paused_time_from_snapshots(
         paused = make_dossier("000.00.19.H56-250303-0001", paused_seconds=5400)
         plain = make_dossier("000.00.19.H56-250303-0002")
         with SqlUnitOfWork(db) as uow:
-            uow.repo.save_dossiers([StoredDossier(paused, 0, None), StoredDossier(plain, 0, None)])
+            uow.repo.write(
+                ChangeSet(dossiers=[StoredDossier(paused, 0, None), StoredDossier(plain, 0, None)])
+            )
             uow.commit()
         downgrade(db, "0001")  # the rows as a database migrated before 0002 holds them
         upgrade(db)

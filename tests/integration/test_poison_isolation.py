@@ -25,10 +25,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dossier.runtime import COMMIT_ATTEMPTS, Runtime
+from dossier.composition import Runtime
 from dossier.settings import Settings
 from dossier.tools.supervision import settings_env
-from engine.application.ports import Position
+from engine.application.commit import COMMIT_ATTEMPTS
+from engine.application.ports import ChangeSet, Position
 from engine.application.service import BatchResult, RawInput
 from engine.decider import Decider
 from engine.dossier import Applied, Decision, Dossier, evolve
@@ -224,7 +225,7 @@ def test_an_input_the_engine_raises_on_is_dead_lettered_and_the_batch_goes_on(
 ) -> None:
     feed = Feed()
     inputs = batch_with_poison(feed, "poison-apply")
-    engine = RaisingEngine(runtime.engine, "poison-apply")
+    engine = RaisingEngine(runtime.decider, "poison-apply")
     runtime.processor.engine = engine
     result = within(120, lambda: runtime.process(inputs, failures_allowed=COMMIT_ATTEMPTS - 1))
     check_isolated(runtime, inputs, result, inputs[1], "TypeError")
@@ -240,7 +241,7 @@ def test_an_input_whose_batch_fails_only_when_written_is_found_and_set_aside(
     it follows (by halving the batch) instead of retrying the batch or ending the process."""
     feed = Feed()
     inputs = batch_with_poison(feed, "poison-flush")
-    engine = UnstorableEngine(runtime.engine, "poison-flush", how)
+    engine = UnstorableEngine(runtime.decider, "poison-flush", how)
     runtime.processor.engine = engine
     started = time.monotonic()
     result = within(120, lambda: runtime.process(inputs, failures_allowed=COMMIT_ATTEMPTS - 1))
@@ -281,17 +282,14 @@ def test_dossier_run_refuses_dossiers_pinned_to_versions_the_catalogue_lacks(
             versions = {"1.001193": 99, "1.004222": 98}
             with SqlUnitOfWork(prepared.db, writes=True) as uow:
                 stored = uow.repo.load_dossiers(pinned)
-                uow.repo.save_dossiers(
-                    [
-                        replace(
-                            s,
-                            dossier=evolve(
-                                s.dossier, workflow_version=versions[s.dossier.procedure]
-                            ),
-                        )
-                        for s in stored.values()
-                    ]
-                )
+                changed = [
+                    replace(
+                        s,
+                        dossier=evolve(s.dossier, workflow_version=versions[s.dossier.procedure]),
+                    )
+                    for s in stored.values()
+                ]
+                uow.repo.write(ChangeSet(dossiers=changed))
                 uow.commit()
         finally:
             prepared.close()

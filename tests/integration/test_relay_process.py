@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dossier.settings import Settings
 from dossier.tools.workload import read_topic
-from engine.application.ports import OutboxMessage
+from engine.application.ports import ChangeSet, OutboxMessage
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from producers.relay_process import RelayProcess
@@ -27,11 +27,15 @@ def _add_outputs(url: str, first: int, count: int) -> None:
     db = create_db_engine(url)
     now = datetime.now(UTC)
     with SqlUnitOfWork(db, writes=True) as uow:
-        uow.repo.add_outbox(
-            [
-                OutboxMessage("dossier.status", b"D-%d" % i, b'{"n": %d}' % i, f"status/{i}", now)
-                for i in range(first, first + count)
-            ]
+        uow.repo.write(
+            ChangeSet(
+                outbox=[
+                    OutboxMessage(
+                        "dossier.status", b"D-%d" % i, b'{"n": %d}' % i, f"status/{i}", now
+                    )
+                    for i in range(first, first + count)
+                ]
+            )
         )
         uow.commit()
     db.dispose()

@@ -54,7 +54,7 @@ def test_live_run_replays_from_kafka_and_db_with_zero_differences(
     ).messages()
     expected = Counter(m.expected for m in messages)
     assert expected["duplicate"] > 10 and len(expected) > 3  # duplicates and bad inputs in it
-    producer = create_input_producer(live_settings.kafka_bootstrap_servers)
+    producer = create_input_producer(live_settings)
     publish(producer, messages, live_settings.topic)
     producer.close()
 
@@ -65,7 +65,7 @@ def test_live_run_replays_from_kafka_and_db_with_zero_differences(
         assert write_checkpoint(live, live_settings.engine_source) is not None
         # The engine process's own periodic checkpoint went out through its outbox relay.
         published = read_topic(
-            live_settings.kafka_bootstrap_servers,
+            live_settings,
             live_settings.topic(AUDIT_CHECKPOINT_TOPIC),
             timeout_s=5,
         )

@@ -103,7 +103,7 @@ def publish(
     settings: Settings, inputs: list[Input], partitions: dict[int, int] | None = None
 ) -> None:
     """In order; `partitions` sends the n-th input to another partition than its key's."""
-    producer = create_input_producer(settings.kafka_bootstrap_servers)
+    producer = create_input_producer(settings)
     try:
         for n, item in enumerate(inputs):
             partition = (partitions or {}).get(n)

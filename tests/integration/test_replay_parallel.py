@@ -24,7 +24,7 @@ from dossier.replay.parallel import replay_from_db_parallel
 from dossier.replay.serial import FOLDED, MERGED, compare, make_processor, replay_from_db
 from dossier.settings import Settings
 from dossier.tools.simulation import Workload
-from engine.application.ports import HistoryRow, Position
+from engine.application.ports import ChangeSet, HistoryRow, Position
 from engine.application.service import RawInput
 from engine.calendar import WorkingCalendar
 from engine.procedures import load_catalogue
@@ -118,7 +118,7 @@ def disorder(live: Engine, source: Engine) -> None:
     )
     with SqlUnitOfWork(source, writes=True) as uow:
         for row in ordered:  # one by one: ids follow this order
-            uow.repo.append_history([row])
+            uow.repo.write(ChangeSet(history=[row]))
         uow.commit()
 
 

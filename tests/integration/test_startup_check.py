@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from dossier.runtime import Runtime
+from dossier.composition import Runtime
 from dossier.settings import Settings
 from engine.application.ports import Position
 from engine.application.service import RawInput

@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 
 from dossier.cli import main as cli_main
 from dossier.settings import Settings
-from engine.application.ports import ConcurrencyError, StoredDossier, UnitOfWork
+from engine.application.ports import ChangeSet, ConcurrencyError, StoredDossier, UnitOfWork
 from engine.store.migrate import current_revision, downgrade, head_revision, upgrade
 from engine.store.sql import (
     RelayLease,
@@ -166,7 +166,7 @@ def test_sqlite_reads_see_the_transaction_snapshot(tmp_path: Path) -> None:
         with reader:
             assert reader.repo.get_clock() is None
             with writer:
-                writer.repo.set_clock(datetime(2025, 1, 1, tzinfo=UTC))
+                writer.repo.write(ChangeSet(clock=datetime(2025, 1, 1, tzinfo=UTC)))
                 writer.commit()
             assert reader.repo.get_clock() is None
     finally:
@@ -178,16 +178,16 @@ def test_concurrent_update_of_one_dossier(db_engine: Engine) -> None:
     upgrade(db_engine)
     dossier = make_dossier()
     with SqlUnitOfWork(db_engine) as uow:
-        uow.repo.save_dossiers([StoredDossier(dossier, 0, None)])
+        uow.repo.write(ChangeSet(dossiers=[StoredDossier(dossier, 0, None)]))
         uow.commit()
     first, second = SqlUnitOfWork(db_engine), SqlUnitOfWork(db_engine)
     with first:
         stored = first.repo.load_dossiers([dossier.code])[dossier.code]
-        first.repo.save_dossiers([StoredDossier(dossier, stored.revision, None)])
+        first.repo.write(ChangeSet(dossiers=[StoredDossier(dossier, stored.revision, None)]))
         first.commit()
     with second:
         with pytest.raises(ConcurrencyError):
-            second.repo.save_dossiers([StoredDossier(dossier, stored.revision, None)])
+            second.repo.write(ChangeSet(dossiers=[StoredDossier(dossier, stored.revision, None)]))
         with pytest.raises(ConcurrencyError):
             second.commit()
 
@@ -198,12 +198,12 @@ def test_not_null_violation_is_not_a_conflict(db_engine: Engine) -> None:
     dossier = make_dossier(state=None)
     with SqlUnitOfWork(db_engine) as uow:
         with pytest.raises(Exception) as caught:
-            uow.repo.save_dossiers([StoredDossier(dossier, 0, None)])
+            uow.repo.write(ChangeSet(dossiers=[StoredDossier(dossier, 0, None)]))
         assert not isinstance(caught.value, ConcurrencyError)
         with pytest.raises(RuntimeError, match="roll back"):
             uow.commit()  # PostgreSQL would turn this COMMIT into a silent rollback
         uow.rollback()
-        uow.repo.set_clock(datetime(2025, 1, 1, tzinfo=UTC))
+        uow.repo.write(ChangeSet(clock=datetime(2025, 1, 1, tzinfo=UTC)))
         uow.commit()
 
 
@@ -280,8 +280,10 @@ def test_notices_due_skips_dossiers_another_transaction_is_notifying(
     upgrade(db)
     due = datetime(2025, 3, 1, tzinfo=UTC)
     with SqlUnitOfWork(db) as uow:
-        uow.repo.save_dossiers(
-            [StoredDossier(make_dossier(code=f"D-{i}"), 0, due) for i in range(4)]
+        uow.repo.write(
+            ChangeSet(
+                dossiers=[StoredDossier(make_dossier(code=f"D-{i}"), 0, due) for i in range(4)]
+            )
         )
         uow.commit()
     now = due + timedelta(days=1)

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.events import InboundEvent
-from schemas.codec import DeadLetterReason, InboundDecoder, Rejected
+from schemas.codec import ContractCodec, DeadLetterReason, InputRejected
 from tests.fixtures import events as ev
 
 MALFORMED = DeadLetterReason.MALFORMED
@@ -32,21 +32,21 @@ def _now() -> datetime:
     return NOW
 
 
-DECODER = InboundDecoder(clock=_now)
+DECODER = ContractCodec(clock=_now)
 
 
 def decode(value: bytes | None, topic: str, key: bytes | None = KEY) -> InboundEvent:
     return DECODER.decode(value, topic, key=key)
 
 
-def reject(value: bytes | None, topic: str, key: bytes | None = KEY) -> Rejected:
-    with pytest.raises(Rejected) as caught:
+def reject(value: bytes | None, topic: str, key: bytes | None = KEY) -> InputRejected:
+    with pytest.raises(InputRejected) as caught:
         decode(value, topic, key)
     return caught.value
 
 
 def assert_refused(
-    rejected: Rejected, reason: DeadLetterReason, *offending: str, says: str = ""
+    rejected: InputRejected, reason: DeadLetterReason, *offending: str, says: str = ""
 ) -> None:
     assert rejected.reason is reason, rejected.detail
     assert says in rejected.detail
@@ -228,7 +228,7 @@ def test_envelope_time_at_the_bounds_decodes(time: str) -> None:
 
 def test_the_wall_clock_is_injectable() -> None:
     event = ev.received(time="2031-05-01T09:00:00+07:00")
-    later = InboundDecoder(clock=lambda: datetime(2031, 5, 1, tzinfo=UTC))
+    later = ContractCodec(clock=lambda: datetime(2031, 5, 1, tzinfo=UTC))
     assert later.decode(ev.to_bytes(event), "dossier.commune", key=KEY).time.year == 2031
     assert reject(ev.to_bytes(event), "dossier.commune").reason is SCHEMA
 
@@ -617,7 +617,7 @@ def test_mutated_events_decode_or_are_rejected_never_crash(
     value, topic, key = case
     try:
         event = decode(value, topic, key)
-    except Rejected as rejected:
+    except InputRejected as rejected:
         assert rejected.reason in (MALFORMED, SCHEMA)
         return
     for text in (event.source, event.id, event.type, event.subject, event.topic):

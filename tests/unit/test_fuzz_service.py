@@ -29,7 +29,7 @@ from engine.decider import Decider
 from engine.events import INBOUND_TOPICS
 from engine.procedures import load_catalogue
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
-from schemas.codec import DeadLetterReason, InboundDecoder, validate_outbound
+from schemas.codec import ContractCodec, DeadLetterReason, validate_outbound
 from tests.fixtures import events as ev
 
 WALL = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
@@ -45,7 +45,7 @@ REASONS = {reason.value for reason in DeadLetterReason}
 # neither keeps state between batches (the store does).
 PROCESSOR = BatchProcessor(
     Decider(load_catalogue(), WorkingCalendar.load()),
-    InboundDecoder(clock=lambda: WALL),
+    ContractCodec(clock=lambda: WALL),
     ServiceConfig("urn:test:fuzz", GROUP, timedelta(days=7)),
 )
 

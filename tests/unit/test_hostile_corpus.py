@@ -27,7 +27,7 @@ from engine.dossier import Decision, Dossier
 from engine.events import InboundEvent
 from engine.procedures import load_catalogue
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
-from schemas.codec import INBOUND_TOPICS_BY_TYPE, InboundDecoder, load_schema
+from schemas.codec import INBOUND_TOPICS_BY_TYPE, ContractCodec, load_schema
 from tests.fixtures import events as ev
 
 CATALOGUE = load_catalogue()
@@ -45,8 +45,8 @@ WALL = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 MIB = 1024 * 1024
 
 
-def decoder() -> InboundDecoder:
-    return InboundDecoder(clock=lambda: WALL)
+def decoder() -> ContractCodec:
+    return ContractCodec(clock=lambda: WALL)
 
 
 def rfc3339(moment: datetime) -> str:

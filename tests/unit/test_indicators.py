@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine import indicators as ind
-from engine.application.ports import StoredDossier
+from engine.application.ports import ChangeSet, StoredDossier
 from engine.calendar import VN_TZ, WorkingCalendar
 from engine.procedures import load_catalogue
 from engine.store.migrate import upgrade
@@ -82,7 +82,7 @@ LEVELS = {("1.004222", 1): "commune", ("P.1", 1): "province", ("DD.GCN.LD", 1): 
 
 
 def stored_dossiers(cases: list[Case]) -> list[StoredDossier]:
-    """The cases as the engine would have stored them, ready for `save_dossiers`."""
+    """The cases as the engine would have stored them, ready to be written."""
     stored: list[StoredDossier] = []
     for n, case in enumerate(cases, start=1):
         finished = case.finished_at is not None
@@ -201,7 +201,7 @@ def test_sql_gives_the_same_figures(tmp_path: Path, calendar: WorkingCalendar) -
     upgrade(db)
     stored = stored_dossiers(CASES)
     with SqlUnitOfWork(db) as uow:
-        uow.repo.save_dossiers(stored)
+        uow.repo.write(ChangeSet(dossiers=stored))
         uow.commit()
     expected = ind.report((facts(c) for c in CASES), MARCH, calendar)
     with db.connect() as connection:

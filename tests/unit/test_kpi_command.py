@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dossier.cli import main as cli_main
-from engine.application.ports import StoredDossier
+from engine.application.ports import ChangeSet, StoredDossier
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from tests.store_contract import make_dossier
@@ -52,8 +52,8 @@ def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         make_dossier(f"{A2}-250101-0001", receiving_agency=A2, received_at=CLOCK - 40 * day),
     ]
     with SqlUnitOfWork(db) as uow:
-        uow.repo.save_dossiers([StoredDossier(d, 0, None) for d in dossiers])
-        uow.repo.set_clock(CLOCK)
+        uow.repo.write(ChangeSet(dossiers=[StoredDossier(d, 0, None) for d in dossiers]))
+        uow.repo.write(ChangeSet(clock=CLOCK))
         uow.commit()
     db.dispose()
     monkeypatch.setenv("DOSSIER_DATABASE_URL", url)

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from dossier import monitoring as m
 from engine import indicators as ind
-from engine.application.ports import OutboxMessage, ParkedInput, Position, StoredDossier
+from engine.application.ports import ChangeSet, OutboxMessage, ParkedInput, Position, StoredDossier
 from engine.application.service import BatchResult, RawInput
 from engine.calendar import WorkingCalendar
 from engine.store.migrate import upgrade
@@ -208,19 +208,23 @@ def populate(db: Engine) -> None:
         make_dossier(code(6), status_code=10, final=True, due_at=past, finished_at=past),
     ]
     with SqlUnitOfWork(db) as uow:
-        uow.repo.save_dossiers([StoredDossier(d, 0, None) for d in dossiers])
-        uow.repo.add_outbox([message(i) for i in range(1, 4)])
+        uow.repo.write(ChangeSet(dossiers=[StoredDossier(d, 0, None) for d in dossiers]))
+        uow.repo.write(ChangeSet(outbox=[message(i) for i in range(1, 4)]))
         uow.repo.mark_sent([1], NOW)
-        uow.repo.park(
-            [
-                ParkedInput(
-                    "urn:x", "e1", code(2), Position("t", 0, 1), b"k", b"v", (), NOW, future, "wait"
-                )
-            ]
+        waiting = ParkedInput(
+            "urn:x", "e1", code(2), Position("t", 0, 1), b"k", b"v", (), NOW, future, "wait"
         )
-        uow.repo.set_clock(NOW)
-        uow.repo.add_outcomes("engine", {("dossier.commune", "applied"): 7})
-        uow.repo.add_outcomes("other-group", {("dossier.commune", "applied"): 100})
+        uow.repo.write(
+            ChangeSet(
+                parked=[waiting],
+                group="engine",
+                outcomes={("dossier.commune", "applied"): 7},
+                clock=NOW,
+            )
+        )
+        uow.repo.write(
+            ChangeSet(group="other-group", outcomes={("dossier.commune", "applied"): 100})
+        )
         uow.commit()
 
 
@@ -265,7 +269,7 @@ def test_database_state_is_cached_and_keeps_emptied_series(db: Engine) -> None:
     assert value(registry, "dossier_dossiers_open", status_code="6", level="province") == 1
     finished = make_dossier(code(5), status_code=10, level="province", final=True)
     with SqlUnitOfWork(db) as uow:
-        uow.repo.save_dossiers([StoredDossier(finished, 1, None)])
+        uow.repo.write(ChangeSet(dossiers=[StoredDossier(finished, 1, None)]))
         uow.commit()
     clock.now += 4.9
     assert value(registry, "dossier_dossiers_open", status_code="6", level="province") == 1

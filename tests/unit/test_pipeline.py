@@ -15,15 +15,15 @@ import pytest
 
 from dossier.tools.simulation import Workload
 from engine.application.pipeline import Overlay, StagingRepository, WriteBehindPipeline
-from engine.application.ports import ConcurrencyError, Position, StoredDossier
+from engine.application.ports import ChangeSet, ConcurrencyError, Position, StoredDossier
 from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
 from engine.decider import Decider
 from engine.dossier import Applied
+from engine.events import InputRejected
 from engine.procedures import load_catalogue
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
-from schemas.codec import InboundDecoder
-from schemas.codec import Rejected as DecodeRejected
+from schemas.codec import ContractCodec
 from tests.store_contract import make_dossier
 
 ENGINE = Decider(load_catalogue(), WorkingCalendar.load())
@@ -32,7 +32,7 @@ GROUP = "pipeline-test"
 
 def processor() -> BatchProcessor:
     return BatchProcessor(
-        ENGINE, InboundDecoder(), ServiceConfig("urn:test:engine", GROUP, timedelta(days=7))
+        ENGINE, ContractCodec(), ServiceConfig("urn:test:engine", GROUP, timedelta(days=7))
     )
 
 
@@ -200,20 +200,20 @@ def test_a_failed_staged_write_is_processed_again_and_so_is_the_batch_built_on_i
 def test_the_overlay_reads_a_staged_dossier_at_its_next_revision() -> None:
     staged = make_dossier(code="D-1")
     overlay = Overlay.of(
-        [
-            ("save_dossiers", ([StoredDossier(staged, 3, None)],)),
-            ("record_applied", ([],)),
-            ("save_positions", (GROUP, {("t", 0): 7})),
-        ]
+        ChangeSet(dossiers=[StoredDossier(staged, 3, None)], group=GROUP, positions={("t", 0): 7})
     )
     store = InMemoryStore()
     with InMemoryUnitOfWork(store) as uow:
         staging = StagingRepository(uow.repo, overlay, settle=lambda: None)
         assert staging.load_dossiers(["D-1"])["D-1"].revision == 4
         assert staging.load_positions(GROUP) == {("t", 0): 7}
-        staging.save_dossiers([StoredDossier(staged, 4, None)])
-        assert staging.writes[0][0] == "save_dossiers"
+        assert staging.load_positions("another group") == {}
+        changes = ChangeSet(dossiers=[StoredDossier(staged, 4, None)])
+        staging.write(changes)
+        assert staging.changes is changes
         assert not store.dossiers  # staged, not written
+        with pytest.raises(RuntimeError):  # a batch writes once
+            staging.write(ChangeSet())
 
 
 def _decisions(events: Sequence[Any]) -> list[Any]:
@@ -230,12 +230,12 @@ def _decisions(events: Sequence[Any]) -> list[Any]:
 def test_two_threads_applying_on_the_shared_machines_decide_as_one_thread_does() -> None:
     """The writer thread may process a batch again while the next is applied: the compiled
     machines (shared by all dossiers) must not mix up the two threads' inputs."""
-    decoder = InboundDecoder()
+    decoder = ContractCodec()
     events = []
     for raw in stream(60, 5):
         try:
             events.append(decoder.decode(raw.value, raw.contract_topic, key=raw.key))
-        except DecodeRejected:
+        except InputRejected:
             continue
     expected = _decisions(events)
     results: list[list[Any]] = [[], []]

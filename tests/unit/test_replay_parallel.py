@@ -18,7 +18,7 @@ from dossier.replay.parallel import (
     sqlite_time,
     write_shard,
 )
-from engine.application.ports import LedgerEntry, StoredDossier, UnitOfWork
+from engine.application.ports import ChangeSet, LedgerEntry, StoredDossier, UnitOfWork
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlRepository, SqlUnitOfWork, create_db_engine
@@ -42,7 +42,7 @@ def test_sqlite_time_is_what_sqlalchemy_writes(tmp_path: Path) -> None:
     upgrade(db)
     value = datetime(2025, 3, 3, 8, 15, 30, tzinfo=ICT)  # no microseconds: still six digits
     with SqlUnitOfWork(db, writes=True) as uow:
-        uow.repo.set_clock(value)
+        uow.repo.write(ChangeSet(clock=value))
         uow.commit()
     with db.connect() as connection:
         stored = connection.exec_driver_sql("SELECT business_time FROM engine_clock").scalar()
@@ -84,26 +84,31 @@ def _fill(uow_factory: Any) -> None:
     )
     uow: UnitOfWork
     with uow_factory() as uow:
-        uow.repo.save_dossiers(
-            [
-                StoredDossier(dossier, 0, datetime(2025, 3, 11, 10, 0, 0, 7, tzinfo=ICT)),
-                StoredDossier(finished, 0, None),
-            ]
-        )
         history_rows = [make_history(CODE, 1), make_history(CODE, 2)]
-        uow.repo.append_history(history_rows)
-        uow.repo.append_history([make_history(OTHER, 1, state_before="x", envelope={"a": "ệ"})])
-        uow.repo.record_applied(
-            [LedgerEntry(r.source, r.event_id, f"hash-{r.seq}", CODE) for r in history_rows]
+        uow.repo.write(
+            ChangeSet(
+                dossiers=[
+                    StoredDossier(dossier, 0, datetime(2025, 3, 11, 10, 0, 0, 7, tzinfo=ICT)),
+                    StoredDossier(finished, 0, None),
+                ],
+                history=[
+                    *history_rows,
+                    make_history(OTHER, 1, state_before="x", envelope={"a": "ệ"}),
+                ],
+                ledger=[
+                    LedgerEntry(r.source, r.event_id, f"hash-{r.seq}", CODE) for r in history_rows
+                ],
+                parked=[make_parked(CODE, 1), make_parked(OTHER, 2, key=None, headers=[])],
+                outbox=[make_message("m1"), make_message("m2", key=None)],
+                group="g",
+                outcomes={("dossier.commune", "applied"): 3},
+                clock=T0 + timedelta(hours=5),
+            )
         )
-        uow.repo.park([make_parked(CODE, 1), make_parked(OTHER, 2, key=None, headers=[])])
-        uow.repo.add_outbox([make_message("m1"), make_message("m2", key=None)])
-        uow.repo.add_outcomes("g", {("dossier.commune", "applied"): 3})
-        uow.repo.set_clock(T0 + timedelta(hours=5))
         uow.commit()
     with uow_factory() as uow:  # an update: revision 2
         stored = uow.repo.load_dossiers([CODE])[CODE]
-        uow.repo.save_dossiers([StoredDossier(stored.dossier, stored.revision, None)])
+        uow.repo.write(ChangeSet(dossiers=[StoredDossier(stored.dossier, stored.revision, None)]))
         uow.commit()
 
 

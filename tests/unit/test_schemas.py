@@ -23,10 +23,10 @@ from schemas.codec import (
     DEAD_LETTERED_TYPE,
     INBOUND_TOPICS_BY_TYPE,
     OUTBOUND_TOPIC_BY_TYPE,
+    ContractCodec,
     DeadLetterReason,
-    InboundDecoder,
+    InputRejected,
     OutboundSchemaError,
-    Rejected,
     dead_letter,
     encode_outbound,
     load_schema,
@@ -47,14 +47,14 @@ KEY = ev.DOSSIER.encode()  # the Kafka key of every fixture event: its subject
 
 
 @pytest.fixture(scope="module")
-def decoder() -> InboundDecoder:
-    return InboundDecoder()
+def decoder() -> ContractCodec:
+    return ContractCodec()
 
 
 def reject(
-    decoder: InboundDecoder, value: bytes | None, topic: str, key: bytes | None = KEY
-) -> Rejected:
-    with pytest.raises(Rejected) as caught:
+    decoder: ContractCodec, value: bytes | None, topic: str, key: bytes | None = KEY
+) -> InputRejected:
+    with pytest.raises(InputRejected) as caught:
         decoder.decode(value, topic, key=key)
     return caught.value
 
@@ -220,7 +220,7 @@ def test_types_json_topic_rule() -> None:
 
 
 @pytest.mark.parametrize("short", sorted(ev.BUILDERS))
-def test_every_inbound_type_decodes(decoder: InboundDecoder, short: str) -> None:
+def test_every_inbound_type_decodes(decoder: ContractCodec, short: str) -> None:
     event = ev.BUILDERS[short]()
     for topic in INBOUND_TOPICS_BY_TYPE["vn.gov.dossier." + short]:
         decoded = decoder.decode(ev.to_bytes(event), topic, key=KEY)
@@ -238,7 +238,7 @@ def test_every_inbound_type_decodes(decoder: InboundDecoder, short: str) -> None
         assert decoded.schema_version == 1
 
 
-def test_fixture_builders_take_overrides(decoder: InboundDecoder) -> None:
+def test_fixture_builders_take_overrides(decoder: ContractCodec) -> None:
     event = ev.submitted(
         dossier="G22.36-250303-0042",
         procedure="DD.GCN.LD",
@@ -259,7 +259,7 @@ def test_fixture_builders_take_overrides(decoder: InboundDecoder) -> None:
     assert decoded.time == datetime(2025, 7, 2, 8, 30, tzinfo=ICT)
 
 
-def test_unknown_attributes_ignored_and_unknown_data_fields_kept(decoder: InboundDecoder) -> None:
+def test_unknown_attributes_ignored_and_unknown_data_fields_kept(decoder: ContractCodec) -> None:
     event = ev.received(officer="cb01", data_extra={"future_field": {"x": [1, 2]}})
     event["futureattr"] = "whatever"
     event["dataschema"] = "urn:example:s"
@@ -280,20 +280,20 @@ def test_unknown_attributes_ignored_and_unknown_data_fields_kept(decoder: Inboun
         ("2025-03-03T02:00:00-00:00", datetime(2025, 3, 3, 2, tzinfo=UTC)),
     ],
 )
-def test_time_forms(decoder: InboundDecoder, text: str, expected: datetime) -> None:
+def test_time_forms(decoder: ContractCodec, text: str, expected: datetime) -> None:
     decoded = decoder.decode(ev.to_bytes(ev.received(time=text)), "dossier.commune", key=KEY)
     assert decoded.time == expected
     assert decoded.time.tzinfo is not None
 
 
-def test_integral_float_amount_becomes_int(decoder: InboundDecoder) -> None:
+def test_integral_float_amount_becomes_int(decoder: ContractCodec) -> None:
     raw = ev.to_bytes(ev.payment_completed(amount=50_000)).replace(b"50000", b"5.0e4")
     decoded = decoder.decode(raw, "dossier.submission", key=KEY)
     assert decoded.data["amount"] == 50_000
     assert type(decoded.data["amount"]) is int
 
 
-def test_schemaversion_extension(decoder: InboundDecoder) -> None:
+def test_schemaversion_extension(decoder: ContractCodec) -> None:
     assert (
         decoder.decode(
             ev.to_bytes(ev.received(schemaversion=1)), "dossier.commune", key=KEY
@@ -321,11 +321,11 @@ def test_schemaversion_extension(decoder: InboundDecoder) -> None:
         {"kind": "organisation", "id_number": "QĐ-123/2020", "name": "Hội"},
     ],
 )
-def test_applicant_id_forms(decoder: InboundDecoder, applicant: dict[str, str]) -> None:
+def test_applicant_id_forms(decoder: ContractCodec, applicant: dict[str, str]) -> None:
     decoder.decode(ev.to_bytes(ev.submitted(applicant=applicant)), "dossier.submission", key=KEY)
 
 
-def test_unknown_topic_is_a_caller_bug(decoder: InboundDecoder) -> None:
+def test_unknown_topic_is_a_caller_bug(decoder: ContractCodec) -> None:
     with pytest.raises(ValueError):
         decoder.decode(ev.to_bytes(ev.received()), "thai-nguyen.dossier.commune", key=KEY)
     with pytest.raises(ValueError):
@@ -667,7 +667,7 @@ BAD_INPUTS: list[tuple[str, bytes | None, str, DeadLetterReason, str]] = [
     ids=[case[0] for case in BAD_INPUTS],
 )
 def test_bad_input_reason(
-    decoder: InboundDecoder, value: bytes | None, topic: str, reason: DeadLetterReason, detail: str
+    decoder: ContractCodec, value: bytes | None, topic: str, reason: DeadLetterReason, detail: str
 ) -> None:
     rejected = reject(decoder, value, topic)
     assert rejected.reason is reason, rejected.detail
@@ -675,19 +675,19 @@ def test_bad_input_reason(
     assert len(rejected.detail) <= codec.MAX_DETAIL_CHARS
 
 
-def test_oversized(decoder: InboundDecoder) -> None:
-    small = InboundDecoder(max_message_bytes=100)
+def test_oversized(decoder: ContractCodec) -> None:
+    small = ContractCodec(max_message_bytes=100)
     raw = ev.to_bytes(RECEIVED)
     rejected = reject(small, raw, "dossier.commune")
     assert rejected.reason is MALFORMED
     assert rejected.detail == f"oversized: {len(raw)} bytes > 100"
-    exact = InboundDecoder(max_message_bytes=len(raw))
+    exact = ContractCodec(max_message_bytes=len(raw))
     exact.decode(raw, "dossier.commune", key=KEY)
     huge = b'{"x":"' + b"a" * (1024 * 1024) + b'"}'
     assert reject(decoder, huge, "dossier.commune").detail.startswith("oversized: ")
 
 
-def test_detail_never_carries_personal_data(decoder: InboundDecoder) -> None:
+def test_detail_never_carries_personal_data(decoder: ContractCodec) -> None:
     secret_id, secret_name = "98765432101", "Trần Thị Bí Mật"
     event = ev.submitted(applicant={"kind": "citizen", "id_number": secret_id, "name": secret_name})
     detail = reject(decoder, ev.to_bytes(event), "dossier.submission").detail
@@ -700,7 +700,7 @@ def test_detail_never_carries_personal_data(decoder: InboundDecoder) -> None:
 
 
 def test_rejected_carries_reason_and_detail() -> None:
-    exc = Rejected(SCHEMA, "data.channel: x")
+    exc = InputRejected(SCHEMA, "data.channel: x")
     assert exc.reason is SCHEMA and exc.detail == "data.channel: x"
     assert str(exc) == "schema: data.channel: x"
     assert [r.value for r in DeadLetterReason] == [
@@ -910,11 +910,11 @@ def test_dead_letter_detail_is_bounded() -> None:
     assert len(validate_outbound(value)["data"]["detail"]) <= codec.MAX_DETAIL_CHARS
 
 
-def test_decoder_rejections_dead_letter_cleanly(decoder: InboundDecoder) -> None:
+def test_decoder_rejections_dead_letter_cleanly(decoder: ContractCodec) -> None:
     for _, value, topic, _, _ in BAD_INPUTS:
         try:
             decoder.decode(value, topic, key=KEY)
-        except Rejected as exc:
+        except InputRejected as exc:
             _, out = _dead(b"k", value, [], exc.reason, exc.detail)
             data = validate_outbound(out)["data"]
             assert (data["reason"], data["detail"]) == (exc.reason.value, exc.detail)

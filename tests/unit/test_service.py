@@ -13,13 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.application.ports import Position
+from engine.application.ports import ChangeSet, Position
 from engine.application.service import BatchProcessor, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
 from engine.decider import Decider
 from engine.procedures import load_catalogue
 from engine.store.memory import InMemoryRepository, InMemoryStore, InMemoryUnitOfWork
-from schemas.codec import InboundDecoder
+from schemas.codec import ContractCodec
 from tests.fixtures import events as ev
 
 ENGINE = Decider(load_catalogue(), WorkingCalendar.load())
@@ -27,7 +27,7 @@ GROUP = "test-group"
 CODE = "000.00.19.H56-250303-0001"
 
 
-DECODER = InboundDecoder()
+DECODER = ContractCodec()
 
 
 def processor(ttl: timedelta = timedelta(days=7)) -> BatchProcessor:
@@ -87,8 +87,9 @@ def test_a_batch_whose_write_fails_commits_nothing() -> None:
         pass
 
     class HistoryFails(InMemoryRepository):
-        def append_history(self, rows: Any) -> None:
-            super().append_history(rows[:2])  # half written, then the store fails
+        def write(self, changes: ChangeSet) -> None:
+            # Half written, then the store fails.
+            super().write(ChangeSet(dossiers=changes.dossiers, history=changes.history[:2]))
             raise Boom
 
     class BrokenUnitOfWork(InMemoryUnitOfWork):

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from engine.application.ports import ConcurrencyError, StoredDossier, UnitOfWork
+from engine.application.ports import ChangeSet, ConcurrencyError, StoredDossier, UnitOfWork
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from tests.store_contract import T0, StoreContract, UowFactory, make_dossier
 
@@ -29,8 +29,8 @@ def test_interleaved_writers_never_lose_an_update() -> None:
     store = InMemoryStore()
     first, second = InMemoryUnitOfWork(store), InMemoryUnitOfWork(store)
     with first, second:
-        first.repo.set_clock(T0)
-        second.repo.set_clock(T0 + timedelta(days=1))
+        first.repo.write(ChangeSet(clock=T0))
+        second.repo.write(ChangeSet(clock=T0 + timedelta(days=1)))
         first.commit()
         with pytest.raises(ConcurrencyError):
             second.commit()
@@ -42,7 +42,7 @@ def test_read_only_unit_of_work_commits_after_another_writer() -> None:
     reader, writer = InMemoryUnitOfWork(store), InMemoryUnitOfWork(store)
     with reader, writer:
         assert reader.repo.get_clock() is None
-        writer.repo.save_dossiers([StoredDossier(make_dossier(), 0, None)])
+        writer.repo.write(ChangeSet(dossiers=[StoredDossier(make_dossier(), 0, None)]))
         writer.commit()
         reader.commit()  # nothing staged: nothing to conflict with
 
@@ -50,7 +50,7 @@ def test_read_only_unit_of_work_commits_after_another_writer() -> None:
 def test_staging_is_invisible_to_the_store_until_commit() -> None:
     uow = InMemoryUnitOfWork()
     with uow:
-        uow.repo.save_dossiers([StoredDossier(make_dossier(), 0, None)])
+        uow.repo.write(ChangeSet(dossiers=[StoredDossier(make_dossier(), 0, None)]))
         assert uow.store.dossiers == {}
         uow.commit()
     assert list(uow.store.dossiers) == [make_dossier().code]

@@ -1,34 +1,24 @@
-"""Wiring: settings in, a running engine out. Built only when a command asks for it."""
+"""Committing batches: the loop around `BatchProcessor` that the transport drives.
+
+It retries what the infrastructure failed (a conflict with another engine process, the database
+restarting), finds and sets aside the one input a failure follows so that it can never fail every
+batch it is in, remembers the consumed positions the database committed, and tells its listeners
+(metrics, the outbox relay's wake-up) after every commit. What counts as an infrastructure
+failure, how units of work are opened and what runs after a commit are handed in: this module
+knows no database, broker or clock of its own.
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from datetime import datetime
 
-from sqlalchemy import Engine as DbEngine
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-
-from dossier.settings import Settings
 from engine.application.pipeline import WriteBehindPipeline
-from engine.application.ports import ConcurrencyError
-from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
-from engine.calendar import WorkingCalendar
-from engine.decider import Decider
-from engine.events import INBOUND_TOPICS
-from engine.procedures import load_catalogue
-from engine.store.migrate import upgrade
-from engine.store.sql import SqlUnitOfWork, create_db_engine, pinned_versions
-from schemas.codec import InboundDecoder
-
-if TYPE_CHECKING:
-    from producers.relay import Waker
+from engine.application.ports import BatchRepository, ConcurrencyError, UnitOfWork
+from engine.application.service import BatchProcessor, BatchResult, RawInput
 
 log = logging.getLogger(__name__)
 
@@ -37,76 +27,34 @@ log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 8
 
 BatchListener = Callable[[Sequence[RawInput], BatchResult, float], None]
+UnitOfWorkFactory = Callable[[], UnitOfWork[BatchRepository]]
 
 
-def is_infrastructure_failure(exc: BaseException) -> bool:
-    """A failure of the database or the network, which retrying the same inputs may cure, as
-    opposed to one that the inputs cause (a bug an input triggers, a value the store refuses)."""
-    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, OSError | MemoryError)
+class BatchCommitter:
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        read_uow: UnitOfWorkFactory,
+        write_uow: UnitOfWorkFactory,
+        *,
+        write_behind: bool,
+        is_transient: Callable[[BaseException], bool],
+        consumer_group: str,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.processor = processor
+        self.read_uow = read_uow
+        self.write_uow = write_uow
+        self.write_behind = write_behind
+        self.is_transient = is_transient
+        self.consumer_group = consumer_group
+        self.after_commit = after_commit
+        self.listeners: list[BatchListener] = []
+        self._window: list[float] = [time.monotonic(), 0, 0, 0.0]
+        self._positions: dict[tuple[str, int], int] | None = None
+        self._pipeline: WriteBehindPipeline | None = None
 
-
-@dataclass
-class Runtime:
-    settings: Settings
-    db: DbEngine
-    engine: Decider
-    processor: BatchProcessor
-    batch_listeners: list[BatchListener] = field(default_factory=list)
-    # Set after every commit; a relay in another process passes its own (multiprocessing) one.
-    outbox_wake: Waker = field(default_factory=threading.Event)
-    _window: list[float] = field(default_factory=lambda: [time.monotonic(), 0, 0, 0.0])
-    _positions: dict[tuple[str, int], int] | None = None
-    # Audit checkpoints (engine.store.audit): the first after the first batch, then at most
-    # one per interval; the interval bounds how much history a truncation could hide.
-    checkpoint_interval_s: float = 60.0
-    _last_checkpoint: float | None = None
-    _pipeline: WriteBehindPipeline | None = None
-
-    @classmethod
-    def create(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
-        catalogue = load_catalogue(settings.workflows_dir)
-        engine = Decider(catalogue, WorkingCalendar.load())
-        db = create_db_engine(settings.database_url)
-        if migrate:
-            upgrade(db)
-        processor = BatchProcessor(
-            engine,
-            InboundDecoder(settings.max_message_bytes),
-            ServiceConfig(
-                engine_source=settings.engine_source,
-                consumer_group=settings.consumer_group,
-                parked_ttl=timedelta(seconds=settings.parked_ttl_seconds),
-                clock_mode=settings.clock_mode,
-            ),
-        )
-        return cls(settings, db, engine, processor)
-
-    def missing_versions(self) -> list[tuple[str, int, int]]:
-        """(procedure, version, dossiers) for every workflow version that stored dossiers are
-        pinned to and the catalogue no longer has: their inputs could not be decided."""
-        catalogue = self.engine.catalogue
-        return sorted(
-            (code, version, count)
-            for (code, version), count in pinned_versions(self.db).items()
-            if catalogue.get(code, version) is None
-        )
-
-    def uow(self, *, writes: bool = False) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.db, writes=writes)
-
-    def writing_uow(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.db, writes=True)
-
-    def contract_topic(self, kafka_topic: str) -> str:
-        contract = kafka_topic.removeprefix(self.settings.topic_prefix)
-        if contract not in INBOUND_TOPICS:
-            raise ValueError(f"not an inbound topic of this deployment: {kafka_topic}")
-        return contract
-
+    # -----------------------------------------------------------------------------------------
     def process(
         self,
         inputs: Sequence[RawInput],
@@ -115,17 +63,12 @@ class Runtime:
         failures_allowed: int = 0,
     ) -> BatchResult:
         """Apply and commit one batch, retrying when another process moved a dossier on (and,
-        `failures_allowed` times, after any other failure: see `_commit`)."""
+        `failures_allowed` times, after an infrastructure failure: see `_commit`)."""
         started = time.perf_counter()
         result = self._commit(inputs, clock_ceiling, attempts, failures_allowed)
         self._remember_positions(inputs)
         self._committed(inputs, result, time.perf_counter() - started)
         return result
-
-    @property
-    def write_behind(self) -> bool:
-        mode = self.settings.batch_pipeline
-        return mode == "write-behind" or (mode == "auto" and self.db.dialect.name != "sqlite")
 
     def submit(
         self, inputs: Sequence[RawInput], clock_ceiling: datetime | None = None
@@ -136,8 +79,8 @@ class Runtime:
         if self._pipeline is None:
             self._pipeline = WriteBehindPipeline(
                 self.processor,
-                self.uow,
-                self.writing_uow,
+                self.read_uow,
+                self.write_uow,
                 lambda batch, ceiling: self._commit(
                     batch, ceiling, failures_allowed=COMMIT_ATTEMPTS - 1
                 ),
@@ -153,6 +96,20 @@ class Runtime:
         future.add_done_callback(committed)
         return future
 
+    def own_partitions(self, partitions: frozenset[int]) -> None:
+        """The inbound partitions this process consumes, set by the transport on every
+        assignment: due deadline notices are looked for among their dossiers only."""
+        self.processor.notice_partitions = partitions
+
+    def tick(self) -> BatchResult:
+        """A batch with no input: parked-input expiry and deadline notices when none arrives."""
+        return self.process([])
+
+    def close(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.close()  # the batch in flight commits first
+
+    # -----------------------------------------------------------------------------------------
     def _commit(
         self,
         inputs: Sequence[RawInput],
@@ -167,7 +124,7 @@ class Runtime:
         conflicts = failures = 0
         while True:
             try:
-                return self.processor.process(self.writing_uow(), inputs, clock_ceiling)
+                return self.processor.process(self.write_uow(), inputs, clock_ceiling)
             except Exception as exc:
                 if isinstance(exc, ConcurrencyError):
                     conflicts += 1
@@ -176,7 +133,7 @@ class Runtime:
                         time.sleep(0.05 * conflicts)
                         continue
                     conflicts = 0  # a run of conflicts that outlasted its retries: one failure
-                elif inputs and not is_infrastructure_failure(exc):
+                elif inputs and not self.is_transient(exc):
                     return self._isolate(inputs, clock_ceiling, exc, attempts, failures_allowed)
                 failures += 1
                 if failures > failures_allowed:
@@ -217,30 +174,16 @@ class Runtime:
             raw.position.offset,
             type(failure).__name__,
         )
-        return self.processor.set_aside(self.writing_uow(), raw, failure)
+        return self.processor.set_aside(self.write_uow(), raw, failure)
 
     def _committed(self, inputs: Sequence[RawInput], result: BatchResult, elapsed: float) -> None:
-        self.outbox_wake.set()
         self._report(len(inputs), elapsed)
-        for listener in self.batch_listeners:
+        for listener in self.listeners:
             listener(inputs, result, elapsed)
-        self._maybe_checkpoint()
+        if self.after_commit is not None:
+            self.after_commit()
 
-    def _maybe_checkpoint(self) -> None:
-        now = time.monotonic()
-        last = self._last_checkpoint
-        if last is not None and now - last < self.checkpoint_interval_s:
-            return
-        self._last_checkpoint = now
-        from engine.store.audit import write_checkpoint
-
-        try:
-            if write_checkpoint(self.db, self.settings.engine_source) is not None:
-                self.outbox_wake.set()
-        except Exception:
-            # A missed checkpoint delays evidence; it must not stop the engine.
-            log.exception("audit checkpoint failed; retrying at the next interval")
-
+    # -----------------------------------------------------------------------------------------
     def warm_up(self) -> None:
         """Pay the one-off costs before the first input waits on them: the database pool's
         first connection and the positions cache. Workflows still compile on first use."""
@@ -249,8 +192,8 @@ class Runtime:
     def committed_position(self, topic: str, partition: int) -> int:
         """The next offset this database has to consume from a partition (0 if none yet)."""
         if self._positions is None:
-            with self.uow() as uow:
-                self._positions = uow.repo.load_positions(self.settings.consumer_group)
+            with self.read_uow() as uow:
+                self._positions = uow.repo.load_positions(self.consumer_group)
         return self._positions.get((topic, partition), 0)
 
     def _remember_positions(self, inputs: Sequence[RawInput]) -> None:
@@ -281,12 +224,3 @@ class Runtime:
                 100 * window[3] / span,
             )
             self._window[:] = [now, 0, 0, 0.0]
-
-    def tick(self) -> BatchResult:
-        """Deadline notices and parked-input expiry when no input arrives (wall-clock mode)."""
-        return self.process([])
-
-    def close(self) -> None:
-        if self._pipeline is not None:
-            self._pipeline.close()  # the batch in flight commits first
-        self.db.dispose()

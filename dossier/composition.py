@@ -1,0 +1,169 @@
+"""The composition root: settings in, the engine's parts built, wired and handed out.
+
+Every adapter, client and service is built here and only when a command asks for it, never at
+import time; the layers below take what they need as arguments (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine as DbEngine
+
+from consumers.faust_app import ConsumerConfig
+from dossier.settings import Settings
+from engine.application.commit import BatchCommitter
+from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
+from engine.calendar import WorkingCalendar
+from engine.decider import Decider
+from engine.events import INBOUND_TOPICS, contract_topic
+from engine.procedures import load_catalogue
+from engine.store.failures import is_infrastructure_failure
+from engine.store.migrate import upgrade
+from engine.store.sql import SqlUnitOfWork, create_db_engine, pinned_versions
+from schemas.codec import ContractCodec
+
+if TYPE_CHECKING:
+    from producers.relay import Waker
+
+log = logging.getLogger(__name__)
+
+
+def build_processor(settings: Settings, decider: Decider, consumer_group: str) -> BatchProcessor:
+    """The service layer with the contract's codec, as the engine and its replays run it."""
+    return BatchProcessor(
+        decider,
+        ContractCodec(settings.max_message_bytes),
+        ServiceConfig(
+            engine_source=settings.engine_source,
+            consumer_group=consumer_group,
+            parked_ttl=timedelta(seconds=settings.parked_ttl_seconds),
+            clock_mode=settings.clock_mode,
+        ),
+    )
+
+
+def consumer_config(settings: Settings) -> ConsumerConfig:
+    return ConsumerConfig(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        consumer_group=settings.consumer_group,
+        topics={settings.topic(name): name for name in INBOUND_TOPICS},
+        datadir=settings.kafka_data_dir.parent / "faust" / settings.consumer_group,
+        batch_size=settings.batch_size,
+        batch_timeout_ms=settings.batch_timeout_ms,
+        ordering_max_idle_ms=settings.ordering_max_idle_ms,
+        clock_mode=settings.clock_mode,
+        parked_sweep_seconds=settings.parked_sweep_seconds,
+        stream_buffer_bytes=settings.stream_buffer_bytes,
+    )
+
+
+@dataclass
+class Runtime:
+    """The running engine's parts: its database, decider, service layer and batch committer."""
+
+    settings: Settings
+    db: DbEngine
+    decider: Decider
+    processor: BatchProcessor
+    committer: BatchCommitter = field(init=False)
+    # Set after every commit; a relay in another process passes its own (multiprocessing) one.
+    outbox_wake: Waker = field(default_factory=threading.Event)
+    # Audit checkpoints (engine.store.audit): the first after the first batch, then at most
+    # one per interval; the interval bounds how much history a truncation could hide.
+    checkpoint_interval_s: float = 60.0
+    _last_checkpoint: float | None = None
+
+    def __post_init__(self) -> None:
+        mode = self.settings.batch_pipeline
+        self.committer = BatchCommitter(
+            self.processor,
+            self.uow,
+            self.writing_uow,
+            write_behind=mode == "write-behind"
+            or (mode == "auto" and self.db.dialect.name != "sqlite"),
+            is_transient=is_infrastructure_failure,
+            consumer_group=self.settings.consumer_group,
+            after_commit=self._after_commit,
+        )
+
+    @classmethod
+    def create(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
+        decider = Decider(load_catalogue(settings.workflows_dir), WorkingCalendar.load())
+        db = create_db_engine(settings.database_url)
+        if migrate:
+            upgrade(db)
+        return cls(
+            settings, db, decider, build_processor(settings, decider, settings.consumer_group)
+        )
+
+    def missing_versions(self) -> list[tuple[str, int, int]]:
+        """(procedure, version, dossiers) for every workflow version that stored dossiers are
+        pinned to and the catalogue no longer has: their inputs could not be decided."""
+        catalogue = self.decider.catalogue
+        return sorted(
+            (code, version, count)
+            for (code, version), count in pinned_versions(self.db).items()
+            if catalogue.get(code, version) is None
+        )
+
+    def uow(self, *, writes: bool = False) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.db, writes=writes)
+
+    def writing_uow(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.db, writes=True)
+
+    def contract_topic(self, kafka_topic: str) -> str:
+        return contract_topic(kafka_topic, self.settings.topic_prefix)
+
+    # The committer's, for commands and tests that drive batches by hand.
+    def process(
+        self,
+        inputs: Sequence[RawInput],
+        attempts: int = 5,
+        clock_ceiling: datetime | None = None,
+        failures_allowed: int = 0,
+    ) -> BatchResult:
+        return self.committer.process(inputs, attempts, clock_ceiling, failures_allowed)
+
+    def submit(
+        self, inputs: Sequence[RawInput], clock_ceiling: datetime | None = None
+    ) -> Future[BatchResult]:
+        return self.committer.submit(inputs, clock_ceiling)
+
+    @property
+    def batch_listeners(self) -> list[Callable[[Sequence[RawInput], BatchResult, float], None]]:
+        return self.committer.listeners
+
+    def warm_up(self) -> None:
+        self.committer.warm_up()
+
+    def close(self) -> None:
+        self.committer.close()  # the batch in flight commits first
+        self.db.dispose()
+
+    def _after_commit(self) -> None:
+        self.outbox_wake.set()
+        self._maybe_checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
+        now = time.monotonic()
+        last = self._last_checkpoint
+        if last is not None and now - last < self.checkpoint_interval_s:
+            return
+        self._last_checkpoint = now
+        from engine.store.audit import write_checkpoint
+
+        try:
+            if write_checkpoint(self.db, self.settings.engine_source) is not None:
+                self.outbox_wake.set()
+        except Exception:
+            # A missed checkpoint delays evidence; it must not stop the engine.
+            log.exception("audit checkpoint failed; retrying at the next interval")
