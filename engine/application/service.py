@@ -409,6 +409,7 @@ class _Batch:
                 except Exception as exc:
                     self._unpark(parked)
                     self._settle_failed_parked(parked, _failure(exc, "decoding"))
+                    progress = True
                     break
                 try:
                     decision = self.engine.apply(self._dossier(code), event)
@@ -417,6 +418,7 @@ class _Batch:
                     # The parked input fails, not the one that woke it: set the parked one aside.
                     self._unpark(parked)
                     self._settle_failed_parked(parked, _failure(exc, "applying"))
+                    progress = True
                     break
                 if isinstance(decision, NotYetApplicable):
                     continue
@@ -424,13 +426,16 @@ class _Batch:
                 if staged is not None:
                     self._record_applied(staged)
                     self._resettle(parked, "applied")
-                    progress = True
                 elif isinstance(decision, Rejected):
                     self._dead_letter_parked(
                         parked, DeadLetterReason(decision.reason), decision.detail
                     )
                     self._resettle(parked, "dead_lettered")
-                break  # the dossier changed: start again from the oldest parked input
+                # The dossier, or what waits for it, changed: every input parked after this one
+                # gets its turn again, from the oldest (a refused wrong payment must not leave
+                # the right one waiting behind it).
+                progress = True
+                break
 
     def _unpark(self, parked: ParkedInput) -> None:
         self.parked_by_dossier[parked.dossier_code].remove(parked)

@@ -335,3 +335,24 @@ def test_deadline_notices_only_for_the_dossiers_of_the_partitions_owned() -> Non
             if m.topic == "dossier.deadline"
         ]
     assert sorted(notified) == [first, second]
+
+
+def test_a_refused_parked_input_does_not_leave_the_ones_parked_after_it_waiting() -> None:
+    """Both a wrong and the right payment arrive before the payment request: once it comes,
+    the wrong one is refused and the right one still applies (every parked input gets its turn
+    after each change of what waits for the dossier)."""
+    store, feed = InMemoryStore(), Feed()
+    steps = lifecycle()
+    wrong = ev.payment_completed(
+        dossier=CODE, amount=20000, time="2025-03-04T10:00:00+07:00", id="wrong-payment"
+    )
+    order = [steps[0], steps[1], steps[2], ("dossier.submission", wrong), steps[4], steps[3]]
+    for topic, event in order:  # one batch each, as they would trickle in
+        processor().process(InMemoryUnitOfWork(store), [feed(topic, event)])
+    uow = InMemoryUnitOfWork(store)
+    with uow:
+        dossier = uow.repo.load_dossiers([CODE])[CODE].dossier
+        assert uow.repo.parked_for([CODE]) == []
+        letters = [m for m in uow.repo.unsent_outbox(10_000) if m.topic == "dossier.dlq"]
+    assert dossier.paid and dossier.status_code == 4
+    assert [json.loads(m.value)["data"]["reason"] for m in letters] == ["invalid-transition"]
