@@ -40,16 +40,11 @@ log = logging.getLogger(__name__)
 EXIT_CANNOT_COMMIT = 70
 
 
-def faust_broker_url(bootstrap_servers: str) -> str:
-    """'h1:1,h2:2' -> 'kafka://h1:1;kafka://h2:2', the list form faust accepts."""
-    return ";".join(f"kafka://{s.strip()}" for s in bootstrap_servers.split(",") if s.strip())
-
-
 @dataclass(frozen=True)
 class ConsumerConfig:
     """What the consuming side needs to know, built from the settings by the composition root."""
 
-    bootstrap_servers: str
+    broker_url: str  # faust's form: 'kafka://h1:1;kafka://h2:2' (dossier.kafka_clients)
     consumer_group: str
     topics: Mapping[str, str]  # Kafka topic -> the contract's inbound topic it carries
     datadir: Path  # faust keeps a little worker state on disk even without tables
@@ -99,7 +94,7 @@ def build_app(config: ConsumerConfig, sink: BatchSink) -> faust.App:
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         config.consumer_group,
-        broker=faust_broker_url(config.bootstrap_servers),
+        broker=config.broker_url,
         store="memory://",
         datadir=str(datadir),
         web_enabled=False,

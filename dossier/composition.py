@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine as DbEngine
 
 from consumers.faust_app import ConsumerConfig
+from dossier import kafka_clients
 from dossier.settings import Settings
 from engine.application.commit import BatchCommitter
 from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
@@ -31,7 +32,8 @@ from engine.store.sql import SqlUnitOfWork, create_db_engine, pinned_versions
 from schemas.codec import ContractCodec
 
 if TYPE_CHECKING:
-    from producers.relay import Waker
+    from engine.application.ports import OutboxMessage
+    from producers.relay import RelayJob, Waker
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def build_processor(settings: Settings, decider: Decider, consumer_group: str) -
 
 def consumer_config(settings: Settings) -> ConsumerConfig:
     return ConsumerConfig(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        broker_url=kafka_clients.faust_broker_url(settings),
         consumer_group=settings.consumer_group,
         topics={settings.topic(name): name for name in INBOUND_TOPICS},
         datadir=settings.kafka_data_dir.parent / "faust" / settings.consumer_group,
@@ -167,3 +169,47 @@ class Runtime:
         except Exception:
             # A missed checkpoint delays evidence; it must not stop the engine.
             log.exception("audit checkpoint failed; retrying at the next interval")
+
+
+def build_relay(
+    settings: Settings,
+    db: DbEngine,
+    *,
+    topic_name: Callable[[str], str] | None = None,
+    on_published: Callable[[list[OutboxMessage]], None] | None = None,
+    client_id: str = "dossier-engine-relay",
+    lease: bool = True,
+    warm: bool = True,
+) -> RelayJob:
+    """The outbox relay: a producer, the outbox of `db`, and (for the engine) the lease that
+    lets one of several engine processes publish. The one place a relay is wired."""
+    from dossier import kafka_clients
+    from engine.events import OUTBOUND_TOPICS
+    from engine.store.sql import RelayLease
+    from producers.relay import OutboxRelay, RelayJob
+
+    name = topic_name or settings.topic
+    producer = kafka_clients.producer(
+        settings, max_request_size=8 * 1024 * 1024, client_id=client_id
+    )
+    if warm:  # the output topics' metadata now, not inside the first batch's publication
+        for topic in OUTBOUND_TOPICS:
+            producer.partitions_for(name(topic))
+    relay = OutboxRelay(
+        lambda: SqlUnitOfWork(db, writes=True), producer, name, on_published=on_published
+    )
+    return RelayJob(relay, RelayLease(db) if lease else None, [lambda: producer.close(timeout=10)])
+
+
+def relay_for_child(
+    settings: Settings, on_published: Callable[[list[OutboxMessage]], None]
+) -> RelayJob:
+    """The relay child's own relay (producers.relay_process), with its own database pool and
+    logging: pickled by reference into the spawned process with `settings` bound."""
+    from dossier.logs import configure_logging
+    from producers.relay import RelayJob
+
+    configure_logging(settings.log_level, settings.log_format)
+    db = create_db_engine(settings.database_url)
+    job = build_relay(settings, db, on_published=on_published)
+    return RelayJob(job.relay, job.lease, [job.close, db.dispose])

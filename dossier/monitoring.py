@@ -594,20 +594,23 @@ class Refreshed(Generic[T]):
 class KafkaOffsets:
     """Log start and end offsets of the inbound topics; one consumer, owned by one thread."""
 
-    def __init__(self, bootstrap_servers: str, topics: Sequence[str], timeout_s: float = 5.0):
-        self._bootstrap = bootstrap_servers
+    def __init__(
+        self,
+        make_consumer: Callable[..., Any],
+        topics: Sequence[str],
+        timeout_s: float = 5.0,
+    ):
+        self._make_consumer = make_consumer  # dossier.kafka_clients.consumer, settings bound
         self._topics = list(topics)
         self._timeout_ms = int(timeout_s * 1000)
         self._consumer: Any = None
 
     def __call__(self) -> dict[tuple[str, int], tuple[int, int]]:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
         if self._consumer is None:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=self._bootstrap.split(","),
+            self._consumer = self._make_consumer(
                 client_id="dossier-engine-metrics",
-                enable_auto_commit=False,
                 request_timeout_ms=max(self._timeout_ms, 1000),
             )
         try:
@@ -835,8 +838,9 @@ def database_monitoring(
     return Monitoring(registry, errors, [report])
 
 
-def engine_monitoring(runtime: Any) -> Monitoring:
-    """Everything `dossier run` exports; `runtime` is a `dossier.composition.Runtime`."""
+def engine_monitoring(runtime: Any, make_consumer: Callable[..., Any]) -> Monitoring:
+    """Everything `dossier run` exports; `runtime` is a `dossier.composition.Runtime`,
+    `make_consumer` builds the Kafka consumer that reads the inbound topics' offsets."""
     settings = runtime.settings
     engine = runtime.decider
     monitoring = database_monitoring(
@@ -854,9 +858,7 @@ def engine_monitoring(runtime: Any) -> Monitoring:
         errors=errors,
         max_outbox_id=max_outbox_id_reader(runtime.db),
     )
-    offsets = KafkaOffsets(
-        settings.kafka_bootstrap_servers, [settings.topic(t) for t in INBOUND_TOPICS]
-    )
+    offsets = KafkaOffsets(make_consumer, [settings.topic(t) for t in INBOUND_TOPICS])
     lag: Refreshed[dict[tuple[str, int], int]] = Refreshed(
         "consumer-lag",
         lag_computer(runtime.db, settings.consumer_group, offsets),

@@ -9,9 +9,9 @@ acknowledged" a plain loop, which is why the relay uses it rather than faust's p
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -34,26 +34,6 @@ class Flag(Protocol):
     def set(self) -> None: ...
     def clear(self) -> None: ...
     def wait(self, timeout: float | None = None) -> bool: ...
-
-
-def create_producer(bootstrap_servers: str, **overrides: Any) -> KafkaProducer:
-    """An idempotent producer with acks=all: a retried send never duplicates or reorders."""
-    config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers.split(","),
-        "acks": "all",
-        "enable_idempotence": True,
-        "linger_ms": 5,
-        # kafka-python's default 16 KiB holds ~25 outputs: a request each, and most of the
-        # client's time went to them (62 µs of CPU a message; 31 µs at 256 KiB, measured).
-        "batch_size": 256 * 1024,
-        "max_in_flight_requests_per_connection": 5,
-        "retries": 2**31 - 1,
-        "delivery_timeout_ms": 120_000,
-        "request_timeout_ms": 30_000,
-        "client_id": "dossier-engine-relay",
-    }
-    config.update(overrides)
-    return KafkaProducer(**config)
 
 
 class OutboxRelay:
@@ -151,3 +131,38 @@ class OutboxRelay:
             self.drain()  # a clean stop publishes what the last batch committed
         except KafkaError:
             log.warning("outbox relay stopped with unsent rows; they are sent after restart")
+
+
+class Lease(Protocol):
+    """Who publishes among several engine processes (engine.store.sql.RelayLease)."""
+
+    def held(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class RelayJob:
+    """A relay with its lease and what to close after it: what the composition root builds
+    once and runs in a thread of the engine, in a child process, or to drain a replay."""
+
+    def __init__(
+        self,
+        relay: OutboxRelay,
+        lease: Lease | None = None,
+        closing: Sequence[Callable[[], None]] = (),
+    ) -> None:
+        self.relay = relay
+        self.lease = lease
+        self._closing = list(closing)
+
+    def run(self, stop: Flag, wake: Flag) -> None:
+        self.relay.run(stop, wake, lease=self.lease.held if self.lease is not None else None)
+
+    def drain(self) -> int:
+        return self.relay.drain()
+
+    def close(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+        for close in self._closing:
+            close()

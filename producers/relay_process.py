@@ -29,11 +29,16 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from dossier.settings import Settings
+from engine.application.ports import OutboxMessage
+from producers.relay import RelayJob
 
 log = logging.getLogger(__name__)
 
 PublishedRows = Callable[[Sequence[tuple[int | None, str]], float], None]
+# Builds the child's relay, given what to call after each publication. It crosses into a
+# spawned process, so it must pickle: a module-level function, or a partial of one
+# (dossier.composition.relay_for_child).
+RelayAssembly = Callable[[Callable[[list[OutboxMessage]], None]], RelayJob]
 
 _PR_SET_PDEATHSIG = 1
 _RESTART_DELAY_S = 1.0
@@ -42,8 +47,8 @@ _RESTART_DELAY_S = 1.0
 class RelayProcess:
     """Starts, wakes, watches and stops the relay child; restarts it if it dies on its own."""
 
-    def __init__(self, settings: Settings, on_published: PublishedRows | None = None) -> None:
-        self._settings = settings
+    def __init__(self, assemble: RelayAssembly, on_published: PublishedRows | None = None) -> None:
+        self._assemble = assemble
         self._on_published = on_published
         self._context = multiprocessing.get_context("spawn")  # no forked threads or pools
         self._lock = threading.Lock()
@@ -95,7 +100,7 @@ class RelayProcess:
         reports, reporter = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=relay_main,
-            args=(self._settings, wake_reader, reporter, os.getpid()),
+            args=(self._assemble, wake_reader, reporter, os.getpid()),
             name="dossier-relay",
             daemon=True,
         )
@@ -175,7 +180,7 @@ class _EngineSignals:
 
 
 def relay_main(
-    settings: Settings, wake_reader: Connection, report: Connection, parent_pid: int
+    assemble: RelayAssembly, wake_reader: Connection, report: Connection, parent_pid: int
 ) -> None:
     """The child: publish until the engine stops it or is gone."""
     _die_with_parent()
@@ -184,33 +189,16 @@ def relay_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    from dossier.logs import configure_logging
-    from engine.application.ports import OutboxMessage
-    from engine.events import OUTBOUND_TOPICS
-    from engine.store.sql import RelayLease, SqlUnitOfWork, create_db_engine
-    from producers.relay import OutboxRelay, create_producer
-
-    configure_logging(settings.log_level, settings.log_format)
-    db = create_db_engine(settings.database_url)
-    producer = create_producer(settings.kafka_bootstrap_servers, max_request_size=8 * 1024 * 1024)
-    for name in OUTBOUND_TOPICS:
-        producer.partitions_for(settings.topic(name))
-
     def published(messages: list[OutboxMessage]) -> None:
         with contextlib.suppress(OSError):  # the engine is gone: nobody to tell
             report.send(([(m.id, m.topic) for m in messages], time.monotonic()))
 
-    relay = OutboxRelay(
-        lambda: SqlUnitOfWork(db, writes=True), producer, settings.topic, on_published=published
-    )
+    job = assemble(published)
     signals = _EngineSignals(wake_reader, parent_pid)
-    lease = RelayLease(db)
     try:
-        relay.run(signals.halt, signals, lease=lease.held)
+        job.run(signals.halt, signals)
     finally:
-        lease.release()
-        producer.close(timeout=10)
-        db.dispose()
+        job.close()
         report.close()
 
 

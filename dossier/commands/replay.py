@@ -129,14 +129,19 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def publish_outbox(settings: Settings, db: Any, prefix: str) -> int:
     """Relay the rebuilt outbox to scratch topics `<prefix><contract topic>`."""
-    from engine.store.sql import SqlUnitOfWork
-    from producers.relay import OutboxRelay, create_producer
+    from dossier.composition import build_relay
 
     if not prefix or prefix == settings.topic_prefix:
         raise ValueError("--publish-prefix must differ from the live topic prefix")
-    producer = create_producer(settings.kafka_bootstrap_servers, client_id="dossier-replay")
+    job = build_relay(
+        settings,
+        db,
+        topic_name=lambda t: f"{prefix}{t}",
+        client_id="dossier-replay",
+        lease=False,
+        warm=False,
+    )
     try:
-        relay = OutboxRelay(lambda: SqlUnitOfWork(db), producer, lambda t: f"{prefix}{t}")
-        return relay.drain()
+        return job.drain()
     finally:
-        producer.close()
+        job.close()

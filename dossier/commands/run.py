@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import threading
@@ -90,9 +91,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_CATALOGUE_INCOMPLETE
     monitoring = None
     if settings.metrics_port:
+        from dossier import kafka_clients
         from dossier.monitoring import engine_monitoring
 
-        monitoring = engine_monitoring(runtime)
+        monitoring = engine_monitoring(runtime, functools.partial(kafka_clients.consumer, settings))
         try:
             host, port = monitoring.serve(settings.metrics_host, settings.metrics_port)
         except OSError as exc:
@@ -148,10 +150,12 @@ class _Relay(Protocol):
 def _start_relay(settings: Settings, runtime: Runtime, monitoring: Monitoring | None) -> _Relay:
     """The outbox relay, in a child process (the default) or in a thread of this one."""
     if settings.relay_mode == "process":
+        from dossier.composition import relay_for_child
         from producers.relay_process import RelayProcess
 
         child = RelayProcess(
-            settings, monitoring.published_rows if monitoring is not None else None
+            functools.partial(relay_for_child, settings),
+            monitoring.published_rows if monitoring is not None else None,
         )
         runtime.outbox_wake = child
         child.start()
@@ -162,31 +166,19 @@ def _start_relay(settings: Settings, runtime: Runtime, monitoring: Monitoring | 
 
 class _RelayThread:
     def __init__(self, settings: Settings, runtime: Runtime, monitoring: Monitoring | None) -> None:
-        from engine.events import OUTBOUND_TOPICS
-        from producers.relay import OutboxRelay, create_producer
+        from dossier.composition import build_relay
 
         self._wake = threading.Event()
         runtime.outbox_wake = self._wake
-        self._producer = create_producer(
-            settings.kafka_bootstrap_servers, max_request_size=8 * 1024 * 1024
-        )
-        # Fetch the output topics' metadata now, not inside the first batch's publication.
-        for name in OUTBOUND_TOPICS:
-            self._producer.partitions_for(settings.topic(name))
-        relay = OutboxRelay(
-            runtime.writing_uow,
-            self._producer,
-            settings.topic,
+        self._job = build_relay(
+            settings,
+            runtime.db,
             on_published=monitoring.published if monitoring is not None else None,
         )
-        from engine.store.sql import RelayLease
-
-        self._lease = RelayLease(runtime.db)
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=relay.run,
+            target=self._job.run,
             args=(self._stop, self._wake),
-            kwargs={"lease": self._lease.held},
             name="outbox-relay",
             daemon=True,
         )
@@ -196,5 +188,4 @@ class _RelayThread:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=timeout_s)
-        self._lease.release()
-        self._producer.close(timeout=10)
+        self._job.close()

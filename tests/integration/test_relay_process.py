@@ -3,6 +3,7 @@ restarted when it dies, and dies with the engine when the engine is killed."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dossier.composition import relay_for_child
 from dossier.settings import Settings
 from dossier.tools.workload import read_topic
 from engine.application.ports import ChangeSet, OutboxMessage
@@ -70,7 +72,7 @@ def test_child_publishes_reports_and_is_restarted_when_it_dies(
         reported.extend(rows)
 
     with isolated_run(settings, url, tmp_path, "relayproc") as run:
-        relay = RelayProcess(run, on_published)
+        relay = RelayProcess(functools.partial(relay_for_child, run), on_published)
         relay.start()
         try:
             _add_outputs(url, 0, 50)
@@ -87,16 +89,19 @@ def test_child_publishes_reports_and_is_restarted_when_it_dies(
             relay.stop()
         assert sorted(i for i, _ in reported) == list(range(1, 76))
         assert {topic for _, topic in reported} == {"dossier.status"}
-        records = read_topic(kafka_bootstrap, run.topic("dossier.status"), expect=75)
+        records = read_topic(run, run.topic("dossier.status"), expect=75)
         assert sorted(r.key for r in records) == sorted(b"D-%d" % i for i in range(75))
 
 
 CHILD = """
 import sys, time
 from dataclasses import replace
+from functools import partial
+from dossier.composition import relay_for_child
 from dossier.settings import Settings
 from producers.relay_process import RelayProcess
-relay = RelayProcess(replace(Settings.from_env(), database_url=sys.argv[1]))
+settings = replace(Settings.from_env(), database_url=sys.argv[1])
+relay = RelayProcess(partial(relay_for_child, settings))
 relay.start()
 print(relay.pid, flush=True)
 time.sleep(120)
@@ -134,7 +139,8 @@ def test_of_two_engines_one_relay_publishes_and_the_other_takes_over(
         return lambda rows, _: reported[name].extend(i for i, _ in rows)
 
     with isolated_run(settings, url, tmp_path, "relaylease") as run:
-        a, b = RelayProcess(run, reporter("a")), RelayProcess(run, reporter("b"))
+        assemble = functools.partial(relay_for_child, run)
+        a, b = RelayProcess(assemble, reporter("a")), RelayProcess(assemble, reporter("b"))
         a.start()
         b.start()
         try:
@@ -153,5 +159,5 @@ def test_of_two_engines_one_relay_publishes_and_the_other_takes_over(
             a.stop()
             b.stop()
         assert sorted(reported["a"] + reported["b"]) == list(range(1, 51))
-        records = read_topic(kafka_bootstrap, run.topic("dossier.status"), expect=50)
+        records = read_topic(run, run.topic("dossier.status"), expect=50)
         assert len(records) == 50
