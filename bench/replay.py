@@ -52,8 +52,9 @@ from sqlalchemy import Engine, Table
 
 from dossier import kafka_clients
 from dossier.gc_tuning import tune_for_batches
+from dossier.replay.jobs import replay_from_db, replay_from_kafka
 from dossier.replay.parallel import encode_rows, sqlite_time
-from dossier.replay.serial import compare, make_processor, replay_from_db, replay_from_kafka
+from dossier.replay.serial import compare, make_processor
 from dossier.settings import Settings
 from dossier.tools.simulation import Workload
 from dossier.tools.workload import create_input_producer, publish
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace, settings: Settings, work: Path) -> int:
             uow.commit()
         written += len(rows)
         copy += 1
-    write_checkpoint(big, settings.engine_source)
+    write_checkpoint(big, settings.engine_source, encode_outbound)
     print(f"    (built {written:,} chained rows in {time.perf_counter() - started:.0f} s)")
     started = time.perf_counter()
     result = verify(big)

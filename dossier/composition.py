@@ -29,7 +29,7 @@ from engine.procedures import load_catalogue
 from engine.store.failures import is_infrastructure_failure
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine, pinned_versions
-from schemas.codec import ContractCodec
+from schemas.codec import ContractCodec, encode_outbound
 
 if TYPE_CHECKING:
     from engine.application.ports import OutboxMessage
@@ -164,7 +164,7 @@ class Runtime:
         from engine.store.audit import write_checkpoint
 
         try:
-            if write_checkpoint(self.db, self.settings.engine_source) is not None:
+            if write_checkpoint(self.db, self.settings.engine_source, encode_outbound) is not None:
                 self.outbox_wake.set()
         except Exception:
             # A missed checkpoint delays evidence; it must not stop the engine.

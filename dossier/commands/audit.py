@@ -62,8 +62,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if args.audit_action == "checkpoint":
             from engine.store.audit import latest_checkpoint, write_checkpoint
+            from schemas.codec import encode_outbound
 
-            written = write_checkpoint(db, settings.engine_source)
+            written = write_checkpoint(db, settings.engine_source, encode_outbound)
             checkpoint = written or latest_checkpoint(db)
             if checkpoint is None:
                 print("no history yet: nothing to checkpoint")

@@ -50,13 +50,8 @@ def register(subparsers: Any) -> None:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from dossier.gc_tuning import tune_for_batches
-    from dossier.replay.serial import (
-        REPLAY_GROUP,
-        ProgressLine,
-        compare,
-        replay_from_db,
-        replay_from_kafka,
-    )
+    from dossier.replay.jobs import replay_from_db, replay_from_kafka
+    from dossier.replay.serial import REPLAY_GROUP, ProgressLine, compare
     from engine.store.sql import create_db_engine
 
     tune_for_batches(settings.gc_young_threshold)

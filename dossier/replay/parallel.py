@@ -94,6 +94,7 @@ from dossier.replay.serial import (
     _StoredInputs,
     make_processor,
     prepare_target,
+    replay_from_db_serially,
     stored_input,
 )
 from dossier.settings import Settings
@@ -962,14 +963,13 @@ def replay_from_db_parallel(
     scratch_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> ReplayReport:
-    """`replay_from_db` in `workers` processes (default: one per core); same result."""
-    from dossier.replay.serial import replay_from_db
+    """`replay_from_db_serially` in `workers` processes (default: one per core); same result."""
 
     wanted = workers or os.cpu_count() or 1
     shards = min(wanted, _attach_limit())
     source_url = _shareable_url(source)
     if shards <= 1 or source_url is None:
-        return replay_from_db(
+        return replay_from_db_serially(
             settings,
             source,
             target,

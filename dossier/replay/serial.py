@@ -263,32 +263,17 @@ def merged(
         )
 
 
-def replay_from_kafka(
+def replay_from_kafka_serially(
     settings: Settings,
     target: Engine,
     *,
     since: datetime | None = None,
     batch_size: int = 5000,
     group: str = REPLAY_GROUP,
-    workers: int = 1,
     notice_scan_limit: int | None = None,
     progress: Progress | None = None,
 ) -> ReplayReport:
-    """Rebuild `target` from the inbound topics; `workers` > 1 reads and folds the partitions
-    in that many processes (`dossier.replay.kafka`), with the same result."""
-    if workers > 1:
-        from dossier.replay.kafka import replay_from_kafka_parallel  # imports this module
-
-        return replay_from_kafka_parallel(
-            settings,
-            target,
-            since=since,
-            batch_size=batch_size,
-            group=group,
-            workers=workers,
-            notice_scan_limit=notice_scan_limit,
-            progress=progress,
-        )
+    """Rebuild `target` from the inbound topics in this process."""
     prepare_target(target)
     started = time.perf_counter()
     report = replay_kafka_serial(
@@ -403,32 +388,17 @@ def stored_input(
     return raw, event
 
 
-def replay_from_db(
+def replay_from_db_serially(
     settings: Settings,
     source: Engine,
     target: Engine,
     *,
     batch_size: int = 20_000,
     group: str = REPLAY_GROUP,
-    workers: int = 1,
     notice_scan_limit: int | None = None,
     progress: Progress | None = None,
 ) -> ReplayReport:
-    """Rebuild `target` from `source`'s history; `workers` > 1 folds shards of dossiers in
-    that many processes (`dossier.replay.parallel`), with the same result."""
-    if workers > 1:
-        from dossier.replay.parallel import replay_from_db_parallel  # imports this module
-
-        return replay_from_db_parallel(
-            settings,
-            source,
-            target,
-            workers=workers,
-            batch_size=batch_size,
-            group=group,
-            notice_scan_limit=notice_scan_limit,
-            progress=progress,
-        )
+    """Rebuild `target` from `source`'s history in this process."""
     prepare_target(target)
     report = ReplayReport("db")
     started = time.perf_counter()

@@ -12,7 +12,7 @@ truncated tail or a chain rewritten end to end.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +39,6 @@ from engine.store.sql import (
     engine_clock,
     history,
 )
-from schemas.codec import encode_outbound
 
 CHECKPOINT_TYPE = f"{TYPE_PREFIX}audit-checkpoint"
 
@@ -58,7 +57,11 @@ class Checkpoint:
 
 
 def write_checkpoint(
-    db: Engine, engine_source: str, *, now: datetime | None = None
+    db: Engine,
+    engine_source: str,
+    encode: Callable[[OutboundEvent, str], bytes],
+    *,
+    now: datetime | None = None,
 ) -> Checkpoint | None:
     """Record a checkpoint of the history as committed now; None when nothing was appended
     since the previous one (an idle engine should not fill the table with equal roots)."""
@@ -71,12 +74,15 @@ def write_checkpoint(
                 # below: every history id up to max(id) is then committed or never will be,
                 # so "rows after the previous checkpoint's id" misses nothing.
                 connection.execute(text("LOCK TABLE history IN SHARE ROW EXCLUSIVE MODE"))
-            checkpoint = _write_checkpoint(connection, engine_source, created_at)
+            checkpoint = _write_checkpoint(connection, engine_source, encode, created_at)
         return checkpoint
 
 
 def _write_checkpoint(
-    connection: Connection, engine_source: str, created_at: datetime
+    connection: Connection,
+    engine_source: str,
+    encode: Callable[[OutboundEvent, str], bytes],
+    created_at: datetime,
 ) -> Checkpoint | None:
     c = audit_checkpoints.c
     last = connection.execute(select(audit_checkpoints).order_by(c.id.desc()).limit(1)).first()
@@ -142,11 +148,13 @@ def _write_checkpoint(
         root,
         len(heads),
     )
-    repo.write(ChangeSet(outbox=[_announcement(checkpoint, engine_source)]))
+    repo.write(ChangeSet(outbox=[_announcement(checkpoint, engine_source, encode)]))
     return checkpoint
 
 
-def _announcement(checkpoint: Checkpoint, engine_source: str) -> OutboxMessage:
+def _announcement(
+    checkpoint: Checkpoint, engine_source: str, encode: Callable[[OutboundEvent, str], bytes]
+) -> OutboxMessage:
     event = OutboundEvent(
         topic=AUDIT_CHECKPOINT_TOPIC,
         key="",  # no subject: a checkpoint is about every dossier
@@ -166,7 +174,7 @@ def _announcement(checkpoint: Checkpoint, engine_source: str) -> OutboxMessage:
     return OutboxMessage(
         topic=AUDIT_CHECKPOINT_TOPIC,
         key=None,
-        value=encode_outbound(event, engine_source),
+        value=encode(event, engine_source),
         message_id=event.id,
         created_at=checkpoint.created_at,
     )

@@ -33,7 +33,7 @@ from engine.procedures import load_catalogue
 from engine.store.audit import verify, write_checkpoint
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
-from schemas.codec import ContractCodec
+from schemas.codec import ContractCodec, encode_outbound
 from tests.fixtures import events as ev
 
 A = f"{ev.COMMUNE_AGENCY}-250303-0001"
@@ -75,7 +75,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     # Several batches, so chains continue across batches (the batched head lookup).
     feed(a[:3] + b[:2])
     feed(a[3:5] + b[2:])
-    assert write_checkpoint(engine, "urn:test:engine") is not None
+    assert write_checkpoint(engine, "urn:test:engine", encode_outbound) is not None
     feed(a[5:])
     yield engine
     engine.dispose()
@@ -208,7 +208,7 @@ def test_truncated_tail_is_found_against_the_checkpoint(db: Engine) -> None:
 def test_truncation_after_the_last_checkpoint_is_invisible_until_the_next(db: Engine) -> None:
     sql(db, "DELETE FROM history WHERE dossier_code = :c AND seq = 7", c=A)
     assert findings(db) == []  # the documented limit: nothing recorded seq 7 yet
-    write_checkpoint(db, "urn:test:engine")
+    write_checkpoint(db, "urn:test:engine", encode_outbound)
     sql(db, "DELETE FROM history WHERE dossier_code = :c AND seq = 6", c=A)
     assert findings(db) == [(A, 6, TRUNCATED)]
 
@@ -245,7 +245,7 @@ def test_checkpoint_is_published_through_the_outbox(db: Engine) -> None:
         ]
     assert len(messages) == 1
     assert messages[0].message_id.startswith("audit-checkpoint/")
-    second = write_checkpoint(db, "urn:test:engine")
+    second = write_checkpoint(db, "urn:test:engine", encode_outbound)
     assert second is not None and (second.id, second.rows, second.heads) == (2, 14, 1)
     # Nothing appended since: no third, identical checkpoint.
-    assert write_checkpoint(db, "urn:test:engine") is None
+    assert write_checkpoint(db, "urn:test:engine", encode_outbound) is None

@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import Engine
 
 from dossier.cli import main as cli
-from dossier.replay.serial import compare, replay_from_db
+from dossier.replay.jobs import replay_from_db
+from dossier.replay.serial import compare
 from dossier.settings import Settings
 from engine.application.ports import ChangeSet, Position
 from engine.application.service import BatchProcessor, RawInput, ServiceConfig

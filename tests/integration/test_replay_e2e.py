@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from dossier.cli import main as cli
-from dossier.replay.serial import compare, replay_from_db, replay_from_kafka
+from dossier.replay.jobs import replay_from_db, replay_from_kafka
+from dossier.replay.serial import compare
 from dossier.settings import Settings
 from dossier.tools.simulation import Workload
 from dossier.tools.supervision import EngineProcess, wait_caught_up
@@ -24,6 +25,7 @@ from engine.events import AUDIT_CHECKPOINT_TOPIC
 from engine.procedures import load_catalogue
 from engine.store.audit import verify, write_checkpoint
 from engine.store.sql import create_db_engine
+from schemas.codec import encode_outbound
 from tests.integration.conftest import isolated_run
 from tests.integration.test_replay_parallel import assert_same_rows
 
@@ -62,7 +64,7 @@ def test_live_run_replays_from_kafka_and_db_with_zero_differences(
         wait_caught_up(live_settings, 120, engine)
     live = create_db_engine(live_settings.database_url)
     try:
-        assert write_checkpoint(live, live_settings.engine_source) is not None
+        assert write_checkpoint(live, live_settings.engine_source, encode_outbound) is not None
         # The engine process's own periodic checkpoint went out through its outbox relay.
         published = read_topic(
             live_settings,

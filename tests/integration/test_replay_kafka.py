@@ -25,7 +25,8 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from dossier.cli import main as cli
-from dossier.replay.serial import FOLDED, MERGED, compare, replay_from_kafka
+from dossier.replay.jobs import replay_from_kafka
+from dossier.replay.serial import FOLDED, MERGED, compare
 from dossier.settings import Settings
 from dossier.tools.simulation import Workload
 from dossier.tools.workload import create_input_producer

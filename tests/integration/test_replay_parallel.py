@@ -20,8 +20,9 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from dossier.cli import main as cli
+from dossier.replay.jobs import replay_from_db
 from dossier.replay.parallel import replay_from_db_parallel
-from dossier.replay.serial import FOLDED, MERGED, compare, make_processor, replay_from_db
+from dossier.replay.serial import FOLDED, MERGED, compare, make_processor
 from dossier.settings import Settings
 from dossier.tools.simulation import Workload
 from engine.application.ports import ChangeSet, HistoryRow, Position
