@@ -59,7 +59,7 @@ from dossier.settings import Settings
 from dossier.tools.simulation import Workload
 from dossier.tools.workload import create_input_producer, publish
 from engine.application.ports import ChangeSet, HistoryRow, Position, StoredDossier
-from engine.application.service import RawInput, _envelope
+from engine.application.service import RawInput
 from engine.audit import GENESIS, link, row_content
 from engine.calendar import WorkingCalendar
 from engine.decider import Decider
@@ -78,7 +78,7 @@ from engine.store.sql import (
     outbox,
 )
 from engine.store.sql import dossiers as dossiers_table
-from schemas.codec import encode_outbound
+from schemas.codec import encode_outbound, stored_envelope
 from schemas.upcasting import upcast
 
 
@@ -280,7 +280,7 @@ def replay_floor(source: Engine, path: Path, engine_source: str, batch: int = 50
                     event.type,
                     event.time,
                     event.schema_version,
-                    _envelope(event),
+                    stored_envelope(event),
                     position,
                     decision.previous_state,
                     dossier.state,

@@ -28,7 +28,8 @@ from engine.events import INBOUND_TOPICS, contract_topic
 from engine.procedures import load_catalogue
 from engine.store.failures import is_infrastructure_failure
 from engine.store.migrate import upgrade
-from engine.store.sql import SqlUnitOfWork, create_db_engine, pinned_versions
+from engine.store.queries import pinned_versions
+from engine.store.sql import SqlUnitOfWork, create_db_engine
 from schemas.codec import ContractCodec, encode_outbound
 
 if TYPE_CHECKING:

@@ -43,14 +43,13 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine as DbEngine
-from sqlalchemy import case, func, select
 
 from engine import indicators as ind
 from engine.application.ports import OutboxMessage
 from engine.application.service import BatchResult, RawInput
 from engine.calendar import WorkingCalendar
 from engine.events import INBOUND_TOPICS, OUTBOUND_TOPICS
-from engine.store.sql import dossiers, engine_clock, input_outcomes, outbox, parked_inputs
+from engine.store import queries
 from schemas.codec import DeadLetterReason
 
 log = logging.getLogger(__name__)
@@ -355,11 +354,9 @@ class EngineMetrics:
 
 
 def max_outbox_id_reader(db: DbEngine) -> Callable[[], int]:
-    query = select(func.max(outbox.c.id))
-
     def read() -> int:
         with db.connect() as connection:
-            return int(connection.scalar(query) or 0)
+            return queries.last_outbox_id(connection)
 
     return read
 
@@ -380,37 +377,18 @@ class StateSnapshot:
 
 
 def read_state(db: DbEngine, group: str | None = None) -> StateSnapshot:
-    c = dossiers.c
+    """A few aggregate queries in one snapshot; the open dossiers are counted from an index."""
     with db.connect() as connection:
-        clock: datetime | None = connection.scalar(
-            select(engine_clock.c.business_time).where(engine_clock.c.id == 1)
-        )
-        overdue = (
-            func.sum(case((c.due_at < clock, 1), else_=0)) if clock is not None else func.sum(0)
-        )
-        # Everything this touches is in the partial index ix_dossiers_open: an index-only
-        # scan over the open dossiers, not a read of their snapshots.
-        query = (
-            select(c.status_code, c.level, func.count(), overdue)
-            .where(~c.final)
-            .group_by(c.status_code, c.level)
-        )
+        clock = queries.business_clock(connection)
         open_: dict[tuple[int, str], int] = {}
         late: dict[tuple[int, str], int] = {}
-        for code, level, count, overdue_count in connection.execute(query):
-            key = (int(code), str(level))
-            open_[key] = int(count)
-            late[key] = 0 if code in CLOCK_STOPPED_CODES else int(overdue_count or 0)
-        unsent = connection.scalar(
-            select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
-        )
-        parked = connection.scalar(select(func.count()).select_from(parked_inputs))
-        outcomes: dict[tuple[str, str], int] = {}
-        if group is not None:
-            o = input_outcomes.c
-            query = select(o.topic, o.outcome, o["count"]).where(o.group_id == group)
-            outcomes = {(t, out): int(n) for t, out, n in connection.execute(query)}
-    return StateSnapshot(open_, late, int(unsent or 0), int(parked or 0), clock, outcomes)
+        for key, (count, overdue) in queries.open_dossiers(connection, clock).items():
+            open_[key] = count
+            late[key] = 0 if key[0] in CLOCK_STOPPED_CODES else overdue
+        unsent = queries.outbox_backlog(connection)
+        parked = queries.parked_count(connection)
+        outcomes = queries.outcome_counts(connection, group) if group is not None else {}
+    return StateSnapshot(open_, late, unsent, parked, clock, outcomes)
 
 
 class DatabaseState(Collector):
@@ -652,12 +630,10 @@ def lag_computer(
     group: str,
     offsets: Callable[[], dict[tuple[str, int], tuple[int, int]]],
 ) -> Callable[[], dict[tuple[str, int], int]]:
-    from engine.store.sql import SqlUnitOfWork
-
     def compute() -> dict[tuple[str, int], int]:
         ends = offsets()
-        with SqlUnitOfWork(db) as uow:
-            positions = uow.repo.load_positions(group)
+        with db.connect() as connection:
+            positions = queries.positions(connection, group)
         return consumer_lag(ends, positions)
 
     return compute
@@ -690,11 +666,11 @@ def indicator_computer(
 ) -> Callable[[], ind.Report | None]:
     def compute() -> ind.Report | None:
         with db.connect() as connection:
-            clock = ind.engine_clock_now(connection)
+            clock = queries.business_clock(connection)
             if clock is None:  # nothing applied yet: no period to speak of
                 return None
             period = ind.Period.trailing(clock, window_days)
-            return ind.load_report(connection, period, calendar, level_of)
+            return queries.indicator_report(connection, period, calendar, level_of)
 
     return compute
 

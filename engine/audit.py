@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.application.ports import HistoryRow
 from engine.events import canonical_json
+from engine.history import HistoryRow
 
 # sha256 of a fixed phrase rather than zeros: a reader of a dump sees where chains start.
 GENESIS = hashlib.sha256(b"dossier-engine history chain v1").hexdigest()

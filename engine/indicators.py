@@ -1,9 +1,9 @@
 """The service-quality indicators of Decision 766/QĐ-TTg (2022), defined once.
 
 `dossier kpi`, the Prometheus gauges (`dossier.monitoring`) and the dashboard all read the figures
-computed here: one SQL query selects the facts of the dossiers of a period (`facts_query`), and
-pure functions turn those facts into figures (`tally`, `figures`), so the definitions can be
-checked by hand on a few rows.
+computed here: the store selects the facts of the dossiers of a period
+(`engine.store.queries.dossier_facts`), and pure functions turn those facts into figures
+(`tally`, `figures`, `report`), so the definitions can be checked by hand on a few rows.
 
 Definitions, over a period [start, end) of business time:
 
@@ -28,16 +28,13 @@ A figure whose denominator is 0 is N/A (`None`), never 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta
-from typing import Any, Literal
-
-from sqlalchemy import Connection, Select, and_, or_, select
+from typing import Literal
 
 from engine.calendar import VN_TZ, WorkingCalendar
 from engine.procedures import Catalogue
-from engine.store.sql import dossiers, engine_clock
 
 Unit = Literal["ratio", "seconds"]
 ONLINE_CHANNEL = 2
@@ -252,7 +249,7 @@ def report(facts: Iterable[DossierFacts], period: Period, calendar: WorkingCalen
 
 
 # ---------------------------------------------------------------------------------------------
-# The database side
+# Receiving levels
 # ---------------------------------------------------------------------------------------------
 
 LevelOf = Callable[[str, int], str | None]  # (procedure, workflow version) -> receiving level
@@ -265,82 +262,3 @@ def receiving_levels(catalogue: Catalogue) -> LevelOf:
         return levels.get((procedure, version))
 
     return level_of
-
-
-def facts_query(period: Period, agency: str | None = None) -> Select[Any]:
-    """The dossiers received or finished in `period`; each index serves one side of the OR."""
-    c = dossiers.c
-    query = select(
-        c.receiving_agency,
-        c.procedure,
-        c.workflow_version,
-        c.level,
-        c.channel,
-        c.digitised,
-        c.vneid_authenticated,
-        c.paid_online,
-        c.received_at,
-        c.due_at,
-        c.finished_at,
-        c.paused_seconds,
-    ).where(
-        or_(
-            and_(c.received_at >= period.start, c.received_at < period.end),
-            and_(c.finished_at >= period.start, c.finished_at < period.end),
-        )
-    )
-    if agency is not None:
-        query = query.where(c.receiving_agency == agency)
-    return query
-
-
-def load_facts(
-    connection: Connection, period: Period, level_of: LevelOf, agency: str | None = None
-) -> Iterator[DossierFacts]:
-    for row in connection.execute(facts_query(period, agency)):
-        (
-            receiving_agency,
-            procedure,
-            version,
-            current_level,
-            channel,
-            digitised,
-            vneid,
-            paid_online,
-            received_at,
-            due_at,
-            finished_at,
-            paused_seconds,
-        ) = row
-        yield DossierFacts(
-            agency=receiving_agency,
-            # A procedure no longer in the catalogue: the level the dossier is at is the best
-            # remaining guess, and for finished dossiers it is the returning level.
-            level=level_of(procedure, version) or current_level,
-            channel=channel,
-            digitised=bool(digitised),
-            vneid_authenticated=bool(vneid),
-            paid_online=None if paid_online is None else bool(paid_online),
-            received_at=received_at,
-            due_at=due_at,
-            finished_at=finished_at,
-            paused_seconds=int(paused_seconds or 0),
-        )
-
-
-def load_report(
-    connection: Connection,
-    period: Period,
-    calendar: WorkingCalendar,
-    level_of: LevelOf,
-    agency: str | None = None,
-) -> Report:
-    return report(load_facts(connection, period, level_of, agency), period, calendar)
-
-
-def engine_clock_now(connection: Connection) -> datetime | None:
-    """The engine's clock (latest business time applied, or wall time in wall-clock mode)."""
-    value: datetime | None = connection.scalar(
-        select(engine_clock.c.business_time).where(engine_clock.c.id == 1)
-    )
-    return value

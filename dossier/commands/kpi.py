@@ -45,7 +45,8 @@ def register(subparsers: Any) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from dossier.commands.metrics import level_resolver
     from engine.calendar import WorkingCalendar
-    from engine.indicators import Period, load_report, parse_bound
+    from engine.indicators import Period, parse_bound
+    from engine.store.queries import indicator_report
     from engine.store.sql import create_db_engine
 
     try:
@@ -56,7 +57,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     db = create_db_engine(settings.database_url)
     try:
         with db.connect() as connection:
-            report = load_report(
+            report = indicator_report(
                 connection, period, WorkingCalendar.load(), level_resolver(settings), args.agency
             )
     finally:

@@ -14,7 +14,7 @@ therefore bounded by the partition count, and balanced only when *N* divides it.
 
 **The serial order.** `merged()` pops, among the partitions' next records, the one with the
 least key (event time, topic, partition, offset), a record without a readable time counting as
-`_EARLIEST`. A partition is not in time order, so that order is not a sort by key. It is a sort
+`EARLIEST`. A partition is not in time order, so that order is not a sort by key. It is a sort
 by *(the greatest key so far in the record's partition, offset)*: of records *a_i* and *b_j* of
 two partitions, *a_i* goes first if and only if max(*a_0..a_i*) < max(*b_0..b_j*). (If the
 maximum of *b*'s prefix is *b_k*, *k* <= *j*, then while *a*'s head is one of *a_0..a_i* it is
@@ -78,19 +78,19 @@ from dossier.replay.parallel import (
     Fold,
     Prepared,
     ShardResult,
-    _attach_limit,
-    _coordinate,
-    _receive,
-    _scan_limit,
     add_results,
+    attach_limit,
+    coordinate,
     fold_batches,
     merge_shards,
+    receive,
     run_worker,
+    scan_limit,
     start_workers,
     write_shard,
 )
 from dossier.replay.serial import (
-    _EARLIEST,
+    EARLIEST,
     REPLAY_GROUP,
     PartitionOffsets,
     Progress,
@@ -109,16 +109,16 @@ from schemas.codec import ContractCodec
 log = logging.getLogger(__name__)
 
 _MICROSECOND = timedelta(microseconds=1)
-# A time a day before `_EARLIEST` (an offset east of UTC) still gives a non-negative field.
+# A time a day before `EARLIEST` (an offset east of UTC) still gives a non-negative field.
 _DAY_US = 86_400 * 1_000_000
 _TAG_BITS = 8  # the worker's number in the low bits of the keys it sends
 _MAX_WORKERS = 1 << _TAG_BITS
 
 
 def order_key(at: datetime | None, topic_rank: int, partition: int, offset: int) -> int:
-    """`merged()`'s heap key (event time or `_EARLIEST`, topic, partition, offset) as one int,
+    """`merged()`'s heap key (event time or `EARLIEST`, topic, partition, offset) as one int,
     ordered the same way: `topic_rank` is the topic's place among the topics' sorted names."""
-    micros = ((at or _EARLIEST) - _EARLIEST) // _MICROSECOND + _DAY_US  # by instant, as `<`
+    micros = ((at or EARLIEST) - EARLIEST) // _MICROSECOND + _DAY_US  # by instant, as `<`
     return (((micros << 8 | topic_rank) << 32 | partition) << 64) | offset
 
 
@@ -287,7 +287,7 @@ def replay_from_kafka_parallel(
     offsets = inbound_offsets(settings, since)
     partitions = {p for _, p in offsets}
     wanted = workers or os.cpu_count() or 1
-    shards = min(wanted, len(partitions), _attach_limit(), _MAX_WORKERS)
+    shards = min(wanted, len(partitions), attach_limit(), _MAX_WORKERS)
     problem = partition_count_problem(offsets)
     serial = dict(
         batch_size=batch_size, group=group, notice_scan_limit=notice_scan_limit, progress=progress
@@ -296,7 +296,7 @@ def replay_from_kafka_parallel(
         return _serially(settings, target, offsets, started, problem, **serial)
     topic_rank = {topic: n for n, topic in enumerate(sorted({t for t, _ in offsets}))}
     contract = {settings.topic(t): t for t in INBOUND_TOPICS}
-    limit = _scan_limit(notice_scan_limit)
+    limit = scan_limit(notice_scan_limit)
     with tempfile.TemporaryDirectory(prefix="dossier-replay-", dir=scratch_dir) as scratch:
         paths = [Path(scratch) / f"shard-{k}.db" for k in range(shards)]
         jobs = [
@@ -316,7 +316,7 @@ def replay_from_kafka_parallel(
         ]
         with start_workers(run_kafka_shard, jobs) as (pipes, processes):
             keys = [
-                _receive(pipe, process, "read")
+                receive(pipe, process, "read")
                 for pipe, process in zip(pipes, processes, strict=True)
             ]
             read = time.perf_counter()
@@ -325,7 +325,7 @@ def replay_from_kafka_parallel(
             for pipe in pipes:
                 pipe.send(owners)
             batches = -(-len(owners) // batch_size)
-            results, clock = _coordinate(pipes, processes, batches, limit, progress)
+            results, clock = coordinate(pipes, processes, batches, limit, progress)
             folded = time.perf_counter()
         shared = shared_between_workers(cast(list[KafkaShardResult], results))
         if shared is not None:

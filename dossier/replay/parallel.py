@@ -16,11 +16,11 @@ are global and are therefore coordinated by the parent, batch by batch, in lock 
   the clock the serial replay would have had (the latest of them, or the previous clock when
   the batch applied nothing later; in UTC, as the serial batch keeps it), and each worker's
   batch, which started as the serial one does from the previous clock (inputs dead-lettered
-  while handling carry that time), moves to the parent's clock (`_CoordinatedBatch`), which
-  the share's own inputs may not reach. So deadline notices carry the same `time` and hours,
-  dead letters
-  the same `time`. A worker whose share of a batch is empty still runs the batch (with no
-  inputs), because the serial batch emits notices for every dossier that is due.
+  while handling carry that time), moves to the parent's clock (`_CoordinatedClock`, the
+  processor's clock policy), which the share's own inputs may not reach. So deadline notices
+  carry the same `time` and hours, dead letters the same `time`. A worker whose share of a
+  batch is empty still runs the batch (with no inputs), because the serial batch emits notices
+  for every dossier that is due.
 - **The notice scan limit.** Each batch the serial replay emits notices for at most
   `notice_scan_limit` untouched dossiers that are due, the first by (next_notice_at, code); the
   rest wait for a later batch (and a later clock). Each worker reports its first
@@ -30,8 +30,8 @@ are global and are therefore coordinated by the parent, batch by batch, in lock 
 Inputs are applied through the same `BatchProcessor` configuration as `make_processor` builds,
 with each batch input handed over as the worker decoded it before the batch (`_ShardDecoder`:
 the stored envelopes here, so none fails), and consumer positions kept only where the serial
-replay keeps them (from Kafka; not here: see `replay_from_db`). The engine is wrapped
-(`_TrackingEngine`) only to note, for every outbound message, where the serial batch would have
+replay keeps them (from Kafka; not here: see `replay_from_db`). The processor's decision
+observer (`OrderTracker`) notes, for every outbound message, where the serial batch would have
 emitted it: while dead-lettering the inputs that fail to decode (all of them first), after the
 input that caused it (by rank), or in the batch's notice pass (dossiers changed in the batch,
 in the order they first changed, then the others by (next_notice_at, code)). Which input is
@@ -91,16 +91,15 @@ from dossier.replay.serial import (
     REPLAY_GROUP,
     Progress,
     ReplayReport,
-    _StoredInputs,
+    StoredInputs,
     make_processor,
     prepare_target,
     replay_from_db_serially,
     stored_input,
 )
 from dossier.settings import Settings
-from engine.application.ports import BatchRepository, ChangeSet, Position, StoredDossier
-from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig, _Batch
-from engine.decider import Decider
+from engine.application.ports import ChangeSet, Position, StoredDossier
+from engine.application.service import BatchProcessor, RawInput, ServiceConfig
 from engine.dossier import Applied, Decision, Dossier, NotYetApplicable, Rejected
 from engine.events import InboundEvent, InputRejected, OutboundEvent
 from engine.store.memory import InMemoryRepository, InMemoryStore, InMemoryUnitOfWork
@@ -304,13 +303,13 @@ class ShardResult:
 
 
 @dataclass
-class _AppliedAt:
+class AppliedAt:
     batch: int
     rank: int  # rank of the input whose handling applied it
     seq: int
 
 
-class _OrderTracker:
+class OrderTracker:
     """Notes where, in the serial replay's order, each row of a shard was written."""
 
     def __init__(self, store: InMemoryStore) -> None:
@@ -326,7 +325,7 @@ class _OrderTracker:
         self.current = 0  # rank of the input being handled
         self.first_changed: dict[str, int] = {}  # dossier code -> rank of its first change
         self.emitted: dict[str, OutboxOrder] = {}  # message id -> order, this batch
-        self.applied: dict[tuple[str, str], _AppliedAt] = {}
+        self.applied: dict[tuple[str, str], AppliedAt] = {}
         self.outbox_order: dict[int, OutboxOrder] = {}  # store outbox id -> order
         self.parked_order: dict[int, tuple[int, int]] = {}  # store parked id -> (batch, rank)
         self.outcome_batch: dict[tuple[str, str], int] = {}  # first batch that counted it
@@ -350,7 +349,7 @@ class _OrderTracker:
         self._inputs = inputs
         self._last_id = self.store.last_id
 
-    def applied_decision(self, event: InboundEvent, decision: Decision) -> None:
+    def decided(self, event: InboundEvent, decision: Decision) -> None:
         waiting = (event.source, event.id, event.subject)
         handled = self.handling.pop(id(event), None)
         position: Position | None
@@ -364,7 +363,7 @@ class _OrderTracker:
         if isinstance(decision, Applied):
             code = decision.dossier.code
             self.first_changed.setdefault(code, self.current)
-            self.applied[event.key] = _AppliedAt(self.batch, self.current, self._next_seq())
+            self.applied[event.key] = AppliedAt(self.batch, self.current, self._next_seq())
             for output in decision.outputs:
                 self._emit(output.id, (PHASE_INPUT, self.current, "", ""))
         elif isinstance(decision, Rejected):
@@ -433,27 +432,6 @@ def _dead_letter_id(position: Position) -> str:
     return dead_letter_id(position.topic, partition, offset)
 
 
-class _TrackingEngine(Decider):
-    """The engine, telling the tracker about each decision and notice as it is made."""
-
-    def __init__(self, base: Decider, tracker: _OrderTracker) -> None:
-        super().__init__(base.catalogue, base.calendar)
-        self.tracker = tracker
-
-    def apply(self, dossier: Dossier | None, event: InboundEvent) -> Decision:
-        decision = super().apply(dossier, event)
-        self.tracker.applied_decision(event, decision)
-        return decision
-
-    def deadline_notices(
-        self, dossier: Dossier, now: datetime
-    ) -> tuple[Dossier, tuple[OutboundEvent, ...]]:
-        updated, notices = super().deadline_notices(dossier, now)
-        if notices:
-            self.tracker.noticed(dossier, notices)
-        return updated, notices
-
-
 class _ShardRepository(InMemoryRepository):
     """The due dossiers the parent's cut allows; positions only where the serial replay keeps
     them (from Kafka, not from a database: see `replay_from_db`)."""
@@ -494,46 +472,27 @@ class _ShardUnitOfWork(InMemoryUnitOfWork):
         self.repo = self._repo = _ShardRepository(self.store, self.due, self.positions)
 
 
-class _CoordinatedBatch(_Batch):
-    """A serial batch's clock on a shard of its inputs: once the shard's inputs are handled,
-    the clock moves to where the serial batch moves it (the latest time applied in any shard),
-    which the shard's own inputs may not reach; `exchange` asks the parent for it."""
+class _CoordinatedClock:
+    """A serial batch's clock on a shard of its inputs (the processor's clock policy): once the
+    shard's inputs are handled, the clock moves to where the serial batch moves it (the latest
+    time applied in any shard), which the shard's own inputs may not reach; `exchange` asks
+    the parent for it."""
 
-    def __init__(
-        self,
-        processor: BatchProcessor,
-        repo: BatchRepository,
-        exchange: Callable[[datetime | None], datetime | None],
-    ) -> None:
-        super().__init__(processor, repo)
-        self.exchange = exchange
-
-    def _advance_clock(self, applied_times: Sequence[datetime]) -> None:
-        now = self.exchange(max(applied_times, default=None))
-        # As the serial batch sets it: in UTC.
-        self.clock = now.astimezone(UTC) if now is not None else None
-
-
-class _CoordinatedProcessor(BatchProcessor):
-    """`BatchProcessor`, each batch on the clock the parent works out (`exchange`)."""
-
-    def __init__(self, engine: Decider, decoder: _ShardDecoder, config: ServiceConfig) -> None:
-        super().__init__(engine, decoder, config)
+    def __init__(self) -> None:
         self.exchange: Callable[[datetime | None], datetime | None] = lambda latest: latest
 
-    def run_on(
-        self,
-        repo: BatchRepository,
-        inputs: Sequence[RawInput],
-        clock_ceiling: datetime | None = None,
-    ) -> BatchResult:
-        return _CoordinatedBatch(self, repo, self.exchange).run(inputs)
+    def __call__(
+        self, previous: datetime | None, latest_applied: datetime | None
+    ) -> datetime | None:
+        now = self.exchange(latest_applied)
+        # As the serial batch sets it: in UTC.
+        return now.astimezone(UTC) if now is not None else None
 
 
-class _ShardDecoder(_StoredInputs):
+class _ShardDecoder(StoredInputs):
     """Hands the engine each batch input as the worker decoded it before the batch (an event
     object of its own, or the rejection to raise again); anything else (a parked input's
-    bytes) is decoded as `_StoredInputs` does."""
+    bytes) is decoded as `StoredInputs` does."""
 
     def __init__(self, max_message_bytes: int, reuse_by_value: bool) -> None:
         super().__init__(max_message_bytes)
@@ -565,8 +524,9 @@ class Fold:
     """A worker's store and the processor folding its shard into it, batch by batch."""
 
     store: InMemoryStore
-    tracker: _OrderTracker
-    processor: _CoordinatedProcessor
+    tracker: OrderTracker
+    processor: BatchProcessor
+    clock: _CoordinatedClock
     decoder: _ShardDecoder
     limit: int  # the notice scan limit
     positions: bool  # whether consumer positions are kept
@@ -584,19 +544,22 @@ class Fold:
         reuse_by_value: bool,
     ) -> Fold:
         store = InMemoryStore()
-        tracker = _OrderTracker(store)
+        tracker = OrderTracker(store)
         base = make_processor(settings, group, notice_scan_limit=notice_scan_limit)
         decoder = _ShardDecoder(settings.max_message_bytes, reuse_by_value)
-        processor = _CoordinatedProcessor(
-            _TrackingEngine(base.engine, tracker), decoder, base.config
+        clock = _CoordinatedClock()
+        processor = BatchProcessor(
+            base.engine, decoder, base.config, clock_policy=clock, observer=tracker
         )
         limit = base.config.notice_scan_limit
-        return cls(store, tracker, processor, decoder, limit, positions, ReplayReport(source))
+        return cls(
+            store, tracker, processor, clock, decoder, limit, positions, ReplayReport(source)
+        )
 
 
 def fold_batches(fold: Fold, pipe: Pipe, batches: Iterable[Sequence[Prepared]]) -> None:
     """Fold the shard's share of every serial batch (an empty share too: the serial batch
-    emits notices for every dossier due), in lock step with the parent (`_coordinate`)."""
+    emits notices for every dossier due), in lock step with the parent (`coordinate`)."""
     store, tracker, processor = fold.store, fold.tracker, fold.processor
     for index, batch in enumerate(batches):
         due = _due_keys(store, fold.limit)
@@ -614,7 +577,7 @@ def fold_batches(fold: Fold, pipe: Pipe, batches: Iterable[Sequence[Prepared]]) 
                 due[:] = [key for key in due if key <= cutoff]  # the repository's own list
             return now
 
-        processor.exchange = exchange
+        fold.clock.exchange = exchange
         fold.decoder.prepare(batch)
         tracker.begin(index, batch)
         uow = _ShardUnitOfWork(store, due, fold.positions)
@@ -729,7 +692,7 @@ def _fold_shard(job: ShardJob, pipe: Pipe) -> ShardResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_shard(path: Path, store: InMemoryStore, tracker: _OrderTracker) -> None:
+def write_shard(path: Path, store: InMemoryStore, tracker: OrderTracker) -> None:
     """The store's rows, as the SQL store would hold them, into a fresh SQLite file."""
     recorded_at = datetime.now(UTC)
     with closing(sqlite3.connect(path, isolation_level=None)) as db:
@@ -829,7 +792,7 @@ def _quoted(name: str) -> str:
     return f'"{name}"'  # `offset` is a keyword
 
 
-def _dossier_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[str, Any]]:
+def _dossier_rows(store: InMemoryStore, tracker: OrderTracker) -> Iterator[dict[str, Any]]:
     for code, stored in store.dossiers.items():
         # Inserted when submitted: in the serial replay's order of first changes.
         first = store.history[code][0]
@@ -844,7 +807,7 @@ def _dossier_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict
 
 
 def _history_rows(
-    store: InMemoryStore, tracker: _OrderTracker, recorded_at: datetime
+    store: InMemoryStore, tracker: OrderTracker, recorded_at: datetime
 ) -> Iterator[dict[str, Any]]:
     for rows in store.history.values():
         for r in rows:
@@ -854,7 +817,7 @@ def _history_rows(
             }
 
 
-def _ledger_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[str, Any]]:
+def _ledger_rows(store: InMemoryStore, tracker: OrderTracker) -> Iterator[dict[str, Any]]:
     for key, entry in store.ledger.items():
         at = tracker.applied[key]
         yield {
@@ -868,7 +831,7 @@ def _ledger_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[
         }
 
 
-def _parked_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[str, Any]]:
+def _parked_rows(store: InMemoryStore, tracker: OrderTracker) -> Iterator[dict[str, Any]]:
     for ident, p in store.parked.items():
         batch, rank = tracker.parked_order[ident]
         yield {
@@ -878,7 +841,7 @@ def _parked_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[
         }
 
 
-def _outbox_rows(store: InMemoryStore, tracker: _OrderTracker) -> Iterator[dict[str, Any]]:
+def _outbox_rows(store: InMemoryStore, tracker: OrderTracker) -> Iterator[dict[str, Any]]:
     for ident, m in store.outbox.items():
         batch, phase, rank, due, code, seq = tracker.outbox_order[ident]
         yield {
@@ -966,7 +929,7 @@ def replay_from_db_parallel(
     """`replay_from_db_serially` in `workers` processes (default: one per core); same result."""
 
     wanted = workers or os.cpu_count() or 1
-    shards = min(wanted, _attach_limit())
+    shards = min(wanted, attach_limit())
     source_url = _shareable_url(source)
     if shards <= 1 or source_url is None:
         return replay_from_db_serially(
@@ -985,7 +948,7 @@ def replay_from_db_parallel(
     if not bounds:
         report.seconds = time.perf_counter() - started
         return report
-    limit = _scan_limit(notice_scan_limit)
+    limit = scan_limit(notice_scan_limit)
     with tempfile.TemporaryDirectory(prefix="dossier-replay-", dir=scratch_dir) as scratch:
         paths = [Path(scratch) / f"shard-{k}.db" for k in range(shards)]
         jobs = [
@@ -995,7 +958,7 @@ def replay_from_db_parallel(
             for k, path in enumerate(paths)
         ]
         with start_workers(run_shard, jobs) as (pipes, processes):
-            results, clock = _coordinate(pipes, processes, len(bounds), limit, progress)
+            results, clock = coordinate(pipes, processes, len(bounds), limit, progress)
         add_results(report, results)
         merge_shards(target, paths, clock, progress)
     report.seconds = time.perf_counter() - started
@@ -1043,13 +1006,13 @@ def add_results(report: ReplayReport, results: Iterable[ShardResult]) -> None:
             report.outcomes[outcome] = report.outcomes.get(outcome, 0) + n
 
 
-def _scan_limit(notice_scan_limit: int | None) -> int:
+def scan_limit(notice_scan_limit: int | None) -> int:
     if notice_scan_limit is not None:
         return notice_scan_limit
     return ServiceConfig("", "", timedelta(0)).notice_scan_limit
 
 
-def _coordinate(
+def coordinate(
     pipes: Sequence[Pipe],
     processes: Sequence[BaseProcess],
     batches: int,
@@ -1064,7 +1027,7 @@ def _coordinate(
         if index and progress is not None:
             progress(FOLDED, index, batches)
         reports: list[BatchReport] = [
-            _receive(pipe, process, "batch") for pipe, process in zip(pipes, processes, strict=True)
+            receive(pipe, process, "batch") for pipe, process in zip(pipes, processes, strict=True)
         ]
         now = serial_clock(clock, (r.latest for r in reports))
         cutoff = notice_cutoff((r.due for r in reports), now, limit)
@@ -1072,14 +1035,14 @@ def _coordinate(
             pipe.send((now, cutoff))
         clock = now.astimezone(UTC) if now is not None else None
     results: list[ShardResult] = [
-        _receive(pipe, process, "done") for pipe, process in zip(pipes, processes, strict=True)
+        receive(pipe, process, "done") for pipe, process in zip(pipes, processes, strict=True)
     ]
     if batches and progress is not None:
         progress(FOLDED, batches, batches)
     return results, clock
 
 
-def _receive(pipe: Pipe, process: BaseProcess, kind: str) -> Any:
+def receive(pipe: Pipe, process: BaseProcess, kind: str) -> Any:
     while not pipe.poll(1.0):
         if not process.is_alive():
             raise ReplayWorkerError(f"{process.name} exited ({process.exitcode}) unexpectedly")
@@ -1094,7 +1057,7 @@ def _receive(pipe: Pipe, process: BaseProcess, kind: str) -> Any:
     return message[1]
 
 
-def _attach_limit() -> int:
+def attach_limit() -> int:
     with closing(sqlite3.connect(":memory:")) as probe:
         return probe.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
 

@@ -93,7 +93,7 @@ class ProgressLine:
         print(line, file=self.stream, flush=True)
 
 
-_EARLIEST = datetime.min.replace(tzinfo=UTC)
+EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -244,7 +244,7 @@ def merged(
         items = records[slot]
         if index < len(items):
             record = items[index]
-            at = event_time(record.value) or _EARLIEST
+            at = event_time(record.value) or EARLIEST
             heapq.heappush(heap, (at.astimezone(UTC), slot[0], slot[1], record.offset, index))
 
     for slot in sorted(records):
@@ -330,7 +330,7 @@ def replay_kafka_serial(
 # ---------------------------------------------------------------------------------------------
 
 
-class _StoredInputs(ContractCodec):
+class StoredInputs(ContractCodec):
     """Hands the engine inputs already decoded from stored, upcast envelopes; anything it was
     not given (a parked input's bytes, say) is decoded the ordinary way."""
 
@@ -403,7 +403,7 @@ def replay_from_db_serially(
     report = ReplayReport("db")
     started = time.perf_counter()
     processor = make_processor(settings, group, notice_scan_limit=notice_scan_limit)
-    decoder = _StoredInputs(settings.max_message_bytes)
+    decoder = StoredInputs(settings.max_message_bytes)
     processor.codec = decoder
     with source.connect() as connection:
         stored = 0

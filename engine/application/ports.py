@@ -15,42 +15,12 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Protocol, Self, TypeVar
 
 from engine.copying import compile_replace
 from engine.dossier import Dossier
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where an input was consumed from; `None` partition/offset for inputs not from Kafka."""
-
-    topic: str
-    partition: int | None
-    offset: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryRow:
-    """One applied input, appended forever: the audit trail and the replay source."""
-
-    dossier_code: str
-    seq: int  # 1, 2, 3... per dossier
-    source: str
-    event_id: str
-    type: str
-    event_time: datetime
-    schema_version: int
-    envelope: Mapping[str, Any]  # the whole CloudEvent as received (JSON object)
-    position: Position
-    state_before: str | None
-    state_after: str
-    status_code: int
-    workflow_version: int
-    # The tamper-evident chain (engine.audit), computed by the store when the row is appended;
-    # not part of equality, because a row is the same input whether or not it is chained yet.
-    prev_hash: str | None = field(default=None, compare=False)
-    chain_hash: str | None = field(default=None, compare=False)
+from engine.history import HistoryRow as HistoryRow  # the port speaks of them too
+from engine.history import Position as Position
 
 
 @dataclass(frozen=True, slots=True)

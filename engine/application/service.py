@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
 from engine.application.codec import WireCodec
 from engine.application.ports import (
@@ -107,11 +107,56 @@ class ServiceConfig:
     notice_scan_limit: int = 5000
 
 
+class ClockPolicy(Protocol):
+    def __call__(
+        self, previous: datetime | None, latest_applied: datetime | None
+    ) -> datetime | None:
+        """The batch's clock once its inputs are handled, from the clock it started with and
+        the latest time of an input it applied (already bounded by the batch's ceiling)."""
+        ...
+
+
+class DecisionObserver(Protocol):
+    """Told of every decision and every deadline notice as the batch makes it (the parallel
+    replay notes where each output would stand in a serial batch)."""
+
+    def decided(self, event: InboundEvent, decision: Decision) -> None: ...
+
+    def noticed(self, dossier: Dossier, notices: Sequence[OutboundEvent]) -> None: ...
+
+
+def forward_clock(previous: datetime | None, latest_applied: datetime | None) -> datetime | None:
+    """The business clock: the latest time an applied input carried, never going back; in UTC,
+    so equal instants written with other offsets are one clock."""
+    if latest_applied is not None and (previous is None or latest_applied > previous):
+        return latest_applied.astimezone(UTC)
+    return previous
+
+
+def wall_clock(previous: datetime | None, latest_applied: datetime | None) -> datetime | None:
+    """Real time (`DOSSIER_CLOCK_MODE=wall`), never going back."""
+    now = datetime.now(UTC)
+    return now if previous is None or now > previous else previous
+
+
 class BatchProcessor:
-    def __init__(self, engine: Decider, codec: WireCodec, config: ServiceConfig) -> None:
+    def __init__(
+        self,
+        engine: Decider,
+        codec: WireCodec,
+        config: ServiceConfig,
+        *,
+        clock_policy: ClockPolicy | None = None,
+        observer: DecisionObserver | None = None,
+    ) -> None:
         self.engine = engine
         self.codec = codec
         self.config = config
+        # Business time by default (replayable); the configured wall clock; or a replay's.
+        self.clock_policy: ClockPolicy = clock_policy or (
+            wall_clock if config.clock_mode == "wall" else forward_clock
+        )
+        self.observer = observer
         # The inbound partitions this process consumes, set by the transport on every
         # assignment: due deadline notices are looked for among their dossiers only, so that
         # processes sharing a database do not pick the same one. None: every dossier.
@@ -168,6 +213,8 @@ class _Batch:
         self.notice_partitions = processor.notice_partitions
         self.engine = processor.engine
         self.codec = processor.codec
+        self.clock_policy = processor.clock_policy
+        self.observer = processor.observer
         self.config = processor.config
         self.repo = repo
         self.result = BatchResult()
@@ -286,6 +333,8 @@ class _Batch:
             return
         try:
             decision = self.engine.apply(self._dossier(event.subject), event)
+            if self.observer is not None:
+                self.observer.decided(event, decision)
             staged = self._stage(raw.position, event, decision)
         except Exception as exc:
             # Contract 1.1, "Poison": a failure that follows this input sets it aside, with
@@ -413,6 +462,8 @@ class _Batch:
                     break
                 try:
                     decision = self.engine.apply(self._dossier(code), event)
+                    if self.observer is not None:
+                        self.observer.decided(event, decision)
                     staged = self._stage(parked.position, event, decision)
                 except Exception as exc:
                     # The parked input fails, not the one that woke it: set the parked one aside.
@@ -532,15 +583,10 @@ class _Batch:
         return self.clock or datetime(1970, 1, 1, tzinfo=UTC)
 
     def _advance_clock(self, applied_times: Sequence[datetime]) -> None:
-        """Move the clock to the latest time an applied input carried (in UTC, so equal
-        instants written with other offsets are one clock), never past the ceiling."""
         latest = max(applied_times, default=None)
         if latest is not None and self.clock_ceiling is not None:
             latest = min(latest, self.clock_ceiling)
-        if self.config.clock_mode == "wall":
-            latest = datetime.now(UTC)
-        if latest is not None and (self.clock is None or latest > self.clock):
-            self.clock = latest.astimezone(UTC)
+        self.clock = self.clock_policy(self.clock, latest)
 
     def _expire_parked(self) -> None:
         # A parked input waits in real time, whatever the clock mode: its predecessor is late
@@ -571,6 +617,8 @@ class _Batch:
             try:
                 updated, notices = self.engine.deadline_notices(dossier, now)
                 if notices:
+                    if self.observer is not None:
+                        self.observer.noticed(dossier, notices)
                     self._emit(notices, updated)
             except Exception:
                 # A notice that cannot be worked out must not stop the inputs of every batch

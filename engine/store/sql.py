@@ -7,13 +7,12 @@ table: on PostgreSQL an INSERT/UPDATE over `unnest()` of one array parameter per
 `_pg_rows` for why not executemany), elsewhere an executemany. Batched reads are IN queries
 chunked at `CHUNK` values.
 
-The `dossiers` table keeps the full snapshot as JSON plus flat copies of the fields that
-indicators (Decision 766: on-time rate, online rate, ...) need, so those can be computed in SQL.
+The schema and the mapping of records to rows are `engine.store.tables` (re-exported here);
+the reads that are not a batch's are `engine.store.queries`.
 """
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import os
 import sqlite3
@@ -27,28 +26,14 @@ from typing import Any, Self
 import orjson
 from sqlalchemy import (
     JSON,
-    BigInteger,
-    Boolean,
-    CheckConstraint,
-    Column,
     ColumnElement,
     Connection,
     CursorResult,
-    DateTime,
-    Dialect,
     Engine,
     Executable,
-    Index,
     Integer,
-    LargeBinary,
-    MetaData,
-    PrimaryKeyConstraint,
-    Row,
     String,
     Table,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
     and_,
     any_,
     bindparam,
@@ -79,11 +64,32 @@ from engine.application.ports import (
     LedgerEntry,
     OutboxMessage,
     ParkedInput,
-    Position,
     StoredDossier,
 )
 from engine.audit import GENESIS, link, row_content
-from engine.dossier import Dossier
+from engine.store import queries
+from engine.store.tables import (
+    STORED_COLUMNS,
+    UtcDateTime,
+    audit_checkpoint_heads,
+    audit_checkpoints,
+    consumer_positions,
+    dossier_columns,
+    dossiers,
+    engine_clock,
+    history,
+    history_columns,
+    input_ledger,
+    input_outcomes,
+    json_dumps,
+    metadata,
+    outbox,
+    parked_columns,
+    parked_input,
+    parked_inputs,
+    require_aware,
+    stored_dossier,
+)
 from engine.store.writer import ChangeSetWriter
 
 # Values per IN list: well under SQLite's bound-parameter limit, and PostgreSQL plans a list
@@ -91,235 +97,9 @@ from engine.store.writer import ChangeSetWriter
 CHUNK = 1000
 
 
-class UtcDateTime(TypeDecorator[datetime]):
-    """A timezone-aware datetime stored as UTC; reads return aware UTC datetimes.
-
-    SQLite has no timezone type and SQLAlchemy's SQLite DATETIME drops `tzinfo` silently, so
-    values are normalised to UTC before storing: equal instants compare equal on both backends,
-    and SQLite's string comparison of stored values orders them correctly. Naive datetimes are
-    refused rather than guessed at.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        _require_aware(value)
-        utc = value.astimezone(UTC)
-        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-
-# SQLite only auto-assigns ids to a column declared exactly INTEGER PRIMARY KEY.
-_ID = BigInteger().with_variant(Integer(), "sqlite")
-# JSONB for the snapshot so indicators can reach into it; the audit trail (envelopes) stays
-# plain JSON, which PostgreSQL stores as the text it was given (JSONB would re-spell numbers and
-# reject \u0000), so a hash over stored envelopes later recomputes exactly.
-_SNAPSHOT_JSON = JSON().with_variant(postgresql.JSONB(), "postgresql")
-
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
-
-dossiers = Table(
-    "dossiers",
-    metadata,
-    Column("code", String, primary_key=True),
-    Column("procedure", String, nullable=False),
-    Column("workflow_version", Integer, nullable=False),
-    Column("procedure_group", String, nullable=False),
-    Column("state", String, nullable=False),
-    Column("status_code", Integer, nullable=False),
-    Column("level", String, nullable=False),
-    Column("agency", String, nullable=False),
-    Column("receiving_agency", String, nullable=False),
-    Column("channel", Integer, nullable=False),
-    Column("full_online", Boolean, nullable=False),
-    Column("vneid_authenticated", Boolean, nullable=False),
-    Column("digitised", Boolean, nullable=False),
-    Column("paid_online", Boolean, nullable=True),
-    Column("submitted_at", UtcDateTime, nullable=False),
-    Column("received_at", UtcDateTime, nullable=True),
-    Column("due_at", UtcDateTime, nullable=True),
-    Column("finished_at", UtcDateTime, nullable=True),
-    Column("final", Boolean, nullable=False),
-    Column("last_event_at", UtcDateTime, nullable=False),
-    Column("next_notice_at", UtcDateTime, nullable=True, index=True),
-    Column("revision", Integer, nullable=False),
-    Column("snapshot", _SNAPSHOT_JSON, nullable=False),
-    # Working seconds waiting for the applicant: processing time (indicator 2.2) excludes it.
-    Column("paused_seconds", Integer, nullable=False, server_default=text("0")),
-    # The inbound partition the dossier's inputs arrive on: whose deadline notices these are.
-    Column("partition", Integer, nullable=True),
-)
-# Monitoring (engine/indicators.py, dossier/monitoring.py): the indicators of a period read
-# dossiers by reception and finish time; the open-dossier gauges read only the partial index.
-Index("ix_dossiers_received_at", dossiers.c.received_at)
-Index("ix_dossiers_finished_at", dossiers.c.finished_at)
-Index(
-    "ix_dossiers_open",
-    dossiers.c.status_code,
-    dossiers.c.level,
-    dossiers.c.due_at,
-    # `final` again as a column: SQLite counts a partial index as covering only if every column
-    # the query names is in it, its WHERE clause included.
-    dossiers.c.final,
-    postgresql_where=~dossiers.c.final,
-    sqlite_where=~dossiers.c.final,
-)
-
-history = Table(
-    "history",
-    metadata,
-    Column("id", _ID, primary_key=True, autoincrement=True),
-    Column("dossier_code", String, nullable=False),
-    Column("seq", Integer, nullable=False),
-    Column("source", String, nullable=False),
-    Column("event_id", String, nullable=False),
-    Column("type", String, nullable=False),
-    Column("event_time", UtcDateTime, nullable=False),
-    Column("schema_version", Integer, nullable=False),
-    Column("envelope", JSON, nullable=False),
-    Column("topic", String, nullable=False),
-    Column("partition", Integer, nullable=True),
-    Column("offset", BigInteger, nullable=True),
-    Column("state_before", String, nullable=True),
-    Column("state_after", String, nullable=False),
-    Column("status_code", Integer, nullable=False),
-    Column("workflow_version", Integer, nullable=False),
-    # Wall clock, for operators only: business logic never reads it, so replays stay exact.
-    Column("recorded_at", UtcDateTime, nullable=False),
-    # The tamper-evident hash chain (engine.audit): nullable only for rows written before
-    # migration 0004, which computes theirs.
-    Column("chain_hash", Text, nullable=True),
-    Column("prev_hash", Text, nullable=True),
-    UniqueConstraint("dossier_code", "seq"),
-)
-
-input_ledger = Table(
-    "input_ledger",
-    metadata,
-    Column("source", String, nullable=False),
-    Column("event_id", String, nullable=False),
-    Column("content_hash", String, nullable=False),
-    Column("dossier_code", String, nullable=False),
-    PrimaryKeyConstraint("source", "event_id"),
-)
-
-parked_inputs = Table(
-    "parked_inputs",
-    metadata,
-    Column("id", _ID, primary_key=True, autoincrement=True),
-    Column("source", String, nullable=False),
-    Column("event_id", String, nullable=False),
-    Column("dossier_code", String, nullable=False, index=True),
-    Column("topic", String, nullable=False),
-    Column("partition", Integer, nullable=True),
-    Column("offset", BigInteger, nullable=True),
-    Column("key", LargeBinary, nullable=True),
-    Column("value", LargeBinary, nullable=False),
-    Column("headers", JSON, nullable=False),  # [[name, base64 value], ...]
-    Column("parked_at", UtcDateTime, nullable=False),
-    Column("expires_at", UtcDateTime, nullable=False, index=True),
-    Column("detail", Text, nullable=False),
-)
-
-outbox = Table(
-    "outbox",
-    metadata,
-    Column("id", _ID, primary_key=True, autoincrement=True),
-    Column("message_id", String, nullable=False, unique=True),
-    Column("topic", String, nullable=False),
-    Column("key", LargeBinary, nullable=True),
-    Column("value", LargeBinary, nullable=False),
-    Column("created_at", UtcDateTime, nullable=False),
-    Column("sent_at", UtcDateTime, nullable=True),
-)
-# The relay scans unsent messages in id order; a partial index keeps that scan proportional
-# to the backlog, not to everything ever sent.
-Index(
-    "ix_outbox_unsent",
-    outbox.c.id,
-    postgresql_where=outbox.c.sent_at.is_(None),
-    sqlite_where=outbox.c.sent_at.is_(None),
-)
-
-consumer_positions = Table(
-    "consumer_positions",
-    metadata,
-    Column("group_id", String, nullable=False),
-    Column("topic", String, nullable=False),
-    Column("partition", Integer, nullable=False),
-    Column("next_offset", BigInteger, nullable=False),
-    PrimaryKeyConstraint("group_id", "topic", "partition"),
-)
-
-input_outcomes = Table(
-    "input_outcomes",
-    metadata,
-    Column("group_id", String, nullable=False),
-    Column("topic", String, nullable=False),
-    Column("outcome", String, nullable=False),
-    Column("count", BigInteger, nullable=False),
-    PrimaryKeyConstraint("group_id", "topic", "outcome"),
-)
-
-# Periodic roots over all chains (engine.audit): what `dossier audit verify` holds the history
-# against, and what is published to `dossier.audit-checkpoint`.
-audit_checkpoints = Table(
-    "audit_checkpoints",
-    metadata,
-    Column("id", _ID, primary_key=True, autoincrement=True),
-    Column("created_at", UtcDateTime, nullable=False),
-    Column("business_time", UtcDateTime, nullable=True),
-    Column("history_id", BigInteger, nullable=False),  # highest history row id covered
-    Column("rows", BigInteger, nullable=False),
-    Column("chains", BigInteger, nullable=False),
-    Column("prev_root", Text, nullable=False),
-    Column("root", Text, nullable=False),
-)
-
-# The chain heads that moved since the previous checkpoint (only those: a checkpoint costs
-# what changed, not the whole history).
-audit_checkpoint_heads = Table(
-    "audit_checkpoint_heads",
-    metadata,
-    Column("checkpoint_id", BigInteger, nullable=False),
-    Column("dossier_code", String, nullable=False),
-    Column("seq", Integer, nullable=False),
-    Column("chain_hash", Text, nullable=False),
-    PrimaryKeyConstraint("checkpoint_id", "dossier_code"),
-)
-
-engine_clock = Table(
-    "engine_clock",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("business_time", UtcDateTime, nullable=False),
-    CheckConstraint("id = 1", name="single_row"),
-)
-
-
 # ---------------------------------------------------------------------------------------------
 # Engine and unit of work
 # ---------------------------------------------------------------------------------------------
-
-
-def json_dumps(value: Any) -> str:
-    return orjson.dumps(value).decode("utf-8")
 
 
 def create_db_engine(url: str | URL, **kwargs: Any) -> Engine:
@@ -584,9 +364,9 @@ class SqlRepository(ChangeSetWriter):
         c = dossiers.c
         found: dict[str, StoredDossier] = {}
         for chunk in _chunks(sorted(set(codes))):
-            query = select(c.code, *_STORED_COLUMNS).where(self._in(c.code, chunk))
+            query = select(c.code, *STORED_COLUMNS).where(self._in(c.code, chunk))
             for code, *stored in self.connection.execute(query).all():
-                found[code] = _stored_dossier(*stored)
+                found[code] = stored_dossier(*stored)
         return found
 
     def _save_dossiers(self, dossiers: Sequence[StoredDossier]) -> None:
@@ -627,10 +407,10 @@ class SqlRepository(ChangeSetWriter):
         lock: bool = True,
         partitions: Collection[int] | None = None,
     ) -> list[StoredDossier]:
-        _require_aware(now)
+        require_aware(now)
         c = dossiers.c
         query = (
-            select(*_STORED_COLUMNS)
+            select(*STORED_COLUMNS)
             .where(c.next_notice_at <= now)
             .order_by(c.next_notice_at, c.code)
             .limit(limit)
@@ -642,7 +422,7 @@ class SqlRepository(ChangeSetWriter):
             # Engine processes share the due dossiers: each takes the ones no other is
             # notifying right now, instead of all racing for the same rows and retrying.
             query = query.with_for_update(skip_locked=True)
-        return [_stored_dossier(*row) for row in self.connection.execute(query).all()]
+        return [stored_dossier(*row) for row in self.connection.execute(query).all()]
 
     # --- input ledger ------------------------------------------------------------------------
     def applied_hashes(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -734,50 +514,7 @@ class SqlRepository(ChangeSetWriter):
         return found
 
     def history(self, dossier_code: str) -> list[HistoryRow]:
-        c = history.c
-        query = (
-            select(
-                c.dossier_code,
-                c.seq,
-                c.source,
-                c.event_id,
-                c.type,
-                c.event_time,
-                c.schema_version,
-                c.envelope,
-                c.topic,
-                c.partition,
-                c.offset,
-                c.state_before,
-                c.state_after,
-                c.status_code,
-                c.workflow_version,
-                c.prev_hash,
-                c.chain_hash,
-            )
-            .where(c.dossier_code == dossier_code)
-            .order_by(c.seq)
-        )
-        return [
-            HistoryRow(
-                dossier_code=r.dossier_code,
-                seq=r.seq,
-                source=r.source,
-                event_id=r.event_id,
-                type=r.type,
-                event_time=r.event_time,
-                schema_version=r.schema_version,
-                envelope=r.envelope,
-                position=Position(r.topic, r.partition, r.offset),
-                state_before=r.state_before,
-                state_after=r.state_after,
-                status_code=r.status_code,
-                workflow_version=r.workflow_version,
-                prev_hash=r.prev_hash,
-                chain_hash=r.chain_hash,
-            )
-            for r in self.connection.execute(query).all()
-        ]
+        return queries.dossier_history(self.connection, dossier_code)
 
     # --- parked inputs -----------------------------------------------------------------------
     def _park(self, inputs: Sequence[ParkedInput]) -> None:
@@ -791,12 +528,12 @@ class SqlRepository(ChangeSetWriter):
         found: list[ParkedInput] = []
         for chunk in _chunks(sorted(set(dossier_codes))):
             query = select(parked_inputs).where(self._in(c.dossier_code, chunk))
-            found.extend(_parked(r) for r in self.connection.execute(query).all())
+            found.extend(parked_input(r) for r in self.connection.execute(query).all())
         found.sort(key=lambda p: p.id or 0)
         return found
 
     def parked_expired(self, now: datetime, limit: int) -> list[ParkedInput]:
-        _require_aware(now)
+        require_aware(now)
         c = parked_inputs.c
         query = (
             select(parked_inputs)
@@ -804,15 +541,14 @@ class SqlRepository(ChangeSetWriter):
             .order_by(c.expires_at, c.id)
             .limit(limit)
         )
-        return [_parked(r) for r in self.connection.execute(query).all()]
+        return [parked_input(r) for r in self.connection.execute(query).all()]
 
     def _unpark(self, ids: Iterable[int]) -> None:
         for chunk in _chunks(sorted(set(ids))):
             self._execute(delete(parked_inputs).where(self._in(parked_inputs.c.id, chunk)))
 
     def parked_count(self) -> int:
-        count = self.connection.scalar(select(func.count()).select_from(parked_inputs))
-        return int(count or 0)
+        return queries.parked_count(self.connection)
 
     # --- outbox ------------------------------------------------------------------------------
     def _add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
@@ -874,8 +610,7 @@ class SqlRepository(ChangeSetWriter):
             )
 
     def outbox_backlog(self) -> int:
-        query = select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
-        return int(self.connection.scalar(query) or 0)
+        return queries.outbox_backlog(self.connection)
 
     # --- consumer positions ------------------------------------------------------------------
     def _save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
@@ -888,12 +623,7 @@ class SqlRepository(ChangeSetWriter):
         self._upsert(consumer_positions, rows, ["next_offset"])
 
     def load_positions(self, group: str) -> dict[tuple[str, int], int]:
-        c = consumer_positions.c
-        query = select(c.topic, c.partition, c.next_offset).where(c.group_id == group)
-        return {
-            (topic, partition): offset
-            for topic, partition, offset in self.connection.execute(query).all()
-        }
+        return queries.positions(self.connection, group)
 
     def _add_outcomes(self, group: str, changes: Mapping[tuple[str, str], int]) -> None:
         rows = [
@@ -912,15 +642,11 @@ class SqlRepository(ChangeSetWriter):
         self._execute(stmt, rows)
 
     def outcome_counts(self, group: str) -> dict[tuple[str, str], int]:
-        c = input_outcomes.c
-        query = select(c.topic, c.outcome, c["count"]).where(c.group_id == group)
-        return {(t, o): n for t, o, n in self.connection.execute(query).all()}
+        return queries.outcome_counts(self.connection, group)
 
     # --- business clock ----------------------------------------------------------------------
     def get_clock(self) -> datetime | None:
-        query = select(engine_clock.c.business_time).where(engine_clock.c.id == 1)
-        value: datetime | None = self.connection.scalar(query)
-        return value
+        return queries.business_clock(self.connection)
 
     def _set_clock(self, now: datetime) -> None:
         self._upsert(engine_clock, [{"id": 1, "business_time": now}], ["business_time"])
@@ -995,105 +721,6 @@ class SqlRepository(ChangeSetWriter):
 _UPSERT_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
-def pinned_versions(db: Engine) -> dict[tuple[str, int], int]:
-    """How many stored dossiers each (procedure, workflow version) holds."""
-    d = dossiers.c
-    query = select(d.procedure, d.workflow_version, func.count()).group_by(
-        d.procedure, d.workflow_version
-    )
-    with db.connect() as connection:
-        return {(code, version): count for code, version, count in connection.execute(query)}
-
-
-def history_columns(
-    r: HistoryRow, recorded_at: datetime, prev_hash: str | None, chain_hash: str | None
-) -> dict[str, Any]:
-    """A history row as the `history` table's columns, with its place in the chain."""
-    return {
-        "dossier_code": r.dossier_code,
-        "seq": r.seq,
-        "source": r.source,
-        "event_id": r.event_id,
-        "type": r.type,
-        "event_time": r.event_time,
-        "schema_version": r.schema_version,
-        "envelope": r.envelope,
-        "topic": r.position.topic,
-        "partition": r.position.partition,
-        "offset": r.position.offset,
-        "state_before": r.state_before,
-        "state_after": r.state_after,
-        "status_code": r.status_code,
-        "workflow_version": r.workflow_version,
-        "recorded_at": recorded_at,
-        "prev_hash": prev_hash,
-        "chain_hash": chain_hash,
-    }
-
-
-def parked_columns(p: ParkedInput) -> dict[str, Any]:
-    """A parked input as the `parked_inputs` table's columns, without its id."""
-    return {
-        "source": p.source,
-        "event_id": p.event_id,
-        "dossier_code": p.dossier_code,
-        "topic": p.position.topic,
-        "partition": p.position.partition,
-        "offset": p.position.offset,
-        "key": p.key,
-        "value": p.value,
-        "headers": [[name, base64.b64encode(value).decode()] for name, value in p.headers],
-        "parked_at": p.parked_at,
-        "expires_at": p.expires_at,
-        "detail": p.detail,
-    }
-
-
-# What a `StoredDossier` is read from, in `_stored_dossier`'s order.
-_STORED_COLUMNS = (
-    dossiers.c.revision,
-    dossiers.c.next_notice_at,
-    dossiers.c.partition,
-    dossiers.c.snapshot,
-)
-
-
-def _stored_dossier(
-    revision: int, next_notice_at: datetime | None, partition: int | None, snapshot: Any
-) -> StoredDossier:
-    return StoredDossier(Dossier.from_json(snapshot), revision, next_notice_at, partition)
-
-
-def dossier_columns(stored: StoredDossier) -> dict[str, Any]:
-    """The dossier's row without its key and revision."""
-    d = stored.dossier
-    return {
-        "procedure": d.procedure,
-        "workflow_version": d.workflow_version,
-        "procedure_group": d.group,
-        "state": d.state,
-        "status_code": d.status_code,
-        "level": d.level,
-        "agency": d.agency,
-        "receiving_agency": d.receiving_agency,
-        "channel": d.channel,
-        "full_online": d.full_online,
-        "vneid_authenticated": d.vneid_authenticated,
-        "digitised": d.digitised,
-        "paid_online": d.paid_online,
-        "submitted_at": d.submitted_at,
-        "received_at": d.received_at,
-        "due_at": d.due_at,
-        "finished_at": d.finished_at,
-        "final": d.final,
-        "last_event_at": d.last_event_at,
-        "next_notice_at": stored.next_notice_at,
-        "paused_seconds": d.paused_seconds,
-        "partition": stored.partition,
-        "snapshot": d.to_json(),
-    }
-
-
 def _as_arrays(table: Table, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """Row dicts as one array parameter per column, for the `_pg_rows` statements, with the
     work of the columns' types done here (see `_PgArrayElement`)."""
@@ -1106,30 +733,9 @@ def _as_arrays(table: Table, rows: list[dict[str, Any]]) -> dict[str, list[Any]]
         elif isinstance(type_, UtcDateTime):
             for v in values:
                 if v is not None:
-                    _require_aware(v)  # psycopg sends the offset: no conversion needed
+                    require_aware(v)  # psycopg sends the offset: no conversion needed
         arrays[f"a_{name}"] = values
     return arrays
-
-
-def _parked(row: Row[Any]) -> ParkedInput:
-    return ParkedInput(
-        source=row.source,
-        event_id=row.event_id,
-        dossier_code=row.dossier_code,
-        position=Position(row.topic, row.partition, row.offset),
-        key=None if row.key is None else bytes(row.key),
-        value=bytes(row.value),
-        headers=tuple((name, base64.b64decode(value)) for name, value in row.headers),
-        parked_at=row.parked_at,
-        expires_at=row.expires_at,
-        detail=row.detail,
-        id=row.id,
-    )
-
-
-def _require_aware(value: datetime) -> None:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value!r}: storage needs timezone-aware datetimes")
 
 
 def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -1185,12 +791,17 @@ __all__ = [
     "audit_checkpoints",
     "consumer_positions",
     "create_db_engine",
+    "dossier_columns",
     "dossiers",
     "engine_clock",
     "history",
+    "history_columns",
     "input_ledger",
+    "input_outcomes",
+    "json_dumps",
     "metadata",
     "outbox",
+    "parked_columns",
     "parked_inputs",
 ]
 

@@ -374,7 +374,7 @@ HISTORY_ROW_COLUMNS = (
 )
 
 
-def history_row(row: Row[Any]) -> HistoryRow:
+def history_row(row: Any) -> HistoryRow:
     """A row of `HISTORY_ROW_COLUMNS` as the port's record."""
     return HistoryRow(
         dossier_code=row.dossier_code,

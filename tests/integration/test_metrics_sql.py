@@ -14,6 +14,7 @@ from engine import indicators as ind
 from engine.application.ports import ChangeSet, StoredDossier
 from engine.calendar import WorkingCalendar
 from engine.store.migrate import downgrade, upgrade
+from engine.store.queries import indicator_report
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from tests.store_contract import make_dossier
 from tests.unit import test_indicators as fixture
@@ -54,7 +55,7 @@ def test_indicators_on_postgresql(pg: Engine) -> None:
         uow.commit()
     expected = ind.report((fixture.facts(c) for c in fixture.CASES), fixture.MARCH, calendar)
     with pg.connect() as connection:
-        report = ind.load_report(connection, fixture.MARCH, calendar, fixture.level_of)
+        report = indicator_report(connection, fixture.MARCH, calendar, fixture.level_of)
     assert fixture.by_agency(report) == fixture.by_agency(expected)
     assert report.total.figures == expected.total.figures
 

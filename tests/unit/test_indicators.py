@@ -19,6 +19,7 @@ from engine.application.ports import ChangeSet, StoredDossier
 from engine.calendar import VN_TZ, WorkingCalendar
 from engine.procedures import load_catalogue
 from engine.store.migrate import upgrade
+from engine.store.queries import indicator_report
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from tests.store_contract import make_dossier
 
@@ -205,8 +206,8 @@ def test_sql_gives_the_same_figures(tmp_path: Path, calendar: WorkingCalendar) -
         uow.commit()
     expected = ind.report((facts(c) for c in CASES), MARCH, calendar)
     with db.connect() as connection:
-        from_sql = ind.load_report(connection, MARCH, calendar, level_of)
-        only_p = ind.load_report(connection, MARCH, calendar, level_of, agency=P)
+        from_sql = indicator_report(connection, MARCH, calendar, level_of)
+        only_p = indicator_report(connection, MARCH, calendar, level_of, agency=P)
     db.dispose()
     assert by_agency(from_sql) == by_agency(expected)
     assert from_sql.total.figures == expected.total.figures

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from dossier.replay.parallel import (
-    _AppliedAt,
-    _OrderTracker,
+    AppliedAt,
+    OrderTracker,
     notice_cutoff,
     serial_clock,
     shard_of,
@@ -128,16 +128,16 @@ def test_shard_files_hold_exactly_what_the_sql_store_writes(tmp_path: Path) -> N
 
     store = InMemoryStore()
     _fill(lambda: InMemoryUnitOfWork(store))
-    tracker = _OrderTracker(store)
+    tracker = OrderTracker(store)
     for rows in store.history.values():
         for n, row in enumerate(rows):
-            tracker.applied[(row.source, row.event_id)] = _AppliedAt(0, n, n)
+            tracker.applied[(row.source, row.event_id)] = AppliedAt(0, n, n)
     for ident in store.parked:
         tracker.parked_order[ident] = (0, ident)
     for ident in store.outbox:
         tracker.outbox_order[ident] = (0, 1, ident, "", "", ident)
     for n, key in enumerate(store.ledger):
-        tracker.applied.setdefault(key, _AppliedAt(0, n, n))
+        tracker.applied.setdefault(key, AppliedAt(0, n, n))
     tracker.outcome_batch[("dossier.commune", "applied")] = 0
     write_shard(tmp_path / "shard.db", store, tracker)
 

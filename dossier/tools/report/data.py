@@ -13,15 +13,14 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Connection, Select, func, select
+from sqlalchemy import Connection
 
 from engine import indicators as ind
 from engine.calendar import WorkingCalendar
 from engine.events import DEADLINE_TOPIC, DLQ_TOPIC, FEE_DISCOUNT_TOPIC, STATUS_TOPIC
 from engine.procedures import Catalogue
-from engine.store.sql import consumer_positions, dossiers, history, outbox, parked_inputs
+from engine.store import queries
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,29 +135,8 @@ def load_run(
     agency_names: Mapping[str, str] | None = None,
 ) -> RunData:
     versions = {(v.code, v.version): v for v in catalogue.all_versions()}
-    c = dossiers.c
     rows: list[DossierRow] = []
-    query = select(
-        c.code,
-        c.procedure,
-        c.workflow_version,
-        c.receiving_agency,
-        c.agency,
-        c.level,
-        c.status_code,
-        c.final,
-        c.channel,
-        c.digitised,
-        c.vneid_authenticated,
-        c.paid_online,
-        c.submitted_at,
-        c.received_at,
-        c.due_at,
-        c.finished_at,
-        c.last_event_at,
-        c.paused_seconds,
-    )
-    for r in connection.execute(query):
+    for r in queries.dossier_records(connection):
         version = versions.get((r.procedure, r.workflow_version))
         rows.append(
             DossierRow(
@@ -171,65 +149,46 @@ def load_run(
                 deciding_level=version.levels[-1] if version else r.level,
                 agency=r.agency,
                 status_code=r.status_code,
-                final=bool(r.final),
+                final=r.final,
                 channel=r.channel,
-                digitised=bool(r.digitised),
-                vneid_authenticated=bool(r.vneid_authenticated),
-                paid_online=None if r.paid_online is None else bool(r.paid_online),
+                digitised=r.digitised,
+                vneid_authenticated=r.vneid_authenticated,
+                paid_online=r.paid_online,
                 submitted_at=r.submitted_at,
                 received_at=r.received_at,
                 due_at=r.due_at,
                 finished_at=r.finished_at,
                 last_event_at=r.last_event_at,
-                paused_seconds=int(r.paused_seconds or 0),
+                paused_seconds=r.paused_seconds,
                 allowed_seconds=version.deadline.working_seconds if version else None,
             )
         )
     letters, notices = Counter[str](), Counter[str]()
     discounts: list[Discount] = []
-    status_events = 0
-    o = outbox.c
-    outputs = select(o.topic, o.value, o.created_at).where(
-        o.topic.in_([DLQ_TOPIC, FEE_DISCOUNT_TOPIC])
-    )
-    for topic, value, created_at in connection.execute(outputs):
-        event = json.loads(bytes(value))
+    for message in queries.outbox_messages(connection, [DLQ_TOPIC, FEE_DISCOUNT_TOPIC]):
+        event = json.loads(message.value)
         data = event.get("data") or {}
-        if topic == DLQ_TOPIC:
+        if message.topic == DLQ_TOPIC:
             letters[str(data.get("reason"))] += 1
         else:
             granted = str(event.get("type", "")).endswith("granted")
-            discounts.append(Discount(created_at, granted, int(data.get("discount_amount", 0))))
-    by_topic = select(o.topic, func.count()).where(o.topic.in_([STATUS_TOPIC, DEADLINE_TOPIC]))
-    for topic, count in connection.execute(by_topic.group_by(o.topic)):
-        if topic == STATUS_TOPIC:
-            status_events = int(count)
-    deadline_types = select(o.value).where(o.topic == DEADLINE_TOPIC)
-    for (value,) in connection.execute(deadline_types):
-        notices[str(json.loads(bytes(value))["type"]).rsplit(".", 1)[-1]] += 1
-    p = consumer_positions.c
-    consumed = connection.scalar(
-        select(func.coalesce(func.sum(p.next_offset), 0)).where(p.group_id == consumer_group)
-    )
+            amount = int(data.get("discount_amount", 0))
+            discounts.append(Discount(message.created_at, granted, amount))
+    for message in queries.outbox_messages(connection, [DEADLINE_TOPIC]):
+        notices[str(json.loads(message.value)["type"]).rsplit(".", 1)[-1]] += 1
     return RunData(
         rows=rows,
         dead_letters=letters,
         discounts=discounts,
         notices=notices,
-        status_events=status_events,
-        applied_inputs=_count(connection, select(func.count()).select_from(history)),
-        consumed_inputs=int(consumed or 0),
-        parked=_count(connection, select(func.count()).select_from(parked_inputs)),
-        outbox_backlog=_count(
-            connection, select(func.count()).select_from(outbox).where(o.sent_at.is_(None))
-        ),
-        clock=ind.engine_clock_now(connection),
+        status_events=queries.outbox_counts(connection, [STATUS_TOPIC]).get(STATUS_TOPIC, 0),
+        applied_inputs=queries.history_count(connection),
+        consumed_inputs=queries.consumed_inputs(connection, consumer_group),
+        parked=queries.parked_count(connection),
+        outbox_backlog=queries.outbox_backlog(connection),
+        clock=queries.business_clock(connection),
         agency_names=dict(agency_names or {}),
     )
-
-
-def _count(connection: Connection, query: Select[Any]) -> int:
-    return int(connection.scalar(query) or 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,41 @@
+"""One applied input as its dossier's history keeps it: the evidence the audit chain covers
+and replays read back. Domain data: the store persists it, the service builds it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where an input was consumed from; `None` partition/offset for inputs not from Kafka."""
+
+    topic: str
+    partition: int | None
+    offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One applied input, appended forever: the audit trail and the replay source."""
+
+    dossier_code: str
+    seq: int  # 1, 2, 3... per dossier
+    source: str
+    event_id: str
+    type: str
+    event_time: datetime
+    schema_version: int
+    envelope: Mapping[str, Any]  # the whole CloudEvent as received (JSON object)
+    position: Position
+    state_before: str | None
+    state_after: str
+    status_code: int
+    workflow_version: int
+    # The tamper-evident chain (engine.audit), computed by the store when the row is appended;
+    # not part of equality, because a row is the same input whether or not it is chained yet.
+    prev_hash: str | None = field(default=None, compare=False)
+    chain_hash: str | None = field(default=None, compare=False)
