@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from engine.calendar import VN_TZ, WorkingCalendar
+from engine.events import SUBMISSION_TOPIC
 from engine.procedures import Catalogue, Fee, ProcedureVersion, default_workflows_dir
 
 HOUR = 3600
@@ -486,7 +487,7 @@ class Workload:
         out: list[SimulatedMessage] = []
 
         def emit(kind: str, level: str | None, when: datetime, **data: Any) -> None:
-            topic = "dossier.submission" if level is None else f"dossier.{level}"
+            topic = SUBMISSION_TOPIC if level is None else f"dossier.{level}"
             source = PORTAL if level is None else f"urn:vn:agency:{data.get('agency', receiving)}"
             value = self._envelope(kind, code, when, source, data)
             out.append(SimulatedMessage(topic, code.encode(), value, VALID, when, code))
@@ -714,7 +715,7 @@ class Workload:
             },
         }
         return SimulatedMessage(
-            "dossier.submission", code.encode(), _dump(submitted), "unknown-procedure", time, code
+            SUBMISSION_TOPIC, code.encode(), _dump(submitted), "unknown-procedure", time, code
         )
 
     def _forged(self, model: SimulatedMessage) -> SimulatedMessage | None:
@@ -1042,7 +1043,7 @@ def manifest(messages: Sequence[SimulatedMessage], **meta: Any) -> dict[str, Any
         1
         for m in messages
         if m.expected == VALID
-        and m.topic == "dossier.submission"
+        and m.topic == SUBMISSION_TOPIC
         and b'dossier.submitted"' in m.value
     )
     # Each hostile input's digest, so that its dead letter can be told from the others with the
