@@ -378,189 +378,6 @@ def _key_problem(key: bytes | None) -> str:
     return "Kafka key is not the event's subject"
 
 
-class ContractCodec:
-    """Turns one inbound Kafka message into an `InboundEvent` or raises `InputRejected`.
-
-    `clock` is the wall clock that bounds an input's `time` (contract 1.1, "Time"); it must
-    return an aware datetime. Business time still comes from `time` alone.
-    """
-
-    def __init__(
-        self,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        clock: Callable[[], datetime] = _utc_now,
-    ) -> None:
-        if max_message_bytes <= 0:
-            raise ValueError("max_message_bytes must be positive")
-        if clock().utcoffset() is None:
-            # Comparing a naive clock with an aware `time` would raise in every decode.
-            raise ValueError("clock must return an aware datetime")
-        self.max_message_bytes = max_message_bytes
-        self.clock = clock
-        self._envelope = _compile(_ENVELOPE_SCHEMA)
-        self._types: dict[str, _InboundType] = {
-            type_: _InboundType(
-                load_schema(f"inbound/{type_.removeprefix(TYPE_PREFIX)}.schema.json"), topics
-            )
-            for type_, topics in INBOUND_TOPICS_BY_TYPE.items()
-        }
-
-    def encode_outbound(self, event: OutboundEvent, source: str) -> bytes:
-        return encode_outbound(event, source)
-
-    def dead_letter(
-        self,
-        reason: DeadLetterReason,
-        detail: str,
-        *,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Sequence[tuple[str, bytes | None]],
-        time: datetime,
-        source: str,
-    ) -> tuple[bytes | None, bytes]:
-        return dead_letter(
-            reason,
-            detail,
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            key=key,
-            value=value,
-            headers=headers,
-            time=time,
-            source=source,
-        )
-
-    def dead_letter_id(self, topic: str, partition: int, offset: int) -> str:
-        return dead_letter_id(topic, partition, offset)
-
-    def stored_envelope(self, event: InboundEvent) -> dict[str, Any]:
-        return stored_envelope(event)
-
-    def decode(self, value: bytes | None, topic: str, *, key: bytes | None) -> InboundEvent:
-        """`topic` is the contract topic name without the deployment prefix; `key` the
-        message's Kafka key, which must be the event's `subject`."""
-        if topic not in INBOUND_TOPICS:
-            # A wiring bug in the caller, not a property of the message: fail loudly.
-            raise ValueError(f"{topic!r} is not an inbound contract topic {INBOUND_TOPICS}")
-        malformed = DeadLetterReason.MALFORMED
-        schema = DeadLetterReason.SCHEMA
-
-        if not value:
-            raise InputRejected(malformed, "empty value")
-        size = len(value)
-        if size > self.max_message_bytes:
-            raise InputRejected(malformed, f"oversized: {size} bytes > {self.max_message_bytes}")
-        try:
-            text = value.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputRejected(
-                malformed, f"not UTF-8: invalid byte at offset {exc.start}"
-            ) from None
-        try:
-            event = _JSON_DECODER.decode(text)
-        except json.JSONDecodeError as exc:
-            raise InputRejected(malformed, f"not JSON: {exc}") from None
-        except _NotJSON as exc:
-            raise InputRejected(malformed, f"not JSON: {exc}") from None
-        except ValueError:
-            # The only other ValueError of the C scanner: an integer beyond the digit limit.
-            raise InputRejected(malformed, "not JSON: integer too long") from None
-        except RecursionError:
-            raise InputRejected(malformed, "not JSON: nested too deeply") from None
-        if type(event) is not dict:
-            raise InputRejected(malformed, "not a JSON object")
-        # A \uD800- or \uDC00-style escape can smuggle a lone surrogate past UTF-8 validation;
-        # it would crash every later UTF-8 encoding (hashing, storage), so look whenever one may
-        # exist. A correctly paired escape (an emoji) takes the slow path and passes.
-        if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(event):
-            raise InputRejected(malformed, "not JSON: lone UTF-16 surrogate in a string")
-
-        try:
-            self._envelope(event)
-        except fastjsonschema.JsonSchemaValueException as exc:
-            missing = [name for name in _CLOUDEVENT_CORE if name not in event]
-            if missing:
-                raise InputRejected(
-                    malformed, f"not a CloudEvent: missing {', '.join(missing)}"
-                ) from None
-            raise InputRejected(schema, _schema_detail(exc, envelope=True)) from None
-
-        subject: str = event["subject"]
-        # The key decides the partition, so the dossier's order; a subject that differs would
-        # apply the input to one dossier in the order of another. The pattern made it ASCII.
-        if key != subject.encode("ascii"):
-            raise InputRejected(malformed, _key_problem(key))
-        if not _is_calendar_dossier_code(subject):
-            raise InputRejected(schema, "subject: dossier code date is not a calendar date")
-
-        version = int(event.get("schemaversion", CURRENT_SCHEMA_VERSION))
-        if version > CURRENT_SCHEMA_VERSION:
-            raise InputRejected(
-                schema, f"schemaversion: {version} is newer than {CURRENT_SCHEMA_VERSION}"
-            )
-        time_text: str = event["time"]
-        try:
-            time = _parse_time(time_text)
-        except ValueError:
-            raise InputRejected(schema, "time: not a valid date-time") from None
-        # Once inside the bounds, every conversion and the engine's arithmetic are safe.
-        utc = _in_utc(time, time_text)
-        if utc is None or utc > self.clock() + MAX_TIME_AHEAD:
-            raise InputRejected(schema, "time: outside [2000-01-01, now + 1 day]")
-
-        type_: str = event["type"]
-        known = self._types.get(type_)
-        if known is None:
-            raise InputRejected(schema, f"unknown type {json.dumps(_clip(type_))}")
-        if topic not in known.topics:
-            raise InputRejected(
-                schema,
-                f"type {type_} not accepted on topic {topic} (only on {', '.join(known.topics)})",
-            )
-
-        data: dict[str, Any] = event["data"]
-        try:
-            known.validate(data)
-        except fastjsonschema.JsonSchemaValueException as exc:
-            raise InputRejected(schema, _schema_detail(exc, envelope=False)) from None
-        for path in known.datetime_paths:
-            for parent, name in _values_at(data, path):
-                moment_text = parent[name]
-                try:
-                    moment = _parse_time(moment_text)
-                except ValueError:
-                    raise InputRejected(
-                        schema, f"{_path_name(path)}: not a valid date-time"
-                    ) from None
-                utc = _in_utc(moment, moment_text)
-                if utc is None or utc >= DATA_TIME_END:
-                    raise InputRejected(
-                        schema, f"{_path_name(path)}: outside [2000-01-01, 2100-01-01)"
-                    )
-        for path in known.dossier_code_paths:
-            for parent, name in _values_at(data, path):
-                if not _is_calendar_dossier_code(parent[name]):
-                    raise InputRejected(
-                        schema, f"{_path_name(path)}: dossier code date is not a calendar date"
-                    )
-
-        return InboundEvent(
-            source=event["source"],
-            id=event["id"],
-            type=type_,
-            subject=subject,
-            time=time,
-            data=data,
-            topic=topic,
-            schema_version=version,
-        )
-
-
 # --------------------------------------------------------------------------- outbound
 
 
@@ -704,3 +521,159 @@ def validate_outbound(value: bytes) -> dict[str, Any]:
         raise OutboundSchemaError(_schema_detail(exc, envelope=True)) from None
     checked: dict[str, Any] = event
     return checked
+
+
+# --------------------------------------------------------------------------- the codec
+
+
+class ContractCodec:
+    """Turns one inbound Kafka message into an `InboundEvent` or raises `InputRejected`.
+
+    `clock` is the wall clock that bounds an input's `time` (contract 1.1, "Time"); it must
+    return an aware datetime. Business time still comes from `time` alone.
+    """
+
+    def __init__(
+        self,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if max_message_bytes <= 0:
+            raise ValueError("max_message_bytes must be positive")
+        if clock().utcoffset() is None:
+            # Comparing a naive clock with an aware `time` would raise in every decode.
+            raise ValueError("clock must return an aware datetime")
+        self.max_message_bytes = max_message_bytes
+        self.clock = clock
+        self._envelope = _compile(_ENVELOPE_SCHEMA)
+        self._types: dict[str, _InboundType] = {
+            type_: _InboundType(
+                load_schema(f"inbound/{type_.removeprefix(TYPE_PREFIX)}.schema.json"), topics
+            )
+            for type_, topics in INBOUND_TOPICS_BY_TYPE.items()
+        }
+
+    # The rest of the codec port (engine.application.codec.WireCodec): this module's functions.
+    encode_outbound = staticmethod(encode_outbound)
+    dead_letter = staticmethod(dead_letter)
+    dead_letter_id = staticmethod(dead_letter_id)
+    stored_envelope = staticmethod(stored_envelope)
+
+    def decode(self, value: bytes | None, topic: str, *, key: bytes | None) -> InboundEvent:
+        """`topic` is the contract topic name without the deployment prefix; `key` the
+        message's Kafka key, which must be the event's `subject`."""
+        if topic not in INBOUND_TOPICS:
+            # A wiring bug in the caller, not a property of the message: fail loudly.
+            raise ValueError(f"{topic!r} is not an inbound contract topic {INBOUND_TOPICS}")
+        malformed = DeadLetterReason.MALFORMED
+        schema = DeadLetterReason.SCHEMA
+
+        if not value:
+            raise InputRejected(malformed, "empty value")
+        size = len(value)
+        if size > self.max_message_bytes:
+            raise InputRejected(malformed, f"oversized: {size} bytes > {self.max_message_bytes}")
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputRejected(
+                malformed, f"not UTF-8: invalid byte at offset {exc.start}"
+            ) from None
+        try:
+            event = _JSON_DECODER.decode(text)
+        except json.JSONDecodeError as exc:
+            raise InputRejected(malformed, f"not JSON: {exc}") from None
+        except _NotJSON as exc:
+            raise InputRejected(malformed, f"not JSON: {exc}") from None
+        except ValueError:
+            # The only other ValueError of the C scanner: an integer beyond the digit limit.
+            raise InputRejected(malformed, "not JSON: integer too long") from None
+        except RecursionError:
+            raise InputRejected(malformed, "not JSON: nested too deeply") from None
+        if type(event) is not dict:
+            raise InputRejected(malformed, "not a JSON object")
+        # A \uD800- or \uDC00-style escape can smuggle a lone surrogate past UTF-8 validation;
+        # it would crash every later UTF-8 encoding (hashing, storage), so look whenever one may
+        # exist. A correctly paired escape (an emoji) takes the slow path and passes.
+        if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(event):
+            raise InputRejected(malformed, "not JSON: lone UTF-16 surrogate in a string")
+
+        try:
+            self._envelope(event)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            missing = [name for name in _CLOUDEVENT_CORE if name not in event]
+            if missing:
+                raise InputRejected(
+                    malformed, f"not a CloudEvent: missing {', '.join(missing)}"
+                ) from None
+            raise InputRejected(schema, _schema_detail(exc, envelope=True)) from None
+
+        subject: str = event["subject"]
+        # The key decides the partition, so the dossier's order; a subject that differs would
+        # apply the input to one dossier in the order of another. The pattern made it ASCII.
+        if key != subject.encode("ascii"):
+            raise InputRejected(malformed, _key_problem(key))
+        if not _is_calendar_dossier_code(subject):
+            raise InputRejected(schema, "subject: dossier code date is not a calendar date")
+
+        version = int(event.get("schemaversion", CURRENT_SCHEMA_VERSION))
+        if version > CURRENT_SCHEMA_VERSION:
+            raise InputRejected(
+                schema, f"schemaversion: {version} is newer than {CURRENT_SCHEMA_VERSION}"
+            )
+        time_text: str = event["time"]
+        try:
+            time = _parse_time(time_text)
+        except ValueError:
+            raise InputRejected(schema, "time: not a valid date-time") from None
+        # Once inside the bounds, every conversion and the engine's arithmetic are safe.
+        utc = _in_utc(time, time_text)
+        if utc is None or utc > self.clock() + MAX_TIME_AHEAD:
+            raise InputRejected(schema, "time: outside [2000-01-01, now + 1 day]")
+
+        type_: str = event["type"]
+        known = self._types.get(type_)
+        if known is None:
+            raise InputRejected(schema, f"unknown type {json.dumps(_clip(type_))}")
+        if topic not in known.topics:
+            raise InputRejected(
+                schema,
+                f"type {type_} not accepted on topic {topic} (only on {', '.join(known.topics)})",
+            )
+
+        data: dict[str, Any] = event["data"]
+        try:
+            known.validate(data)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            raise InputRejected(schema, _schema_detail(exc, envelope=False)) from None
+        for path in known.datetime_paths:
+            for parent, name in _values_at(data, path):
+                moment_text = parent[name]
+                try:
+                    moment = _parse_time(moment_text)
+                except ValueError:
+                    raise InputRejected(
+                        schema, f"{_path_name(path)}: not a valid date-time"
+                    ) from None
+                utc = _in_utc(moment, moment_text)
+                if utc is None or utc >= DATA_TIME_END:
+                    raise InputRejected(
+                        schema, f"{_path_name(path)}: outside [2000-01-01, 2100-01-01)"
+                    )
+        for path in known.dossier_code_paths:
+            for parent, name in _values_at(data, path):
+                if not _is_calendar_dossier_code(parent[name]):
+                    raise InputRejected(
+                        schema, f"{_path_name(path)}: dossier code date is not a calendar date"
+                    )
+
+        return InboundEvent(
+            source=event["source"],
+            id=event["id"],
+            type=type_,
+            subject=subject,
+            time=time,
+            data=data,
+            topic=topic,
+            schema_version=version,
+        )
