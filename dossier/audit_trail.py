@@ -20,13 +20,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from dossier.settings import Settings
 from engine.calendar import WorkingCalendar
 from engine.events import FEE_DISCOUNT_TOPIC, TYPE_PREFIX
 from engine.procedures import load_catalogue
-from engine.store.sql import history, outbox
+from engine.store import queries
 from schemas.upcasting import upcast
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -78,17 +78,11 @@ def mask(value: Any) -> Any:
 def load_trail(
     db: Engine, code: str, *, as_of: datetime | None, settings: Settings
 ) -> Trail | None:
-    h = history.c
-    query = select(history).where(h.dossier_code == code).order_by(h.seq)
-    if as_of is not None:
-        query = query.where(h.event_time <= as_of)
     with db.connect() as connection:
-        rows = connection.execute(query).all()
-        discount_rows = connection.execute(
-            select(outbox.c.value, outbox.c.created_at)
-            .where(outbox.c.topic == FEE_DISCOUNT_TOPIC, outbox.c.key == code.encode())
-            .order_by(outbox.c.id)
-        ).all()
+        rows = queries.dossier_history(connection, code, until=as_of)
+        discount_messages = list(
+            queries.outbox_messages(connection, [FEE_DISCOUNT_TOPIC], key=code.encode())
+        )
     if not rows:
         return None
     catalogue = load_catalogue(settings.workflows_dir)
@@ -132,10 +126,10 @@ def load_trail(
             )
         steps.append(step)
     discounts: list[dict[str, Any]] = []
-    for value, created_at in discount_rows:
-        if as_of is not None and created_at > as_of:
+    for message in discount_messages:
+        if as_of is not None and message.created_at > as_of:
             continue
-        event = orjson.loads(value)
+        event = orjson.loads(message.value)
         d = event.get("data", {})
         discounts.append(
             {

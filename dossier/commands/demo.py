@@ -433,19 +433,17 @@ def _expected_line(content: dict[str, Any]) -> str:
 def dead_letters_by_input(database_url: str) -> dict[str, Counter[str]]:
     """The reasons the engine gave each input it dead-lettered, by the SHA-256 of the input's
     bytes (a dead letter carries them whole), for the accounting of the hostile inputs."""
-    from sqlalchemy import select
-
     from dossier.tools.simulation import value_digest
     from engine.events import DLQ_TOPIC
-    from engine.store.sql import create_db_engine, outbox
+    from engine.store.queries import outbox_messages
+    from engine.store.sql import create_db_engine
 
     letters: dict[str, Counter[str]] = {}
     db = create_db_engine(database_url)
     try:
         with db.connect() as connection:
-            query = select(outbox.c.value).where(outbox.c.topic == DLQ_TOPIC)
-            for (value,) in connection.execute(query):
-                data = json.loads(bytes(value))["data"]
+            for message in outbox_messages(connection, [DLQ_TOPIC]):
+                data = json.loads(message.value)["data"]
                 raw = base64.b64decode(data["original"]["value_base64"] or "")
                 letters.setdefault(value_digest(raw), Counter())[str(data["reason"])] += 1
     finally:

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from kafka import KafkaConsumer, TopicPartition
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine
 
 from consumers.ordering import event_time
 from dossier import kafka_clients
@@ -45,8 +45,9 @@ from engine.calendar import WorkingCalendar
 from engine.decider import Decider
 from engine.events import INBOUND_TOPICS, InboundEvent
 from engine.procedures import load_catalogue
+from engine.store import queries
 from engine.store.migrate import upgrade
-from engine.store.sql import SqlRepository, SqlUnitOfWork, dossiers, history
+from engine.store.sql import SqlRepository, SqlUnitOfWork
 from schemas.codec import ContractCodec
 from schemas.codec import stored_input as stored_contract_input
 
@@ -139,7 +140,7 @@ def prepare_target(target: Engine) -> None:
     database would mix two histories and verify against neither."""
     upgrade(target)
     with target.connect() as connection:
-        count = connection.scalar(select(func.count()).select_from(dossiers))
+        count = queries.dossier_count(connection)
     if count:
         raise ValueError(f"the target database already holds {count} dossiers: use a fresh one")
 
@@ -366,11 +367,9 @@ def stored_inputs(
     source: Connection, batch_size: int
 ) -> Iterator[list[tuple[RawInput, InboundEvent]]]:
     """Applied inputs of `source` in the order they were applied, upcast, in batches."""
-    h = history.c
-    query = select(h.topic, h.partition, h.offset, h.schema_version, h.envelope).order_by(h.id)
-    result = source.execution_options(stream_results=True, yield_per=batch_size).execute(query)
     batch: list[tuple[RawInput, InboundEvent]] = []
-    for topic, partition, offset, version, envelope in result:
+    rows = queries.applied_inputs(source, yield_per=batch_size)
+    for _, _, topic, partition, offset, version, envelope in rows:
         batch.append(stored_input(topic, partition, offset, version, envelope))
         if len(batch) >= batch_size:
             yield batch
@@ -408,7 +407,7 @@ def replay_from_db_serially(
     with source.connect() as connection:
         stored = 0
         if progress is not None:  # a count is a scan of the whole history on some databases
-            stored = connection.scalar(select(func.count()).select_from(history)) or 0
+            stored = queries.history_count(connection)
         for batch in stored_inputs(connection, batch_size):
             decoder.ready = {raw.value: event for raw, event in batch if raw.value is not None}
             result = processor.process(
@@ -465,26 +464,11 @@ class Comparison:
         return self.differing == 0 and self.live == self.rebuilt
 
 
-def _snapshots(connection: Connection) -> dict[str, dict[str, Any]]:
-    c = dossiers.c
-    return {
-        code: dict(snapshot) for code, snapshot in connection.execute(select(c.code, c.snapshot))
-    }
-
-
-def _status_sequences(connection: Connection) -> dict[str, list[tuple[str, int]]]:
-    h = history.c
-    sequences: dict[str, list[tuple[str, int]]] = {}
-    query = select(h.dossier_code, h.state_after, h.status_code).order_by(h.dossier_code, h.seq)
-    for code, state, status in connection.execution_options(yield_per=50_000).execute(query):
-        sequences.setdefault(code, []).append((state, status))
-    return sequences
-
-
 def compare(rebuilt: Engine, live: Engine, limit: int = 20) -> Comparison:
     with rebuilt.connect() as r, live.connect() as l_:
-        rebuilt_dossiers, live_dossiers = _snapshots(r), _snapshots(l_)
-        rebuilt_steps, live_steps = _status_sequences(r), _status_sequences(l_)
+        rebuilt_dossiers = queries.dossier_snapshots(r)
+        live_dossiers = queries.dossier_snapshots(l_)
+        rebuilt_steps, live_steps = queries.status_sequences(r), queries.status_sequences(l_)
     result = Comparison(live=len(live_dossiers), rebuilt=len(rebuilt_dossiers))
     for code in sorted(set(live_dossiers) | set(rebuilt_dossiers)):
         mine, theirs = rebuilt_dossiers.get(code), live_dossiers.get(code)

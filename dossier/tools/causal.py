@@ -199,22 +199,19 @@ class DatabasePositions:
     """The engine's committed positions, read from its database (what it has really taken)."""
 
     def __init__(self, database_url: str, consumer_group: str) -> None:
-        from sqlalchemy import select
-
-        from engine.store.sql import consumer_positions, create_db_engine
+        from engine.store.sql import create_db_engine
 
         self._db = create_db_engine(database_url)
-        c = consumer_positions.c
-        self._query = select(c.topic, c.partition, c.next_offset).where(
-            c.group_id == consumer_group
-        )
+        self._group = consumer_group
 
     def __call__(self) -> Positions:
         from sqlalchemy.exc import SQLAlchemyError
 
+        from engine.store.queries import positions
+
         try:
             with self._db.connect() as connection:
-                return {(t, p): o for t, p, o in connection.execute(self._query)}
+                return positions(connection, self._group)
         except SQLAlchemyError:  # the engine has not created its schema yet
             return {}
 

@@ -280,16 +280,16 @@ def status_sequences(connection: Connection) -> dict[str, list[tuple[str, int]]]
 
 
 # (history id, dossier code, topic, partition, offset, schema version, envelope)
-StoredInputRow = tuple[int, str, str, int | None, int | None, int, Any]
+AppliedInputRow = tuple[int, str, str, int | None, int | None, int, Any]
 
 
-def stored_inputs(
+def applied_inputs(
     connection: Connection,
     *,
     yield_per: int = 10_000,
     last_id: int | None = None,
     shard: tuple[int, int] | None = None,
-) -> Iterator[StoredInputRow]:
+) -> Iterator[AppliedInputRow]:
     """The applied inputs in the order they were applied (history id), streamed: every one,
     or those up to `last_id`; with `shard` = (shard, shards), only the dossiers of that shard
     (`shard_of`), filtered in SQL where the database can (see `register_shard_function`)."""
@@ -332,7 +332,7 @@ def shard_of(code: str, shards: int) -> int:
 
 def register_shard_function(dbapi_connection: Any, _record: object) -> None:
     """A `connect` listener for SQLite engines: `shard_of` as the SQL function
-    `dossier_shard`, so that `stored_inputs` filters a shard in SQL there too."""
+    `dossier_shard`, so that `applied_inputs` filters a shard in SQL there too."""
     dbapi_connection.create_function("dossier_shard", 2, shard_of, deterministic=True)
 
 
