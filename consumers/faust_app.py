@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import faust
 from faust.types import TP
+from faust.types.auth import CredentialsT
 
 from consumers.buffer import ByteBoundedQueue
 from consumers.drain import FastDrainConsumer, RawSchema
@@ -54,6 +55,9 @@ class ConsumerConfig:
     clock_mode: str
     parked_sweep_seconds: int
     stream_buffer_bytes: int
+    # faust's broker_credentials: the SASL login and TLS context of the settings
+    # (dossier.kafka_clients.faust_credentials); None connects in PLAINTEXT.
+    credentials: CredentialsT | None = None
 
 
 class BatchSink(Protocol):
@@ -95,6 +99,7 @@ def build_app(config: ConsumerConfig, sink: BatchSink) -> faust.App:
     app = faust.App(
         config.consumer_group,
         broker=config.broker_url,
+        broker_credentials=config.credentials,
         store="memory://",
         datadir=str(datadir),
         web_enabled=False,

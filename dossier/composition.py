@@ -65,6 +65,7 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
         clock_mode=settings.clock_mode,
         parked_sweep_seconds=settings.parked_sweep_seconds,
         stream_buffer_bytes=settings.stream_buffer_bytes,
+        credentials=kafka_clients.faust_credentials(settings),
     )
 
 

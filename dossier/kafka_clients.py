@@ -12,12 +12,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from dossier.settings import Settings
 from engine.events import ALL_TOPICS, AUDIT_CHECKPOINT_TOPIC
+
+if TYPE_CHECKING:
+    from faust.types.auth import CredentialsT
 
 # The audit checkpoints are one ordered stream: one partition.
 SINGLE_PARTITION_TOPICS = frozenset({AUDIT_CHECKPOINT_TOPIC})
@@ -27,9 +30,72 @@ class TopicsNotCreated(RuntimeError):
     pass
 
 
+class KafkaSecurityError(ValueError):
+    """The security settings cannot make a client: the message says which setting to fix."""
+
+
 def client_options(settings: Settings) -> dict[str, Any]:
-    """The kafka-python keyword arguments every client of this deployment starts from."""
-    return {"bootstrap_servers": settings.kafka_bootstrap_servers.split(",")}
+    """The kafka-python keyword arguments every client of this deployment starts from: the
+    brokers' address and, with SASL_SSL, TLS and the SASL login (the password read from its
+    file here, when the client is built, so it is in no setting, log or environment)."""
+    options: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap_servers.split(",")}
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return options
+    username, password = sasl_login(settings)
+    options.update(
+        security_protocol=settings.kafka_security_protocol,
+        sasl_mechanism=settings.kafka_sasl_mechanism,
+        sasl_plain_username=username,
+        sasl_plain_password=password,
+    )
+    if settings.kafka_ssl_cafile is not None:
+        options["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+    return options
+
+
+def sasl_login(settings: Settings) -> tuple[str, str]:
+    """(user, password) of the SASL settings; the password from DOSSIER_KAFKA_SASL_PASSWORD_FILE."""
+    if not settings.kafka_sasl_username:
+        raise KafkaSecurityError(
+            f"DOSSIER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs "
+            "DOSSIER_KAFKA_SASL_USERNAME"
+        )
+    if settings.kafka_sasl_password_file is None:
+        raise KafkaSecurityError(
+            f"DOSSIER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs "
+            "DOSSIER_KAFKA_SASL_PASSWORD_FILE"
+        )
+    try:
+        password = settings.kafka_sasl_password_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise KafkaSecurityError(
+            f"DOSSIER_KAFKA_SASL_PASSWORD_FILE: cannot read {settings.kafka_sasl_password_file} "
+            f"({exc.strerror or exc})"
+        ) from None
+    if not password:
+        raise KafkaSecurityError(
+            f"DOSSIER_KAFKA_SASL_PASSWORD_FILE: {settings.kafka_sasl_password_file} is empty"
+        )
+    return settings.kafka_sasl_username, password
+
+
+def faust_credentials(settings: Settings) -> CredentialsT | None:
+    """faust's `broker_credentials` for the engine's consumer: None with PLAINTEXT, else the
+    same SASL login and CA as every other client (faust.SASLCredentials over TLS)."""
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    import ssl
+
+    from faust import SASLCredentials
+
+    username, password = sasl_login(settings)
+    cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile is not None else None
+    return SASLCredentials(
+        username=username,
+        password=password,
+        ssl_context=ssl.create_default_context(cafile=cafile),
+        mechanism=settings.kafka_sasl_mechanism,
+    )
 
 
 def faust_broker_url(settings: Settings) -> str:

@@ -42,6 +42,8 @@ ClockMode = Literal["business", "wall"]
 LogFormat = Literal["text", "json"]
 RelayMode = Literal["process", "thread"]
 BatchPipeline = Literal["auto", "write-behind", "serial"]
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,33 @@ class Settings:
     )
     consumer_group: str = setting(
         "DOSSIER_CONSUMER_GROUP", "dossier-engine", "Kafka consumer group of the engine."
+    )
+    # --- Kafka client security (dossier.kafka_clients.client_options) -----------------------
+    kafka_security_protocol: KafkaSecurityProtocol = setting(
+        "DOSSIER_KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        "'PLAINTEXT' or 'SASL_SSL' (TLS, SASL/SCRAM login): how every Kafka client of this"
+        " process connects. `dossier kafka client-config PRINCIPAL --env` prints the settings"
+        " for a principal of the local secure broker.",
+    )
+    kafka_sasl_mechanism: SaslMechanism = setting(
+        "DOSSIER_KAFKA_SASL_MECHANISM",
+        "SCRAM-SHA-512",
+        "SASL mechanism with SASL_SSL.",
+    )
+    kafka_sasl_username: str = setting(
+        "DOSSIER_KAFKA_SASL_USERNAME", "", "SASL user (Kafka principal) with SASL_SSL."
+    )
+    kafka_sasl_password_file: Path | None = setting(
+        "DOSSIER_KAFKA_SASL_PASSWORD_FILE",
+        None,
+        "File holding that user's password (read when a client is built; never printed).",
+    )
+    kafka_ssl_cafile: Path | None = setting(
+        "DOSSIER_KAFKA_SSL_CAFILE",
+        None,
+        "PEM file of the CA(s) the broker's certificate must chain to; empty means the"
+        " system's trust store.",
     )
     # --- Local Kafka broker started by deploy/ -----------------------------------------------
     kafka_version: str = setting(
