@@ -43,17 +43,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlite3
-from collections.abc import Sequence
 from contextlib import closing
 from datetime import UTC
 
 import orjson
-from sqlalchemy import Engine, Table
+from sqlalchemy import Engine
 
 from dossier import kafka_clients
 from dossier.gc_tuning import tune_for_batches
 from dossier.replay.jobs import replay_from_db, replay_from_kafka
-from dossier.replay.parallel import encode_rows, sqlite_time
 from dossier.replay.serial import compare, make_processor
 from dossier.settings import Settings
 from dossier.tools.simulation import Workload
@@ -67,17 +65,10 @@ from engine.dossier import Applied, Dossier
 from engine.events import INBOUND_TOPICS, InboundEvent
 from engine.procedures import load_catalogue
 from engine.store.audit import verify, write_checkpoint
+from engine.store.bulk import columns, encode_rows, insert_statement, sqlite_time
 from engine.store.migrate import upgrade
-from engine.store.sql import (
-    SqlUnitOfWork,
-    create_db_engine,
-    dossier_columns,
-    history,
-    input_ledger,
-    json_dumps,
-    outbox,
-)
-from engine.store.sql import dossiers as dossiers_table
+from engine.store.sql import SqlUnitOfWork, create_db_engine
+from engine.store.tables import dossier_columns, json_dumps
 from schemas.codec import encode_outbound, stored_envelope
 from schemas.upcasting import upcast
 
@@ -184,7 +175,7 @@ def run(args: argparse.Namespace, settings: Settings, work: Path) -> int:
     with SqlUnitOfWork(live) as uow:
         codes = [
             r[0]
-            for r in uow.repo.connection.exec_driver_sql(  # type: ignore[attr-defined]
+            for r in uow.repo.connection.exec_driver_sql(
                 "SELECT DISTINCT dossier_code FROM history"
             )
         ]
@@ -225,9 +216,11 @@ def replay_floor(source: Engine, path: Path, engine_source: str, batch: int = 50
     heads: dict[str, str] = {}
     diverged = inputs = 0
     recorded_at = sqlite_time(datetime.now(UTC))
-    history_sql = _insert_sql(history, _HISTORY_COLUMNS)
-    ledger_sql = _insert_sql(input_ledger, ("source", "event_id", "content_hash", "dossier_code"))
-    outbox_sql = _insert_sql(outbox, ("message_id", "topic", "key", "value", "created_at"))
+    history_sql = insert_statement("history", _HISTORY_COLUMNS)
+    ledger_sql = insert_statement(
+        "input_ledger", ("source", "event_id", "content_hash", "dossier_code")
+    )
+    outbox_sql = insert_statement("outbox", ("message_id", "topic", "key", "value", "created_at"))
     query = 'SELECT topic, "partition", "offset", schema_version, envelope FROM history ORDER BY id'
     started = time.perf_counter()
     with (
@@ -333,7 +326,7 @@ def replay_floor(source: Engine, path: Path, engine_source: str, batch: int = 50
             ):
                 stage[name] += seconds
         t0 = time.perf_counter()
-        names = [c.name for c in dossiers_table.c]
+        names = columns("dossiers")
         stored = (
             {
                 "code": code,
@@ -342,9 +335,7 @@ def replay_floor(source: Engine, path: Path, engine_source: str, batch: int = 50
             }
             for code, d in dossiers.items()
         )
-        db.executemany(
-            _insert_sql(dossiers_table, names), encode_rows(dossiers_table, names, stored)
-        )
+        db.executemany(insert_statement("dossiers", names), encode_rows("dossiers", names, stored))
         db.execute("COMMIT")
         stage["write"] += time.perf_counter() - t0
     wall = time.perf_counter() - started
@@ -369,12 +360,7 @@ def replay_floor(source: Engine, path: Path, engine_source: str, batch: int = 50
 
 
 # The history table's columns but its surrogate id, in the table's order.
-_HISTORY_COLUMNS = tuple(c.name for c in history.c if c.name != "id")
-
-
-def _insert_sql(table: Table, names: Sequence[str]) -> str:
-    listed = ", ".join(f'"{n}"' for n in names)
-    return f"INSERT INTO {table.name} ({listed}) VALUES ({', '.join('?' for _ in names)})"
+_HISTORY_COLUMNS = tuple(columns("history", ids=False))
 
 
 if __name__ == "__main__":

@@ -41,10 +41,9 @@ id order (the relay's publishing order); history rows get its id order too, (bat
 code, seq), which is how the SQL store appends each batch's history; consumer positions
 the order in which the serial batches first wrote them.
 
-Each worker writes its store into a scratch SQLite file with the store's tables and column
-types but none of its indexes (`scratch_table`), with raw `executemany` of values encoded
-exactly as SQLAlchemy would (UTC text for `UtcDateTime`, the store's JSON text, 0/1 booleans),
-plus the ordering keys in extra `replay_*` columns. The parent ATTACHes the scratch files to a
+Each worker writes its store into a scratch SQLite file (`engine.store.bulk`: the store's
+tables and column types but none of its indexes, values encoded exactly as SQLAlchemy would),
+with the ordering keys in extra `replay_*` columns. The parent ATTACHes the scratch files to a
 SQLite target and copies every table with one `INSERT ... SELECT ... ORDER BY` each, in one
 transaction; into PostgreSQL it copies the same ordered rows through `SqlRepository`'s batch
 insert. History keeps the hash chains the workers computed, which are the ones the SQL store
@@ -59,29 +58,24 @@ snapshot per process (rows are read up to the last history id counted at the sta
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import multiprocessing
 import os
-import sqlite3
 import tempfile
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.process import BaseProcess
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-import orjson
-from sqlalchemy import JSON, Boolean, Connection, Engine, Table, func, select, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy import event as sa_event
-from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import URL
 
 from dossier.gc_tuning import tune_for_batches
@@ -102,24 +96,12 @@ from engine.application.ports import ChangeSet, Position, StoredDossier
 from engine.application.service import BatchProcessor, RawInput, ServiceConfig
 from engine.dossier import Applied, Decision, Dossier, NotYetApplicable, Rejected
 from engine.events import InboundEvent, InputRejected, OutboundEvent
+from engine.store import bulk, queries
+from engine.store.bulk import attach_limit, sqlite_time
 from engine.store.memory import InMemoryRepository, InMemoryStore, InMemoryUnitOfWork
-from engine.store.sql import (
-    SqlUnitOfWork,
-    UtcDateTime,
-    consumer_positions,
-    create_db_engine,
-    dossier_columns,
-    dossiers,
-    engine_clock,
-    history,
-    history_columns,
-    input_ledger,
-    input_outcomes,
-    json_dumps,
-    outbox,
-    parked_columns,
-    parked_inputs,
-)
+from engine.store.queries import register_shard_function
+from engine.store.sql import create_db_engine
+from engine.store.tables import dossier_columns, history_columns, parked_columns
 from schemas.codec import dead_letter_id
 
 # Where, within its batch, the serial replay emits an outbound message.
@@ -139,136 +121,6 @@ Prepared = tuple[int, RawInput, Decoded]
 
 class ReplayWorkerError(RuntimeError):
     """A worker failed or died; nothing was written to the target."""
-
-
-def shard_of(code: str, shards: int) -> int:
-    """The shard of a dossier code; PostgreSQL computes the same in SQL (`_shard_filter`)."""
-    digest = hashlib.md5(code.encode("utf-8"), usedforsecurity=False).digest()
-    return int.from_bytes(digest[:4], "big") % shards
-
-
-# ---------------------------------------------------------------------------------------------
-# Storage encoding: the values SQLAlchemy would bind for the SQL store's column types on SQLite
-# ---------------------------------------------------------------------------------------------
-
-
-def sqlite_time(value: datetime | None) -> str | None:
-    """`UtcDateTime` on SQLite: naive UTC, in SQLAlchemy's fixed-width SQLite text format."""
-    if value is None:
-        return None
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value!r}: storage needs timezone-aware datetimes")
-    # Without the "+00:00" that an aware value's isoformat ends with.
-    return value.astimezone(UTC).isoformat(sep=" ", timespec="microseconds")[:-6]
-
-
-def _sqlite_bool(value: bool | None) -> int | None:
-    return None if value is None else int(value)
-
-
-def _read_time(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
-
-
-def _read_bool(value: int | None) -> bool | None:
-    return None if value is None else bool(value)
-
-
-def _read_json(value: str | bytes) -> Any:
-    return orjson.loads(value)
-
-
-Codec = Callable[[Any], Any] | None
-
-
-def _encoders(table: Table, names: Sequence[str]) -> list[Codec]:
-    encoders: list[Codec] = []
-    for name in names:
-        type_ = table.c[name].type if name in table.c else None
-        if isinstance(type_, UtcDateTime):
-            encoders.append(sqlite_time)
-        elif isinstance(type_, Boolean):
-            encoders.append(_sqlite_bool)
-        elif isinstance(type_, JSON):
-            encoders.append(json_dumps)  # the serializer `create_db_engine` gives SQLAlchemy
-        else:
-            encoders.append(None)
-    return encoders
-
-
-def _decoders(table: Table, names: Sequence[str]) -> list[Codec]:
-    decoders: list[Codec] = []
-    for name in names:
-        type_ = table.c[name].type
-        if isinstance(type_, UtcDateTime):
-            decoders.append(_read_time)
-        elif isinstance(type_, Boolean):
-            decoders.append(_read_bool)
-        elif isinstance(type_, JSON):
-            decoders.append(_read_json)
-        else:
-            decoders.append(None)
-    return decoders
-
-
-def encode_rows(
-    table: Table, names: Sequence[str], rows: Iterable[Mapping[str, Any]]
-) -> Iterator[list[Any]]:
-    """`rows` as the values SQLAlchemy would bind into `table` on SQLite."""
-    encoded = [(i, encode) for i, encode in enumerate(_encoders(table, names)) if encode]
-    if len(names) == 1:
-        only = names[0]
-        for row in rows:
-            values = [row[only]]
-            for i, encode in encoded:
-                values[i] = encode(values[i])
-            yield values
-        return
-    getter = itemgetter(*names)
-    for row in rows:
-        values = list(getter(row))
-        for i, encode in encoded:
-            values[i] = encode(values[i])
-        yield values
-
-
-# The extra columns of the scratch tables: where each row goes in the merged order.
-_ORDER_COLUMNS: dict[str, tuple[str, ...]] = {
-    "dossiers": ("replay_batch", "replay_rank"),
-    "history": ("replay_batch",),
-    "input_ledger": ("replay_batch", "replay_rank", "replay_seq"),
-    "parked_inputs": ("replay_batch", "replay_rank"),
-    "input_outcomes": ("replay_batch",),
-    "consumer_positions": ("replay_batch",),
-    "outbox": (
-        "replay_batch",
-        "replay_phase",
-        "replay_rank",
-        "replay_due",
-        "replay_code",
-        "replay_seq",
-    ),
-}
-_TEXT_ORDER_COLUMNS = frozenset({"replay_due", "replay_code"})
-
-# Each copied table: its columns (surrogate ids left to the target) and the merged order.
-_MERGED: dict[str, tuple[Table, str]] = {
-    "dossiers": (dossiers, "replay_batch, replay_rank"),
-    "history": (history, "replay_batch, dossier_code, seq"),
-    "input_ledger": (input_ledger, "replay_batch, replay_rank, replay_seq, replay_worker"),
-    "parked_inputs": (parked_inputs, "replay_batch, replay_rank, replay_worker"),
-    "outbox": (
-        outbox,
-        "replay_batch, replay_phase, replay_rank, replay_due, replay_code, replay_seq,"
-        " replay_worker",
-    ),
-    # The serial batches insert the partitions they see first, sorted, and update the others.
-    "consumer_positions": (consumer_positions, 'replay_batch, topic, "partition"'),
-}
-
-
-def _copied_columns(table: Table) -> list[str]:
-    return [c.name for c in table.c if c.name != "id"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,35 +454,9 @@ def _due_keys(store: InMemoryStore, limit: int) -> list[NoticeKey]:
     )
 
 
-def _register_shard_function(dbapi_connection: sqlite3.Connection, _record: object) -> None:
-    dbapi_connection.create_function("dossier_shard", 2, shard_of, deterministic=True)
-
-
-def _shard_filter(dialect: str, shards: int, shard: int) -> Any:
-    h = history.c
-    if dialect == "sqlite":
-        return func.dossier_shard(h.dossier_code, shards) == shard
-    if dialect == "postgresql":
-        # The first 32 bits of md5, unsigned: `shard_of` in SQL.
-        return text(
-            "mod(('x' || substr(md5(dossier_code), 1, 8))::bit(32)::bigint, :shards) = :shard"
-        ).bindparams(shards=shards, shard=shard)
-    return None
-
-
 def _shard_rows(connection: Connection, job: ShardJob) -> Iterator[Prepared]:
-    h = history.c
-    query = select(
-        h.id, h.dossier_code, h.topic, h.partition, h.offset, h.schema_version, h.envelope
-    ).where(h.id <= job.bounds[-1])
-    condition = _shard_filter(connection.dialect.name, job.shards, job.shard)
-    if condition is not None:
-        query = query.where(condition)
-    query = query.order_by(h.id)
-    result = connection.execution_options(stream_results=True, yield_per=10_000).execute(query)
-    for hid, code, topic, partition, offset, version, envelope in result:
-        if condition is None and shard_of(code, job.shards) != job.shard:
-            continue
+    rows = queries.applied_inputs(connection, last_id=job.bounds[-1], shard=(job.shard, job.shards))
+    for hid, _, topic, partition, offset, version, envelope in rows:
         raw, stored_event = stored_input(topic, partition, offset, version, envelope)
         yield hid, raw, stored_event
 
@@ -667,7 +493,7 @@ def run_worker(fold: Callable[[Any, Pipe], Any], job: Any, pipe: Pipe) -> None:
 def _fold_shard(job: ShardJob, pipe: Pipe) -> ShardResult:
     source = create_db_engine(job.source_url)
     if source.dialect.name == "sqlite":
-        sa_event.listen(source, "connect", _register_shard_function)
+        sa_event.listen(source, "connect", register_shard_function)
     # Positions are not tracked, as in `replay_from_db`; a stored input that was parked live is
     # decoded again from its stored bytes when retried in the same batch, as there.
     fold = Fold.create(
@@ -693,23 +519,18 @@ def _fold_shard(job: ShardJob, pipe: Pipe) -> ShardResult:
 
 
 def write_shard(path: Path, store: InMemoryStore, tracker: OrderTracker) -> None:
-    """The store's rows, as the SQL store would hold them, into a fresh SQLite file."""
+    """The store's rows, as the SQL store would hold them, into a fresh scratch file, each
+    with where it goes in the serial replay's order (`engine.store.bulk`)."""
     recorded_at = datetime.now(UTC)
-    with closing(sqlite3.connect(path, isolation_level=None)) as db:
-        db.execute("PRAGMA journal_mode=OFF")  # a scratch file: a crash discards it anyway
-        db.execute("PRAGMA synchronous=OFF")
-        db.execute("BEGIN")
-        for table in _SCRATCH_TABLES:
-            db.execute(scratch_table(table))
-        _insert(db, dossiers, _dossier_rows(store, tracker))
-        _insert(db, history, _history_rows(store, tracker, recorded_at))
-        _insert(db, input_ledger, _ledger_rows(store, tracker))
-        _insert(db, parked_inputs, _parked_rows(store, tracker))
-        _insert(db, outbox, _outbox_rows(store, tracker))
-        _insert(
-            db,
-            input_outcomes,
-            (
+    bulk.write_scratch(
+        path,
+        {
+            "dossiers": _dossier_rows(store, tracker),
+            "history": _history_rows(store, tracker, recorded_at),
+            "input_ledger": _ledger_rows(store, tracker),
+            "parked_inputs": _parked_rows(store, tracker),
+            "outbox": _outbox_rows(store, tracker),
+            "input_outcomes": (
                 {
                     "group_id": g,
                     "topic": t,
@@ -719,11 +540,7 @@ def write_shard(path: Path, store: InMemoryStore, tracker: OrderTracker) -> None
                 }
                 for (g, t, o), n in store.outcomes.items()
             ),
-        )
-        _insert(
-            db,
-            consumer_positions,
-            (
+            "consumer_positions": (
                 {
                     "group_id": g,
                     "topic": t,
@@ -733,63 +550,11 @@ def write_shard(path: Path, store: InMemoryStore, tracker: OrderTracker) -> None
                 }
                 for (g, t, p), offset in store.positions.items()
             ),
-        )
-        if store.clock is not None:
-            _insert(db, engine_clock, [{"id": 1, "business_time": store.clock}])
-        db.execute("COMMIT")
-
-
-_SCRATCH_TABLES = (
-    dossiers,
-    history,
-    input_ledger,
-    parked_inputs,
-    outbox,
-    input_outcomes,
-    consumer_positions,
-    engine_clock,
-)
-
-
-def scratch_table(table: Table) -> str:
-    """`CREATE TABLE` for a scratch copy of `table`: the store's columns with their SQLite
-    types (so values are stored as the store stores them), the ordering columns, and no index
-    or constraint. The target checks the rows as they are merged; a scratch file that kept the
-    store's indexes would be half as large again and slower to write."""
-    dialect = sqlite_dialect()
-    columns = [
-        f"{_quoted(c.name)} INTEGER PRIMARY KEY"
-        if c.primary_key and c.autoincrement is True
-        else f"{_quoted(c.name)} {c.type.compile(dialect=dialect)}"
-        for c in table.c
-    ]
-    columns += [
-        f"{name} {'TEXT' if name in _TEXT_ORDER_COLUMNS else 'INTEGER'}"
-        for name in _ORDER_COLUMNS.get(table.name, ())
-    ]
-    return f"CREATE TABLE {table.name} ({', '.join(columns)})"
-
-
-def _insert(db: sqlite3.Connection, table: Table, rows: Iterable[Mapping[str, Any]]) -> None:
-    iterator = iter(rows)
-    first = next(iterator, None)
-    if first is None:
-        return
-    names = list(first)
-    statement = (
-        f"INSERT INTO {table.name} ({', '.join(_quoted(n) for n in names)})"
-        f" VALUES ({', '.join('?' for _ in names)})"
+            "engine_clock": (
+                [{"id": 1, "business_time": store.clock}] if store.clock is not None else []
+            ),
+        },
     )
-    db.executemany(statement, encode_rows(table, names, _chain(first, iterator)))
-
-
-def _chain(first: Mapping[str, Any], rest: Iterator[Mapping[str, Any]]) -> Iterator[Any]:
-    yield first
-    yield from rest
-
-
-def _quoted(name: str) -> str:
-    return f'"{name}"'  # `offset` is a keyword
 
 
 def _dossier_rows(store: InMemoryStore, tracker: OrderTracker) -> Iterator[dict[str, Any]]:
@@ -867,15 +632,8 @@ def _outbox_rows(store: InMemoryStore, tracker: OrderTracker) -> Iterator[dict[s
 
 def batch_bounds(source: Engine, batch_size: int) -> list[int]:
     """The last history id of each batch a serial replay reads (`stored_inputs`)."""
-    h = history.c
-    numbered = select(h.id, func.row_number().over(order_by=h.id).label("n")).subquery()
-    query = select(numbered.c.id).where(numbered.c.n % batch_size == 0).order_by(numbered.c.id)
     with source.connect() as connection:
-        bounds = [int(i) for i in connection.scalars(query)]
-        last = connection.scalar(select(func.max(h.id)))
-    if last is not None and (not bounds or bounds[-1] != last):
-        bounds.append(int(last))
-    return bounds
+        return queries.batch_bounds(connection, batch_size)
 
 
 def serial_clock(
@@ -1057,44 +815,12 @@ def receive(pipe: Pipe, process: BaseProcess, kind: str) -> Any:
     return message[1]
 
 
-def attach_limit() -> int:
-    with closing(sqlite3.connect(":memory:")) as probe:
-        return probe.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
-
-
 def _shareable_url(source: Engine) -> str | None:
     """A URL another process can open the source with; None for a private in-memory one."""
     url: URL = source.url
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         return None
     return url.render_as_string(hide_password=False)
-
-
-def _union(tables: str, names: Sequence[str], extra: Sequence[str], shards: int) -> str:
-    """Every shard's rows of `tables`, with the shard's number as `replay_worker`."""
-    columns = ", ".join([*(_quoted(n) for n in names), *extra])
-    return " UNION ALL ".join(
-        f"SELECT {columns}, {k} AS replay_worker FROM shard{k}.{tables}" for k in range(shards)
-    )
-
-
-def _ordered_select(name: str, shards: int) -> tuple[Table, list[str], str]:
-    table, order = _MERGED[name]
-    names = _copied_columns(table)
-    union = _union(name, names, _ORDER_COLUMNS.get(name, ()), shards)
-    listed = ", ".join(_quoted(n) for n in names)
-    return table, names, f"SELECT {listed} FROM ({union}) ORDER BY {order}"
-
-
-def _outcomes_select(shards: int) -> str:
-    """Counts summed over the shards, in the order the serial replay first wrote them."""
-    names = ["group_id", "topic", "outcome", "count"]
-    union = _union("input_outcomes", names, ("replay_batch",), shards)
-    return (
-        'SELECT group_id, topic, outcome, sum("count") FROM'
-        f" ({union}) GROUP BY group_id, topic, outcome"
-        " ORDER BY min(replay_batch), group_id, topic, outcome"
-    )
 
 
 def merge_shards(
@@ -1104,101 +830,13 @@ def merge_shards(
     progress: Progress | None = None,
 ) -> None:
     """Copy the scratch files into the (empty) target in the serial replay's order, in one
-    transaction."""
-    if target.dialect.name == "sqlite":
-        _merge_into_sqlite(target, paths, clock, progress)
-    else:
-        _merge_through_repository(target, paths, clock, progress)
+    transaction (`engine.store.bulk.merge_scratch`)."""
 
+    def merged(done: int, tables: int) -> None:
+        if progress is not None:
+            progress(MERGED, done, tables)
 
-def _merged(progress: Progress | None, tables: int) -> None:
-    if progress is not None:
-        progress(MERGED, tables, len(_MERGED) + 1)  # and the summed outcomes
-
-
-def _attach(db: sqlite3.Connection, paths: Sequence[Path]) -> None:
-    for k, path in enumerate(paths):
-        db.execute(f"ATTACH DATABASE ? AS shard{k}", (str(path),))
-
-
-def _detach(db: sqlite3.Connection, paths: Sequence[Path]) -> None:
-    for k in range(len(paths)):
-        with suppress(sqlite3.Error):
-            db.execute(f"DETACH DATABASE shard{k}")
-
-
-def _merge_into_sqlite(
-    target: Engine, paths: Sequence[Path], clock: datetime | None, progress: Progress | None
-) -> None:
-    raw = target.raw_connection()
-    try:
-        db = raw.driver_connection
-        assert isinstance(db, sqlite3.Connection)
-        _attach(db, paths)  # outside a transaction, as ATTACH must be
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for done, name in enumerate(_MERGED, 1):
-                    table, names, query = _ordered_select(name, len(paths))
-                    listed = ", ".join(_quoted(n) for n in names)
-                    # The outbox skips a message id already taken, as the store's write does; the
-                    # ORDER BY keeps the first, as the serial replay does.
-                    conflict = " ON CONFLICT DO NOTHING" if table is outbox else ""
-                    db.execute(f"INSERT INTO main.{name} ({listed}) {query}{conflict}")
-                    _merged(progress, done)
-                db.execute(
-                    'INSERT INTO main.input_outcomes (group_id, topic, outcome, "count") '
-                    + _outcomes_select(len(paths))
-                )
-                _merged(progress, len(_MERGED) + 1)
-                if clock is not None:
-                    db.execute(
-                        "INSERT INTO main.engine_clock (id, business_time) VALUES (1, ?)",
-                        (sqlite_time(clock),),
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        finally:
-            _detach(db, paths)
-    finally:
-        raw.close()
-
-
-def _merge_through_repository(
-    target: Engine,
-    paths: Sequence[Path],
-    clock: datetime | None,
-    progress: Progress | None,
-    chunk: int = 5000,
-) -> None:
-    with closing(sqlite3.connect(":memory:")) as db, SqlUnitOfWork(target, writes=True) as uow:
-        _attach(db, paths)
-        repo = uow.repo
-        for done, name in enumerate(_MERGED, 1):
-            table, names, query = _ordered_select(name, len(paths))
-            decoders = _decoders(table, names)
-            cursor = db.execute(query)
-            while rows := cursor.fetchmany(chunk):
-                values = [
-                    {
-                        n: v if decode is None or v is None else decode(v)
-                        for n, v, decode in zip(names, row, decoders, strict=True)
-                    }
-                    for row in rows
-                ]
-                repo.insert_rows(table, values, skip_duplicates=table is outbox)
-            _merged(progress, done)
-        outcomes = db.execute(_outcomes_select(len(paths))).fetchall()
-        by_group: dict[str, dict[tuple[str, str], int]] = {}
-        for group_id, topic, outcome, count in outcomes:
-            by_group.setdefault(group_id, {})[(topic, outcome)] = int(count)
-        for group_id, changes in by_group.items():
-            repo.write(ChangeSet(group=group_id, outcomes=changes))
-        _merged(progress, len(_MERGED) + 1)
-        repo.write(ChangeSet(clock=clock))
-        uow.commit()
+    bulk.merge_scratch(target, paths, clock, merged)
 
 
 __all__ = [
@@ -1206,15 +844,13 @@ __all__ = [
     "ReplayWorkerError",
     "ShardJob",
     "add_results",
+    "attach_limit",
     "batch_bounds",
-    "encode_rows",
     "fold_batches",
     "merge_shards",
     "notice_cutoff",
     "replay_from_db_parallel",
     "run_worker",
     "serial_clock",
-    "shard_of",
-    "sqlite_time",
     "start_workers",
 ]

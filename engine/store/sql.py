@@ -791,17 +791,13 @@ __all__ = [
     "audit_checkpoints",
     "consumer_positions",
     "create_db_engine",
-    "dossier_columns",
     "dossiers",
     "engine_clock",
     "history",
-    "history_columns",
     "input_ledger",
     "input_outcomes",
-    "json_dumps",
     "metadata",
     "outbox",
-    "parked_columns",
     "parked_inputs",
 ]
 

@@ -14,13 +14,13 @@ from dossier.replay.parallel import (
     OrderTracker,
     notice_cutoff,
     serial_clock,
-    shard_of,
-    sqlite_time,
     write_shard,
 )
 from engine.application.ports import ChangeSet, LedgerEntry, StoredDossier, UnitOfWork
+from engine.store.bulk import sqlite_time
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from engine.store.migrate import upgrade
+from engine.store.queries import shard_of
 from engine.store.sql import SqlRepository, SqlUnitOfWork, create_db_engine
 from tests.store_contract import ICT, T0, make_dossier, make_history, make_message, make_parked
 
