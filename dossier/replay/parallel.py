@@ -401,7 +401,7 @@ class Fold:
         decoder = _ShardDecoder(settings.max_message_bytes, reuse_by_value)
         clock = _CoordinatedClock()
         processor = BatchProcessor(
-            base.engine, decoder, base.config, clock_policy=clock, observer=tracker
+            base.decider, decoder, base.config, clock_policy=clock, observer=tracker
         )
         limit = base.config.notice_scan_limit
         return cls(

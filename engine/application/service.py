@@ -142,14 +142,14 @@ def wall_clock(previous: datetime | None, latest_applied: datetime | None) -> da
 class BatchProcessor:
     def __init__(
         self,
-        engine: Decider,
+        decider: Decider,
         codec: WireCodec,
         config: ServiceConfig,
         *,
         clock_policy: ClockPolicy | None = None,
         observer: DecisionObserver | None = None,
     ) -> None:
-        self.engine = engine
+        self.decider = decider
         self.codec = codec
         self.config = config
         # Business time by default (replayable); the configured wall clock; or a replay's.
@@ -211,7 +211,7 @@ class _Batch:
     ) -> None:
         self.clock_ceiling = clock_ceiling
         self.notice_partitions = processor.notice_partitions
-        self.engine = processor.engine
+        self.decider = processor.decider
         self.codec = processor.codec
         self.clock_policy = processor.clock_policy
         self.observer = processor.observer
@@ -332,7 +332,7 @@ class _Batch:
                 self._conflict(raw, event, "parked")
             return
         try:
-            decision = self.engine.apply(self._dossier(event.subject), event)
+            decision = self.decider.apply(self._dossier(event.subject), event)
             if self.observer is not None:
                 self.observer.decided(event, decision)
             staged = self._stage(raw.position, event, decision)
@@ -461,7 +461,7 @@ class _Batch:
                     progress = True
                     break
                 try:
-                    decision = self.engine.apply(self._dossier(code), event)
+                    decision = self.decider.apply(self._dossier(code), event)
                     if self.observer is not None:
                         self.observer.decided(event, decision)
                     staged = self._stage(parked.position, event, decision)
@@ -615,7 +615,7 @@ class _Batch:
             candidates.setdefault(stored.dossier.code, stored.dossier)
         for code, dossier in candidates.items():
             try:
-                updated, notices = self.engine.deadline_notices(dossier, now)
+                updated, notices = self.decider.deadline_notices(dossier, now)
                 if notices:
                     if self.observer is not None:
                         self.observer.noticed(dossier, notices)
@@ -648,7 +648,7 @@ class _Batch:
                     StoredDossier(
                         dossier=d,
                         revision=self.stored[code].revision if code in self.stored else 0,
-                        next_notice_at=self.engine.next_notice_at(d),
+                        next_notice_at=self.decider.next_notice_at(d),
                         partition=self._partition(code),
                     )
                     for code, d in self.dirty.items()

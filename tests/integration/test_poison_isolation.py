@@ -226,7 +226,7 @@ def test_an_input_the_engine_raises_on_is_dead_lettered_and_the_batch_goes_on(
     feed = Feed()
     inputs = batch_with_poison(feed, "poison-apply")
     engine = RaisingEngine(runtime.decider, "poison-apply")
-    runtime.processor.engine = engine
+    runtime.processor.decider = engine
     result = within(120, lambda: runtime.process(inputs, failures_allowed=COMMIT_ATTEMPTS - 1))
     check_isolated(runtime, inputs, result, inputs[1], "TypeError")
     assert 1 <= engine.calls <= 10
@@ -242,7 +242,7 @@ def test_an_input_whose_batch_fails_only_when_written_is_found_and_set_aside(
     feed = Feed()
     inputs = batch_with_poison(feed, "poison-flush")
     engine = UnstorableEngine(runtime.decider, "poison-flush", how)
-    runtime.processor.engine = engine
+    runtime.processor.decider = engine
     started = time.monotonic()
     result = within(120, lambda: runtime.process(inputs, failures_allowed=COMMIT_ATTEMPTS - 1))
     check_isolated(runtime, inputs, result, inputs[1], "")

@@ -121,7 +121,7 @@ def test_an_input_whose_handling_raises_is_dead_lettered_and_the_rest_apply() ->
             return super().apply(dossier, event)
 
     broken = processor()
-    broken.engine = FailsOnOneInput(ENGINE.catalogue, ENGINE.calendar)
+    broken.decider = FailsOnOneInput(ENGINE.catalogue, ENGINE.calendar)
     result = broken.process(InMemoryUnitOfWork(store), inputs)
     assert result.count("dead_lettered") == 1
     assert result.dead_letters == {"internal-error": 1}
