@@ -10,8 +10,10 @@ build one themselves.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -21,6 +23,8 @@ from engine.events import ALL_TOPICS, AUDIT_CHECKPOINT_TOPIC
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
+
+    from deploy.local_kafka import AclBinding
 
 # The audit checkpoints are one ordered stream: one partition.
 SINGLE_PARTITION_TOPICS = frozenset({AUDIT_CHECKPOINT_TOPIC})
@@ -229,7 +233,8 @@ def ensure_contract_topics(settings: Settings) -> list[str]:
 
 
 class ContractTopics:
-    """The topic administration `deploy.local_kafka` needs once its broker runs."""
+    """The administration `deploy.local_kafka` needs once its broker runs: topics, and for a
+    secure broker SCRAM logins and ACLs. Built with the super user's settings there."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -241,14 +246,204 @@ class ContractTopics:
     def ensure_contract_topics(self) -> list[str]:
         return ensure_contract_topics(self.settings)
 
+    def ensure_scram_users(self, passwords: Mapping[str, str]) -> list[str]:
+        return ensure_scram_users(self.settings, passwords)
 
-def local_broker(action: str, settings: Settings) -> int:
-    """`dossier kafka up|down|status`: the local broker of deploy/, with this module's clients."""
+    def grant(self, bindings: Sequence[AclBinding]) -> None:
+        grant(self.settings, bindings)
+
+
+# --- the local secure broker's principals ------------------------------------------------------
+
+
+def secure_broker_settings(settings: Settings) -> Settings:
+    """The settings of the local *secure* broker: where the address, controller port and data
+    dir are left at their defaults, the secure broker's own (9094, 9095, state dir
+    kafka-secure), so it runs beside the plaintext one; set ones are kept."""
     from deploy import local_kafka
 
+    defaults = Settings()
+    changes: dict[str, Any] = {}
+    offset = local_kafka.SECURE_PORT_OFFSET
+    if settings.kafka_bootstrap_servers == defaults.kafka_bootstrap_servers:
+        host, port = defaults.kafka_listen
+        changes["kafka_bootstrap_servers"] = f"{host}:{port + offset}"
+    if settings.kafka_controller_port == defaults.kafka_controller_port:
+        changes["kafka_controller_port"] = defaults.kafka_controller_port + offset
+    if settings.kafka_data_dir == defaults.kafka_data_dir:
+        changes["kafka_data_dir"] = (
+            defaults.kafka_data_dir.parent / local_kafka.SECURE_DATA_DIR_NAME
+        )
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
+def principal_settings(settings: Settings, principal: str) -> Settings:
+    """`settings` (of the secure broker: secure_broker_settings) logged in as `principal` of
+    deploy/kafka-principals.yaml, or as the super user: SASL_SSL, its password file, the CA."""
+    from deploy import local_kafka
+
+    paths = local_kafka.layout(settings)
+    names = local_kafka.load_principals(known_topics=ALL_TOPICS).users
+    if principal not in names:
+        raise KafkaSecurityError(
+            f"no principal {principal!r} in {local_kafka.PRINCIPALS_FILE} "
+            f"(there are: {', '.join(names[1:])})"
+        )
+    return dataclasses.replace(
+        settings,
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",  # the secure broker's (deploy.local_kafka)
+        kafka_sasl_username=principal,
+        kafka_sasl_password_file=paths.password_file(principal),
+        kafka_ssl_cafile=paths.ca_cert,
+    )
+
+
+def super_user_settings(settings: Settings) -> Settings:
+    """The secure broker's own principal: topics, logins and ACLs are administered as it."""
+    from deploy import local_kafka
+
+    return principal_settings(settings, local_kafka.load_principals().super_user)
+
+
+def client_config(settings: Settings, principal: str) -> dict[str, Any]:
+    """What `dossier kafka client-config PRINCIPAL` prints: kafka-python's keyword arguments
+    for that principal, with the password's file in place of the password."""
+    chosen = principal_settings(settings, principal)
+    return {
+        "bootstrap_servers": chosen.kafka_bootstrap_servers.split(","),
+        "security_protocol": chosen.kafka_security_protocol,
+        "sasl_mechanism": chosen.kafka_sasl_mechanism,
+        "sasl_plain_username": chosen.kafka_sasl_username,
+        # Not a kafka-python argument: read it and pass its text as sasl_plain_password.
+        "sasl_plain_password_file": str(chosen.kafka_sasl_password_file),
+        "ssl_cafile": str(chosen.kafka_ssl_cafile),
+    }
+
+
+def client_env(settings: Settings, principal: str) -> dict[str, str]:
+    """The DOSSIER_KAFKA_* settings that make this project's clients that principal."""
+    chosen = principal_settings(settings, principal)
+    return {
+        "DOSSIER_KAFKA_BOOTSTRAP_SERVERS": chosen.kafka_bootstrap_servers,
+        "DOSSIER_KAFKA_SECURITY_PROTOCOL": chosen.kafka_security_protocol,
+        "DOSSIER_KAFKA_SASL_MECHANISM": chosen.kafka_sasl_mechanism,
+        "DOSSIER_KAFKA_SASL_USERNAME": chosen.kafka_sasl_username,
+        "DOSSIER_KAFKA_SASL_PASSWORD_FILE": str(chosen.kafka_sasl_password_file),
+        "DOSSIER_KAFKA_SSL_CAFILE": str(chosen.kafka_ssl_cafile),
+    }
+
+
+def ensure_scram_users(settings: Settings, passwords: Mapping[str, str]) -> list[str]:
+    """Give every user without one a SCRAM login with its password (those the storage format
+    did not bootstrap: principals added to the file later). The names of those added."""
+    from kafka.admin import ScramMechanism, UserScramCredentialUpsertion
+
+    with quiet_kafka_logs(), admin(settings) as client:
+        known = client.describe_user_scram_credentials()
+        missing = [
+            user
+            for user in passwords
+            if user not in known or known[user]["error"] or not known[user]["credential_infos"]
+        ]
+        if not missing:
+            return []
+        mechanism = ScramMechanism[settings.kafka_sasl_mechanism.replace("-", "_")]
+        errors = client.alter_user_scram_credentials(
+            [UserScramCredentialUpsertion(user, mechanism, passwords[user]) for user in missing]
+        )
+    failed = {user: error for user, error in errors.items() if error}
+    if failed:
+        raise KafkaSecurityError(f"SCRAM logins not created: {failed}")
+    return missing
+
+
+def _acls(bindings: Sequence[AclBinding]) -> list[Any]:
+    from kafka.admin import (
+        ACL,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourceType,
+    )
+
+    return [
+        ACL(
+            principal=b.principal,
+            host="*",
+            operation=ACLOperation[b.operation.upper()],
+            permission_type=ACLPermissionType.ALLOW,
+            resource_pattern=ResourcePattern(
+                ResourceType[b.resource_type.upper()],
+                b.name,
+                ACLResourcePatternType[b.pattern.upper()],
+            ),
+        )
+        for b in bindings
+    ]
+
+
+def grant(settings: Settings, bindings: Sequence[AclBinding]) -> None:
+    """Create the ACLs (as the super user); one that exists already is left as it is."""
+    if not bindings:
+        return
+    with quiet_kafka_logs(), admin(settings) as client:
+        result = client.create_acls(_acls(bindings))
+    if result["failed"]:
+        raise KafkaSecurityError(f"ACLs not created: {result['failed']}")
+
+
+def revoke(settings: Settings, bindings: Sequence[AclBinding]) -> None:
+    """Delete exactly these ACLs (a demo's or a test's, when its topics go)."""
+    from kafka.admin import ACLFilter
+
+    if not bindings:
+        return
+    filters = [
+        ACLFilter(
+            principal=acl.principal,
+            host=acl.host,
+            operation=acl.operation,
+            permission_type=acl.permission_type,
+            resource_pattern=acl.resource_pattern,
+        )
+        for acl in _acls(bindings)
+    ]
+    with quiet_kafka_logs(), admin(settings) as client:
+        client.delete_acls(filters)
+
+
+def deployment_acls(settings: Settings) -> list[AclBinding]:
+    """The principals' ACLs for the topic prefix and engine group of `settings`."""
+    from deploy import local_kafka
+
+    principals = local_kafka.load_principals(known_topics=ALL_TOPICS)
+    return local_kafka.acl_bindings(principals, settings.topic_prefix, settings.consumer_group)
+
+
+def authorize(broker: Settings, deployment: Settings) -> list[AclBinding]:
+    """Grant the principals' ACLs for another deployment on the secure broker (a demo's, a
+    test's or a benchmark's own topic prefix and engine group); the bindings, for `revoke`."""
+    bindings = deployment_acls(deployment)
+    grant(super_user_settings(broker), bindings)
+    return bindings
+
+
+def local_broker(action: str, settings: Settings, secure: bool = False) -> int:
+    """`dossier kafka up|down|status [--secure]`: the local broker of deploy/, with this
+    module's clients (as the super user, for a secure broker)."""
+    from deploy import local_kafka
+
+    if secure:
+        settings = secure_broker_settings(settings)
     if action == "down":
         return local_kafka.down(settings)
-    topics = ContractTopics(settings)
-    return (
-        local_kafka.up(settings, topics) if action == "up" else local_kafka.status(settings, topics)
-    )
+    try:
+        topics = ContractTopics(super_user_settings(settings) if secure else settings)
+    except local_kafka.LocalKafkaError as exc:
+        print(f"kafka: {exc}", file=sys.stderr)
+        return local_kafka.EXIT_FAILED
+    if action == "up":
+        return local_kafka.up(settings, topics, secure=secure)
+    return local_kafka.status(settings, topics)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,28 @@ def register(subparsers: Any) -> None:
     )
     kafka.add_argument(
         "action",
-        choices=ACTIONS,
-        help="up: start it and create the contract topics; down: stop it; status: report",
+        choices=(*ACTIONS, "client-config"),
+        help="up: start it and create the contract topics; down: stop it; status: report; "
+        "client-config PRINCIPAL: a principal's client settings on the secure broker",
+    )
+    kafka.add_argument(
+        "principal",
+        nargs="?",
+        help="with client-config: a principal of deploy/kafka-principals.yaml (engine, portal, "
+        "commune, district, province, downstream, operator, ...)",
+    )
+    kafka.add_argument(
+        "--secure",
+        action="store_true",
+        help="the secure broker: SASL_SSL (SCRAM-SHA-512) only, ACLs from "
+        "deploy/kafka-principals.yaml; at the default address and data dir it runs beside the "
+        "plaintext one (127.0.0.1:9094, controller 9095, state dir kafka-secure)",
+    )
+    kafka.add_argument(
+        "--env",
+        action="store_true",
+        help="with client-config: print DOSSIER_KAFKA_* settings (export lines) rather than "
+        "kafka-python's keyword arguments (JSON)",
     )
     kafka.set_defaults(func=run)
 
@@ -40,7 +63,42 @@ def run_kafka(settings: Settings, args: argparse.Namespace) -> int:
     # Imported here so `dossier postgres` and `dossier config` never load kafka-python.
     from dossier.kafka_clients import local_broker
 
-    return local_broker(args.action, settings)
+    if args.action == "client-config":
+        if not args.principal:
+            print("dossier kafka client-config: name a principal", file=sys.stderr)
+            return 2
+        return client_config(settings, args.principal, as_env=args.env)
+    if args.principal:
+        print(f"dossier kafka {args.action}: takes no principal", file=sys.stderr)
+        return 2
+    return local_broker(args.action, settings, secure=args.secure)
+
+
+def client_config(settings: Settings, principal: str, as_env: bool) -> int:
+    """A principal's settings for the local secure broker: its password's file, never the
+    password, so the output can go into a log or a ticket."""
+    from deploy import local_kafka
+    from dossier import kafka_clients
+
+    broker = kafka_clients.secure_broker_settings(settings)
+    try:
+        if as_env:
+            values = kafka_clients.client_env(broker, principal)
+            print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in values.items()))
+        else:
+            print(json.dumps(kafka_clients.client_config(broker, principal), indent=2))
+    except (kafka_clients.KafkaSecurityError, local_kafka.LocalKafkaError) as exc:
+        print(f"dossier kafka client-config: {exc}", file=sys.stderr)
+        return 1
+    password_file = local_kafka.layout(broker).password_file(principal)
+    if not password_file.is_file():
+        print(
+            f"dossier kafka client-config: {password_file} does not exist yet: "
+            "run `dossier kafka up --secure` first",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def run_postgres(settings: Settings, args: argparse.Namespace) -> int:

@@ -301,3 +301,157 @@ def test_ci_script_runs_checks_and_tests() -> None:
         assert re.search(pattern, text), pattern
     # Exit status 5 is "no tests collected": a green run that tested nothing must fail.
     assert re.search(r"-eq 5", text)
+
+
+# --- deploy/kafka-principals.yaml: the contract's "Transport" ACLs ------------------------------
+
+
+@pytest.fixture(scope="module")
+def principals() -> Any:
+    from deploy import local_kafka
+
+    return local_kafka.load_principals(known_topics=ALL_TOPICS)
+
+
+def writers(principals: Any, topic: str) -> set[str]:
+    return {p.name for p in principals.principals.values() if topic in p.write}
+
+
+def readers(principals: Any, topic: str) -> set[str]:
+    return {p.name for p in principals.principals.values() if topic in p.read}
+
+
+def test_principals_cover_every_system_role(principals: Any) -> None:
+    roles = {"engine", "portal", "commune", "district", "province", "downstream", "operator"}
+    assert roles <= set(principals.principals)
+    assert principals.super_user not in principals.principals
+
+
+def test_each_level_writes_only_its_own_topic(principals: Any) -> None:
+    from engine.events import INBOUND_TOPICS
+
+    for level in ("commune", "district", "province"):
+        assert principals.principals[level].write == (f"dossier.{level}",)
+        assert principals.principals[level].read == ()
+    for sender in ("portal", "payment", "postal"):
+        assert principals.principals[sender].write == ("dossier.submission",)
+    # Only the engine reads what the systems send; only the simulator (demo, benchmarks)
+    # stands in for several senders at once.
+    for topic in INBOUND_TOPICS:
+        assert readers(principals, topic) == {"engine"}
+    assert set(principals.principals["simulator"].write) == set(INBOUND_TOPICS)
+
+
+def test_engine_writes_the_outbound_topics_and_nobody_else_does(principals: Any) -> None:
+    from engine.events import INBOUND_TOPICS, OUTBOUND_TOPICS
+
+    engine = principals.principals["engine"]
+    assert set(engine.read) == set(INBOUND_TOPICS)
+    assert set(OUTBOUND_TOPICS) | {AUDIT_CHECKPOINT_TOPIC} == set(engine.write)
+    for topic in (*OUTBOUND_TOPICS, AUDIT_CHECKPOINT_TOPIC):
+        assert writers(principals, topic) == {"engine"}
+    assert "{consumer_group}" in engine.groups
+
+
+def test_dead_letters_are_for_operators_only(principals: Any) -> None:
+    from engine.events import DLQ_TOPIC
+
+    assert readers(principals, DLQ_TOPIC) == {"operator"}
+    downstream = principals.principals["downstream"]
+    assert set(downstream.read) == {"dossier.status", "dossier.fee-discount", "dossier.deadline"}
+    assert downstream.write == ()
+    assert [p.name for p in principals.principals.values() if p.admin] == ["operator"]
+
+
+def test_acl_bindings_carry_the_prefix_and_the_engine_group(principals: Any) -> None:
+    from deploy import local_kafka
+
+    bindings = local_kafka.acl_bindings(principals, "hn.", "engine-hn")
+    commune = [b for b in bindings if b.principal == "User:commune"]
+    assert [(b.resource_type, b.name, b.pattern, b.operation) for b in commune] == [
+        ("topic", "hn.dossier.commune", "literal", "write")
+    ]
+    engine_groups = [
+        b for b in bindings if b.principal == "User:engine" and b.resource_type == "group"
+    ]
+    assert [(b.name, b.pattern, b.operation) for b in engine_groups] == [
+        ("engine-hn", "literal", "read")
+    ]
+    admin = {b.name for b in bindings if b.operation == "create"}
+    assert admin == {"hn.dossier."}
+    assert not any(b.principal == f"User:{principals.super_user}" for b in bindings)
+
+
+def test_principals_file_errors_are_clear(tmp_path: Path) -> None:
+    from deploy import local_kafka
+
+    bad = tmp_path / "p.yaml"
+    bad.write_text("super_user: broker\nprincipals:\n  x:\n    write: [dossier.typo]\n")
+    with pytest.raises(local_kafka.LocalKafkaError, match=r"not contract topics: dossier\.typo"):
+        local_kafka.load_principals(bad, known_topics=ALL_TOPICS)
+    bad.write_text("super_user: broker\nprincipals:\n  broker:\n    write: []\n")
+    with pytest.raises(local_kafka.LocalKafkaError, match="super user"):
+        local_kafka.load_principals(bad)
+
+
+# --- client security settings and `dossier config` ---------------------------------------------
+
+
+def test_client_options_add_tls_and_the_sasl_login_from_the_password_file(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from dossier import kafka_clients
+
+    assert kafka_clients.client_options(DEFAULTS) == {
+        "bootstrap_servers": DEFAULTS.kafka_bootstrap_servers.split(",")
+    }
+    assert kafka_clients.faust_credentials(DEFAULTS) is None
+    password = tmp_path / "engine.password"
+    password.write_text("s3cret\n")
+    secure = replace(
+        DEFAULTS,
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_username="engine",
+        kafka_sasl_password_file=password,
+        kafka_ssl_cafile=tmp_path / "ca.pem",
+    )
+    options = kafka_clients.client_options(secure)
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (options["sasl_plain_username"], options["sasl_plain_password"]) == ("engine", "s3cret")
+    assert options["ssl_cafile"] == str(tmp_path / "ca.pem")
+    with pytest.raises(kafka_clients.KafkaSecurityError, match="DOSSIER_KAFKA_SASL_USERNAME"):
+        kafka_clients.client_options(replace(secure, kafka_sasl_username=""))
+    with pytest.raises(kafka_clients.KafkaSecurityError, match="cannot read"):
+        kafka_clients.client_options(replace(secure, kafka_sasl_password_file=tmp_path / "no"))
+
+
+def test_settings_read_the_security_variables() -> None:
+    settings = Settings.from_env(
+        {
+            "DOSSIER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "DOSSIER_KAFKA_SASL_USERNAME": "portal",
+            "DOSSIER_KAFKA_SASL_PASSWORD_FILE": "/run/portal.password",
+            "DOSSIER_KAFKA_SSL_CAFILE": "/run/ca.pem",
+        }
+    )
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    assert settings.kafka_sasl_password_file == Path("/run/portal.password")
+    from dossier.settings import SettingError
+
+    with pytest.raises(SettingError):
+        Settings.from_env({"DOSSIER_KAFKA_SECURITY_PROTOCOL": "SSL"})
+
+
+def test_config_masks_passwords() -> None:
+    from dossier.commands.config import masked
+
+    assert masked("DOSSIER_POSTGRES_PASSWORD", "dossier") == "********"
+    url = "postgresql+psycopg://dossier:s3cret@127.0.0.1:55432/dossier"
+    assert "s3cret" not in masked("DOSSIER_DATABASE_URL", url)
+    assert masked("DOSSIER_DATABASE_URL", url).startswith("postgresql+psycopg://dossier:")
+    assert masked("DOSSIER_KAFKA_SASL_PASSWORD_FILE", "/x/engine.password") == (
+        "/x/engine.password"
+    )
