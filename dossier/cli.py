@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "dossier.commands.db",
     "dossier.commands.services",
     "dossier.commands.workflows",
+    "dossier.commands.registry",
     "dossier.commands.run",
     "dossier.commands.metrics",
     "dossier.commands.kpi",

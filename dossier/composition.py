@@ -26,6 +26,7 @@ from engine.calendar import WorkingCalendar
 from engine.decider import Decider
 from engine.events import INBOUND_TOPICS, contract_topic
 from engine.procedures import load_catalogue
+from engine.registry import Registry, load_registry, registry_files
 from engine.store.failures import is_infrastructure_failure
 from engine.store.migrate import upgrade
 from engine.store.queries import pinned_versions
@@ -37,6 +38,12 @@ if TYPE_CHECKING:
     from producers.relay import RelayJob, Waker
 
 log = logging.getLogger(__name__)
+
+
+def load_registry_of(settings: Settings) -> Registry:
+    """The registry of agencies and senders (contract 1.1): the shipped province file, then
+    `DOSSIER_REGISTRY_FILES`; `engine.registry.RegistryError` names every problem."""
+    return load_registry(registry_files(settings.registry_files))
 
 
 def build_processor(settings: Settings, decider: Decider, consumer_group: str) -> BatchProcessor:

@@ -157,6 +157,13 @@ class Settings:
         None,
         "Directory of procedure definitions; empty means the catalogue shipped in workflows/.",
     )
+    registry_files: str = setting(
+        "DOSSIER_REGISTRY_FILES",
+        "",
+        "Registry files of agencies and senders (contract 1.1) read after the shipped"
+        " workflows/provinces/thai-nguyen.yaml, separated by ':'; a later file adds entries and"
+        " replaces an entry of the same code or source.",
+    )
     batch_size: int = setting(
         "DOSSIER_BATCH_SIZE", 2000, "Most inputs applied and committed in one transaction."
     )

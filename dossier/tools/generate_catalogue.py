@@ -10,9 +10,14 @@ Writes, deterministically:
   offered online at level 4, among them the contract's three reference procedures;
 - `workflows/procedures/thai-nguyen.yaml`: that CSV through `dossier workflows import`
   (the reference procedures are skipped there: `reference.yaml` defines them);
-- `workflows/provinces/thai-nguyen.yaml`: what the workload simulator needs to play the
-  province: agencies with their levels, parents and validity, which department decides which
-  procedure, and each procedure's share of the dossiers.
+- `workflows/provinces/thai-nguyen.yaml`: the province's registry of agencies and senders
+  (contract 1.1, read by `engine.registry`: levels, parents, windows, successors, sources, the
+  systems that write `dossier.submission`) and what the workload simulator needs to play the
+  province: which department decides which procedure, and each procedure's share of the
+  dossiers;
+- `dossier/tools/simulation_registry.yaml` and `dossier/tools/simulation_keys.yaml`: TEST-ONLY
+  Ed25519 keys of a few of the simulated province's systems (public keys as an extra registry
+  file, private keys for the simulator), derived from the seed: never real keys.
 
 District-level procedures end on 2025-06-30 (two-tier local government from 1 July 2025);
 most get a successor version from 2025-07-01 at commune level, some at province level, and a
@@ -22,7 +27,9 @@ few are abolished. Procedure names are plausible, codes synthetic, agency names 
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
+import hashlib
 import io
 import random
 import sys
@@ -30,6 +37,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from dossier.tools.catalogue_import import import_catalogue
 from engine.procedures import default_workflows_dir, load_catalogue
@@ -617,19 +628,54 @@ class Agency:
     weight: float = 1.0
     parent: str | None = None
     effective_to: date | None = None
+    successor: str | None = None
+    successor_basis: str | None = None
     procedures: list[str] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        return f"urn:vn:agency:{self.code}"
+
+
+# The first code of the province departments: 000.00.40.H56 on. The contract's examples and the
+# test fixtures use 000.00.00.H56, 000.00.12.H56 and 000.00.19.H56 as agencies of other levels;
+# the synthetic province keeps clear of them so that both can be registered side by side.
+FIRST_DEPARTMENT = 40
+# The department that decides the former district procedures from 1 July 2025 (land, as
+# DD.GCN.LD): the successor of every district in this synthetic province.
+DISTRICT_SUCCESSOR_DEPARTMENT = "Sở Tài nguyên và Môi trường"
+SUCCESSOR_BASIS = (
+    "illustrative: the district level ends on 2025-06-30 (Law on the Organisation of Local "
+    "Government 2025, two-tier local government from 2025-07-01); which agency takes over a "
+    "district's open dossiers is the province's decision, here the department that decides the "
+    "former district procedures from 2025-07-01"
+)
+
+
+def department_code(name: str) -> str:
+    index = [n for n, *_ in PROVINCE_FIELDS].index(name)
+    return f"000.00.{FIRST_DEPARTMENT + index:02d}.H56"
 
 
 def agencies() -> list[Agency]:
-    """Agency codes in the Decision 20/2020 shape the simulator always used (synthetic)."""
+    """Agency codes in the Decision 20/2020 shape (synthetic)."""
     result: list[Agency] = []
-    for i, (name, *_rest) in enumerate(PROVINCE_FIELDS):
-        result.append(Agency(f"000.00.{10 + i:02d}.H56", name, "province"))
+    for name, *_rest in PROVINCE_FIELDS:
+        result.append(Agency(department_code(name), name, "province"))
+    successor = department_code(DISTRICT_SUCCESSOR_DEPARTMENT)
     commune_index = 0
     for i, (district, weight, communes) in enumerate(DISTRICTS):
         code = f"000.00.{30 + i}.H56"
         result.append(
-            Agency(code, f"UBND {district}", "district", weight, effective_to=LAST_THREE_TIER_DAY)
+            Agency(
+                code,
+                f"UBND {district}",
+                "district",
+                weight,
+                effective_to=LAST_THREE_TIER_DAY,
+                successor=successor,
+                successor_basis=SUCCESSOR_BASIS,
+            )
         )
         for commune in communes:
             urban = commune.startswith("phường")
@@ -877,6 +923,65 @@ def render_csv(rows: Sequence[Row]) -> str:
     return buffer.getvalue()
 
 
+PORTAL = "urn:vn:portal:dichvucong.gov.vn"
+SUBMISSION_TYPES = ("submitted", "supplement-provided", "payment-completed", "withdrawal-requested")
+
+
+@dataclass(frozen=True)
+class SenderSpec:
+    source: str
+    name: str
+    types: tuple[str, ...]
+    agencies: tuple[str, ...] | None  # None: any agency ("*")
+
+
+def senders() -> list[SenderSpec]:
+    """The systems that write `dossier.submission` (contract 1.1): the national and provincial
+    portals, the payment platform, the postal service and the reception counters (the
+    province's public administration service centre for the departments, each district's and
+    commune's one-stop counter for itself). The portal's is the source the simulator uses."""
+    every = agencies()
+    departments = tuple(a.code for a in every if a.level == "province")
+    result = [
+        SenderSpec(PORTAL, "Cổng Dịch vụ công quốc gia", SUBMISSION_TYPES, None),
+        SenderSpec(
+            "urn:vn:portal:dichvucong.thainguyen.gov.vn",
+            "Cổng Dịch vụ công tỉnh Thái Nguyên",
+            SUBMISSION_TYPES,
+            None,
+        ),
+        SenderSpec(
+            "urn:vn:payment:paygov",
+            "Nền tảng thanh toán trực tuyến (PayGov)",
+            ("payment-completed",),
+            None,
+        ),
+        SenderSpec(
+            "urn:vn:postal:vnpost",
+            "Bưu điện Việt Nam (dịch vụ bưu chính công ích)",
+            ("submitted", "supplement-provided"),
+            None,
+        ),
+        SenderSpec(
+            "urn:vn:counter:thai-nguyen:tthcc",
+            "Trung tâm Phục vụ hành chính công tỉnh",
+            SUBMISSION_TYPES,
+            departments,
+        ),
+    ]
+    for agency in every:
+        if agency.level != "province":
+            result.append(
+                SenderSpec(
+                    f"urn:vn:counter:{agency.code}",
+                    f"Bộ phận Một cửa, {agency.name}",
+                    SUBMISSION_TYPES,
+                    (agency.code,),
+                )
+            )
+    return result
+
+
 def render_profile(catalogue: Catalogue, seed: int) -> str:
     import json
 
@@ -885,27 +990,142 @@ def render_profile(catalogue: Catalogue, seed: int) -> str:
 
     lines = [
         f"# Generated by `python -m dossier.tools.generate_catalogue --seed {seed}`: the",
-        "# province the workload simulator plays. Agency names are illustrative, codes",
-        "# synthetic; districts end on 2025-06-30 (two-tier local government from 1 July 2025).",
+        "# province's registry of agencies and senders (contract 1.1, engine.registry) and what",
+        "# the workload simulator plays. Agency names are illustrative, codes synthetic;",
+        "# districts end on 2025-06-30 (two-tier local government from 1 July 2025).",
         'province: "Thái Nguyên"',
         "agencies:",
     ]
     for agency in agencies():
-        parts = [f"code: {q(agency.code)}", f"name: {q(agency.name)}", f"level: {agency.level}"]
-        if agency.weight != 1.0:
-            parts.append(f"weight: {agency.weight}")
-        if agency.parent:
-            parts.append(f"parent: {q(agency.parent)}")
-        if agency.effective_to:
-            parts.append(f"effective_to: {agency.effective_to.isoformat()}")
-        if agency.level == "province":
-            handled = sorted(catalogue.departments.get(agency.name, ()))
-            parts.append(f"procedures: [{', '.join(q(c) for c in handled)}]")
+        lines.append(f"  - {{{', '.join(_agency_fields(agency, catalogue, q))}}}")
+    lines.append("# The systems that write dossier.submission, and what each may send.")
+    lines.append("senders:")
+    for sender in senders():
+        targets = (
+            q("*") if sender.agencies is None else f"[{', '.join(q(c) for c in sender.agencies)}]"
+        )
+        parts = [
+            f"source: {q(sender.source)}",
+            f"name: {q(sender.name)}",
+            f"types: [{', '.join(sender.types)}]",
+            f"agencies: {targets}",
+        ]
         lines.append(f"  - {{{', '.join(parts)}}}")
     lines.append("# Dossiers per month, province-wide, by procedure code (the simulator's mix).")
     lines.append("monthly_dossiers:")
     for code, count in sorted(catalogue.monthly.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {q(code)}: {count}")
+    return "\n".join(lines) + "\n"
+
+
+def _agency_fields(agency: Agency, catalogue: Catalogue | None, q: Any) -> list[str]:
+    parts = [f"code: {q(agency.code)}", f"name: {q(agency.name)}", f"level: {agency.level}"]
+    if agency.weight != 1.0:
+        parts.append(f"weight: {agency.weight}")
+    if agency.parent:
+        parts.append(f"parent: {q(agency.parent)}")
+    if agency.effective_to:
+        parts.append(f"effective_to: {agency.effective_to.isoformat()}")
+    if agency.successor:
+        parts.append(f"successor: {q(agency.successor)}")
+    if agency.successor_basis:
+        parts.append(f"successor_basis: {q(agency.successor_basis)}")
+    parts.append(f"sources: [{q(agency.source)}]")
+    if agency.level == "province" and catalogue is not None:
+        handled = sorted(catalogue.departments.get(agency.name, ()))
+        parts.append(f"procedures: [{', '.join(q(c) for c in handled)}]")
+    return parts
+
+
+# --- TEST-ONLY keys of the simulated systems --------------------------------------------------
+
+KEY_ID = "sim-test-1"
+TOOLS_DIR = Path(__file__).resolve().parent
+SIMULATION_REGISTRY = TOOLS_DIR / "simulation_registry.yaml"
+SIMULATION_KEYS = TOOLS_DIR / "simulation_keys.yaml"
+TEST_ONLY = (
+    "# TEST ONLY. Derived from a public seed by dossier/tools/generate_catalogue.py: anyone can\n"
+    "# compute these keys. Never register them for a real system."
+)
+
+
+def signing_principals() -> list[str]:
+    """Who signs in the simulated province: the national portal, the busiest ward, its district
+    and the department that decides land dossiers (and succeeds the districts)."""
+    return [
+        PORTAL,
+        "000.20.10.H56",
+        "000.00.30.H56",
+        department_code(DISTRICT_SUCCESSOR_DEPARTMENT),
+    ]
+
+
+def simulated_private_key(principal: str, seed: int) -> bytes:
+    """The raw 32-byte Ed25519 private key of a simulated system: public knowledge."""
+    return hashlib.sha256(f"dossier-engine TEST-ONLY key {seed} {principal}".encode()).digest()
+
+
+def _public(private: bytes) -> str:
+    key = Ed25519PrivateKey.from_private_bytes(private).public_key()
+    return base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
+
+
+def render_simulation_registry(seed: int) -> str:
+    """An extra registry file (DOSSIER_REGISTRY_FILES) that replaces the signing principals'
+    entries with the same entries plus their test public key."""
+    import json
+
+    def q(text: str) -> str:
+        return json.dumps(text, ensure_ascii=False)
+
+    principals = signing_principals()
+    lines = [
+        TEST_ONLY,
+        "# An extra registry file (DOSSIER_REGISTRY_FILES) for the tests and the main job: the",
+        "# entries of the simulated systems that sign their inputs, with their test public keys.",
+        f"# Generated by `python -m dossier.tools.generate_catalogue --seed {seed}`.",
+        "agencies:",
+    ]
+    for agency in agencies():
+        if agency.code in principals:
+            key = _public(simulated_private_key(agency.code, seed))
+            parts = _agency_fields(agency, None, q)
+            parts.append(f"public_keys: [{{id: {q(KEY_ID)}, ed25519: {q(key)}}}]")
+            lines.append(f"  - {{{', '.join(parts)}}}")
+    lines.append("senders:")
+    for sender in senders():
+        if sender.source in principals:
+            key = _public(simulated_private_key(sender.source, seed))
+            targets = (
+                q("*")
+                if sender.agencies is None
+                else f"[{', '.join(q(c) for c in sender.agencies)}]"
+            )
+            lines.append(
+                f"  - {{source: {q(sender.source)}, name: {q(sender.name)}, "
+                f"types: [{', '.join(sender.types)}], agencies: {targets}, "
+                f"public_keys: [{{id: {q(KEY_ID)}, ed25519: {q(key)}}}]}}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def render_simulation_keys(seed: int) -> str:
+    """The simulator's private keys (dossier.tools.simulation signs with them)."""
+    import json
+
+    lines = [
+        TEST_ONLY,
+        "# The simulator's private keys: principal (agency code or sender source) -> key id and",
+        "# the base64 raw 32-byte Ed25519 private key. Public halves: simulation_registry.yaml.",
+        f"# Generated by `python -m dossier.tools.generate_catalogue --seed {seed}`.",
+        "keys:",
+    ]
+    for principal in signing_principals():
+        private = base64.b64encode(simulated_private_key(principal, seed)).decode("ascii")
+        lines.append(
+            f"  {json.dumps(principal)}: {{id: {json.dumps(KEY_ID)}, "
+            f"ed25519_private: {json.dumps(private)}}}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -922,6 +1142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = root / "provinces" / "thai-nguyen.yaml"
     profile.parent.mkdir(parents=True, exist_ok=True)
     profile.write_text(render_profile(catalogue, args.seed), encoding="utf-8")
+    SIMULATION_REGISTRY.write_text(render_simulation_registry(args.seed), encoding="utf-8")
+    SIMULATION_KEYS.write_text(render_simulation_keys(args.seed), encoding="utf-8")
     result = import_catalogue(csv_path, root)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -1,0 +1,311 @@
+"""The registry of agencies and senders (contract 1.1): loading, validation, queries."""
+
+from __future__ import annotations
+
+import base64
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from engine.registry import (
+    AGENCY_SOURCE_PREFIX,
+    Registry,
+    RegistryError,
+    default_registry_file,
+    load_registry,
+    registry_files,
+)
+
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+PUBLIC = base64.b64encode(KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+BASE = {
+    "agencies": [
+        {"code": "000.00.00.H56", "name": "UBND tỉnh", "level": "province"},
+        {"code": "000.00.12.H56", "name": "Sở", "level": "province", "parent": "000.00.00.H56"},
+        {
+            "code": "000.00.31.H56",
+            "name": "UBND TP Sông Công",
+            "level": "district",
+            "effective_to": date(2025, 6, 30),
+            "successor": "000.00.12.H56",
+            "successor_basis": "illustrative",
+        },
+        {
+            "code": "000.20.22.H56",
+            "name": "UBND phường Thắng Lợi",
+            "level": "commune",
+            "parent": "000.00.31.H56",
+            "sources": ["urn:vn:agency:000.20.22.H56", "urn:vn:egov:song-cong"],
+            "public_keys": [{"id": "k1", "ed25519": PUBLIC}],
+        },
+    ],
+    "senders": [
+        {
+            "source": "urn:vn:portal:dichvucong.gov.vn",
+            "types": ["submitted", "supplement-provided", "payment-completed"],
+            "agencies": "*",
+        },
+        {
+            "source": "urn:vn:counter:000.20.22.H56",
+            "types": ["submitted"],
+            "agencies": ["000.20.22.H56"],
+        },
+    ],
+}
+
+
+def write(tmp_path: Path, name: str, document: object) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def problems_of(files: list[Path]) -> list[str]:
+    with pytest.raises(RegistryError) as caught:
+        load_registry(files)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_a_valid_file_loads_with_its_queries(tmp_path: Path) -> None:
+    registry = load_registry([write(tmp_path, "r.yaml", BASE)])
+    commune = registry.agency("000.20.22.H56")
+    assert commune is not None and commune.level == "commune"
+    assert registry.sources_of("000.20.22.H56") == (
+        "urn:vn:agency:000.20.22.H56",
+        "urn:vn:egov:song-cong",
+    )
+    # Sources default to the agency's URN.
+    assert registry.sources_of("000.00.12.H56") == (f"{AGENCY_SOURCE_PREFIX}000.00.12.H56",)
+    assert registry.acting_window("000.00.31.H56") == (None, date(2025, 6, 30))
+    assert registry.acting_window("999.99.99.H56") is None
+    assert [a.code for a in registry.in_force("district", date(2025, 7, 1))] == []
+    assert registry.successor_on("000.00.31.H56", date(2025, 7, 1)).code == "000.00.12.H56"  # type: ignore[union-attr]
+    assert [a.code for a in registry.agencies_with_source("urn:vn:egov:song-cong")] == [
+        "000.20.22.H56"
+    ]
+    portal = registry.sender("urn:vn:portal:dichvucong.gov.vn")
+    assert portal is not None and portal.may_send("submitted") and portal.may_submit_to("x")
+    assert not portal.may_send("withdrawal-requested")
+    counter = registry.sender("urn:vn:counter:000.20.22.H56")
+    assert counter is not None and not counter.may_submit_to("000.00.12.H56")
+    assert [a.level for a in registry.agencies()] == ["commune", "district", "province", "province"]
+    assert commune.public_keys[0].id == "k1"
+
+
+def test_a_later_file_adds_entries_and_replaces_those_of_the_same_code_or_source(
+    tmp_path: Path,
+) -> None:
+    extra = {
+        "agencies": [
+            {"code": "000.00.12.H56", "name": "Sở (renamed)", "level": "province"},
+            {"code": "000.20.23.H56", "name": "UBND phường Mỏ Chè", "level": "commune"},
+        ],
+        "senders": [
+            {"source": "urn:vn:portal:dichvucong.gov.vn", "types": ["submitted"], "agencies": "*"}
+        ],
+    }
+    registry = load_registry([write(tmp_path, "a.yaml", BASE), write(tmp_path, "b.yaml", extra)])
+    assert registry.agency("000.00.12.H56").name == "Sở (renamed)"  # type: ignore[union-attr]
+    assert registry.agency("000.00.12.H56").parent is None  # type: ignore[union-attr]
+    assert registry.agency("000.20.23.H56") is not None
+    assert registry.sender("urn:vn:portal:dichvucong.gov.vn").types == {"submitted"}  # type: ignore[union-attr]
+    assert len(registry.agencies()) == 5
+
+
+def test_registry_files_are_the_shipped_one_then_the_setting_s_in_order() -> None:
+    assert registry_files("") == [default_registry_file()]
+    assert registry_files("/a.yaml:/b.yaml") == [
+        default_registry_file(),
+        Path("/a.yaml"),
+        Path("/b.yaml"),
+    ]
+
+
+def test_the_shipped_registry_loads() -> None:
+    registry = load_registry()
+    assert registry.by_level("district")
+    for agency in registry.agencies():
+        if agency.effective_to is not None:
+            assert agency.successor is not None and agency.successor_basis
+    assert registry.sender("urn:vn:portal:dichvucong.gov.vn") is not None
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda d: d["agencies"][0].update(code="not a code"),
+            "agencies[0].code: not an agency code",
+        ),
+        (lambda d: d["agencies"][0].update(name=""), "agencies[0].name: every agency has a name"),
+        (lambda d: d["agencies"][0].update(level="ward"), "agencies[0].level: must be one of"),
+        (lambda d: d["agencies"][0].update(colour="red"), "agencies[0].colour: unknown key"),
+        (
+            lambda d: d["agencies"][2].pop("successor"),
+            "agencies[2].successor: required with effective_to",
+        ),
+        (
+            lambda d: d["agencies"][2].update(successor="000.00.99.H56"),
+            "agencies[2].successor: agency 000.00.99.H56 is not registered",
+        ),
+        (
+            lambda d: d["agencies"][2].update(successor="000.00.31.H56"),
+            "agencies[2].successor: an agency cannot succeed itself",
+        ),
+        (
+            lambda d: (
+                d["agencies"][1].update(effective_to=date(2025, 6, 30), successor="000.00.00.H56")
+                or d["agencies"][0].update(effective_from=date(2025, 8, 1))
+            ),
+            "does not act on 2025-07-01, the day after 000.00.12.H56 ends",
+        ),
+        (
+            lambda d: d["agencies"][0].update(successor="000.00.12.H56"),
+            "agencies[0].successor: a successor takes over when effective_to ends the agency",
+        ),
+        (
+            lambda d: d["agencies"][2].update(effective_from=date(2025, 7, 1)),
+            "agencies[2].effective_to: 2025-06-30 is before effective_from 2025-07-01",
+        ),
+        (
+            lambda d: d["agencies"][2].update(effective_from="first of July"),
+            "agencies[2].effective_from: not a date (YYYY-MM-DD)",
+        ),
+        (
+            lambda d: d["agencies"][1].update(parent="000.00.98.H56"),
+            "agencies[1].parent: agency 000.00.98.H56 is not registered",
+        ),
+        (
+            lambda d: d["agencies"][1].update(sources=[]),
+            "agencies[1].sources: a list of one or more",
+        ),
+        (
+            lambda d: d["agencies"][1].update(sources=["urn:a", "urn:a"]),
+            "agencies[1].sources[1]: urn:a is listed twice",
+        ),
+        (
+            lambda d: d["agencies"].append(dict(d["agencies"][0])),
+            "agencies[4].code: agency 000.00.00.H56 is listed twice (also agencies[0])",
+        ),
+        (
+            lambda d: d["agencies"][3]["public_keys"][0].update(ed25519="AAAA"),
+            "agencies[3].public_keys[0].ed25519: not the base64 of a raw 32-byte Ed25519",
+        ),
+        (
+            lambda d: d["agencies"][3]["public_keys"][0].update(id="k:1"),
+            "agencies[3].public_keys[0].id: a key id, without ':'",
+        ),
+        (
+            lambda d: d["agencies"][3]["public_keys"].append({"id": "k1", "ed25519": PUBLIC}),
+            "agencies[3].public_keys[1].id: key id 'k1' is listed twice",
+        ),
+        (
+            lambda d: d["agencies"][3]["public_keys"][0].pop("ed25519"),
+            "agencies[3].public_keys[0]: a key is {id: <key id>, ed25519:",
+        ),
+        (
+            lambda d: d["senders"][0].update(types=["resolved"]),
+            "senders[0].types[0]: 'resolved' is not a type of dossier.submission",
+        ),
+        (lambda d: d["senders"][0].update(types=[]), "senders[0].types: a list of one or more"),
+        (lambda d: d["senders"][0].update(agencies="all"), "senders[0].agencies: '*' or a list"),
+        (
+            lambda d: d["senders"][1].update(agencies=["000.20.99.H56"]),
+            "senders[1].agencies: agency 000.20.99.H56 is not registered",
+        ),
+        (
+            lambda d: d["senders"].append(dict(d["senders"][0])),
+            "senders[2].source: sender urn:vn:portal:dichvucong.gov.vn is listed twice",
+        ),
+        (lambda d: d["senders"][0].pop("source"), "senders[0].source: the sender's CloudEvents"),
+        (lambda d: d.update(sender=[]), "sender: unknown key"),
+        (lambda d: d.update(agencies={"a": 1}), "agencies: expected a list of agencies"),
+    ],
+)
+def test_each_problem_is_named_with_its_file_and_path(
+    tmp_path: Path, edit: object, expected: str
+) -> None:
+    document = yaml.safe_load(yaml.safe_dump(BASE))
+    edit(document)  # type: ignore[operator]
+    path = write(tmp_path, "registry.yaml", document)
+    problems = problems_of([path])
+    assert any(p.startswith(f"{path}: ") and expected in p for p in problems), problems
+
+
+def test_every_problem_of_every_file_is_reported_at_once(tmp_path: Path) -> None:
+    broken = yaml.safe_load(yaml.safe_dump(BASE))
+    broken["agencies"][0]["level"] = "ward"
+    broken["senders"][0]["types"] = ["teleported"]
+    missing = tmp_path / "missing.yaml"
+    not_a_mapping = tmp_path / "list.yaml"
+    not_a_mapping.write_text("- 1\n", encoding="utf-8")
+    problems = problems_of([write(tmp_path, "a.yaml", broken), missing, not_a_mapping])
+    assert len(problems) == 4, problems
+    assert any("missing.yaml: cannot read YAML" in p for p in problems)
+    assert any("list.yaml: expected a mapping" in p for p in problems)
+
+
+def test_an_empty_registry_knows_nobody() -> None:
+    registry = Registry()
+    assert registry.agency("000.00.12.H56") is None and registry.sender("urn:x") is None
+    assert len(registry) == 0
+
+
+def test_the_shipped_files_are_what_the_generator_writes() -> None:
+    from dossier.tools import generate_catalogue as gen
+
+    assert default_registry_file().read_text(encoding="utf-8") == gen.render_profile(
+        gen.generate(2022), 2022
+    )
+    assert gen.SIMULATION_REGISTRY.read_text(encoding="utf-8") == gen.render_simulation_registry(
+        2022
+    )
+    assert gen.SIMULATION_KEYS.read_text(encoding="utf-8") == gen.render_simulation_keys(2022)
+
+
+def test_the_simulator_s_test_keys_are_an_extra_file_that_loads() -> None:
+    from dossier.tools.generate_catalogue import SIMULATION_REGISTRY
+
+    registry = load_registry([default_registry_file(), SIMULATION_REGISTRY])
+    shipped = load_registry()
+    signing = [a for a in registry.agencies() if a.public_keys]
+    assert len(signing) == 3
+    for agency in signing:
+        # The same entry as the shipped one, plus its key.
+        before = shipped.agency(agency.code)
+        assert before is not None and before.public_keys == ()
+        assert (before.level, before.effective_to, before.successor, before.sources) == (
+            agency.level,
+            agency.effective_to,
+            agency.successor,
+            agency.sources,
+        )
+    assert registry.sender("urn:vn:portal:dichvucong.gov.vn").public_keys  # type: ignore[union-attr]
+    assert not shipped.sender("urn:vn:portal:dichvucong.gov.vn").public_keys  # type: ignore[union-attr]
+
+
+def test_dossier_registry_check_and_show(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dossier.cli import main
+
+    monkeypatch.delenv("DOSSIER_REGISTRY_FILES", raising=False)
+    assert main(["registry", "check"]) == 0
+    assert (
+        "registry ok: 83 agencies (58 commune, 9 district, 16 province)" in capsys.readouterr().out
+    )
+    assert main(["registry", "show", "--on", "2025-07-01"]) == 0
+    shown = capsys.readouterr().out
+    assert "district (0)" in shown and "urn:vn:portal:dichvucong.gov.vn" in shown
+    assert main(["registry", "show", "--level", "district"]) == 0
+    shown = capsys.readouterr().out
+    assert "000.00.31.H56  UBND TP Sông Công  [always to 2025-06-30] -> 000.00.42.H56" in shown
+    broken = write(tmp_path, "broken.yaml", {"agencies": [{"code": "x"}]})
+    monkeypatch.setenv("DOSSIER_REGISTRY_FILES", str(broken))
+    assert main(["registry", "check"]) == 1
+    assert f"{broken}: agencies[0].code: not an agency code" in capsys.readouterr().err
