@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -388,10 +389,57 @@ def grant(settings: Settings, bindings: Sequence[AclBinding]) -> None:
     """Create the ACLs (as the super user); one that exists already is left as it is."""
     if not bindings:
         return
+    acls = _acls(bindings)
     with quiet_kafka_logs(), admin(settings) as client:
-        result = client.create_acls(_acls(bindings))
-    if result["failed"]:
-        raise KafkaSecurityError(f"ACLs not created: {result['failed']}")
+        result = client.create_acls(acls)
+        if result["failed"]:
+            raise KafkaSecurityError(f"ACLs not created: {result['failed']}")
+        # The controller has them; the broker's authorizer learns them from the metadata log
+        # a moment later, and a client refused meanwhile would not retry: wait for them.
+        wanted = {_acl_key(acl) for acl in acls}
+        deadline = time.monotonic() + 30
+        while True:
+            present = {_acl_key(acl) for acl in _describe_all_acls(client)}
+            if wanted <= present:
+                return
+            if time.monotonic() > deadline:
+                raise KafkaSecurityError(f"{len(wanted - present)} ACLs not in force after 30 s")
+            time.sleep(0.1)
+
+
+def _acl_key(acl: Any) -> tuple[Any, ...]:
+    pattern = acl.resource_pattern
+    return (
+        acl.principal,
+        acl.operation,
+        pattern.resource_type,
+        pattern.resource_name,
+        pattern.pattern_type,
+    )
+
+
+def _describe_all_acls(client: KafkaAdminClient) -> list[Any]:
+    from kafka.admin import (
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePatternFilter,
+        ResourceType,
+    )
+
+    acls, _ = client.describe_acls(
+        ACLFilter(
+            principal=None,
+            host=None,
+            operation=ACLOperation.ANY,
+            permission_type=ACLPermissionType.ALLOW,
+            resource_pattern=ResourcePatternFilter(
+                ResourceType.ANY, None, ACLResourcePatternType.ANY
+            ),
+        )
+    )
+    return list(acls)
 
 
 def revoke(settings: Settings, bindings: Sequence[AclBinding]) -> None:
