@@ -57,6 +57,8 @@ def build_processor(settings: Settings, decider: Decider, consumer_group: str) -
             parked_ttl=timedelta(seconds=settings.parked_ttl_seconds),
             clock_mode=settings.clock_mode,
         ),
+        # Contract 1.1, "Signed inputs": the decider's registry checks the signatures.
+        verifier=decider.registry,
     )
 
 
@@ -107,7 +109,11 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
-        decider = Decider(load_catalogue(settings.workflows_dir), WorkingCalendar.load())
+        decider = Decider(
+            load_catalogue(settings.workflows_dir),
+            WorkingCalendar.load(),
+            load_registry_of(settings),
+        )
         db = create_db_engine(settings.database_url)
         if migrate:
             upgrade(db)

@@ -35,6 +35,7 @@ from engine.procedures import (
     DiscountRule,
     ProcedureVersion,
 )
+from engine.registry import AGENCY_CODE, LEVELS, Agency, Registry, day_of
 
 WORKING_DAY_SECONDS = 8 * 3600
 
@@ -64,11 +65,19 @@ GUARDS: dict[str, GuardCheck] = {
 
 
 class Decider:
-    """Decides inputs for every procedure of a catalogue; holds no dossier state."""
+    """Decides inputs for every procedure of a catalogue; holds no dossier state.
 
-    def __init__(self, catalogue: Catalogue, calendar: WorkingCalendar) -> None:
+    With a `registry` (contract 1.1) an input applies only when its sender may say it: see
+    `who_may_not_say`. Without one every sender is trusted, as in version 1, except that an
+    agency still acts only on the dossiers it holds.
+    """
+
+    def __init__(
+        self, catalogue: Catalogue, calendar: WorkingCalendar, registry: Registry | None = None
+    ) -> None:
         self.catalogue = catalogue
         self.calendar = calendar
+        self.registry = registry
         # Compiled on first use: a province's catalogue has 1,000+ versions, most of which a
         # given engine process may never see, and start-up should not pay for them all.
         self._machines: dict[tuple[str, int], CompiledWorkflow] = {}
@@ -85,6 +94,13 @@ class Decider:
 
     # -----------------------------------------------------------------------------------------
     def apply(self, dossier: Dossier | None, event: InboundEvent) -> Decision:
+        if self.registry is not None:
+            # Who may say it comes first, before the dossier is looked at: an input that would
+            # otherwise be parked for its order (its dossier not there yet) is refused now if
+            # its sender is not who it claims, and a forger learns nothing about the dossier.
+            refused = who_may_not_say(self.registry, event)
+            if refused is not None:
+                return Rejected("unauthenticated", refused)
         if event.short_type == "submitted":
             if dossier is not None:
                 return Rejected("invalid-transition", f"dossier {event.subject} already exists")
@@ -411,6 +427,105 @@ class Decider:
                 hours_field: round(max(0, seconds) / 3600, 2),
             },
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Contract 1.1, "Rules": who may say what. Each refusal's detail starts with the rule's name and
+# names agencies by their registered codes only: never the input's personal data.
+# ---------------------------------------------------------------------------------------------
+
+
+def who_may_not_say(registry: Registry, event: InboundEvent) -> str | None:
+    """Why the input's sender may not say it (the rule that failed), or None when it may.
+
+    On a level's topic: the agency in `data.agency` is registered at that level, lists the
+    input's `source` among its sources, and acts on the input's local date; a transfer's
+    `to_agency` is registered at `to_level` and acts on that date. On `dossier.submission`: the
+    source is a registered sender allowed the type; a submission's receiving agency is
+    registered, acts on the submission's date, is one the sender may submit to, and is the
+    agency part of the dossier code.
+    """
+    day = day_of(event.time)
+    data = event.data
+    level = event.origin_level
+    if level is None:
+        sender = registry.sender(event.source)
+        if sender is None:
+            return (
+                "sender-unregistered: the source is not a registered sender of dossier.submission"
+            )
+        kind = event.short_type
+        if not sender.may_send(kind):
+            return (
+                f"sender-type: sender {sender.source} may not send {kind} "
+                f"(it may send {', '.join(sorted(sender.types))})"
+            )
+        if kind != "submitted":
+            return None
+        code = data.get("agency")
+        agency = registry.agency(str(code))
+        if agency is None:
+            return (
+                f"receiving-agency-unregistered: submitted.agency {_code(code)} is not registered"
+            )
+        if not sender.may_submit_to(agency.code):
+            return f"sender-agency: sender {sender.source} may not submit to agency {agency.code}"
+        if not agency.acts_on(day):
+            return _window("receiving-agency-window", agency, day)
+        prefix = event.subject.split("-", 1)[0]
+        if prefix != agency.code:
+            return (
+                f"dossier-code-agency: dossier code {event.subject} belongs to agency {prefix}, "
+                f"not to the receiving agency {agency.code}"
+            )
+        return None
+    code = data.get("agency")
+    agency = registry.agency(str(code))
+    if agency is None:
+        return f"agency-unregistered: data.agency {_code(code)} is not registered"
+    if event.source not in agency.sources:
+        return (
+            f"agency-source: the source is not one of agency {agency.code}'s "
+            f"({', '.join(agency.sources)})"
+        )
+    if agency.level != level:
+        return (
+            f"agency-level: agency {agency.code} is registered at the {agency.level} level, "
+            f"not on dossier.{level}"
+        )
+    if not agency.acts_on(day):
+        return _window("agency-window", agency, day)
+    if event.short_type == "transferred":
+        target_code = data.get("to_agency")
+        target = registry.agency(str(target_code))
+        if target is None:
+            return (
+                f"to-agency-unregistered: transferred.to_agency {_code(target_code)} "
+                "is not registered"
+            )
+        to_level = data.get("to_level")
+        if target.level != to_level:
+            return (
+                f"to-agency-level: agency {target.code} is registered at the {target.level} "
+                f"level, not at to_level {to_level if to_level in LEVELS else '(not a level)'}"
+            )
+        if not target.acts_on(day):
+            return _window("to-agency-window", target, day)
+    return None
+
+
+def _window(rule: str, agency: Agency, day: date) -> str:
+    return f"{rule}: agency {agency.code} acts from {agency.window}, not on {day} (local date)"
+
+
+def _code(value: Any) -> str:
+    """An agency code as the input gave it, quoted only when it looks like one: any other text
+    (which could be anything, a name included) is not repeated."""
+    if isinstance(value, str) and len(value) <= 40 and AGENCY_CODE.fullmatch(value):
+        return value
+    if value is None:
+        return "(missing)"
+    return "(not an agency code)"
 
 
 def _fee_amounts(data: Any) -> dict[str, int]:

@@ -39,3 +39,10 @@ class HistoryRow:
     # not part of equality, because a row is the same input whether or not it is chained yet.
     prev_hash: str | None = field(default=None, compare=False)
     chain_hash: str | None = field(default=None, compare=False)
+    # Contract 1.1, "Signed inputs": for an input of an agency or sender with keys, the
+    # `ce-signature` header it was verified with ("<key id>:<base64>") and the exact bytes it
+    # signs (the envelope above is the decoded event, not those bytes), so an auditor can check
+    # it again years later; None for an unsigned input. Evidence beside the row, not part of
+    # equality: a replay from stored envelopes applies the same input without them.
+    signature: str | None = field(default=None, compare=False)
+    signed_value: bytes | None = field(default=None, compare=False)

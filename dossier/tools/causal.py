@@ -98,7 +98,12 @@ def publish_following(
         nonlocal last_progress
         message = messages[index]
         deployed = topic_name(message.topic)
-        future = producer.send(deployed, key=message.key, value=message.value)
+        future = producer.send(
+            deployed,
+            key=message.key,
+            value=message.value,
+            headers=list(message.headers) or None,  # a signing system's ce-signature
+        )
         if message.dossier is not None:
             ref = _Sent(deployed)
             future.add_callback(ref.acked)

@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from engine.calendar import VN_TZ, WorkingCalendar
 from engine.events import SUBMISSION_TOPIC
 from engine.procedures import Catalogue, Fee, ProcedureVersion, default_workflows_dir
+from engine.registry import SIGNATURE_HEADER
 
 HOUR = 3600
 PORTAL = "urn:vn:portal:dichvucong.gov.vn"
@@ -48,6 +50,8 @@ class SimulatedMessage:
     time: datetime  # business time of the action (arrival order follows it)
     dossier: str | None = None
     hostile: str | None = None  # the hostile sender's kind (HOSTILE_REASONS) that made it
+    # Kafka headers: a `ce-signature` when the sending system signs (contract 1.1).
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,18 +184,30 @@ class AgencyInfo:
         return self.effective_to is None or day <= self.effective_to
 
 
+# The districts' last day (two-tier local government from 1 July 2025).
+LAST_DISTRICT_DAY = date(2025, 6, 30)
+
+
+def _default_districts() -> dict[str, AgencyInfo]:
+    return {
+        code: AgencyInfo(code, code, "district", effective_to=LAST_DISTRICT_DAY)
+        for code in (f"000.00.{30 + i}.H56" for i in range(9))
+    }
+
+
 @dataclass
 class Agencies:
-    """Agency codes by level; the province's districts end on 1 July 2025."""
+    """Agency codes by level; the province's districts end on 1 July 2025. Without a profile,
+    codes the shipped registry (workflows/provinces/thai-nguyen.yaml) has at those levels."""
 
     communes: list[str] = field(
-        default_factory=lambda: [f"000.{20 + i // 90:02d}.{i % 90 + 10:02d}.H56" for i in range(60)]
+        default_factory=lambda: [f"000.{20 + i // 90:02d}.{i % 90 + 10:02d}.H56" for i in range(58)]
     )
-    districts: list[str] = field(default_factory=lambda: [f"000.00.{30 + i}.H56" for i in range(9)])
+    districts: list[str] = field(default_factory=lambda: list(_default_districts()))
     province: list[str] = field(
-        default_factory=lambda: [f"000.00.{10 + i:02d}.H56" for i in range(12)]
+        default_factory=lambda: [f"000.00.{40 + i:02d}.H56" for i in range(12)]
     )
-    info: dict[str, AgencyInfo] = field(default_factory=dict)
+    info: dict[str, AgencyInfo] = field(default_factory=_default_districts)
 
     @classmethod
     def from_infos(cls, infos: Sequence[AgencyInfo]) -> Agencies:
@@ -233,6 +249,11 @@ class Agencies:
         known = self.info.get(code)
         return known.parent if known is not None else None
 
+    def acts_on(self, code: str, day: date) -> bool:
+        """Whether the agency may act on this local date (contract 1.1: its window)."""
+        known = self.info.get(code)
+        return known is None or known.in_force_on(day)
+
 
 @dataclass
 class ProvinceProfile:
@@ -242,6 +263,9 @@ class ProvinceProfile:
     agencies: Agencies
     monthly_dossiers: dict[str, float]  # procedure code -> dossiers per month, province-wide
     deciding_agency: dict[str, str]  # procedure code -> the province department deciding it
+    # TEST-ONLY keys the province's systems sign with: principal (agency code, or a sender's
+    # source) -> (key id, private key). Empty: nothing is signed.
+    signing_keys: dict[str, tuple[str, Ed25519PrivateKey]] = field(default_factory=dict)
 
     @property
     def monthly_total(self) -> float:
@@ -270,12 +294,34 @@ class ProvinceProfile:
                 deciding[procedure] = info.code
         monthly = {str(k): float(v) for k, v in (document.get("monthly_dossiers") or {}).items()}
         return cls(
-            str(document.get("province", path.stem)), Agencies.from_infos(infos), monthly, deciding
+            str(document.get("province", path.stem)),
+            Agencies.from_infos(infos),
+            monthly,
+            deciding,
+            load_signing_keys(),
         )
 
 
 def default_profile_path() -> Path:
     return default_workflows_dir() / "provinces" / "thai-nguyen.yaml"
+
+
+# TEST ONLY: the simulated systems' private keys (written by dossier.tools.generate_catalogue;
+# their public halves are the extra registry file simulation_registry.yaml beside it).
+SIMULATION_KEYS = Path(__file__).resolve().parent / "simulation_keys.yaml"
+SIMULATION_REGISTRY = Path(__file__).resolve().parent / "simulation_registry.yaml"
+
+
+def load_signing_keys(path: Path = SIMULATION_KEYS) -> dict[str, tuple[str, Ed25519PrivateKey]]:
+    with path.open(encoding="utf-8") as handle:
+        document = yaml.safe_load(handle) or {}
+    return {
+        str(principal): (
+            str(entry["id"]),
+            Ed25519PrivateKey.from_private_bytes(base64.b64decode(entry["ed25519_private"])),
+        )
+        for principal, entry in (document.get("keys") or {}).items()
+    }
 
 
 def _as_date(value: Any) -> date | None:
@@ -366,7 +412,29 @@ class Workload:
         stream = self._add_duplicates(stream)
         stream = self._add_bad_inputs(stream)
         stream = self._add_hostile_inputs(stream)
-        return stream
+        return self._signed(stream)
+
+    # --- signatures (contract 1.1) --------------------------------------------------------------
+    def _signed(self, stream: list[SimulatedMessage]) -> list[SimulatedMessage]:
+        """Each message of a system that holds a key, with its `ce-signature` header: the agency
+        a level topic's input names, the sender of a submission. Careless and hostile inputs
+        made from a signing system's are signed too: their reasons are the contract's other
+        rules, which the signature rule must not hide."""
+        keys = self.profile.signing_keys if self.profile is not None else {}
+        if not keys:
+            return stream
+        signed: list[SimulatedMessage] = []
+        for message in stream:
+            principal = _principal(message)
+            key = keys.get(principal) if principal is not None else None
+            if key is None:
+                signed.append(message)
+                continue
+            key_id, private = key
+            signature = base64.b64encode(private.sign(message.value)).decode("ascii")
+            header = (SIGNATURE_HEADER, f"{key_id}:{signature}".encode("ascii"))
+            signed.append(replace(message, headers=(*message.headers, header)))
+        return signed
 
     # --- arrivals ------------------------------------------------------------------------------
     def _channel(self) -> int:
@@ -485,8 +553,21 @@ class Workload:
         )
         code = self._dossier_code(receiving, t)
         out: list[SimulatedMessage] = []
+        # Contract 1.1: an agency acts only within its window. A dossier whose next action falls
+        # to an agency that has ended (a district after 2025-06-30) waits for the handover to
+        # its successor, which is the engine's (not played here): its life stops there.
+        stopped = False
 
         def emit(kind: str, level: str | None, when: datetime, **data: Any) -> None:
+            nonlocal stopped
+            day = when.astimezone(VN_TZ).date()
+            if stopped or not all(
+                self.agencies.acts_on(str(data[k]), day)
+                for k in ("agency", "to_agency")
+                if k in data
+            ):
+                stopped = True
+                return
             topic = SUBMISSION_TOPIC if level is None else f"dossier.{level}"
             source = PORTAL if level is None else f"urn:vn:agency:{data.get('agency', receiving)}"
             value = self._envelope(kind, code, when, source, data)
@@ -694,8 +775,15 @@ class Workload:
         if kind == "schema":
             event["time"] = "yesterday"
             return SimulatedMessage(topic, key, _dump(event), "schema", time)
-        # An unknown procedure: a new dossier code so it never collides with a real one.
-        code = f"999.99.99.H56-{time.strftime('%y%m%d')}-{self._ids % 10000:04d}"
+        # An unknown procedure, submitted by the portal to a registered agency in force (the one
+        # that received the model's dossier, or a commune) under a dossier code of its own:
+        # serials from 9000 on, which no agency reaches in a day, so it never collides.
+        agency = (model.dossier or "").split("-", 1)[0]
+        if self.agencies.level(agency) is None or not self.agencies.acts_on(
+            agency, time.astimezone(VN_TZ).date()
+        ):
+            agency = self.agencies.communes[0]
+        code = f"{agency}-{time.strftime('%y%m%d')}-9{self._ids % 1000:03d}"
         submitted = {
             "specversion": "1.0",
             "id": event["id"],
@@ -706,7 +794,7 @@ class Workload:
             "datacontenttype": "application/json",
             "data": {
                 "procedure": "0.000000",
-                "agency": "999.99.99.H56",
+                "agency": agency,
                 "channel": 2,
                 "full_online": False,
                 "applicant": {"kind": "citizen", "id_number": "001099012345", "name": "X"},
@@ -997,6 +1085,22 @@ def _ends_dossier(message: SimulatedMessage) -> bool:
     return any(marker in message.value for marker in _ENDING_TYPES)
 
 
+def _principal(message: SimulatedMessage) -> str | None:
+    """Who signs a message: the agency a level topic's input names, a submission's source."""
+    try:
+        event = json.loads(message.value)
+    except ValueError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    if message.topic == SUBMISSION_TOPIC:
+        source = event.get("source")
+        return source if isinstance(source, str) else None
+    data = event.get("data")
+    agency = data.get("agency") if isinstance(data, dict) else None
+    return agency if isinstance(agency, str) else None
+
+
 def _dump(event: dict[str, Any]) -> bytes:
     return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -1042,9 +1146,7 @@ def manifest(messages: Sequence[SimulatedMessage], **meta: Any) -> dict[str, Any
     dossiers = sum(
         1
         for m in messages
-        if m.expected == VALID
-        and m.topic == SUBMISSION_TOPIC
-        and b'dossier.submitted"' in m.value
+        if m.expected == VALID and m.topic == SUBMISSION_TOPIC and b'dossier.submitted"' in m.value
     )
     # Each hostile input's digest, so that its dead letter can be told from the others with the
     # same reason: a kind refused for another reason must not hide behind another kind's count.
@@ -1072,7 +1174,7 @@ def value_digest(value: bytes) -> str:
 def encode_jsonl(messages: Sequence[SimulatedMessage]) -> Iterator[bytes]:
     """One JSON line per message, binary-safe (values in base64): for files and comparisons."""
     for m in messages:
-        line = {
+        line: dict[str, Any] = {
             "topic": m.topic,
             "key": None if m.key is None else m.key.decode("utf-8", "replace"),
             "expected": m.expected,
@@ -1081,6 +1183,8 @@ def encode_jsonl(messages: Sequence[SimulatedMessage]) -> Iterator[bytes]:
         }
         if m.hostile is not None:
             line["hostile"] = m.hostile
+        if m.headers:
+            line["headers"] = [[k, base64.b64encode(v).decode("ascii")] for k, v in m.headers]
         yield json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 

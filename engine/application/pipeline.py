@@ -124,14 +124,23 @@ class StagingRepository:
         # Never locked here: the rows would stay locked while the writer waits for them.
         # A dossier another process notifies meanwhile fails the revision check at write time
         # (rare once each process scans only its own partitions' dossiers).
-        due: list[StoredDossier] = []
+        due: dict[str, StoredDossier] = {}
         for stored in self._reads.notices_due(now, limit, lock=False, partitions=partitions):
-            staged = self._overlay.dossiers.get(stored.dossier.code)
-            if staged is None:
-                due.append(stored)
-            elif staged.next_notice_at is not None and staged.next_notice_at <= now:
-                due.append(staged)
-        return due
+            if stored.dossier.code not in self._overlay.dossiers:
+                due[stored.dossier.code] = stored
+        # The batch in flight's dossiers as it leaves them, those the database does not have
+        # yet included (a dossier it created, due by now): as a serial batch would see them.
+        for code, staged in self._overlay.dossiers.items():
+            if (
+                staged.next_notice_at is not None
+                and staged.next_notice_at <= now
+                and (
+                    partitions is None or staged.partition is None or staged.partition in partitions
+                )
+            ):
+                due[code] = staged
+        ordered = sorted(due.values(), key=lambda d: (d.next_notice_at, d.dossier.code))
+        return ordered[:limit]
 
     def load_positions(self, group: str) -> dict[tuple[str, int], int]:
         positions = self._reads.load_positions(group)

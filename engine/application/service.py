@@ -40,6 +40,7 @@ from engine.events import (
     OutboundEvent,
     contract_topic,
 )
+from engine.registry import SignatureCheck
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,17 @@ class DecisionObserver(Protocol):
     def noticed(self, dossier: Dossier, notices: Sequence[OutboundEvent]) -> None: ...
 
 
+class InputVerifier(Protocol):
+    """Contract 1.1, "Signed inputs": whether a decoded input carries the signature its agency
+    or sender must give (`engine.registry.Registry` is one). The decider sees only the event;
+    the signature is over the message's bytes and travels in its headers, so it is checked
+    here, right after decoding."""
+
+    def check_signature(
+        self, event: InboundEvent, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+    ) -> SignatureCheck: ...
+
+
 def forward_clock(previous: datetime | None, latest_applied: datetime | None) -> datetime | None:
     """The business clock: the latest time an applied input carried, never going back; in UTC,
     so equal instants written with other offsets are one clock."""
@@ -148,8 +160,10 @@ class BatchProcessor:
         *,
         clock_policy: ClockPolicy | None = None,
         observer: DecisionObserver | None = None,
+        verifier: InputVerifier | None = None,
     ) -> None:
         self.decider = decider
+        self.verifier = verifier
         self.codec = codec
         self.config = config
         # Business time by default (replayable); the configured wall clock; or a replay's.
@@ -212,6 +226,7 @@ class _Batch:
         self.clock_ceiling = clock_ceiling
         self.notice_partitions = processor.notice_partitions
         self.decider = processor.decider
+        self.verifier = processor.verifier
         self.codec = processor.codec
         self.clock_policy = processor.clock_policy
         self.observer = processor.observer
@@ -237,26 +252,39 @@ class _Batch:
     # -----------------------------------------------------------------------------------------
     def run(self, inputs: Sequence[RawInput]) -> BatchResult:
         inputs = self._not_yet_processed(inputs)
-        decoded: list[tuple[RawInput, InboundEvent | None]] = []
+        decoded: list[tuple[RawInput, InboundEvent | None, str | None]] = []
         for raw in inputs:
             try:
                 event = self.codec.decode(raw.value, raw.contract_topic, key=raw.key)
             except InputRejected as rejection:
                 self._dead_letter(raw, rejection.reason, rejection.detail)
                 self._count(raw, "dead_lettered")
-                decoded.append((raw, None))
+                decoded.append((raw, None, None))
                 continue
             except Exception as exc:
                 self._dead_letter(raw, DeadLetterReason.INTERNAL_ERROR, _failure(exc, "decoding"))
                 self._count(raw, "dead_lettered")
-                decoded.append((raw, None))
+                decoded.append((raw, None, None))
                 continue
-            decoded.append((raw, event))
-        events = [e for _, e in decoded if e is not None]
+            # Contract 1.1, "Signed inputs": before anything looks at what the input says.
+            try:
+                check = self._check_signature(event, raw.value, raw.headers)
+            except Exception as exc:
+                self._dead_letter(raw, DeadLetterReason.INTERNAL_ERROR, _failure(exc, "verifying"))
+                self._count(raw, "dead_lettered")
+                decoded.append((raw, None, None))
+                continue
+            if check.refused is not None:
+                self._dead_letter(raw, DeadLetterReason.UNAUTHENTICATED, check.refused)
+                self._count(raw, "dead_lettered")
+                decoded.append((raw, None, None))
+                continue
+            decoded.append((raw, event, check.signature))
+        events = [e for _, e, _ in decoded if e is not None]
         self._prefetch(events)
-        for raw, maybe_event in decoded:
+        for raw, maybe_event, signature in decoded:
             if maybe_event is not None:
-                self._handle(raw, maybe_event)
+                self._handle(raw, maybe_event, signature)
         # Contract 1.1, "Time": only inputs that applied move the business clock, so an input
         # that is refused (a year-9999 `time`, an unknown procedure) cannot make every open
         # dossier overdue. Inputs dead-lettered above carry the clock the batch started with.
@@ -314,7 +342,14 @@ class _Batch:
         return stored.dossier if stored is not None else None
 
     # -----------------------------------------------------------------------------------------
-    def _handle(self, raw: RawInput, event: InboundEvent) -> None:
+    def _check_signature(
+        self, event: InboundEvent, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+    ) -> SignatureCheck:
+        if self.verifier is None:
+            return _UNCHECKED
+        return self.verifier.check_signature(event, value, headers)
+
+    def _handle(self, raw: RawInput, event: InboundEvent, signature: str | None = None) -> None:
         known_hash = self.applied_keys.get(event.key)
         if known_hash is not None:
             if known_hash == event.content_hash():
@@ -335,7 +370,7 @@ class _Batch:
             decision = self.decider.apply(self._dossier(event.subject), event)
             if self.observer is not None:
                 self.observer.decided(event, decision)
-            staged = self._stage(raw.position, event, decision)
+            staged = self._stage(raw.position, event, decision, signature, raw.value)
         except Exception as exc:
             # Contract 1.1, "Poison": a failure that follows this input sets it aside, with
             # its bytes, instead of failing the batch (and every retry of it) for all the others.
@@ -373,7 +408,12 @@ class _Batch:
             return None  # no longer decodable: nothing can be the same event as it
 
     def _stage(
-        self, position: Position, event: InboundEvent, decision: Decision
+        self,
+        position: Position,
+        event: InboundEvent,
+        decision: Decision,
+        signature: str | None = None,
+        value: bytes | None = None,
     ) -> _StagedApply | None:
         """Everything an applied input writes, computed before any of it is recorded, so an
         input whose outputs cannot be built leaves the batch's working set untouched."""
@@ -387,6 +427,8 @@ class _Batch:
             event.content_hash(),
             self.codec.stored_envelope(event),
             outputs,
+            signature,
+            value if signature is not None else None,
         )
 
     def _record_applied(self, staged: _StagedApply) -> None:
@@ -413,6 +455,8 @@ class _Batch:
                 state_after=dossier.state,
                 status_code=dossier.status_code,
                 workflow_version=dossier.workflow_version,
+                signature=staged.signature,
+                signed_value=staged.signed_value,
             )
         )
         self.ledger.append(LedgerEntry(event.source, event.id, staged.content_hash, dossier.code))
@@ -460,11 +504,30 @@ class _Batch:
                     self._settle_failed_parked(parked, _failure(exc, "decoding"))
                     progress = True
                     break
+                # Checked when it arrived; again now, so that its signature is kept with the
+                # history and a key withdrawn meanwhile is not trusted any more.
+                try:
+                    check = self._check_signature(event, parked.value, parked.headers)
+                except Exception as exc:
+                    self._unpark(parked)
+                    self._settle_failed_parked(parked, _failure(exc, "verifying"))
+                    progress = True
+                    break
+                if check.refused is not None:
+                    self._unpark(parked)
+                    self._dead_letter_parked(
+                        parked, DeadLetterReason.UNAUTHENTICATED, check.refused
+                    )
+                    self._resettle(parked, "dead_lettered")
+                    progress = True
+                    break
                 try:
                     decision = self.decider.apply(self._dossier(code), event)
                     if self.observer is not None:
                         self.observer.decided(event, decision)
-                    staged = self._stage(parked.position, event, decision)
+                    staged = self._stage(
+                        parked.position, event, decision, check.signature, parked.value
+                    )
                 except Exception as exc:
                     # The parked input fails, not the one that woke it: set the parked one aside.
                     self._unpark(parked)
@@ -675,6 +738,11 @@ class _StagedApply:
     content_hash: str
     envelope: dict[str, object]
     outputs: tuple[tuple[OutboundEvent, OutboxMessage], ...]
+    signature: str | None = None
+    signed_value: bytes | None = None
+
+
+_UNCHECKED = SignatureCheck()
 
 
 def _summed(

@@ -155,6 +155,10 @@ history = Table(
     # migration 0004, which computes theirs.
     Column("chain_hash", Text, nullable=True),
     Column("prev_hash", Text, nullable=True),
+    # Contract 1.1, "Signed inputs" (migration 0006): the verified ce-signature header and the
+    # bytes it signs, for inputs of signing agencies and senders; NULL for the others.
+    Column("signature", Text, nullable=True),
+    Column("signed_value", LargeBinary, nullable=True),
     UniqueConstraint("dossier_code", "seq"),
 )
 
@@ -349,6 +353,8 @@ def history_columns(
         "recorded_at": recorded_at,
         "prev_hash": prev_hash,
         "chain_hash": chain_hash,
+        "signature": r.signature,
+        "signed_value": r.signed_value,
     }
 
 
@@ -371,6 +377,8 @@ HISTORY_ROW_COLUMNS = (
     history.c.workflow_version,
     history.c.prev_hash,
     history.c.chain_hash,
+    history.c.signature,
+    history.c.signed_value,
 )
 
 
@@ -392,6 +400,8 @@ def history_row(row: Any) -> HistoryRow:
         workflow_version=row.workflow_version,
         prev_hash=row.prev_hash,
         chain_hash=row.chain_hash,
+        signature=row.signature,
+        signed_value=None if row.signed_value is None else bytes(row.signed_value),
     )
 
 
