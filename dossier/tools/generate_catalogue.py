@@ -924,6 +924,8 @@ def render_csv(rows: Sequence[Row]) -> str:
 
 
 PORTAL = "urn:vn:portal:dichvucong.gov.vn"
+# The simulator's sender of dossier.submission traffic (dossier.tools.simulation.PORTAL).
+PROVINCIAL_PORTAL = "urn:vn:portal:dichvucong.thainguyen.gov.vn"
 SUBMISSION_TYPES = ("submitted", "supplement-provided", "payment-completed", "withdrawal-requested")
 
 
@@ -939,13 +941,13 @@ def senders() -> list[SenderSpec]:
     """The systems that write `dossier.submission` (contract 1.1): the national and provincial
     portals, the payment platform, the postal service and the reception counters (the
     province's public administration service centre for the departments, each district's and
-    commune's one-stop counter for itself). The portal's is the source the simulator uses."""
+    commune's one-stop counter for itself). The provincial portal is the simulator's sender."""
     every = agencies()
     departments = tuple(a.code for a in every if a.level == "province")
     result = [
         SenderSpec(PORTAL, "Cổng Dịch vụ công quốc gia", SUBMISSION_TYPES, None),
         SenderSpec(
-            "urn:vn:portal:dichvucong.thainguyen.gov.vn",
+            PROVINCIAL_PORTAL,
             "Cổng Dịch vụ công tỉnh Thái Nguyên",
             SUBMISSION_TYPES,
             None,
@@ -1050,10 +1052,11 @@ TEST_ONLY = (
 
 
 def signing_principals() -> list[str]:
-    """Who signs in the simulated province: the national portal, the busiest ward, its district
-    and the department that decides land dossiers (and succeeds the districts)."""
+    """Who signs in the simulated province: the provincial portal (the simulator's sender), the
+    busiest ward, its district and the department that decides land dossiers (and succeeds the
+    districts). Not the national portal: the test fixtures send as it, unsigned."""
     return [
-        PORTAL,
+        PROVINCIAL_PORTAL,
         "000.20.10.H56",
         "000.00.30.H56",
         department_code(DISTRICT_SUCCESSOR_DEPARTMENT),

@@ -36,7 +36,9 @@ from engine.procedures import Catalogue, Fee, ProcedureVersion, default_workflow
 from engine.registry import SIGNATURE_HEADER
 
 HOUR = 3600
-PORTAL = "urn:vn:portal:dichvucong.gov.vn"
+# The province's public-service portal: the sender of the simulated dossier.submission traffic
+# (a registered sender, with a TEST-ONLY key in simulation_registry.yaml).
+PORTAL = "urn:vn:portal:dichvucong.thainguyen.gov.vn"
 VALID = "valid"
 DUPLICATE = "duplicate"
 
