@@ -135,16 +135,54 @@ def test_engine_env_and_ports_agree_with_settings(compose: dict[str, Any]) -> No
     assert host_port(bootstrap) == ("kafka", DEFAULTS.kafka_listen[1])
 
 
+def engine_database_url(compose: dict[str, Any]) -> str:
+    """The URL the engine's command builds, with the password it reads from the secrets
+    volume in place of `$$(cat ...)`."""
+    command = " ".join(service(compose, "engine")["command"])
+    match = re.search(r'DOSSIER_DATABASE_URL="([^"]+)"', command)
+    assert match, command
+    return re.sub(r"\$\$\(cat (/run/secrets/\w+)\)", "GENERATED", match.group(1))
+
+
 def test_engine_database_is_the_compose_postgres(compose: dict[str, Any]) -> None:
     from sqlalchemy import make_url
 
-    url = make_url(env(service(compose, "engine"))["DOSSIER_DATABASE_URL"])
+    url = make_url(engine_database_url(compose))
     pg_env = env(service(compose, "postgres"))
     assert url.drivername == make_url(DEFAULTS.postgres_url).drivername
     assert (url.host, url.port) == ("postgres", 5432)
     assert url.username == pg_env["POSTGRES_USER"] == DEFAULTS.postgres_user
-    assert url.password == pg_env["POSTGRES_PASSWORD"] == DEFAULTS.postgres_password
+    assert url.password == "GENERATED"
+    assert "/run/secrets/postgres_password" in " ".join(service(compose, "engine")["command"])
+    assert pg_env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
     assert url.database == pg_env["POSTGRES_DB"] == DEFAULTS.postgres_db
+    assert service(compose, "engine")["entrypoint"] == ["/bin/sh", "-c"]
+    assert " exec dossier run" in " ".join(service(compose, "engine")["command"])
+
+
+def test_compose_publishes_on_loopback_only(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        for entry in svc.get("ports", []):
+            assert str(entry).startswith("127.0.0.1:"), f"{name} publishes {entry} beyond loopback"
+
+
+def test_compose_has_no_fixed_passwords_and_no_anonymous_grafana(compose: dict[str, Any]) -> None:
+    pg_env = env(service(compose, "postgres"))
+    assert "POSTGRES_PASSWORD" not in pg_env, "a password in the file is no secret"
+    assert pg_env["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    assert "--auth-host=scram-sha-256" in pg_env["POSTGRES_INITDB_ARGS"]
+    grafana = env(service(compose, "grafana"))
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    generator = "\n".join(service(compose, "secrets")["command"])
+    for name in ("postgres_password", "grafana_admin_password"):
+        assert name in generator
+    for name in ("postgres", "grafana"):
+        depends = service(compose, name)["depends_on"]
+        assert depends["secrets"]["condition"] == "service_completed_successfully"
+    text = (DEPLOY / "docker-compose.yml").read_text(encoding="utf-8")
+    assert "dossier:dossier@" not in text
 
 
 def test_engine_waits_for_topics_and_database(compose: dict[str, Any]) -> None:
@@ -455,3 +493,15 @@ def test_config_masks_passwords() -> None:
     assert masked("DOSSIER_KAFKA_SASL_PASSWORD_FILE", "/x/engine.password") == (
         "/x/engine.password"
     )
+
+
+def test_local_postgres_requires_a_password_over_tcp_and_listens_on_loopback() -> None:
+    text = services.postgres_script().read_text(encoding="utf-8")
+    # SCRAM for every TCP connection; trust only on the Unix socket, which lives inside the
+    # 0700 data directory (its owner is the only one who can reach it).
+    assert "--auth-host=scram-sha-256" in text
+    assert "--auth-local=trust" in text
+    assert "unix_socket_directories='$DATA_DIR'" in text
+    assert 'chmod 700 "$DATA_DIR"' in text
+    assert "listen_addresses=127.0.0.1" in text
+    assert "127.0.0.1" in DEFAULTS.postgres_url
