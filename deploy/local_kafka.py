@@ -926,7 +926,7 @@ def _secure_properties(settings: BrokerSettings, paths: Layout, super_user: str)
         "ssl.keystore.location": str(paths.broker_keystore),
         "ssl.truststore.type": "PEM",
         "ssl.truststore.location": str(paths.ca_cert),
-        # TLS 1.3 only: the clients here (kafka-python, aiokafka over Python's ssl) have it.
+        # TLS 1.3, or 1.2 for clients that lack it (both kafka-python and aiokafka have 1.3).
         "ssl.enabled.protocols": "TLSv1.3,TLSv1.2",
         # The controller channel: only a certificate from this CA gets in, and CN=broker is
         # the principal `broker`, the super user.

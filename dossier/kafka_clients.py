@@ -278,9 +278,12 @@ def secure_broker_settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, **changes) if changes else settings
 
 
-def principal_settings(settings: Settings, principal: str) -> Settings:
-    """`settings` (of the secure broker: secure_broker_settings) logged in as `principal` of
-    deploy/kafka-principals.yaml, or as the super user: SASL_SSL, its password file, the CA."""
+def principal_settings(
+    settings: Settings, principal: str, onto: Settings | None = None
+) -> Settings:
+    """`onto` (by default `settings`) logged in as `principal` of deploy/kafka-principals.yaml,
+    or as the super user, on the local secure broker whose settings are `settings`
+    (secure_broker_settings): SASL_SSL, its password file, the CA."""
     from deploy import local_kafka
 
     paths = local_kafka.layout(settings)
@@ -291,7 +294,8 @@ def principal_settings(settings: Settings, principal: str) -> Settings:
             f"(there are: {', '.join(names[1:])})"
         )
     return dataclasses.replace(
-        settings,
+        settings if onto is None else onto,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
         kafka_security_protocol="SASL_SSL",
         kafka_sasl_mechanism="SCRAM-SHA-512",  # the secure broker's (deploy.local_kafka)
         kafka_sasl_username=principal,
@@ -300,11 +304,11 @@ def principal_settings(settings: Settings, principal: str) -> Settings:
     )
 
 
-def super_user_settings(settings: Settings) -> Settings:
+def super_user_settings(settings: Settings, onto: Settings | None = None) -> Settings:
     """The secure broker's own principal: topics, logins and ACLs are administered as it."""
     from deploy import local_kafka
 
-    return principal_settings(settings, local_kafka.load_principals().super_user)
+    return principal_settings(settings, local_kafka.load_principals().super_user, onto)
 
 
 def client_config(settings: Settings, principal: str) -> dict[str, Any]:

@@ -98,15 +98,7 @@ def deployment(secure_broker: Settings, tmp_path: Path) -> Iterator[Settings]:
 
 def as_principal(secure_broker: Settings, run: Settings, name: str) -> Settings:
     """`run` as principal `name` of the secure broker (its password file and CA)."""
-    logged_in = kafka_clients.principal_settings(secure_broker, name)
-    return replace(
-        run,
-        kafka_security_protocol=logged_in.kafka_security_protocol,
-        kafka_sasl_mechanism=logged_in.kafka_sasl_mechanism,
-        kafka_sasl_username=logged_in.kafka_sasl_username,
-        kafka_sasl_password_file=logged_in.kafka_sasl_password_file,
-        kafka_ssl_cafile=logged_in.kafka_ssl_cafile,
-    )
+    return kafka_clients.principal_settings(secure_broker, name, onto=run)
 
 
 @pytest.fixture
