@@ -1,7 +1,7 @@
 """Throughput and latency of the real engine process through real Kafka.
 
     python bench/e2e_kafka.py [--events 30000] [--rate 1000] [--seconds 20] [--no-postgres]
-                              [--no-sqlite] [--engines 2]
+                              [--no-sqlite] [--engines 2] [--secure]
 
 For SQLite and PostgreSQL, each in a fresh database, topic prefix and consumer group:
   sustained : `dossier run` is up; a realistic mix is published as fast as Kafka takes it;
@@ -11,12 +11,17 @@ For SQLite and PostgreSQL, each in a fresh database, topic prefix and consumer g
               input), both stamped by producers on this machine; p50/p99 printed;
   naive     : a kafka-python loop, one event per transaction and an offset commit per message,
               over the same backlog (a sample of it), in the same run.
+With --secure, sustained and latency are measured again, in the same run, on the local secure
+broker (`dossier kafka up --secure`: TLS, SASL/SCRAM-SHA-512, ACLs; started if it is not
+running, and stopped again then): the engine logs in as `engine`, the inputs are published as
+`simulator` and the statuses read as `downstream`, and the ratio to plaintext is printed.
 Broker and database run on this same 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -25,10 +30,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -72,10 +78,27 @@ def messages(
     return workload.messages()[:count]
 
 
-def isolated(base: Settings, database_url: str, tmp: Path) -> Settings:
+@dataclass(frozen=True)
+class Run:
+    """One isolated run's settings: the engine's (also used to watch its progress), the
+    publisher's and the status reader's. All three are one on the plaintext broker; on the
+    secure one they are the principals `engine`, `simulator` and `downstream`."""
+
+    engine: Settings
+    publisher: Settings
+    reader: Settings
+
+    @property
+    def settings(self) -> Settings:
+        return self.engine
+
+
+def isolated(
+    base: Settings, database_url: str, tmp: Path, secure_broker: Settings | None = None
+) -> Run:
     tag = uuid.uuid4().hex[:8]
     settings = replace(
-        base,
+        secure_broker or base,
         topic_prefix=f"bench{tag}.",
         consumer_group=f"bench-{tag}",
         database_url=database_url,
@@ -83,19 +106,34 @@ def isolated(base: Settings, database_url: str, tmp: Path) -> Settings:
         batch_size=2000,
         kafka_data_dir=tmp / f"client-{tag}",
     )
-    scratch.topics(settings, [settings.topic(t) for t in ALL_TOPICS], base.topic_partitions)
-    return settings
+    names = [settings.topic(t) for t in ALL_TOPICS]
+    if secure_broker is None:
+        scratch.topics(settings, names, base.topic_partitions)
+        return Run(settings, settings, settings)
+    admin = kafka_clients.super_user_settings(secure_broker)
+    scratch.topics(replace(admin, topic_prefix=settings.topic_prefix), names, base.topic_partitions)
+    bindings = kafka_clients.authorize(secure_broker, settings)
+    atexit.register(_revoke, admin, bindings)
+
+    def login(name: str) -> Settings:
+        return kafka_clients.principal_settings(secure_broker, name, onto=settings)
+
+    return Run(login("engine"), login("simulator"), login("downstream"))
+
+
+def _revoke(admin: Settings, bindings: list[Any]) -> None:
+    with contextlib.suppress(Exception):
+        kafka_clients.revoke(admin, bindings)
 
 
 def postgres_url(base: Settings) -> str:
     return scratch.schema_url(base.postgres_url)
 
 
-def sustained(
-    settings: Settings, stream: list[SimulatedMessage], tmp: Path, engines: int = 1
-) -> float:
+def sustained(run: Run, stream: list[SimulatedMessage], tmp: Path, engines: int = 1) -> float:
     """Inputs/s from the first publish until the running engine processes (one consumer
     group) have committed the last input and published every output (start-up not counted)."""
+    settings = run.engine
     with contextlib.ExitStack() as stack:
         processes = [
             stack.enter_context(EngineProcess(settings, tmp / f"{settings.consumer_group}-{n}.log"))
@@ -105,7 +143,7 @@ def sustained(
         time.sleep(6 + 4 * (engines - 1))  # let the workers join and share before the clock
         before = cpu_ticks()
         started = time.perf_counter()
-        producer = create_input_producer(settings)
+        producer = create_input_producer(run.publisher)
         publish(producer, stream, settings.topic)
         producer.close()
         wait_caught_up(settings, 900, engine, poll_s=0.2)
@@ -158,14 +196,13 @@ def cpu_spent(
     return sorted(spent.items(), key=lambda item: -item[1])
 
 
-def latency(
-    settings: Settings, stream: list[SimulatedMessage], rate: float, tmp: Path
-) -> list[float]:
+def latency(run: Run, stream: list[SimulatedMessage], rate: float, tmp: Path) -> list[float]:
+    settings = run.engine
     with EngineProcess(settings, tmp / f"{settings.consumer_group}-latency.log") as engine:
         # A running engine is warm: joined to its group, statements compiled, connections
         # open, first checkpoint written. Warm it on other dossiers (January's) first.
         time.sleep(6)
-        producer = create_input_producer(settings)
+        producer = create_input_producer(run.publisher)
         warm_up = messages(500, seed=9, start="2025-01-06", end="2025-01-31")
         publish(producer, warm_up, settings.topic)
         wait_caught_up(settings, 120, engine, poll_s=0.2)
@@ -185,16 +222,17 @@ def latency(
         except (ValueError, KeyError, TypeError):
             continue
     delays: list[float] = []
-    for record in read_topic(settings, settings.topic("dossier.status"), timeout_s=20):
+    for record in read_topic(run.reader, settings.topic("dossier.status"), timeout_s=20):
         cause = json.loads(record.value)["data"]["caused_by"]["id"]
         if cause in sent:
             delays.append(record.timestamp - sent.pop(cause))  # one status per input at most
     return delays
 
 
-def naive(settings: Settings, stream: list[SimulatedMessage]) -> float:
+def naive(run: Run, stream: list[SimulatedMessage]) -> float:
     """One event per transaction and an offset commit per message, kafka-python only."""
-    producer = create_input_producer(settings)
+    settings = run.engine
+    producer = create_input_producer(run.publisher)
     publish(producer, stream, settings.topic)
     producer.close()
     db = create_db_engine(settings.database_url)
@@ -249,6 +287,12 @@ def main() -> int:
         default=2,
         help="also measure sustained throughput with this many engine processes in one group",
     )
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="measure sustained and latency on the local secure broker too (TLS, SASL/SCRAM, "
+        "ACLs), beside plaintext",
+    )
     args = parser.parse_args()
     base = Settings.from_env()
     backlog = messages(args.events, seed=1)
@@ -258,39 +302,95 @@ def main() -> int:
         f"mix: {len(backlog)} inputs "
         "(3 reference procedures, 1% duplicates, 0.5% bad, 2% reordered)"
     )
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        databases: list[tuple[str, Callable[[], str]]] = []
-        if not args.no_sqlite:
-            databases.append(("SQLite", lambda: f"sqlite:///{tmp / uuid.uuid4().hex}.db"))
-        if not args.no_postgres:
-            databases.append(("PostgreSQL", lambda: postgres_url(base)))
-        for name, url in databases:
-            rate = sustained(isolated(base, url(), tmp), backlog, tmp)
+    transports: list[tuple[str, Settings | None]] = [("plaintext", None)]
+    with contextlib.ExitStack() as stack:
+        if args.secure:
+            broker = stack.enter_context(secure_broker(base))
+            transports.append(("SASL_SSL", broker))
+        with tempfile.TemporaryDirectory() as tmp_name:
+            run_all(args, base, transports, backlog, offered, naive_stream, Path(tmp_name))
+    return 0
+
+
+@contextlib.contextmanager
+def secure_broker(base: Settings) -> Iterator[Settings]:
+    """The local secure broker's settings; started for this run (and stopped after) unless it
+    was running already."""
+    from deploy import local_kafka
+
+    broker = kafka_clients.secure_broker_settings(base)
+    was_running = local_kafka.running_pid(local_kafka.layout(broker)) is not None
+    if kafka_clients.local_broker("up", base, secure=True) != 0:
+        raise SystemExit("the secure broker did not start")
+    if not was_running:
+        # Registered before the scratch topics' and ACLs' removal: exit handlers run last
+        # registered first, so the broker stops after them.
+        atexit.register(local_kafka.down, broker)
+    yield broker
+
+
+def run_all(
+    args: argparse.Namespace,
+    base: Settings,
+    transports: list[tuple[str, Settings | None]],
+    backlog: list[SimulatedMessage],
+    offered: list[SimulatedMessage],
+    naive_stream: list[SimulatedMessage],
+    tmp: Path,
+) -> None:
+    databases: list[tuple[str, Callable[[], str]]] = []
+    if not args.no_sqlite:
+        databases.append(("SQLite", lambda: f"sqlite:///{tmp / uuid.uuid4().hex}.db"))
+    if not args.no_postgres:
+        databases.append(("PostgreSQL", lambda: postgres_url(base)))
+    for name, url in databases:
+        results: dict[str, dict[str, float]] = {}
+        for transport, broker in transports:
+            label = f"{name} {transport}" if len(transports) > 1 else name
+            mine = results.setdefault(transport, {})
+
+            def run(broker: Settings | None = broker, url: Callable[[], str] = url) -> Run:
+                return isolated(base, url(), tmp, broker)
+
+            rate = sustained(run(), backlog, tmp)
+            mine["sustained"] = rate
             print(
-                f"{name:<11} sustained  : {rate:>8,.0f} events/s "
+                f"{label:<11} sustained  : {rate:>8,.0f} events/s "
                 f"({len(backlog)} inputs published at full speed)"
             )
             if args.engines > 1:
-                rate = sustained(isolated(base, url(), tmp), backlog, tmp, args.engines)
+                rate = sustained(run(), backlog, tmp, args.engines)
+                mine[f"sustained x{args.engines}"] = rate
                 print(
-                    f"{name:<11} sustained  : {rate:>8,.0f} events/s "
+                    f"{label:<11} sustained  : {rate:>8,.0f} events/s "
                     f"with {args.engines} engine processes in one group"
                 )
-            delays = latency(isolated(base, url(), tmp), offered, args.rate, tmp)
+            delays = latency(run(), offered, args.rate, tmp)
             if delays:
+                mine["p50 ms"] = percentile(delays, 0.5)
+                mine["p99 ms"] = percentile(delays, 0.99)
                 print(
-                    f"{name:<11} latency    : p50 {percentile(delays, 0.5):,.0f} ms, "
+                    f"{label:<11} latency    : p50 {percentile(delays, 0.5):,.0f} ms, "
                     f"p99 {percentile(delays, 0.99):,.0f} ms, "
                     f"mean {statistics.fmean(delays):,.0f} ms "
                     f"at {args.rate:,.0f} events/s offered ({len(delays)} status events)"
                 )
-            slow = naive(isolated(base, url(), tmp), naive_stream)
+            if broker is None:  # the naive loop is the baseline of the design, not of TLS
+                slow = naive(run(), naive_stream)
+                print(
+                    f"{label:<11} naive      : {slow:>8,.0f} events/s "
+                    "(one transaction and offset commit per event)"
+                )
+        if "SASL_SSL" in results:
+            plain, secure = results["plaintext"], results["SASL_SSL"]
             print(
-                f"{name:<11} naive      : {slow:>8,.0f} events/s "
-                "(one transaction and offset commit per event)"
+                f"{name:<11} SASL_SSL vs plaintext: "
+                + ", ".join(
+                    f"{key} {secure[key] / plain[key] - 1:+.0%}"
+                    for key in plain
+                    if key in secure and plain[key]
+                )
             )
-    return 0
 
 
 if __name__ == "__main__":
