@@ -89,6 +89,13 @@ def register(subparsers: Any) -> None:
         help="stream: publish everything in time order and let the engine order it across "
         "topics; causal: each agency acts only once the engine took the dossier's previous step",
     )
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="on the local secure broker (`dossier kafka up --secure`: TLS, SASL/SCRAM, ACLs): "
+        "the engine logs in as `engine`, the simulated systems as `simulator`; the run's "
+        "topics and ACLs are made, and removed after, by the broker's super user",
+    )
     parser.set_defaults(func=run)
 
 
@@ -252,11 +259,21 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
     console.rule(f"[bold]dossier demo: {spec.profile.name}, run {run_id}")
     console.print(f"run directory: {run_dir}")
 
+    publisher = admin = demo
+    granted: list[Any] = []
     with phases("kafka"):
-        console.print("[bold]1/5[/] local Kafka broker")
-        if kafka_clients.local_broker("up", settings) != 0:
+        console.print("[bold]1/5[/] local Kafka broker" + (" (secure)" if args.secure else ""))
+        if kafka_clients.local_broker("up", settings, secure=args.secure) != 0:
             return EXIT_FAILED
-        kafka_clients.ensure_contract_topics(demo)
+        if args.secure:
+            broker = kafka_clients.secure_broker_settings(settings)
+            admin = kafka_clients.super_user_settings(broker, onto=demo)
+            kafka_clients.ensure_contract_topics(admin)
+            granted = kafka_clients.authorize(broker, demo)
+            publisher = kafka_clients.principal_settings(broker, "simulator", onto=demo)
+            demo = kafka_clients.principal_settings(broker, "engine", onto=demo)
+        else:
+            kafka_clients.ensure_contract_topics(demo)
     topics = [demo.topic(t) for t in ALL_TOPICS]
     engine = EngineProcess(demo, run_dir / "engine.log")
     positions = DatabasePositions(demo.database_url, demo.consumer_group)
@@ -293,7 +310,7 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
             progress = new_progress()
             engine_task = progress.add_task("engine", total=len(messages))
             watch = EngineWatch(positions, progress, engine_task)
-            producer = create_input_producer(demo)
+            producer = create_input_producer(publisher)
 
             def engine_alive() -> None:
                 if not engine.alive():
@@ -417,7 +434,10 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
         positions.close()
         if not args.keep_topics:
             with contextlib.suppress(Exception):
-                kafka_clients.delete_topics(demo, topics)
+                kafka_clients.delete_topics(admin, topics)
+        if granted:
+            with contextlib.suppress(Exception):
+                kafka_clients.revoke(admin, granted)
 
 
 def _expected_line(content: dict[str, Any]) -> str:
