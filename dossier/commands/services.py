@@ -108,7 +108,10 @@ def run_postgres(settings: Settings, args: argparse.Namespace) -> int:
         check=False,
     ).returncode
     if code == 0 and args.action == "up":
-        print(f"postgres: SQLAlchemy URL: {settings.postgres_url}")
+        from dossier.commands.config import masked
+
+        shown = masked("DOSSIER_DATABASE_URL", settings.postgres_url)
+        print(f"postgres: SQLAlchemy URL: {shown} (password: DOSSIER_POSTGRES_PASSWORD)")
         print("postgres: use it with DOSSIER_DATABASE_URL to run the engine on PostgreSQL")
     return code
 
