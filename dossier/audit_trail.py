@@ -2,8 +2,9 @@
 
 Every input with its source, agency, officer and time; each state and status code; the
 appointment with its working-day arithmetic; discounts with their rule and legal basis (as
-emitted, from the outbox); the workflow version. Personal data (Decree 13/2023) is masked
-unless the caller is entitled and says so.
+emitted, from the outbox); the workflow version; whether the input was signed (contract 1.1)
+and whether its signature, over the bytes the history kept, still checks against the registry
+today. Personal data (Decree 13/2023) is masked unless the caller is entitled and says so.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from sqlalchemy import Engine
 from dossier.settings import Settings
 from engine.calendar import WorkingCalendar
 from engine.events import FEE_DISCOUNT_TOPIC, TYPE_PREFIX
+from engine.history import HistoryRow
 from engine.procedures import load_catalogue
+from engine.registry import Registry, RegistryError, load_registry, registry_files, verify_signature
 from engine.store import queries
 from schemas.upcasting import upcast
 
@@ -52,6 +55,11 @@ class Step:
     schema_version: int
     note: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    # Contract 1.1, "Signed inputs": the key id it was signed with (None: unsigned), and
+    # whether that signature still checks now, with why not.
+    signed_with: str | None = None
+    signature_checks: bool | None = None
+    signature_note: str = "unsigned"
 
 
 @dataclass
@@ -87,6 +95,11 @@ def load_trail(
         return None
     catalogue = load_catalogue(settings.workflows_dir)
     calendar = WorkingCalendar.load()
+    registry: Registry | None
+    try:
+        registry = load_registry(registry_files(settings.registry_files))
+    except RegistryError:
+        registry = None  # said on each signed input: its signature cannot be checked
     steps: list[Step] = []
     procedure: str | None = None
     for r in rows:
@@ -108,6 +121,7 @@ def load_trail(
             schema_version=r.schema_version,
             data=data,
         )
+        _signature(step, r, envelope, registry)
         version = catalogue.get(procedure, r.workflow_version) if procedure else None
         if step.type == "received" and version is not None:
             days = version.deadline.working_days
@@ -145,6 +159,64 @@ def load_trail(
     return Trail(code, procedure, as_of.isoformat() if as_of else None, steps, discounts)
 
 
+def _signature(
+    step: Step, row: HistoryRow, envelope: Mapping[str, Any], registry: Registry | None
+) -> None:
+    """Whether the row's input was signed, and whether the signature checks today: against the
+    registry's keys of the agency or sender, over the bytes kept, which must be this input."""
+    if row.signature is None or row.signed_value is None:
+        return
+    key_id = row.signature.partition(":")[0]
+    step.signed_with = key_id
+    if registry is None:
+        step.signature_checks = None
+        step.signature_note = f"signed with key {key_id}; not checked: the registry does not load"
+        return
+    try:
+        signed = orjson.loads(row.signed_value)
+    except orjson.JSONDecodeError:
+        signed = None
+    same = isinstance(signed, dict) and all(
+        signed.get(name) == value
+        for name, value in (
+            ("id", row.event_id),
+            ("source", row.source),
+            ("type", row.type),
+            ("subject", row.dossier_code),
+            ("data", envelope.get("data")),
+        )
+    )
+    if not same:
+        step.signature_checks = False
+        step.signature_note = (
+            f"signed with key {key_id}; DOES NOT CHECK: the kept bytes are not this input"
+        )
+        return
+    topic = str(envelope.get("topic") or row.position.topic)
+    who, keys = registry.signer(
+        not topic.endswith("dossier.submission"),
+        row.source,
+        (envelope.get("data") or {}).get("agency"),
+    )
+    refused = verify_signature(who, keys, row.signed_value, row.signature)
+    step.signature_checks = refused is None
+    step.signature_note = (
+        f"signed with key {key_id} of {who}; checks"
+        if refused is None
+        else f"signed with key {key_id}; DOES NOT CHECK: {refused}"
+    )
+
+
+def _signed(step: Mapping[str, Any]) -> str:
+    if step["signed_with"] is None:
+        return "unsigned"
+    if step["signature_checks"] is None:
+        return f"signed {step['signed_with']}, not checked"
+    return f"signed {step['signed_with']}, " + (
+        "checks" if step["signature_checks"] else "DOES NOT CHECK"
+    )
+
+
 def _days(days: Decimal) -> str:
     return format(days.normalize(), "f") if isinstance(days, Decimal) else str(days)
 
@@ -176,6 +248,7 @@ def render(trail: Trail, fmt: str, *, reveal: bool) -> str:
         "status_code",
         "workflow_version",
         "note",
+        "signature_note",
     ]
     if fmt == "csv":
         buffer = io.StringIO()
@@ -219,10 +292,12 @@ def render(trail: Trail, fmt: str, *, reveal: bool) -> str:
         officer = f", officer {s['officer']}" if s["officer"] else ""
         lines.append(
             f"{s['seq']:>3}  {s['time']}  {s['type']:<22} {transition}  "
-            f"[{who}{officer}; workflow v{s['workflow_version']}]"
+            f"[{who}{officer}; workflow v{s['workflow_version']}; {_signed(s)}]"
         )
         if s["note"]:
             lines.append(f"     {s['note']}")
+        if s["signed_with"] is not None:
+            lines.append(f"     signature: {s['signature_note']}")
         if s["type"] == "submitted":
             lines.append(f"     data: {json.dumps(s['data'], ensure_ascii=False)}")
     if trail.discounts:

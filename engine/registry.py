@@ -191,12 +191,19 @@ class Registry:
     def signer_of(self, event: InboundEvent) -> tuple[str, tuple[PublicKey, ...]]:
         """Who must have signed the input, and with which keys (none: no signature asked):
         on a level's topic the agency it names, on the submission topic its sender."""
-        if event.origin_level is not None:
-            code = str(event.data.get("agency", ""))
-            agency = self._agencies.get(code)
-            return f"agency {code}", agency.public_keys if agency is not None else ()
-        sender = self._senders.get(event.source)
-        return f"sender {_clip(event.source)}", sender.public_keys if sender is not None else ()
+        agency = event.data.get("agency") if event.origin_level is not None else None
+        return self.signer(event.origin_level is not None, event.source, agency)
+
+    def signer(
+        self, level_topic: bool, source: str, agency: Any
+    ) -> tuple[str, tuple[PublicKey, ...]]:
+        """`signer_of` from an input's parts (an audit reads them from a stored envelope)."""
+        if level_topic:
+            code = str(agency or "")
+            known = self._agencies.get(code)
+            return f"agency {code}", known.public_keys if known is not None else ()
+        sender = self._senders.get(source)
+        return f"sender {_clip(source)}", sender.public_keys if sender is not None else ()
 
     def check_signature(
         self, event: InboundEvent, value: bytes | None, headers: Sequence[tuple[str, Any]]

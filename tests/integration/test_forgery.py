@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from kafka import KafkaProducer
 
+from dossier.cli import main as cli
 from dossier.settings import Settings
 from dossier.tools.supervision import EngineProcess, wait_caught_up
 from dossier.tools.workload import read_topic
@@ -150,7 +152,10 @@ def outputs(settings: Settings, topic: str) -> list[dict[str, Any]]:
 
 
 def test_every_forgery_is_dead_lettered_unauthenticated(
-    engine_settings: Settings, tmp_path: Path
+    engine_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     steps, expected, absent = script()
     producer = KafkaProducer(
@@ -197,3 +202,46 @@ def test_every_forgery_is_dead_lettered_unauthenticated(
     # The forged withdrawal revoked nothing.
     discounts = [e["type"] for e in outputs(engine_settings, "dossier.fee-discount")]
     assert discounts == ["vn.gov.dossier.fee-discount-granted"]
+
+    # The auditor's view: each input of the signing commune signed, and the signature checks
+    # against the registry today, over the bytes the history kept; the portal's unsigned.
+    monkeypatch.setenv("DOSSIER_REGISTRY_FILES", engine_settings.registry_files)
+    signed = f"{SIGNING}-250303-0001"
+    assert cli(["audit", "show", signed, "--url", engine_settings.database_url]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "workflow v" in line]
+    assert [line.rsplit("; ", 1)[-1] for line in lines] == [
+        "unsigned]",
+        "signed k1, checks]",
+        "signed k1, checks]",
+    ]
+    assert (
+        cli(["audit", "show", signed, "--url", engine_settings.database_url, "--format", "json"])
+        == 0
+    )
+    steps = json.loads(capsys.readouterr().out)["steps"]
+    assert [(s["signed_with"], s["signature_checks"]) for s in steps] == [
+        (None, None),
+        ("k1", True),
+        ("k1", True),
+    ]
+    # Bytes changed in the database after the fact no longer check.
+    db = sa.create_engine(engine_settings.database_url)
+    try:
+        with db.begin() as connection:
+            history = sa.table(
+                "history", sa.column("dossier_code"), sa.column("seq"), sa.column("signed_value")
+            )
+            value = connection.execute(
+                sa.select(history.c.signed_value).where(
+                    history.c.dossier_code == signed, history.c.seq == 2
+                )
+            ).scalar_one()
+            connection.execute(
+                sa.update(history)
+                .where(history.c.dossier_code == signed, history.c.seq == 2)
+                .values(signed_value=bytes(value) + b" ")
+            )
+    finally:
+        db.dispose()
+    assert cli(["audit", "show", signed, "--url", engine_settings.database_url]) == 0
+    assert "signed k1, DOES NOT CHECK]" in capsys.readouterr().out
