@@ -16,6 +16,7 @@ uniformly and agencies from generated codes, as before.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import random
@@ -314,6 +315,7 @@ SIMULATION_KEYS = Path(__file__).resolve().parent / "simulation_keys.yaml"
 SIMULATION_REGISTRY = Path(__file__).resolve().parent / "simulation_registry.yaml"
 
 
+@functools.cache
 def load_signing_keys(path: Path = SIMULATION_KEYS) -> dict[str, tuple[str, Ed25519PrivateKey]]:
     with path.open(encoding="utf-8") as handle:
         document = yaml.safe_load(handle) or {}
@@ -365,9 +367,12 @@ class Workload:
         hostile: Hostile | None = None,
         profile: ProvinceProfile | None = None,
         until: datetime | None = None,
+        signing_keys: Mapping[str, tuple[str, Ed25519PrivateKey]] | None = None,
     ) -> None:
         """`until`: leave out every action after this instant, so dossiers still open then stay
-        open (a snapshot of a month's work) instead of being played to their end."""
+        open (a snapshot of a month's work) instead of being played to their end.
+        `signing_keys`: who signs with which key (default: the profile's, or without one the
+        TEST-ONLY keys file's); empty: nothing is signed."""
         self.catalogue = catalogue
         self.calendar = calendar
         self.seed = seed
@@ -382,6 +387,9 @@ class Workload:
         self.reorder_share = reorder_share
         self.hostile = hostile or Hostile()
         self.profile = profile
+        if signing_keys is None:
+            signing_keys = profile.signing_keys if profile is not None else load_signing_keys()
+        self.signing_keys = signing_keys
         self.procedures = list(procedures or catalogue.codes())
         self.agencies = profile.agencies if profile is not None else Agencies()
         weights = profile.monthly_dossiers if profile is not None else {}
@@ -422,7 +430,7 @@ class Workload:
         a level topic's input names, the sender of a submission. Careless and hostile inputs
         made from a signing system's are signed too: their reasons are the contract's other
         rules, which the signature rule must not hide."""
-        keys = self.profile.signing_keys if self.profile is not None else {}
+        keys = self.signing_keys
         if not keys:
             return stream
         signed: list[SimulatedMessage] = []
