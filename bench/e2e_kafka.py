@@ -293,6 +293,12 @@ def main() -> int:
         help="measure sustained and latency on the local secure broker too (TLS, SASL/SCRAM, "
         "ACLs), beside plaintext",
     )
+    parser.add_argument(
+        "--secure-first",
+        action="store_true",
+        help="with --secure: measure the secure broker before plaintext (on a shared machine, "
+        "run both orders to see the drift)",
+    )
     args = parser.parse_args()
     base = Settings.from_env()
     backlog = messages(args.events, seed=1)
@@ -307,6 +313,8 @@ def main() -> int:
         if args.secure:
             broker = stack.enter_context(secure_broker(base))
             transports.append(("SASL_SSL", broker))
+            if args.secure_first:
+                transports.reverse()
         with tempfile.TemporaryDirectory() as tmp_name:
             run_all(args, base, transports, backlog, offered, naive_stream, Path(tmp_name))
     return 0
