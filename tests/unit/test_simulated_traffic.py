@@ -85,6 +85,8 @@ def test_every_simulated_input_ends_as_labelled(
     assert letters == dict(expected)
     # The province's work crosses the cutover: district work before it, none after.
     district = [m for m in messages if m.topic == "dossier.district" and m.expected == "valid"]
-    assert district and all(m.time.astimezone(VN_TZ).date().isoformat() <= "2025-06-30" for m in district)
+    assert district and all(
+        m.time.astimezone(VN_TZ).date().isoformat() <= "2025-06-30" for m in district
+    )
     if signed:
         assert sum(1 for m in messages if m.headers) > 100
