@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,7 @@ from sqlalchemy import Engine as DbEngine
 
 from consumers.faust_app import ConsumerConfig
 from dossier import kafka_clients
-from dossier.settings import Settings
+from dossier.settings import ClockMode, Settings
 from engine.application.commit import BatchCommitter
 from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
 from engine.calendar import WorkingCalendar
@@ -46,17 +46,35 @@ def load_registry_of(settings: Settings) -> Registry:
     return load_registry(registry_files(settings.registry_files))
 
 
-def build_processor(settings: Settings, decider: Decider, consumer_group: str) -> BatchProcessor:
+def build_decider(settings: Settings) -> Decider:
+    """The decider with the catalogue, the working calendar and the registry of agencies and
+    senders: the same for the engine and every replay of its inputs."""
+    return Decider(
+        load_catalogue(settings.workflows_dir), WorkingCalendar.load(), load_registry_of(settings)
+    )
+
+
+def build_processor(
+    settings: Settings,
+    decider: Decider,
+    consumer_group: str,
+    *,
+    clock_mode: ClockMode | None = None,
+    notice_scan_limit: int | None = None,
+) -> BatchProcessor:
     """The service layer with the contract's codec, as the engine and its replays run it."""
+    config = ServiceConfig(
+        engine_source=settings.engine_source,
+        consumer_group=consumer_group,
+        parked_ttl=timedelta(seconds=settings.parked_ttl_seconds),
+        clock_mode=clock_mode or settings.clock_mode,
+    )
+    if notice_scan_limit is not None:
+        config = replace(config, notice_scan_limit=notice_scan_limit)
     return BatchProcessor(
         decider,
         ContractCodec(settings.max_message_bytes),
-        ServiceConfig(
-            engine_source=settings.engine_source,
-            consumer_group=consumer_group,
-            parked_ttl=timedelta(seconds=settings.parked_ttl_seconds),
-            clock_mode=settings.clock_mode,
-        ),
+        config,
         # Contract 1.1, "Signed inputs": the decider's registry checks the signatures.
         verifier=decider.registry,
     )
@@ -109,11 +127,7 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
-        decider = Decider(
-            load_catalogue(settings.workflows_dir),
-            WorkingCalendar.load(),
-            load_registry_of(settings),
-        )
+        decider = build_decider(settings)
         db = create_db_engine(settings.database_url)
         if migrate:
             upgrade(db)

@@ -82,8 +82,15 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     from consumers.faust_app import build_app
     from dossier.composition import Runtime, consumer_config
+    from engine.procedures import WorkflowError
+    from engine.registry import RegistryError
 
-    runtime = Runtime.create(settings)
+    try:
+        runtime = Runtime.create(settings)
+    except (WorkflowError, RegistryError) as exc:
+        # Every problem with its file and path, not a traceback: the data is the operator's.
+        print(f"dossier run: {exc}", file=sys.stderr)
+        return EXIT_CATALOGUE_INCOMPLETE
     missing = runtime.missing_versions()
     if missing:
         runtime.close()

@@ -30,7 +30,7 @@ import heapq
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from kafka import KafkaConsumer, TopicPartition
@@ -38,13 +38,11 @@ from sqlalchemy import Connection, Engine
 
 from consumers.ordering import event_time
 from dossier import kafka_clients
+from dossier.composition import build_decider, build_processor
 from dossier.settings import Settings
 from engine.application.ports import ChangeSet, Position
-from engine.application.service import BatchProcessor, BatchResult, RawInput, ServiceConfig
-from engine.calendar import WorkingCalendar
-from engine.decider import Decider
+from engine.application.service import BatchProcessor, BatchResult, RawInput
 from engine.events import INBOUND_TOPICS, InboundEvent
-from engine.procedures import load_catalogue
 from engine.store import queries
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlRepository, SqlUnitOfWork
@@ -123,16 +121,15 @@ def make_processor(
 ) -> BatchProcessor:
     """The processor every replay path uses. `notice_scan_limit` (None: the service's
     default) is there so tests can make the limit bite on a small history."""
-    engine = Decider(load_catalogue(settings.workflows_dir), WorkingCalendar.load())
-    config = ServiceConfig(
-        engine_source=settings.engine_source,
-        consumer_group=group,
-        parked_ttl=timedelta(seconds=settings.parked_ttl_seconds),
+    # The live engine's decider and checks, registry and signatures included: a replay that
+    # skipped a rule would apply what live refused, and verify against nothing.
+    return build_processor(
+        settings,
+        build_decider(settings),
+        group,
         clock_mode="business",  # a replay's clock is its inputs' time, whatever live used
+        notice_scan_limit=notice_scan_limit,
     )
-    if notice_scan_limit is not None:
-        config = replace(config, notice_scan_limit=notice_scan_limit)
-    return BatchProcessor(engine, ContractCodec(settings.max_message_bytes), config)
 
 
 def prepare_target(target: Engine) -> None:

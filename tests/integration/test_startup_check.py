@@ -65,3 +65,30 @@ def test_dossier_run_exits_2_naming_each_missing_version(
     )
     assert done.returncode == 2, done.stderr
     assert "1.004222 v99: 1 dossier(s)" in done.stderr
+
+
+def test_dossier_run_exits_2_naming_the_problems_of_a_broken_registry(
+    settings: Settings, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    broken = tmp_path / "registry.yaml"
+    broken.write_text(
+        "agencies:\n  - code: '000.00.77.H56'\n    level: borough\n    name: Nowhere\n",
+        encoding="utf-8",
+    )
+    env = dict(os.environ)
+    env.update(
+        DOSSIER_DATABASE_URL=f"sqlite:///{tmp_path / 'engine.db'}",
+        DOSSIER_KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        DOSSIER_METRICS_PORT="0",
+        DOSSIER_REGISTRY_FILES=str(broken),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "dossier.cli", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "level" in done.stderr and str(broken) in done.stderr
