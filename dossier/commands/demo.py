@@ -90,12 +90,16 @@ def register(subparsers: Any) -> None:
         "topics; causal: each agency acts only once the engine took the dossier's previous step",
     )
     parser.add_argument(
-        "--secure",
-        action="store_true",
-        help="on the local secure broker (`dossier kafka up --secure`: TLS, SASL/SCRAM, ACLs): "
-        "the engine logs in as `engine`, the simulated systems as `simulator`; the run's "
-        "topics and ACLs are made, and removed after, by the broker's super user",
+        "--plaintext",
+        dest="secure",
+        action="store_false",
+        help="on the local PLAINTEXT broker, for a quick look; by default the run is on the "
+        "local secure broker (`dossier kafka up --secure`: TLS, SASL/SCRAM, ACLs), the engine "
+        "logged in as `engine`, the simulated systems as `simulator`, the run's topics and ACLs "
+        "made, and removed after, by the broker's super user",
     )
+    parser.add_argument("--secure", dest="secure", action="store_true", help=argparse.SUPPRESS)
+    parser.set_defaults(secure=True)
     parser.set_defaults(func=run)
 
 

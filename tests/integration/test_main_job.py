@@ -58,6 +58,9 @@ DEMO = [
     "--keep-topics",
     "--timeout",
     "300",
+    # These runs read the topics back with the plaintext login; test_main_job_secure below is
+    # the job as `dossier demo` runs it by default, on the secure broker.
+    "--plaintext",
 ]
 
 
@@ -207,3 +210,19 @@ def test_main_job_summary_agrees_with_the_database_and_with_what_was_produced(
         ] * entry["count"], kind
         line = lines[f"hostile {kind}: {reason}"]
         assert line["expected"] == line["actual"] == entry["count"]
+
+
+def test_main_job_on_the_secure_broker_closes_its_accounting(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kafka_bootstrap: str
+) -> None:
+    """The main job as it runs by default: TLS and SASL/SCRAM, one principal per role, ACLs.
+    Its own checks (every input's outcome and reason, the hostile senders' bytes) must all
+    pass; the plaintext runs above look at the topics themselves."""
+    monkeypatch.delenv("DOSSIER_DATABASE_URL", raising=False)
+    run_dir = tmp_path / "run"
+    secure = [arg for arg in DEMO if arg not in ("--plaintext", "--keep-topics")]
+    code = main([*secure, "--run-dir", str(run_dir)])
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    failed = [check for check in summary["checks"] if not check["ok"]]
+    assert code == 0 and not failed, failed
+    assert summary["checks"], "the summary has no accounting"
