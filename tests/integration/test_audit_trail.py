@@ -76,7 +76,7 @@ def test_legacy_input_and_district_era_history_replay(tmp_path: Path) -> None:
     assert verify(imported).findings == []
 
     rebuilt = create_db_engine(f"sqlite:///{tmp_path / 'rebuilt.db'}")
-    replay_from_db(Settings(), imported, rebuilt)
+    replay_from_db(Settings.from_env(), imported, rebuilt)  # the registry live had
     result = compare(rebuilt, live)
     assert result.differences == [] and result.matching == 1
     with SqlUnitOfWork(rebuilt) as uow:
