@@ -18,6 +18,7 @@ from engine.application.ports import (
     ConcurrencyError,
     HistoryRow,
     LedgerEntry,
+    NoticeScan,
     OutboxMessage,
     ParkedInput,
     Position,
@@ -228,11 +229,11 @@ class StoreContract:
             uow.commit()
         with uow_factory() as uow:
             now = (T0 + timedelta(hours=3)).astimezone(UTC)  # the same instant, spelt in UTC
-            due = uow.repo.notices_due(now, limit=10)
+            due = uow.repo.notices_due(now, NoticeScan(10))
             assert [s.dossier.code for s in due] == [b.code, a.code]
             assert due[1] == StoredDossier(a, 1, T0 + timedelta(hours=3))
-            assert [s.dossier.code for s in uow.repo.notices_due(now, limit=1)] == [b.code]
-            assert uow.repo.notices_due(T0, limit=10) == []
+            assert [s.dossier.code for s in uow.repo.notices_due(now, NoticeScan(1))] == [b.code]
+            assert uow.repo.notices_due(T0, NoticeScan(10)) == []
 
     def test_notices_due_among_the_partitions_asked_for(self, uow_factory: UowFactory) -> None:
         on_0, on_1, unknown = (make_dossier(f"000.00.19.H56-250303-000{i}") for i in (1, 2, 3))
@@ -251,7 +252,7 @@ class StoreContract:
 
         def due(partitions: set[int] | None) -> set[str]:
             with uow_factory() as uow:
-                found = uow.repo.notices_due(now, limit=10, partitions=partitions)
+                found = uow.repo.notices_due(now, NoticeScan(10, partitions=partitions))
                 return {s.dossier.code for s in found}
 
         assert due(None) == {on_0.code, on_1.code, unknown.code}
@@ -292,7 +293,7 @@ class StoreContract:
         assert repo.load_positions("g") == {}
         assert repo.outcome_counts("g") == {}
         assert repo.get_clock() is None
-        assert repo.notices_due(T0 + timedelta(days=1), 10) == []
+        assert repo.notices_due(T0 + timedelta(days=1), NoticeScan(10)) == []
 
     def test_leaving_without_commit_rolls_back(self, uow_factory: UowFactory) -> None:
         with uow_factory() as uow:

@@ -65,7 +65,7 @@ import tempfile
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -92,7 +92,7 @@ from dossier.replay.serial import (
     stored_input,
 )
 from dossier.settings import Settings
-from engine.application.ports import ChangeSet, Position, StoredDossier
+from engine.application.ports import ChangeSet, NoticeScan, Position, StoredDossier
 from engine.application.service import BatchProcessor, RawInput, ServiceConfig
 from engine.dossier import Applied, Decision, Dossier, NotYetApplicable, Rejected
 from engine.events import InboundEvent, InputRejected, OutboundEvent
@@ -299,19 +299,12 @@ class _ShardRepository(InMemoryRepository):
     def write(self, changes: ChangeSet) -> None:
         super().write(changes if self.positions else replace(changes, positions={}))
 
-    def notices_due(
-        self,
-        now: datetime,
-        limit: int,
-        *,
-        lock: bool = True,
-        partitions: Collection[int] | None = None,
-    ) -> list[StoredDossier]:
+    def notices_due(self, now: datetime, scan: NoticeScan) -> list[StoredDossier]:
         # Called before the batch writes anything, so the store is as when `due` was taken.
         # Nothing else writes a worker's store, so there is no row to lock or skip, and a
         # replay notifies every dossier (`partitions` is None).
         found = [self.store.dossiers[code] for at, code in self.due if at <= now]
-        return found[:limit]
+        return found[: scan.limit]
 
 
 class _ShardUnitOfWork(InMemoryUnitOfWork):

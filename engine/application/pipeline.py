@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from engine.application.ports import (
     BatchRepository,
     ChangeSet,
+    NoticeScan,
     ParkedInput,
     StoredDossier,
     UnitOfWork,
@@ -113,19 +114,12 @@ class StagingRepository:
         unparked = self._overlay.unparked
         return [p for p in self._reads.parked_expired(now, limit) if p.id not in unparked]
 
-    def notices_due(
-        self,
-        now: datetime,
-        limit: int,
-        *,
-        lock: bool = True,
-        partitions: Collection[int] | None = None,
-    ) -> list[StoredDossier]:
+    def notices_due(self, now: datetime, scan: NoticeScan) -> list[StoredDossier]:
         # Never locked here: the rows would stay locked while the writer waits for them.
         # A dossier another process notifies meanwhile fails the revision check at write time
         # (rare once each process scans only its own partitions' dossiers).
         due: dict[str, StoredDossier] = {}
-        for stored in self._reads.notices_due(now, limit, lock=False, partitions=partitions):
+        for stored in self._reads.notices_due(now, replace(scan, lock=False)):
             if stored.dossier.code not in self._overlay.dossiers:
                 due[stored.dossier.code] = stored
         # The batch in flight's dossiers as it leaves them, those the database does not have
@@ -135,12 +129,14 @@ class StagingRepository:
                 staged.next_notice_at is not None
                 and staged.next_notice_at <= now
                 and (
-                    partitions is None or staged.partition is None or staged.partition in partitions
+                    scan.partitions is None
+                    or staged.partition is None
+                    or staged.partition in scan.partitions
                 )
             ):
                 due[code] = staged
         ordered = sorted(due.values(), key=lambda d: (d.next_notice_at, d.dossier.code))
-        return ordered[:limit]
+        return ordered[: scan.limit]
 
     def load_positions(self, group: str) -> dict[tuple[str, int], int]:
         positions = self._reads.load_positions(group)

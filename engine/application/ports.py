@@ -110,6 +110,15 @@ class ConcurrencyError(Exception):
     """A dossier changed under us (another engine process): retry the batch."""
 
 
+@dataclass(frozen=True, slots=True)
+class NoticeScan:
+    """Which due dossiers a batch looks at for deadline notices (`BatchRepository.notices_due`)."""
+
+    limit: int
+    lock: bool = True
+    partitions: Collection[int] | None = None
+
+
 class BatchRepository(Protocol):
     """What a batch reads, and its one write: the port of `engine.application.service`."""
 
@@ -125,17 +134,11 @@ class BatchRepository(Protocol):
 
     def parked_expired(self, now: datetime, limit: int) -> list[ParkedInput]: ...
 
-    def notices_due(
-        self,
-        now: datetime,
-        limit: int,
-        *,
-        lock: bool = True,
-        partitions: Collection[int] | None = None,
-    ) -> list[StoredDossier]:
-        """Dossiers whose next deadline notice is due at or before `now`; with `lock`, only
-        those no other transaction is notifying, held until this one ends (where supported).
-        With `partitions`, only dossiers of those inbound partitions or of none known."""
+    def notices_due(self, now: datetime, scan: NoticeScan) -> list[StoredDossier]:
+        """The first `scan.limit` dossiers whose next deadline notice is due at or before `now`
+        (by due time, then code); with `scan.lock`, only those no other transaction is
+        notifying, held until this one ends (where supported); with `scan.partitions`, only
+        dossiers of those inbound partitions or of none known."""
         ...
 
     def load_positions(self, group: str) -> dict[tuple[str, int], int]:

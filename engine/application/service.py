@@ -23,6 +23,7 @@ from engine.application.ports import (
     ChangeSet,
     HistoryRow,
     LedgerEntry,
+    NoticeScan,
     OutboxMessage,
     ParkedInput,
     Position,
@@ -671,9 +672,8 @@ class _Batch:
             return
         now = self._now()
         candidates: dict[str, Dossier] = dict(self.dirty)
-        for stored in self.repo.notices_due(
-            now, self.config.notice_scan_limit, partitions=self.notice_partitions
-        ):
+        scan = NoticeScan(self.config.notice_scan_limit, partitions=self.notice_partitions)
+        for stored in self.repo.notices_due(now, scan):
             self.stored.setdefault(stored.dossier.code, stored)
             candidates.setdefault(stored.dossier.code, stored.dossier)
         for code, dossier in candidates.items():

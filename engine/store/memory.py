@@ -12,7 +12,7 @@ rows they both touched (never a lost update, sometimes a spurious retry).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -22,6 +22,7 @@ from engine.application.ports import (
     ConcurrencyError,
     HistoryRow,
     LedgerEntry,
+    NoticeScan,
     OutboxMessage,
     ParkedInput,
     StoredDossier,
@@ -154,24 +155,17 @@ class InMemoryRepository(ChangeSetWriter):
         for d in dossiers:
             self._dossiers[d.dossier.code] = d.saved()
 
-    def notices_due(
-        self,
-        now: datetime,
-        limit: int,
-        *,
-        lock: bool = True,
-        partitions: Collection[int] | None = None,
-    ) -> list[StoredDossier]:
+    def notices_due(self, now: datetime, scan: NoticeScan) -> list[StoredDossier]:
         _aware(now)
         due = [
             d
             for _, d in self._dossiers.items()
             if d.next_notice_at is not None
             and d.next_notice_at <= now
-            and (partitions is None or d.partition is None or d.partition in partitions)
+            and (scan.partitions is None or d.partition is None or d.partition in scan.partitions)
         ]
         due.sort(key=lambda d: (d.next_notice_at, d.dossier.code))
-        return due[:limit]
+        return due[: scan.limit]
 
     # --- input ledger ------------------------------------------------------------------------
     def applied_hashes(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:

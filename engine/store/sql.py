@@ -16,7 +16,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +62,7 @@ from engine.application.ports import (
     ConcurrencyError,
     HistoryRow,
     LedgerEntry,
+    NoticeScan,
     OutboxMessage,
     ParkedInput,
     StoredDossier,
@@ -399,26 +400,19 @@ class SqlRepository(ChangeSetWriter):
                 [{"code": d.dossier.code, **dossier_columns(d), "revision": 1} for d in new],
             )
 
-    def notices_due(
-        self,
-        now: datetime,
-        limit: int,
-        *,
-        lock: bool = True,
-        partitions: Collection[int] | None = None,
-    ) -> list[StoredDossier]:
+    def notices_due(self, now: datetime, scan: NoticeScan) -> list[StoredDossier]:
         require_aware(now)
         c = dossiers.c
         query = (
             select(*STORED_COLUMNS)
             .where(c.next_notice_at <= now)
             .order_by(c.next_notice_at, c.code)
-            .limit(limit)
+            .limit(scan.limit)
         )
-        if partitions is not None:
-            owned = self._in(c.partition, sorted(partitions)) if partitions else false()
+        if scan.partitions is not None:
+            owned = self._in(c.partition, sorted(scan.partitions)) if scan.partitions else false()
             query = query.where(or_(owned, c.partition.is_(None)))
-        if lock:
+        if scan.lock:
             # Engine processes share the due dossiers: each takes the ones no other is
             # notifying right now, instead of all racing for the same rows and retrying.
             query = query.with_for_update(skip_locked=True)

@@ -25,7 +25,13 @@ from sqlalchemy.exc import OperationalError
 
 from dossier.cli import main as cli_main
 from dossier.settings import Settings
-from engine.application.ports import ChangeSet, ConcurrencyError, StoredDossier, UnitOfWork
+from engine.application.ports import (
+    ChangeSet,
+    ConcurrencyError,
+    NoticeScan,
+    StoredDossier,
+    UnitOfWork,
+)
 from engine.store.migrate import current_revision, downgrade, head_revision, upgrade
 from engine.store.sql import (
     RelayLease,
@@ -288,8 +294,8 @@ def test_notices_due_skips_dossiers_another_transaction_is_notifying(
         uow.commit()
     now = due + timedelta(days=1)
     with SqlUnitOfWork(db) as first, SqlUnitOfWork(db) as second:
-        taken = {s.dossier.code for s in first.repo.notices_due(now, 2)}
-        others = {s.dossier.code for s in second.repo.notices_due(now, 10)}
+        taken = {s.dossier.code for s in first.repo.notices_due(now, NoticeScan(2))}
+        others = {s.dossier.code for s in second.repo.notices_due(now, NoticeScan(10))}
     db.dispose()
     assert taken == {"D-0", "D-1"}
     assert others == {"D-2", "D-3"}
