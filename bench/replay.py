@@ -118,7 +118,9 @@ def run(args: argparse.Namespace, settings: Settings, work: Path) -> int:
     inputs = []
     for m in messages:
         offsets[m.topic] = offsets.get(m.topic, -1) + 1
-        inputs.append(RawInput(m.topic, Position(m.topic, 0, offsets[m.topic]), m.key, m.value))
+        inputs.append(
+            RawInput(m.topic, Position(m.topic, 0, offsets[m.topic]), m.key, m.value, m.headers)
+        )
     started = time.perf_counter()
     for i in range(0, len(inputs), settings.batch_size):
         processor.process(SqlUnitOfWork(live, writes=True), inputs[i : i + settings.batch_size])

@@ -394,7 +394,12 @@ class Fold:
         decoder = _ShardDecoder(settings.max_message_bytes, reuse_by_value)
         clock = _CoordinatedClock()
         processor = BatchProcessor(
-            base.decider, decoder, base.config, clock_policy=clock, observer=tracker
+            base.decider,
+            decoder,
+            base.config,
+            clock_policy=clock,
+            observer=tracker,
+            verifier=base.verifier,
         )
         limit = base.config.notice_scan_limit
         return cls(
@@ -449,8 +454,10 @@ def _due_keys(store: InMemoryStore, limit: int) -> list[NoticeKey]:
 
 def _shard_rows(connection: Connection, job: ShardJob) -> Iterator[Prepared]:
     rows = queries.applied_inputs(connection, last_id=job.bounds[-1], shard=(job.shard, job.shards))
-    for hid, _, topic, partition, offset, version, envelope in rows:
-        raw, stored_event = stored_input(topic, partition, offset, version, envelope)
+    for hid, _, topic, partition, offset, version, envelope, signature, signed in rows:
+        raw, stored_event = stored_input(
+            topic, partition, offset, version, envelope, signature, signed
+        )
         yield hid, raw, stored_event
 
 

@@ -43,6 +43,7 @@ from dossier.settings import Settings
 from engine.application.ports import ChangeSet, Position
 from engine.application.service import BatchProcessor, BatchResult, RawInput
 from engine.events import INBOUND_TOPICS, InboundEvent
+from engine.registry import SIGNATURE_HEADER
 from engine.store import queries
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlRepository, SqlUnitOfWork
@@ -366,8 +367,8 @@ def stored_inputs(
     """Applied inputs of `source` in the order they were applied, upcast, in batches."""
     batch: list[tuple[RawInput, InboundEvent]] = []
     rows = queries.applied_inputs(source, yield_per=batch_size)
-    for _, _, topic, partition, offset, version, envelope in rows:
-        batch.append(stored_input(topic, partition, offset, version, envelope))
+    for _, _, topic, partition, offset, version, envelope, signature, signed in rows:
+        batch.append(stored_input(topic, partition, offset, version, envelope, signature, signed))
         if len(batch) >= batch_size:
             yield batch
             batch = []
@@ -376,11 +377,24 @@ def stored_inputs(
 
 
 def stored_input(
-    topic: str, partition: int | None, offset: int | None, version: int, envelope: Any
+    topic: str,
+    partition: int | None,
+    offset: int | None,
+    version: int,
+    envelope: Any,
+    signature: str | None = None,
+    signed_value: bytes | None = None,
 ) -> tuple[RawInput, InboundEvent]:
-    """One history row as the input it was, upcast, and the event already decoded from it."""
+    """One history row as the input it was, upcast, and the event already decoded from it.
+    A signed input is handed over as it was signed (its bytes and its `ce-signature`), so the
+    replay checks its signature as the live engine did."""
     event, value = stored_contract_input(envelope, version, topic)
-    raw = RawInput(event.topic, Position(topic, partition, offset), event.subject.encode(), value)
+    headers: tuple[tuple[str, bytes], ...] = ()
+    if signature is not None and signed_value is not None:
+        value, headers = signed_value, ((SIGNATURE_HEADER, signature.encode("ascii")),)
+    raw = RawInput(
+        event.topic, Position(topic, partition, offset), event.subject.encode(), value, headers
+    )
     return raw, event
 
 

@@ -280,7 +280,8 @@ def status_sequences(connection: Connection) -> dict[str, list[tuple[str, int]]]
 
 
 # (history id, dossier code, topic, partition, offset, schema version, envelope)
-AppliedInputRow = tuple[int, str, str, int | None, int | None, int, Any]
+# (history id, dossier, topic, partition, offset, schema version, envelope, signature, signed bytes)
+AppliedInputRow = tuple[int, str, str, int | None, int | None, int, Any, str | None, bytes | None]
 
 
 def applied_inputs(
@@ -295,7 +296,15 @@ def applied_inputs(
     (`shard_of`), filtered in SQL where the database can (see `register_shard_function`)."""
     h = history.c
     query = select(
-        h.id, h.dossier_code, h.topic, h.partition, h.offset, h.schema_version, h.envelope
+        h.id,
+        h.dossier_code,
+        h.topic,
+        h.partition,
+        h.offset,
+        h.schema_version,
+        h.envelope,
+        h.signature,
+        h.signed_value,
     ).order_by(h.id)
     if last_id is not None:
         query = query.where(h.id <= last_id)
@@ -308,7 +317,8 @@ def applied_inputs(
     for row in rows:
         if shard is not None and condition is None and shard_of(row[1], shard[1]) != shard[0]:
             continue
-        yield tuple(row)
+        signed = row[8]
+        yield (*tuple(row)[:8], None if signed is None else bytes(signed))
 
 
 def batch_bounds(connection: Connection, batch_size: int) -> list[int]:

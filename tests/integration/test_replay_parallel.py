@@ -67,7 +67,9 @@ def run_live(settings: Settings, db: Engine, dossiers: int = 300) -> None:
     inputs: list[RawInput] = []
     for m in messages:
         offsets[m.topic] = offsets.get(m.topic, -1) + 1
-        inputs.append(RawInput(m.topic, Position(m.topic, 0, offsets[m.topic]), m.key, m.value))
+        inputs.append(
+            RawInput(m.topic, Position(m.topic, 0, offsets[m.topic]), m.key, m.value, m.headers)
+        )
     for start in range(0, len(inputs), 500):
         processor.process(SqlUnitOfWork(db, writes=True), inputs[start : start + 500])
 

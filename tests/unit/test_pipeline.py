@@ -53,7 +53,9 @@ def stream(dossiers: int, seed: int) -> list[RawInput]:
     inputs = []
     for m in messages:
         offsets[m.topic] = offsets.get(m.topic, -1) + 1
-        inputs.append(RawInput(m.topic, Position(m.topic, 0, offsets[m.topic]), m.key, m.value))
+        inputs.append(
+            RawInput(m.topic, Position(m.topic, 0, offsets[m.topic]), m.key, m.value, m.headers)
+        )
     return inputs
 
 

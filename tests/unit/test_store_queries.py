@@ -104,7 +104,7 @@ def test_history_reads(connection: Connection) -> None:
         B: [("received", 2)],
     }
     applied = list(queries.applied_inputs(connection))
-    assert [(code, offset) for _, code, _, _, offset, _, _ in applied] == [
+    assert [(code, offset) for _, code, _, _, offset, *_ in applied] == [
         (A, 1001),
         (A, 1002),
         (B, 1001),
