@@ -73,6 +73,7 @@ from typing import Any, cast
 from sqlalchemy import Engine
 
 from consumers.ordering import event_time
+from dossier.composition import load_registry_of
 from dossier.replay.parallel import (
     Decoded,
     Fold,
@@ -103,7 +104,7 @@ from dossier.replay.serial import (
 from dossier.settings import Settings
 from engine.application.ports import Position
 from engine.application.service import RawInput
-from engine.events import INBOUND_TOPICS, InputRejected
+from engine.events import INBOUND_TOPICS, DeadLetterReason, InputRejected
 from schemas.codec import ContractCodec
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,9 @@ def _shares(
     """This worker's inputs of each serial batch, decoded (the parent needs the share's latest
     event time before the batch); what they name is noted for the co-partitioning check."""
     decoder = ContractCodec(settings.max_message_bytes)
+    # The serial batch refuses a bad signature while decoding, before any input is handled:
+    # refused here too, the worker's order tracker files its dead letter in that phase.
+    verifier = load_registry_of(settings)
     for index in range(batches):
         end = (index + 1) * batch_size  # the last rank of the batch
         share: list[Prepared] = []
@@ -256,8 +260,12 @@ def _shares(
             except InputRejected as rejection:
                 decoded = rejection
             else:
-                codes.setdefault(decoded.subject, raw.position.partition or 0)
-                event_keys.add(_digest(decoded.source, decoded.id))
+                check = verifier.check_signature(decoded, raw.value, raw.headers)
+                if check.refused is not None:
+                    decoded = InputRejected(DeadLetterReason.UNAUTHENTICATED, check.refused)
+                else:
+                    codes.setdefault(decoded.subject, raw.position.partition or 0)
+                    event_keys.add(_digest(decoded.source, decoded.id))
             share.append((rank, raw, decoded))
         yield share
 
