@@ -5,7 +5,8 @@
 #
 # 1. Python >= 3.11, Java and Maven if missing (apt), and .venv with the project
 #    (deploy/bootstrap.sh, shared with .ci/run);
-# 2. `dossier demo`: the local Kafka broker, the engine on a fresh SQLite database (or a fresh
+# 2. `dossier demo`: the local Kafka broker (the secure one, TLS, SASL and ACLs; --plaintext for
+#    a quick look), the engine on a fresh SQLite database (or a fresh
 #    schema of DOSSIER_DATABASE_URL's PostgreSQL), a month of a province's dossiers, then the
 #    summary and an HTML report. See `dossier demo --help`.
 set -euo pipefail

@@ -405,14 +405,21 @@ def parse_registry(
     return agencies, senders
 
 
-def _parse_agency(raw: Any, at: str, file: str, problem: _Problems) -> Agency | None:
+def _known_mapping(raw: Any, at: str, known: frozenset[str], problem: _Problems) -> bool:
+    """Whether `raw` is a mapping; each key it has that is not `known` is a problem."""
     if not isinstance(raw, dict):
         problem(at, "expected a mapping")
+        return False
+    for key in raw:
+        if key not in known:
+            problem(f"{at}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+    return True
+
+
+def _parse_agency(raw: Any, at: str, file: str, problem: _Problems) -> Agency | None:
+    if not _known_mapping(raw, at, _AGENCY_KEYS, problem):
         return None
     before = problem.count
-    for key in raw:
-        if key not in _AGENCY_KEYS:
-            problem(f"{at}.{key}", f"unknown key (known: {', '.join(sorted(_AGENCY_KEYS))})")
     code = raw.get("code")
     if not isinstance(code, str) or not AGENCY_CODE.fullmatch(code):
         problem(f"{at}.code", f"not an agency code (e.g. 000.00.19.H56): {code!r}")
@@ -461,13 +468,9 @@ def _parse_agency(raw: Any, at: str, file: str, problem: _Problems) -> Agency | 
 
 
 def _parse_sender(raw: Any, at: str, file: str, problem: _Problems) -> Sender | None:
-    if not isinstance(raw, dict):
-        problem(at, "expected a mapping")
+    if not _known_mapping(raw, at, _SENDER_KEYS, problem):
         return None
     before = problem.count
-    for key in raw:
-        if key not in _SENDER_KEYS:
-            problem(f"{at}.{key}", f"unknown key (known: {', '.join(sorted(_SENDER_KEYS))})")
     source = raw.get("source")
     if not isinstance(source, str) or not source.strip() or source != source.strip():
         problem(f"{at}.source", f"the sender's CloudEvents source, a URI: {source!r}")
