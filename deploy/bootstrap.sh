@@ -60,6 +60,8 @@ setup_system() {
     # The local broker runs on the JVM; Maven fetches its jars once (then they are cached).
     command -v java >/dev/null 2>&1 || apt_install openjdk-17-jre-headless
     command -v mvn >/dev/null 2>&1 || apt_install maven
+    # The secure broker's CA and certificate (dossier kafka up --secure, the main job's default).
+    command -v openssl >/dev/null 2>&1 || apt_install openssl
 }
 
 setup_venv() {
