@@ -243,6 +243,10 @@ audit_checkpoints = Table(
     Column("chains", BigInteger, nullable=False),
     Column("prev_root", Text, nullable=False),
     Column("root", Text, nullable=False),
+    # The engine's Ed25519 signature of the checkpoint (migration 0007) and the id of the key
+    # that made it; NULL for checkpoints written before signing, or by an engine without a key.
+    Column("key_id", Text, nullable=True),
+    Column("signature", Text, nullable=True),
 )
 
 # The chain heads that moved since the previous checkpoint (only those: a checkpoint costs
@@ -255,6 +259,30 @@ audit_checkpoint_heads = Table(
     Column("seq", Integer, nullable=False),
     Column("chain_hash", Text, nullable=False),
     PrimaryKeyConstraint("checkpoint_id", "dossier_code"),
+)
+
+# One AES-256-GCM key per person (migration 0008), found by a keyed digest of the person's
+# identity number: deleting a row makes that person's personal fields in history unreadable.
+personal_data_keys = Table(
+    "personal_data_keys",
+    metadata,
+    Column("person", Text, primary_key=True),
+    Column("key_id", Text, nullable=False, unique=True),
+    Column("key", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+# Every time personal data was shown in clear: append-only and chained like the history.
+disclosures = Table(
+    "disclosures",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("disclosed_at", UtcDateTime, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("dossier_code", Text, nullable=False),
+    Column("prev_hash", Text, nullable=False),
+    Column("chain_hash", Text, nullable=False),
 )
 
 engine_clock = Table(
