@@ -272,6 +272,14 @@ personal_data_keys = Table(
     Column("created_at", UtcDateTime, nullable=False),
 )
 
+# Whose key a dossier's personal fields are sealed under: written with its first sealed row.
+dossier_persons = Table(
+    "dossier_persons",
+    metadata,
+    Column("dossier_code", String, primary_key=True),
+    Column("key_id", Text, nullable=False, index=True),
+)
+
 # Every time personal data was shown in clear: append-only and chained like the history.
 disclosures = Table(
     "disclosures",

@@ -7,7 +7,8 @@ Create Date: 2026-12-06 00:00:01
 `personal_data_keys` holds one AES-256-GCM key per person, found by a keyed digest of the
 person's identity number (never the number itself). History keeps personal fields only as
 ciphertext under that key; deleting the row (`dossier privacy forget`) makes them unreadable
-while every hash over them still recomputes (crypto-shredding).
+while every hash over them still recomputes (crypto-shredding). `dossier_persons` says whose
+key a dossier's later inputs are sealed under, and which dossiers an erasure reaches.
 
 `disclosures` records each time someone had personal data shown in clear: who, when, why and
 which dossier, chained like the history so a removed or edited record is found.
@@ -40,6 +41,13 @@ def upgrade() -> None:
         sa.UniqueConstraint("key_id", name="uq_personal_data_keys_key_id"),
     )
     op.create_table(
+        "dossier_persons",
+        sa.Column("dossier_code", sa.String(), nullable=False),
+        sa.Column("key_id", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("dossier_code", name="pk_dossier_persons"),
+    )
+    op.create_index("ix_dossier_persons_key_id", "dossier_persons", ["key_id"])
+    op.create_table(
         "disclosures",
         sa.Column("id", ID, primary_key=True, autoincrement=True),
         sa.Column("disclosed_at", TIMESTAMP, nullable=False),
@@ -54,4 +62,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("disclosures")
+    op.drop_index("ix_dossier_persons_key_id", table_name="dossier_persons")
+    op.drop_table("dossier_persons")
     op.drop_table("personal_data_keys")
