@@ -98,7 +98,10 @@ def test_audit_show_masks_personal_data_unless_revealed(
     assert not [r for r in caplog.records if "revealed" in r.getMessage()]
 
     with caplog.at_level(logging.WARNING, logger="dossier.audit"):
-        assert cli(["audit", "show", CODE, "--url", url, "--reveal-personal-data"]) == 0
+        assert (
+            cli(["audit", "show", CODE, "--url", url, "--reveal-personal-data", "--reason", "test"])
+            == 0
+        )
     assert name in capsys.readouterr().out
     (record,) = [r for r in caplog.records if "revealed" in r.getMessage()]
     assert CODE in record.getMessage() and name not in record.getMessage()

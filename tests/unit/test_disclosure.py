@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -63,7 +64,7 @@ def test_the_time_hashes_as_the_same_instant_in_any_offset() -> None:
         ("disclosed_at", T0 + timedelta(days=1)),
     ],
 )
-def test_a_changed_record_is_found_and_named(field: str, value: object) -> None:
+def test_a_changed_record_is_found_and_named(field: str, value: Any) -> None:
     rows = chain(5)
     rows[2] = replace(rows[2], **{field: value})
     (finding,) = verify_disclosures(rows)
