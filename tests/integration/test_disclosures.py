@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import pwd
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,7 +18,6 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 
 from dossier.cli import main as cli
-from dossier.commands.audit import _os_user
 from engine.audit import CHANGED, DELETED, MISSING, REORDERED
 from engine.disclosure import DISCLOSURE_GENESIS
 from engine.store.disclosures import list_disclosures, record_disclosure, verify_disclosures
@@ -205,8 +206,15 @@ def test_reveal_without_a_reason_is_refused_and_records_nothing(
 
 
 def test_reveal_with_a_reason_records_one_disclosure_before_showing(
-    trail_url: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    trail_url: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The OS user is the real uid's login, not what the environment claims.
+    for variable in ("USER", "LOGNAME", "LNAME", "USERNAME"):
+        monkeypatch.setenv(variable, "somebody-else")
+    login = pwd.getpwuid(os.getuid()).pw_name
     name = ev.CITIZEN["name"]
     reason = "Thanh tra tỉnh yêu cầu, công văn 12/TTr"
     before = datetime.now(UTC)
@@ -221,7 +229,7 @@ def test_reveal_with_a_reason_records_one_disclosure_before_showing(
         (d,) = list_disclosures(db)
     finally:
         db.dispose()
-    assert (d.actor, d.reason, d.dossier_code) == (f"alice (os user {_os_user()})", reason, CODE)
+    assert (d.actor, d.reason, d.dossier_code) == (f"alice (os user {login})", reason, CODE)
     assert before <= d.disclosed_at <= after
     (record,) = [r for r in caplog.records if "revealed" in r.getMessage()]
     message = record.getMessage()
