@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "dossier.commands.demo",
     "dossier.commands.replay",
     "dossier.commands.audit",
+    "dossier.commands.privacy",
 )
 
 

@@ -7,6 +7,7 @@ import time; the layers below take what they need as arguments (docs/architectur
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,12 +30,19 @@ from engine.procedures import load_catalogue
 from engine.registry import Registry, load_registry, registry_files
 from engine.store.failures import is_infrastructure_failure
 from engine.store.migrate import upgrade
+from engine.store.privacy import (
+    PersonalDataVault,
+    PrivacyKeyError,
+    PrivacySecret,
+    new_secret_text,
+)
 from engine.store.queries import pinned_versions
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from schemas.codec import ContractCodec, encode_outbound
 
 if TYPE_CHECKING:
     from engine.application.ports import OutboxMessage
+    from engine.signing import Signer
     from producers.relay import RelayJob, Waker
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,50 @@ def load_registry_of(settings: Settings) -> Registry:
     """The registry of agencies and senders (contract 1.1): the shipped province file, then
     `DOSSIER_REGISTRY_FILES`; `engine.registry.RegistryError` names every problem."""
     return load_registry(registry_files(settings.registry_files))
+
+
+def load_privacy_secret(settings: Settings, *, create: bool = False) -> PrivacySecret:
+    """The privacy master secret: `DOSSIER_PRIVACY_KEY`, else the key file, which `create`
+    makes (0600, in a 0700 directory) when it does not exist yet: the engine's first start."""
+    if settings.privacy_key:
+        return PrivacySecret.from_text(settings.privacy_key)
+    path = settings.privacy_key_file
+    if not path.exists():
+        if not create:
+            raise PrivacyKeyError(
+                f"no privacy key at {path} (DOSSIER_PRIVACY_KEY_FILE): personal data cannot be"
+                " opened without the key it was sealed under"
+            )
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(new_secret_text() + "\n")
+        log.warning(
+            "privacy: created a new master secret at %s; back it up apart from the database", path
+        )
+    return PrivacySecret.from_text(path.read_text())
+
+
+def build_vault(
+    settings: Settings, *, replaying: bool = False, create: bool = False
+) -> PersonalDataVault:
+    """What seals personal data on its way into the store, with the contract's declaration of
+    which fields hold it."""
+    from schemas.personal_data import personal_paths
+
+    return PersonalDataVault(
+        load_privacy_secret(settings, create=create), personal_paths, replaying=replaying
+    )
+
+
+def checkpoint_signer(settings: Settings) -> Signer | None:
+    """The engine's audit checkpoint signer from the settings, said once in the log (a
+    warning when there is none); `dossier.audit_keys.AuditKeyError` for a key set but unusable."""
+    from dossier.audit_keys import signer_of, warn_if_unsigned
+
+    signer = signer_of(settings)
+    warn_if_unsigned(signer)
+    return signer
 
 
 def build_decider(settings: Settings) -> Decider:
@@ -111,8 +163,15 @@ class Runtime:
     # one per interval; the interval bounds how much history a truncation could hide.
     checkpoint_interval_s: float = 60.0
     _last_checkpoint: float | None = None
+    # Signs each checkpoint (engine.signing); None writes them unsigned (dossier.audit_keys).
+    signer: Signer | None = None
+    # Seals personal data before it is stored (engine.store.privacy); built from the settings
+    # when not handed in, so that no runtime writes history in clear.
+    vault: PersonalDataVault | None = None
 
     def __post_init__(self) -> None:
+        if self.vault is None:
+            self.vault = build_vault(self.settings, create=True)
         mode = self.settings.batch_pipeline
         self.committer = BatchCommitter(
             self.processor,
@@ -131,8 +190,16 @@ class Runtime:
         db = create_db_engine(settings.database_url)
         if migrate:
             upgrade(db)
+        vault = build_vault(settings, create=True)
+        with db.connect() as connection:
+            vault.check(connection)  # a wrong secret stops here, not in the first batch
         return cls(
-            settings, db, decider, build_processor(settings, decider, settings.consumer_group)
+            settings,
+            db,
+            decider,
+            build_processor(settings, decider, settings.consumer_group),
+            vault=vault,
+            signer=checkpoint_signer(settings),
         )
 
     def missing_versions(self) -> list[tuple[str, int, int]]:
@@ -146,10 +213,10 @@ class Runtime:
         )
 
     def uow(self, *, writes: bool = False) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.db, writes=writes)
+        return SqlUnitOfWork(self.db, writes=writes, vault=self.vault)
 
     def writing_uow(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.db, writes=True)
+        return SqlUnitOfWork(self.db, writes=True, vault=self.vault)
 
     def contract_topic(self, kafka_topic: str) -> str:
         return contract_topic(kafka_topic, self.settings.topic_prefix)
@@ -193,7 +260,10 @@ class Runtime:
         from engine.store.audit import write_checkpoint
 
         try:
-            if write_checkpoint(self.db, self.settings.engine_source, encode_outbound) is not None:
+            written = write_checkpoint(
+                self.db, self.settings.engine_source, encode_outbound, signer=self.signer
+            )
+            if written is not None:
                 self.outbox_wake.set()
         except Exception:
             # A missed checkpoint delays evidence; it must not stop the engine.
@@ -213,7 +283,7 @@ def build_relay(
     """The outbox relay: a producer, the outbox of `db`, and (for the engine) the lease that
     lets one of several engine processes publish. The one place a relay is wired."""
     from dossier import kafka_clients
-    from engine.events import OUTBOUND_TOPICS
+    from engine.events import DLQ_TOPIC, OUTBOUND_TOPICS
     from engine.store.sql import RelayLease
     from producers.relay import OutboxRelay, RelayJob
 
@@ -225,7 +295,11 @@ def build_relay(
         for topic in OUTBOUND_TOPICS:
             producer.partitions_for(name(topic))
     relay = OutboxRelay(
-        lambda: SqlUnitOfWork(db, writes=True), producer, name, on_published=on_published
+        lambda: SqlUnitOfWork(db, writes=True),
+        producer,
+        name,
+        on_published=on_published,
+        retention={DLQ_TOPIC: timedelta(seconds=settings.dead_letter_retention_s)},
     )
     return RelayJob(relay, RelayLease(db) if lease else None, [lambda: producer.close(timeout=10)])
 

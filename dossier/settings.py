@@ -146,6 +146,27 @@ class Settings:
     postgres_db: str = setting(
         "DOSSIER_POSTGRES_DB", "dossier", "Database created by deploy/postgres.sh."
     )
+    # --- Personal data (engine.store.privacy) -------------------------------------------------
+    privacy_key_file: Path = setting_factory(
+        "DOSSIER_PRIVACY_KEY_FILE",
+        lambda: default_state_dir() / "privacy.key",
+        "File holding the privacy master secret (base64 of 32 random bytes) that wraps every"
+        " person's data key; never stored in the database. The engine creates it (mode 0600)"
+        " on first start when it does not exist; losing it makes all sealed personal data"
+        " unreadable, so back it up apart from the database.",
+    )
+    privacy_key: str = setting(
+        "DOSSIER_PRIVACY_KEY",
+        "",
+        "The privacy master secret itself (base64), instead of DOSSIER_PRIVACY_KEY_FILE.",
+    )
+    dead_letter_retention_s: float = setting(
+        "DOSSIER_DEAD_LETTER_RETENTION_SECONDS",
+        7 * 24 * 3600.0,
+        "How long the database keeps its copy of a dead letter after the relay sent it to the"
+        " dead-letter topic: a dead letter carries the input's bytes, personal data included,"
+        " and the topic is its record. Other sent outputs carry no personal data and are kept.",
+    )
     # --- Engine ------------------------------------------------------------------------------
     engine_source: str = setting(
         "DOSSIER_ENGINE_SOURCE",
@@ -225,6 +246,21 @@ class Settings:
         "process",
         "'process': the outbox relay runs in a child process, on the other core, off the"
         " engine's interpreter lock; 'thread': in a thread of the engine process.",
+    )
+    # --- Audit (engine.store.audit, dossier.audit_keys) --------------------------------------
+    audit_signing_key_file: Path | None = setting(
+        "DOSSIER_AUDIT_SIGNING_KEY_FILE",
+        None,
+        "PEM (PKCS8) Ed25519 private key the engine signs its audit checkpoints with (`dossier"
+        " audit keygen --out FILE` makes one, mode 0600); never stored in the database. With"
+        " neither this nor DOSSIER_AUDIT_SIGNING_KEY, checkpoints are written unsigned and the"
+        " engine says so once at start.",
+    )
+    audit_signing_key: str = setting(
+        "DOSSIER_AUDIT_SIGNING_KEY",
+        "",
+        "The same private key as text, when no file is given: its PEM, or its 32 raw bytes in"
+        " base64 (one line). `dossier config` masks it.",
     )
     # --- Operations --------------------------------------------------------------------------
     metrics_host: str = setting(

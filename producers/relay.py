@@ -9,8 +9,9 @@ acknowledged" a plain loop, which is why the relay uses it rather than faust's p
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from kafka import KafkaProducer
@@ -46,13 +47,20 @@ class OutboxRelay:
         batch_size: int = 2000,
         send_timeout_s: float = 30.0,
         on_published: Callable[[list[OutboxMessage]], None] | None = None,
+        retention: Mapping[str, timedelta] | None = None,
+        purge_interval_s: float = 60.0,
     ) -> None:
+        """`retention`: how long the database keeps a sent message of each topic named; the
+        topic is then its record (dead letters: their bytes may hold personal data)."""
         self._uow_factory = uow_factory
         self._producer = producer
         self._topic_name = topic_name
         self._batch_size = batch_size
         self._send_timeout_s = send_timeout_s
         self._on_published = on_published
+        self._retention = dict(retention or {})
+        self._purge_interval_s = purge_interval_s
+        self._next_purge = 0.0
 
     def publish_pending(self) -> int:
         """Publish one batch of unsent rows; the number published. Raises on broker failure."""
@@ -78,6 +86,28 @@ class OutboxRelay:
         if self._on_published is not None:
             self._on_published(pending)
         return len(pending)
+
+    def purge_expired(self, now: datetime | None = None, chunk: int = 5000) -> int:
+        """Delete the sent messages older than their topic's retention; how many."""
+        moment = now or datetime.now(UTC)
+        purged = 0
+        for topic, keep in sorted(self._retention.items()):
+            while True:
+                with self._uow_factory() as uow:
+                    deleted = uow.repo.purge_sent(topic, moment - keep, chunk)
+                    uow.commit()
+                purged += deleted
+                if deleted < chunk:
+                    break
+        return purged
+
+    def _purge_when_due(self) -> None:
+        if not self._retention or time.monotonic() < self._next_purge:
+            return
+        self._next_purge = time.monotonic() + self._purge_interval_s
+        purged = self.purge_expired()
+        if purged:
+            log.info("outbox: deleted %d sent messages past their retention", purged)
 
     def drain(self) -> int:
         """Publish until nothing is pending; the number published."""
@@ -115,6 +145,7 @@ class OutboxRelay:
             try:
                 sent = self.drain()
                 backoff = 0.5
+                self._purge_when_due()
             except KafkaError as exc:
                 log.warning(
                     "outbox relay paused: broker unavailable (%s); retrying", type(exc).__name__

@@ -165,6 +165,10 @@ class Outbox(Protocol):
 
     def outbox_backlog(self) -> int: ...
 
+    def purge_sent(self, topic: str, sent_before: datetime, limit: int) -> int:
+        """Delete up to `limit` messages of `topic` sent before `sent_before`; how many."""
+        ...
+
 
 R_co = TypeVar("R_co", covariant=True)
 

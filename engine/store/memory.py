@@ -264,6 +264,20 @@ class InMemoryRepository(ChangeSetWriter):
     def outbox_backlog(self) -> int:
         return len(self._unsent)
 
+    def purge_sent(self, topic: str, sent_before: datetime, limit: int) -> int:
+        _aware(sent_before)
+        purged = 0
+        for outbox_id, sent_at in list(self._sent_at.items()):
+            message = self._outbox.get(outbox_id)
+            if purged >= limit or message is None or message.topic != topic:
+                continue
+            if sent_at < sent_before:
+                self._outbox.discard(outbox_id)
+                self._outbox_ids.discard(message.message_id)
+                self._sent_at.discard(outbox_id)
+                purged += 1
+        return purged
+
     # --- consumer positions ------------------------------------------------------------------
     def _save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:
         for (topic, partition), offset in positions.items():

@@ -69,6 +69,7 @@ from engine.application.ports import (
 )
 from engine.audit import GENESIS, link, row_content
 from engine.store import queries
+from engine.store.privacy import PersonalDataVault
 from engine.store.tables import (
     STORED_COLUMNS,
     UtcDateTime,
@@ -167,11 +168,16 @@ class SqlUnitOfWork:
 
     repo: SqlRepository
 
-    def __init__(self, engine: Engine, *, writes: bool = False) -> None:
+    def __init__(
+        self, engine: Engine, *, writes: bool = False, vault: PersonalDataVault | None = None
+    ) -> None:
         """`writes=True` for a unit of work that will write (a batch): on SQLite it takes the
-        write lock when it begins, so it waits for another writer instead of failing later."""
+        write lock when it begins, so it waits for another writer instead of failing later.
+        `vault` seals personal data on its way in (`engine.store.privacy`); without one it is
+        stored as it came, which only tests of the store itself should want."""
         self.engine = engine
         self.writes = writes
+        self.vault = vault
         self._connection: Connection | None = None
         self._repo: SqlRepository | None = None
 
@@ -180,7 +186,7 @@ class SqlUnitOfWork:
             raise RuntimeError("unit of work already entered")
         self._connection = self.engine.connect()
         self._connection.info["dossier_writes"] = self.writes
-        self.repo = self._repo = SqlRepository(self._connection)
+        self.repo = self._repo = SqlRepository(self._connection, self.vault)
         return self
 
     def __exit__(
@@ -353,8 +359,9 @@ class SqlRepository(ChangeSetWriter):
     unit of work's transaction, and the read models a unit of work is handy for (a dossier's
     history, counts); the other read models are `engine.store.queries`."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, vault: PersonalDataVault | None = None) -> None:
         self.connection = connection
+        self.vault = vault
         # Set when a write failed in this transaction (`conflicted`: with ConcurrencyError):
         # the unit of work then refuses to commit.
         self.failed = False
@@ -471,6 +478,11 @@ class SqlRepository(ChangeSetWriter):
         """
         if not rows:
             return
+        if self.vault is not None:
+            # Sealed before chaining: the chain covers the ciphertext, so erasing a person's
+            # key later leaves every hash as it was.
+            with _conflicts(self):
+                rows = self.vault.seal_history(self.connection, rows)
         recorded_at = datetime.now(UTC)
         ordered = sorted(rows, key=lambda r: (r.dossier_code, r.seq))
         first: dict[str, int] = {}
@@ -514,6 +526,9 @@ class SqlRepository(ChangeSetWriter):
     def _park(self, inputs: Sequence[ParkedInput]) -> None:
         if not inputs:
             return
+        if self.vault is not None:
+            with _conflicts(self):
+                inputs = self.vault.seal_parked(self.connection, inputs)
         rows = [parked_columns(p) for p in inputs]
         self.insert_rows(parked_inputs, rows)
 
@@ -524,7 +539,7 @@ class SqlRepository(ChangeSetWriter):
             query = select(parked_inputs).where(self._in(c.dossier_code, chunk))
             found.extend(parked_input(r) for r in self.connection.execute(query).all())
         found.sort(key=lambda p: p.id or 0)
-        return found
+        return self._opened(found)
 
     def parked_expired(self, now: datetime, limit: int) -> list[ParkedInput]:
         require_aware(now)
@@ -535,7 +550,12 @@ class SqlRepository(ChangeSetWriter):
             .order_by(c.expires_at, c.id)
             .limit(limit)
         )
-        return [parked_input(r) for r in self.connection.execute(query).all()]
+        return self._opened([parked_input(r) for r in self.connection.execute(query).all()])
+
+    def _opened(self, parked: list[ParkedInput]) -> list[ParkedInput]:
+        if self.vault is None or not parked:
+            return parked
+        return self.vault.open_parked(self.connection, parked)
 
     def _unpark(self, ids: Iterable[int]) -> None:
         for chunk in _chunks(sorted(set(ids))):
@@ -605,6 +625,20 @@ class SqlRepository(ChangeSetWriter):
 
     def outbox_backlog(self) -> int:
         return queries.outbox_backlog(self.connection)
+
+    def purge_sent(self, topic: str, sent_before: datetime, limit: int) -> int:
+        require_aware(sent_before)
+        c = outbox.c
+        oldest = (
+            select(c.id)
+            .where(c.topic == topic, c.sent_at.is_not(None), c.sent_at < sent_before)
+            .order_by(c.sent_at)
+            .limit(limit)
+        )
+        ids = list(self.connection.scalars(oldest))
+        for chunk in _chunks(ids):
+            self._execute(delete(outbox).where(self._in(c.id, chunk)))
+        return len(ids)
 
     # --- consumer positions ------------------------------------------------------------------
     def _save_positions(self, group: str, positions: Mapping[tuple[str, int], int]) -> None:

@@ -203,6 +203,14 @@ outbox = Table(
 )
 # The relay scans unsent messages in id order; a partial index keeps that scan proportional
 # to the backlog, not to everything ever sent.
+# The dead letters the relay sent, oldest first: what the retention purge deletes (their bytes
+# may hold personal data; the dead-letter topic is their record).
+Index(
+    "ix_outbox_sent_dead_letters",
+    outbox.c.sent_at,
+    postgresql_where=text("topic = 'dossier.dlq' AND sent_at IS NOT NULL"),
+    sqlite_where=text("topic = 'dossier.dlq' AND sent_at IS NOT NULL"),
+)
 Index(
     "ix_outbox_unsent",
     outbox.c.id,

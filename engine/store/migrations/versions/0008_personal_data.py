@@ -47,6 +47,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("dossier_code", name="pk_dossier_persons"),
     )
     op.create_index("ix_dossier_persons_key_id", "dossier_persons", ["key_id"])
+    sent_dead_letters = sa.text("topic = 'dossier.dlq' AND sent_at IS NOT NULL")
+    op.create_index(
+        "ix_outbox_sent_dead_letters",
+        "outbox",
+        ["sent_at"],
+        postgresql_where=sent_dead_letters,
+        sqlite_where=sent_dead_letters,
+    )
     op.create_table(
         "disclosures",
         sa.Column("id", ID, primary_key=True, autoincrement=True),
@@ -62,6 +70,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("disclosures")
+    op.drop_index("ix_outbox_sent_dead_letters", table_name="outbox")
     op.drop_index("ix_dossier_persons_key_id", table_name="dossier_persons")
     op.drop_table("dossier_persons")
     op.drop_table("personal_data_keys")
