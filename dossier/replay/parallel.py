@@ -85,6 +85,7 @@ from dossier.replay.serial import (
     REPLAY_GROUP,
     Progress,
     ReplayReport,
+    SealedEvidence,
     StoredInputs,
     make_processor,
     prepare_target,
@@ -399,7 +400,9 @@ class Fold:
             base.config,
             clock_policy=clock,
             observer=tracker,
-            verifier=base.verifier,
+            # From a database, a signed input sealed with its person's data keeps the
+            # signature it was applied with, as the serial replay's does.
+            verifier=SealedEvidence(base.verifier) if source == "db" else base.verifier,
         )
         limit = base.config.notice_scan_limit
         return cls(
@@ -699,7 +702,7 @@ def replay_from_db_parallel(
             notice_scan_limit=notice_scan_limit,
             progress=progress,
         )
-    prepare_target(target)
+    prepare_target(target, source)
     started = time.perf_counter()
     bounds = batch_bounds(source, batch_size)
     report = ReplayReport("db", batches=len(bounds), workers=shards)

@@ -38,15 +38,17 @@ from sqlalchemy import Connection, Engine
 
 from consumers.ordering import event_time
 from dossier import kafka_clients
-from dossier.composition import build_decider, build_processor
+from dossier.composition import build_decider, build_processor, build_vault
 from dossier.settings import Settings
 from engine.application.ports import ChangeSet, Position
-from engine.application.service import BatchProcessor, BatchResult, RawInput
+from engine.application.service import BatchProcessor, BatchResult, InputVerifier, RawInput
 from engine.events import INBOUND_TOPICS, InboundEvent
-from engine.registry import SIGNATURE_HEADER
+from engine.registry import SIGNATURE_HEADER, SignatureCheck
 from engine.store import queries
 from engine.store.migrate import upgrade
+from engine.store.privacy import sealed_bytes_key_id
 from engine.store.sql import SqlRepository, SqlUnitOfWork
+from engine.store.tables import personal_data_keys
 from schemas.codec import ContractCodec
 from schemas.codec import stored_input as stored_contract_input
 
@@ -133,14 +135,46 @@ def make_processor(
     )
 
 
-def prepare_target(target: Engine) -> None:
+def prepare_target(target: Engine, source: Engine | None = None) -> None:
     """Migrate the target and refuse one that already holds dossiers: a replay into a used
-    database would mix two histories and verify against neither."""
+    database would mix two histories and verify against neither. From a `source` database,
+    its personal data keys come along, so the history copied sealed stays readable (and
+    erasable) in the target as in the source."""
     upgrade(target)
     with target.connect() as connection:
         count = queries.dossier_count(connection)
     if count:
         raise ValueError(f"the target database already holds {count} dossiers: use a fresh one")
+    if source is None:
+        return
+    with source.connect() as reading:
+        keys = [dict(row._mapping) for row in reading.execute(personal_data_keys.select())]
+    if keys:
+        with target.begin() as writing:
+            writing.execute(personal_data_keys.delete())
+            writing.execute(personal_data_keys.insert(), keys)
+
+
+class SealedEvidence:
+    """The signature rule for inputs replayed from a database's history. A signed input whose
+    signed bytes were sealed with its person's data (engine.store.privacy) was verified when
+    it was applied, and the hash chain covers those sealed bytes: its signature is kept as it
+    was, not checked again (after an erasure it could not be). Any other input is checked as
+    live checked it."""
+
+    def __init__(self, checked: InputVerifier | None) -> None:
+        self.checked = checked
+
+    def check_signature(
+        self, event: InboundEvent, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+    ) -> SignatureCheck:
+        if value is not None and sealed_bytes_key_id(value) is not None:
+            found = [v for name, v in headers if name == SIGNATURE_HEADER]
+            kept = found[0].decode("ascii", "replace") if len(found) == 1 else None
+            return SignatureCheck(signature=kept)
+        if self.checked is None:
+            return SignatureCheck()
+        return self.checked.check_signature(event, value, headers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,9 +339,10 @@ def replay_kafka_serial(
     batches = -(-sum(len(items) for items in records.values()) // batch_size)
     contract = {settings.topic(t): t for t in INBOUND_TOPICS}
     processor = make_processor(settings, group, notice_scan_limit=notice_scan_limit)
+    vault = build_vault(settings, create=True)
 
     def fold(batch: list[RawInput]) -> None:
-        report.add(processor.process(SqlUnitOfWork(target, writes=True), batch))
+        report.add(processor.process(SqlUnitOfWork(target, writes=True, vault=vault), batch))
         report.inputs += len(batch)
         if progress is not None:
             progress(FOLDED, report.batches, batches)
@@ -357,7 +392,7 @@ class _ReplayUnitOfWork(SqlUnitOfWork):
     def __enter__(self) -> _ReplayUnitOfWork:
         super().__enter__()
         connection, _ = self._active()
-        self.repo = self._repo = _PositionlessRepository(connection)
+        self.repo = self._repo = _PositionlessRepository(connection, self.vault)
         return self
 
 
@@ -409,10 +444,12 @@ def replay_from_db_serially(
     progress: Progress | None = None,
 ) -> ReplayReport:
     """Rebuild `target` from `source`'s history in this process."""
-    prepare_target(target)
+    prepare_target(target, source)
     report = ReplayReport("db")
     started = time.perf_counter()
     processor = make_processor(settings, group, notice_scan_limit=notice_scan_limit)
+    processor.verifier = SealedEvidence(processor.verifier)
+    vault = build_vault(settings, replaying=True, create=True)
     decoder = StoredInputs(settings.max_message_bytes)
     processor.codec = decoder
     with source.connect() as connection:
@@ -422,7 +459,7 @@ def replay_from_db_serially(
         for batch in stored_inputs(connection, batch_size):
             decoder.ready = {raw.value: event for raw, event in batch if raw.value is not None}
             result = processor.process(
-                _ReplayUnitOfWork(target, writes=True), [r for r, _ in batch]
+                _ReplayUnitOfWork(target, writes=True, vault=vault), [r for r, _ in batch]
             )
             report.add(result)
             report.inputs += len(batch)

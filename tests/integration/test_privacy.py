@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Engine
 
 from dossier.replay.jobs import replay_from_db
@@ -27,11 +29,19 @@ from engine.calendar import WorkingCalendar
 from engine.decider import Decider
 from engine.events import DLQ_TOPIC
 from engine.procedures import load_catalogue
+from engine.registry import SIGNATURE_HEADER, load_registry
+from engine.registry import registry_files as registry_files_of
 from engine.store import queries
 from engine.store.audit import verify, write_checkpoint
 from engine.store.erasure import forget
 from engine.store.migrate import upgrade
-from engine.store.privacy import ERASED, PersonalDataVault, PrivacySecret, is_token
+from engine.store.privacy import (
+    ERASED,
+    PersonalDataVault,
+    PrivacySecret,
+    is_token,
+    sealed_bytes_key_id,
+)
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from schemas.codec import ContractCodec, encode_outbound
 from schemas.personal_data import personal_paths
@@ -58,15 +68,40 @@ NEEDLES = [
 ]
 
 
+# TEST ONLY: the national portal signs its inputs here, so the signed bytes kept beside each
+# history row (with the person's name in them) are part of what an erasure must reach.
+PORTAL_KEY = Ed25519PrivateKey.from_private_bytes(b"privacy test portal key, unreal!")
+
+
+def signing_registry(directory: Path) -> Path:
+    public = PORTAL_KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    path = directory / "signing-portal.yaml"
+    path.write_text(
+        "# TEST ONLY: the national portal with a made-up signing key.\n"
+        "senders:\n"
+        f'  - {{source: "{ev.PORTAL_SOURCE}", name: "Cổng (test)", types: [submitted,'
+        ' supplement-provided, payment-completed, withdrawal-requested], agencies: "*",'
+        f' public_keys: [{{id: p1, ed25519: "{base64.b64encode(public).decode()}"}}]}}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def registry_files(directory: Path) -> str:
+    return f"{ev.REGISTRY_FILE}:{signing_registry(directory)}"
+
+
 def vault(replaying: bool = False) -> PersonalDataVault:
     return PersonalDataVault(PrivacySecret.from_text(SECRET), personal_paths, replaying=replaying)
 
 
-def processor() -> BatchProcessor:
+def processor(directory: Path) -> BatchProcessor:
+    registry = load_registry(registry_files_of(registry_files(directory)))
     return BatchProcessor(
-        Decider(load_catalogue(), WorkingCalendar.load()),
+        Decider(load_catalogue(), WorkingCalendar.load(), registry),
         ContractCodec(),
         ServiceConfig("urn:test:engine", "live", timedelta(days=7)),
+        verifier=registry,
     )
 
 
@@ -80,10 +115,19 @@ def script(code: str, applicant: dict[str, Any]) -> list[tuple[str, dict[str, An
 
 
 def as_raw(items: list[tuple[str, dict[str, Any]]], start: int = 0) -> list[RawInput]:
-    return [
-        RawInput(t, Position(t, 0, start + i), e["subject"].encode(), ev.to_bytes(e))
-        for i, (t, e) in enumerate(items)
-    ]
+    raws: list[RawInput] = []
+    for i, (topic, event) in enumerate(items):
+        value = ev.to_bytes(event)
+        headers: tuple[tuple[str, bytes], ...] = ()
+        if event["source"] == ev.PORTAL_SOURCE:
+            signature = base64.b64encode(PORTAL_KEY.sign(value)).decode()
+            headers = ((SIGNATURE_HEADER, f"p1:{signature}".encode()),)
+        raws.append(
+            RawInput(
+                topic, Position(topic, 0, start + i), event["subject"].encode(), value, headers
+            )
+        )
+    return raws
 
 
 @dataclass
@@ -92,9 +136,9 @@ class Live:
     dump: Callable[[], bytes]
 
 
-def run_live(db: Engine) -> None:
+def run_live(db: Engine, directory: Path) -> None:
     upgrade(db)
-    engine = processor()
+    engine = processor(directory)
     erased, kept = script(ERASED_CODE, ERASED_PERSON), script(KEPT_CODE, KEPT_PERSON)
     # The erased person's submission, resent with other content under the same id: a
     # `conflict` dead letter whose bytes (their name included) go to the outbox.
@@ -158,12 +202,12 @@ def live(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Live]:
     if request.param == "sqlite":
         path = tmp_path / "live.db"
         db = create_db_engine(f"sqlite:///{path}")
-        run_live(db)
+        run_live(db, tmp_path)
         yield Live(db, sqlite_bytes(path))
     else:
         url = request.getfixturevalue("pg_schema")
         db = create_db_engine(url)
-        run_live(db)
+        run_live(db, tmp_path)
         yield Live(db, postgres_rows(db))
     db.dispose()
 
@@ -178,6 +222,9 @@ def test_history_and_parked_inputs_never_hold_personal_data_in_clear(live: Live)
     with live.db.connect() as connection:
         rows = queries.dossier_history(connection, ERASED_CODE)
         parked = connection.execute(sa.text("SELECT value FROM parked_inputs")).all()
+    # The portal's signed bytes are kept beside the row, sealed whole: they hold the name.
+    assert rows[0].signature is not None and rows[0].signed_value is not None
+    assert sealed_bytes_key_id(rows[0].signed_value) is not None
     submitted = rows[0].envelope["data"]["applicant"]
     assert all(is_token(submitted[k]) for k in ("id_number", "name", "address", "so_dien_thoai"))
     assert submitted["kind"] == "citizen"  # not personal: the decider reads it
@@ -230,11 +277,16 @@ def test_forget_leaves_no_byte_of_the_person_and_history_still_verifies_and_repl
     assert again.key_id is None and again.clear_rows == 0
 
 
-def test_replay_of_erased_history_rebuilds_every_state(live: Live, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_replay_of_erased_history_rebuilds_every_state(
+    live: Live, tmp_path: Path, workers: int
+) -> None:
     forget(live.db, vault(), ERASED_PERSON["id_number"])
     rebuilt = create_db_engine(f"sqlite:///{tmp_path / 'rebuilt.db'}")
-    settings = replace(Settings.from_env(), privacy_key=SECRET)
-    replay_from_db(settings, live.db, rebuilt)
+    settings = replace(
+        Settings.from_env(), privacy_key=SECRET, registry_files=registry_files(tmp_path)
+    )
+    replay_from_db(settings, live.db, rebuilt, workers=workers)
     result = compare(rebuilt, live.db)
     assert result.differences == [] and result.matching == 2
     rebuilt.dispose()
@@ -242,7 +294,7 @@ def test_replay_of_erased_history_rebuilds_every_state(live: Live, tmp_path: Pat
 
 def test_a_sender_cannot_claim_another_persons_key(tmp_path: Path) -> None:
     db = create_db_engine(f"sqlite:///{tmp_path / 'hostile.db'}")
-    run_live(db)
+    run_live(db, tmp_path)
     with db.connect() as connection:
         kept = queries.dossier_history(connection, KEPT_CODE)[0]
     stolen = kept.envelope["data"]["applicant"]["name"]
@@ -252,7 +304,9 @@ def test_a_sender_cannot_claim_another_persons_key(tmp_path: Path) -> None:
     items = script(hostile_code, {"kind": "citizen", "id_number": "001090066666", "name": "x"})
     items[0][1]["data"]["applicant"]["name"] = stolen
     items[0][1]["data"]["applicant"]["so_cccd"] = stolen
-    processor().process(SqlUnitOfWork(db, writes=True, vault=vault()), as_raw(items[:1], 300))
+    processor(tmp_path).process(
+        SqlUnitOfWork(db, writes=True, vault=vault()), as_raw(items[:1], 300)
+    )
     with db.connect() as connection:
         hostile = queries.dossier_history(connection, hostile_code)[0]
         v = vault()
@@ -280,7 +334,7 @@ def test_a_sender_cannot_claim_another_persons_key(tmp_path: Path) -> None:
 
 def test_a_wrong_privacy_secret_is_refused_before_any_batch(tmp_path: Path) -> None:
     db = create_db_engine(f"sqlite:///{tmp_path / 'keys.db'}")
-    run_live(db)
+    run_live(db, tmp_path)
     other = PersonalDataVault(PrivacySecret.from_bytes(secrets.token_bytes(32)), personal_paths)
     with db.connect() as connection, pytest.raises(ValueError, match="does not open"):
         other.check(connection)
