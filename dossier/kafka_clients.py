@@ -136,6 +136,57 @@ def consumer(settings: Settings, *topics: str, **overrides: Any) -> KafkaConsume
     return KafkaConsumer(*topics, **config)
 
 
+class TopicNotFound(LookupError):
+    pass
+
+
+def read_topic(
+    settings: Settings, topic: str, *, stall_timeout_s: float = 30.0
+) -> Iterator[tuple[int, int, bytes | None]]:
+    """(partition, offset, value) of every record on `topic` (a deployed name) from its start to
+    its end as of the call, in offset order per partition: an auditor's read of a whole topic.
+
+    No consumer group: nothing is committed and nobody's offsets move. Records are yielded as
+    they are fetched, so memory stays at one fetch whatever the topic's size. Raises
+    TopicNotFound if the topic does not exist, TimeoutError if the broker sends nothing for
+    `stall_timeout_s` while records remain.
+    """
+    from kafka import TopicPartition
+
+    client = consumer(
+        settings,
+        group_id=None,
+        client_id="dossier-audit-reader",
+        auto_offset_reset="earliest",
+    )
+    try:
+        partitions = client.partitions_for_topic(topic)
+        if not partitions:
+            raise TopicNotFound(topic)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        client.assign(assigned)
+        client.seek_to_beginning(*assigned)
+        end = client.end_offsets(assigned)
+        remaining = {tp for tp in assigned if client.position(tp) < end[tp]}
+        last_progress = time.monotonic()
+        while remaining:
+            fetched = client.poll(timeout_ms=500, max_records=500)
+            if not fetched:
+                if time.monotonic() - last_progress > stall_timeout_s:
+                    raise TimeoutError(f"{topic}: no records for {stall_timeout_s:.0f} s")
+                continue
+            last_progress = time.monotonic()
+            for tp, records in fetched.items():
+                for record in records:
+                    if record.offset < end[tp]:
+                        yield tp.partition, record.offset, record.value
+            # By position, not by the last record's offset: transaction markers and compacted
+            # records leave offsets that no record carries.
+            remaining = {tp for tp in remaining if client.position(tp) < end[tp]}
+    finally:
+        client.close()
+
+
 @contextlib.contextmanager
 def admin(
     settings: Settings, request_timeout_ms: int = 30_000, **overrides: Any

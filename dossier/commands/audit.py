@@ -12,6 +12,7 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from dossier.commands import audit_signing
 from dossier.settings import Settings
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ def register(subparsers: Any) -> None:
     verify.add_argument("--url", help="SQLAlchemy URL (default: DOSSIER_DATABASE_URL)")
     verify.add_argument("--show", type=int, default=50, help="findings to print")
     verify.set_defaults(func=run)
+    # Signed checkpoints: verify's --public-key, --against-topic, --anchor; keygen, anchor.
+    audit_signing.register(actions, verify)
 
 
 def _instant(text: str | None) -> datetime | None:
@@ -86,7 +89,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             from engine.store.audit import latest_checkpoint, write_checkpoint
             from schemas.codec import encode_outbound
 
-            written = write_checkpoint(db, settings.engine_source, encode_outbound)
+            written = write_checkpoint(
+                db,
+                settings.engine_source,
+                encode_outbound,
+                signer=audit_signing.signer(settings),
+            )
             checkpoint = written or latest_checkpoint(db)
             if checkpoint is None:
                 print("no history yet: nothing to checkpoint")
@@ -99,20 +107,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             )
             return 0
         if args.audit_action == "verify":
-            from engine.store.audit import verify
-
-            result = verify(db, since=_instant(args.since))
-            against = (
-                f"checkpoint {result.checkpoint}" if result.checkpoint else "no checkpoint yet"
-            )
-            print(
-                f"verified {result.rows} rows in {result.chains} chains against {against}: "
-                f"{len(result.findings)} findings"
-            )
-            for finding in result.findings[: args.show]:
-                print(f"  {finding}")
+            ok = audit_signing.run_verify(settings, db, args)
             disclosed_ok = _verify_disclosures(db, args.show)
-            return 0 if result.ok and disclosed_ok else 1
+            return 0 if ok and disclosed_ok else 1
         if args.audit_action == "disclosures":
             return _list_disclosures(db, args)
         from dossier.audit_trail import load_trail, render

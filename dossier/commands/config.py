@@ -16,8 +16,9 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-# A setting whose variable ends so holds a secret itself; a password file's path is no secret.
-SECRET_SUFFIXES = ("_PASSWORD", "_SECRET", "_TOKEN")
+# A setting whose variable ends so holds a secret itself (a password, a private key); a
+# password or key file's path is no secret.
+SECRET_SUFFIXES = ("_PASSWORD", "_SECRET", "_TOKEN", "_KEY")
 MASK = "********"
 # scheme://user:password@host: a database URL carries its password.
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*(?P<tail>@)", re.I)

@@ -81,6 +81,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
     from consumers.faust_app import build_app
+    from dossier.audit_keys import AuditKeyError
     from dossier.composition import Runtime, consumer_config
     from engine.procedures import WorkflowError
     from engine.registry import RegistryError
@@ -91,6 +92,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         # Every problem with its file and path, not a traceback: the data is the operator's.
         print(f"dossier run: {exc}", file=sys.stderr)
         return EXIT_CATALOGUE_INCOMPLETE
+    except AuditKeyError as exc:
+        # A signing key set but unusable: refuse to start rather than write unsigned evidence.
+        print(f"dossier run: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     missing = runtime.missing_versions()
     if missing:
         runtime.close()

@@ -580,10 +580,18 @@ def _chains(
         yield code, rows, hashes
 
 
-def latest_checkpoint(db: Engine) -> Checkpoint | None:
+def latest_signed_checkpoint(db: Engine) -> Checkpoint | None:
+    """The latest checkpoint that carries a signature: what `dossier audit anchor` exports."""
+    return latest_checkpoint(db, signed=True)
+
+
+def latest_checkpoint(db: Engine, *, signed: bool = False) -> Checkpoint | None:
     c = audit_checkpoints.c
+    query = select(audit_checkpoints).order_by(c.id.desc()).limit(1)
+    if signed:
+        query = query.where(c.signature.is_not(None))
     with db.connect() as connection:
-        cp = connection.execute(select(audit_checkpoints).order_by(c.id.desc()).limit(1)).first()
+        cp = connection.execute(query).first()
         if cp is None:
             return None
         heads = connection.scalar(
