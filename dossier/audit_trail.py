@@ -4,7 +4,9 @@ Every input with its source, agency, officer and time; each state and status cod
 appointment with its working-day arithmetic; discounts with their rule and legal basis (as
 emitted, from the outbox); the workflow version; whether the input was signed (contract 1.1)
 and whether its signature, over the bytes the history kept, still checks against the registry
-today. Personal data (Decree 13/2023) is masked unless the caller is entitled and says so.
+today. Personal data (Decree 13/2023) is masked wherever the contract's declaration finds it
+(schemas.personal_data), sealed or not; revealing it opens the sealed values with the privacy
+secret (engine.store.privacy), and shows `[erased]` where the person was forgotten.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
+from dossier.composition import build_vault
 from dossier.settings import Settings
 from engine.calendar import WorkingCalendar
 from engine.events import FEE_DISCOUNT_TOPIC, TYPE_PREFIX
@@ -30,14 +33,18 @@ from engine.history import HistoryRow
 from engine.procedures import load_catalogue
 from engine.registry import Registry, RegistryError, load_registry, registry_files, verify_signature
 from engine.store import queries
+from engine.store.privacy import (
+    PersonalDataVault,
+    PrivacyKeyError,
+    is_token,
+    sealed_bytes_key_id,
+)
+from schemas.personal_data import personal_paths
 from schemas.upcasting import upcast
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
-# Keys whose values identify a person: masked wherever they occur in an input's data.
-PERSONAL_KEYS = frozenset(
-    {"id_number", "name", "address", "dia_chi", "phone", "email", "full_name", "birth_date"}
-)
 MASK = "[masked]"
+UNOPENED = "[sealed: no privacy key]"
 
 
 @dataclass
@@ -75,22 +82,74 @@ def _local(value: datetime) -> str:
     return value.astimezone(VN).strftime("%a %Y-%m-%d %H:%M")
 
 
-def mask(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: (MASK if k in PERSONAL_KEYS else mask(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask(v) for v in value]
-    return value
+def masked(type_: str, data: Mapping[str, Any]) -> Any:
+    """`data` with every personal value (by the contract's declaration) and every sealed value
+    replaced by MASK: a row stored before sealing began holds its values in clear."""
+    hidden = {path: MASK for path in personal_paths(type_, data)}
+    return _replaced(_replaced(data, hidden), {p: MASK for p in _sealed_paths(data)})
+
+
+def _sealed_paths(data: Any) -> list[tuple[Any, ...]]:
+    found: list[tuple[Any, ...]] = []
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, Mapping):
+            stack.extend(((*path, k), v) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend(((*path, i), v) for i, v in enumerate(node))
+        elif path and is_token(node):
+            found.append(path)
+    return found
+
+
+def _replaced(data: Any, values: Mapping[tuple[Any, ...], Any]) -> Any:
+    if not values:
+        return data
+    copied = json.loads(json.dumps(data, default=str))
+    for path, value in values.items():
+        node = copied
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+    return copied
+
+
+@dataclass
+class _Opener:
+    """What opens sealed values for this trail: the vault and the keys its rows name (None:
+    no privacy secret here, so nothing sealed can be opened or checked)."""
+
+    vault: PersonalDataVault | None
+    keys: dict[str, bytes]
+
+
+def _opener(connection: Connection, settings: Settings, rows: list[HistoryRow]) -> _Opener:
+    try:
+        vault = build_vault(settings)
+    except PrivacyKeyError:
+        return _Opener(None, {})
+    sealed: list[Any] = [r.envelope for r in rows]
+    sealed.extend(r.signed_value for r in rows if r.signed_value is not None)
+    return _Opener(vault, vault.keys_for(connection, vault.key_ids_in(sealed)))
 
 
 def load_trail(
-    db: Engine, code: str, *, as_of: datetime | None, settings: Settings
+    db: Engine,
+    code: str,
+    *,
+    as_of: datetime | None,
+    settings: Settings,
+    reveal: bool = False,
 ) -> Trail | None:
+    """The trail of dossier `code`; with `reveal`, sealed personal data is opened (the caller
+    records the disclosure first)."""
     with db.connect() as connection:
         rows = queries.dossier_history(connection, code, until=as_of)
         discount_messages = list(
             queries.outbox_messages(connection, [FEE_DISCOUNT_TOPIC], key=code.encode())
         )
+        opener = _opener(connection, settings, rows)
     if not rows:
         return None
     catalogue = load_catalogue(settings.workflows_dir)
@@ -107,6 +166,13 @@ def load_trail(
         data = dict(envelope.get("data") or {})
         if r.type.endswith(".submitted"):
             procedure = data.get("procedure")
+        shown: Any
+        if not reveal:
+            shown = masked(r.type, data)
+        elif opener.vault is not None:
+            shown = opener.vault.open_data(code, data, opener.keys)
+        else:
+            shown = _replaced(data, {p: UNOPENED for p in _sealed_paths(data)})
         step = Step(
             seq=r.seq,
             time=_local(r.event_time),
@@ -119,9 +185,9 @@ def load_trail(
             status_code=r.status_code,
             workflow_version=r.workflow_version,
             schema_version=r.schema_version,
-            data=data,
+            data=shown,
         )
-        _signature(step, r, envelope, registry)
+        _signature(step, r, envelope, registry, opener)
         version = catalogue.get(procedure, r.workflow_version) if procedure else None
         if step.type == "received" and version is not None:
             days = version.deadline.working_days
@@ -160,20 +226,47 @@ def load_trail(
 
 
 def _signature(
-    step: Step, row: HistoryRow, envelope: Mapping[str, Any], registry: Registry | None
+    step: Step,
+    row: HistoryRow,
+    envelope: Mapping[str, Any],
+    registry: Registry | None,
+    opener: _Opener,
 ) -> None:
     """Whether the row's input was signed, and whether the signature checks today: against the
-    registry's keys of the agency or sender, over the bytes kept, which must be this input."""
+    registry's keys of the agency or sender, over the bytes kept, which must be this input.
+    Bytes sealed with the person's data are opened to be checked, never shown."""
     if row.signature is None or row.signed_value is None:
         return
     key_id = row.signature.partition(":")[0]
     step.signed_with = key_id
+    signed_value = row.signed_value
+    if sealed_bytes_key_id(row.signed_value) is not None:
+        if opener.vault is None:
+            step.signature_note = (
+                f"signed with key {key_id}; not checked: its bytes are sealed with personal"
+                " data and no privacy key is configured here"
+            )
+            return
+        opened = opener.vault.open_signed(
+            row.dossier_code, row.event_id, row.signed_value, opener.keys
+        )
+        if opened is None:
+            step.signature_note = (
+                f"signed with key {key_id}; checked when applied; its bytes were erased with"
+                " the person's data"
+            )
+            return
+        signed_value = opened
+    plain_data = envelope.get("data")
+    if opener.vault is not None and isinstance(plain_data, Mapping):
+        # The bytes were signed over the values in clear; the row holds them sealed.
+        plain_data = opener.vault.open_data(row.dossier_code, plain_data, opener.keys)
     if registry is None:
         step.signature_checks = None
         step.signature_note = f"signed with key {key_id}; not checked: the registry does not load"
         return
     try:
-        signed = orjson.loads(row.signed_value)
+        signed = orjson.loads(signed_value)
     except orjson.JSONDecodeError:
         signed = None
     same = isinstance(signed, dict) and all(
@@ -183,7 +276,7 @@ def _signature(
             ("source", row.source),
             ("type", row.type),
             ("subject", row.dossier_code),
-            ("data", envelope.get("data")),
+            ("data", plain_data),
         )
     )
     if not same:
@@ -198,7 +291,7 @@ def _signature(
         row.source,
         (envelope.get("data") or {}).get("agency"),
     )
-    refused = verify_signature(who, keys, row.signed_value, row.signature)
+    refused = verify_signature(who, keys, signed_value, row.signature)
     step.signature_checks = refused is None
     step.signature_note = (
         f"signed with key {key_id} of {who}; checks"
@@ -223,9 +316,6 @@ def _days(days: Decimal) -> str:
 
 def render(trail: Trail, fmt: str, *, reveal: bool) -> str:
     steps = [asdict(s) for s in trail.steps]
-    for s in steps:
-        if not reveal:
-            s["data"] = mask(s["data"])
     if fmt == "json":
         document = {
             "dossier_code": trail.dossier_code,

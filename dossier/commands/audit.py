@@ -115,7 +115,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         from dossier.audit_trail import load_trail, render
 
         actor = _revealer(args)
-        trail = load_trail(db, args.dossier_code, as_of=_instant(args.as_of), settings=settings)
+        trail = load_trail(
+            db,
+            args.dossier_code,
+            as_of=_instant(args.as_of),
+            settings=settings,
+            reveal=actor is not None,
+        )
         if trail is None:
             print(f"dossier audit: no history for {args.dossier_code}", file=sys.stderr)
             return 1

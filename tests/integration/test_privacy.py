@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Engine
 
+from dossier.cli import main as cli
 from dossier.replay.jobs import replay_from_db
 from dossier.replay.serial import compare
 from dossier.settings import Settings
@@ -338,4 +339,43 @@ def test_a_wrong_privacy_secret_is_refused_before_any_batch(tmp_path: Path) -> N
     other = PersonalDataVault(PrivacySecret.from_bytes(secrets.token_bytes(32)), personal_paths)
     with db.connect() as connection, pytest.raises(ValueError, match="does not open"):
         other.check(connection)
+    db.dispose()
+
+
+def test_audit_show_masks_reveals_on_record_and_shows_erasure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "shown.db"
+    db = create_db_engine(f"sqlite:///{path}")
+    run_live(db, tmp_path)
+    url = f"sqlite:///{path}"
+    monkeypatch.setenv("DOSSIER_PRIVACY_KEY", SECRET)
+    monkeypatch.setenv("DOSSIER_REGISTRY_FILES", registry_files(tmp_path))
+    name, phone = ERASED_PERSON["name"], ERASED_PERSON["so_dien_thoai"]
+
+    assert cli(["audit", "show", ERASED_CODE, "--url", url, "--format", "json"]) == 0
+    shown = capsys.readouterr().out
+    assert name not in shown and phone not in shown and "pd1:" not in shown
+    assert "signed p1, checks" not in shown  # json: the note says it
+    assert '"signature_checks": true' in shown  # opened to check, never shown
+
+    reveal = ["--reveal-personal-data", "--reason", "citizen's own request #42"]
+    assert cli(["audit", "show", ERASED_CODE, "--url", url, *reveal]) == 0
+    revealed = capsys.readouterr().out
+    assert name in revealed and phone in revealed
+
+    forget(db, vault(), ERASED_PERSON["id_number"])
+    assert cli(["audit", "show", ERASED_CODE, "--url", url, *reveal]) == 0
+    after = capsys.readouterr().out
+    assert name not in after and ERASED in after
+    assert "its bytes were erased with the person's data" in after
+    assert cli(["audit", "disclosures", "--url", url]) == 0
+    assert capsys.readouterr().out.count(ERASED_CODE) == 2
+
+    # Without the privacy secret nothing sealed opens, and nothing fails.
+    monkeypatch.delenv("DOSSIER_PRIVACY_KEY")
+    monkeypatch.setenv("DOSSIER_PRIVACY_KEY_FILE", str(tmp_path / "absent.key"))
+    assert cli(["audit", "show", KEPT_CODE, "--url", url, *reveal]) == 0
+    unopened = capsys.readouterr().out
+    assert KEPT_PERSON["name"] not in unopened and "[sealed: no privacy key]" in unopened
     db.dispose()
