@@ -133,7 +133,7 @@ def read_anchor(path: Path) -> CheckpointHeader:
 
 
 def published_checkpoints(
-    settings: Settings, *, stall_timeout_s: float = 30.0
+    settings: Settings, *, stall_timeout_s: float = 30.0, up_to: int | None = None
 ) -> PublishedCheckpoints:
     """The checkpoints on the deployment's `dossier.audit-checkpoint`, read whole and folded
     (engine.audit.PublishedCheckpoints): a message that is not one is a finding, not an
@@ -141,7 +141,7 @@ def published_checkpoints(
     from dossier import kafka_clients
 
     topic = settings.topic(AUDIT_CHECKPOINT_TOPIC)
-    folded = PublishedCheckpoints()
+    folded = PublishedCheckpoints(up_to=up_to)
     try:
         for partition, offset, value in kafka_clients.read_topic(
             settings, topic, stall_timeout_s=stall_timeout_s

@@ -421,6 +421,9 @@ class PublishedCheckpoints:
     is evidence to report on, not input to trust.
     """
 
+    # Heads of checkpoints after this id are not folded: the caller's chains were read before
+    # those checkpoints were written (engine.store.audit.verify). None folds all.
+    up_to: int | None = None
     headers: dict[tuple[int, str], CheckpointHeader] = field(default_factory=dict)
     heads: dict[str, tuple[int, str, int]] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
@@ -468,6 +471,8 @@ class PublishedCheckpoints:
                     f"root does not recompute from its published heads ({where})",
                 )
             )
+            return
+        if self.up_to is not None and header.id > self.up_to:
             return
         for head in heads:
             known = self.heads.get(head.dossier_code)

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from dossier.settings import Settings
 
 if TYPE_CHECKING:
+    from engine.audit import PublishedCheckpoints
     from engine.signing import Signer
 
 
@@ -120,13 +121,24 @@ def run_verify(settings: Settings, db: Engine, args: argparse.Namespace) -> bool
 
     keys = public_keys(public_key_paths(args.public_key)) if args.public_key else None
     anchor = read_anchor(args.anchor) if args.anchor is not None else None
-    published = (
-        published_checkpoints(settings, stall_timeout_s=args.topic_timeout)
-        if args.against_topic
-        else None
-    )
+    read: list[PublishedCheckpoints] = []
+
+    def read_topic(up_to: int) -> PublishedCheckpoints:
+        # Called by verify once it has read the database's checkpoints (see there why).
+        read.append(
+            published_checkpoints(settings, stall_timeout_s=args.topic_timeout, up_to=up_to)
+        )
+        return read[0]
+
     since = _instant(args.since)
-    result = verify(db, since=since, public_keys=keys, published=published, anchor=anchor)
+    result = verify(
+        db,
+        since=since,
+        public_keys=keys,
+        published=read_topic if args.against_topic else None,
+        anchor=anchor,
+    )
+    published = read[0] if read else None
     against = f"checkpoint {result.checkpoint}" if result.checkpoint else "no checkpoint yet"
     print(
         f"verified {result.rows} rows in {result.chains} chains against {against}: "

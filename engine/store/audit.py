@@ -109,6 +109,8 @@ def write_checkpoint(
                 # so "rows after the previous checkpoint's id" misses nothing.
                 connection.execute(text("LOCK TABLE history IN SHARE ROW EXCLUSIVE MODE"))
             checkpoint = _write_checkpoint(connection, engine_source, encode, created_at, signer)
+        # The flag stays with the pooled connection: the next user must not inherit a writer.
+        connection.info.pop("dossier_writes", None)
         return checkpoint
 
 
@@ -289,7 +291,7 @@ def verify(
     since: datetime | None = None,
     batch: int = 20_000,
     public_keys: PublicKeys | None = None,
-    published: PublishedCheckpoints | None = None,
+    published: PublishedCheckpoints | Callable[[int], PublishedCheckpoints] | None = None,
     anchor: CheckpointHeader | None = None,
 ) -> Verification:
     """Every chain (or, with `since`, every chain that grew since then) and the checkpoints.
@@ -299,55 +301,77 @@ def verify(
     against their published copies and every chain against the latest head the topic
     recorded for it, which names the dossier of a chain rewritten with its checkpoints. With
     `anchor`, the database must still hold that checkpoint as anchored.
+
+    `published` may be a function that reads the topic: it is called once the database's
+    checkpoints are read, with the latest one's id, so that a checkpoint written and
+    published meanwhile is neither unpublished (it is on the topic) nor held against chains
+    read before it (heads of later checkpoints are left out, engine.audit.PublishedCheckpoints);
+    one the topic holds and the database seems not to is looked for again before it is
+    reported dropped.
     """
     result = Verification()
-    with db.connect() as connection, connection.begin():
-        stored = _stored_checkpoints(connection)
-        heads, checkpoint_findings = _checkpoint_heads(stored)
-        result.findings.extend(checkpoint_findings)
-        result.checkpoints = len(stored)
-        result.checkpoint = stored[-1].header.id if stored else None
-        if public_keys is not None:
-            result.findings.extend(_signatures(stored, public_keys, result))
-        # The heads the topic recorded where they differ from the database's own: the
-        # database's say nothing new where they agree, and where they do not, the topic's
-        # are the ones a database writer could not rewrite.
-        outside: dict[str, tuple[int, str, int]] = {}
-        if published is not None:
-            result.published = len(published.headers)
-            result.findings.extend(published.findings)
-            result.findings.extend(_against_published(connection, stored, published, public_keys))
-            outside = {
-                code: head for code, head in published.heads.items() if heads.get(code) != head
-            }
-        if anchor is not None:
-            result.findings.extend(_against_anchor(stored, anchor, public_keys))
-        seen: set[str] = set()
-        for code, rows, hashes in _chains(connection, since, batch):
-            seen.add(code)
-            result.chains += 1
-            result.rows += len(rows)
-            result.findings.extend(verify_chain(rows, hashes))
-            head = heads.get(code)
-            if head is not None:
-                result.findings.extend(_against_head(code, rows, hashes, head, ""))
-            head = outside.get(code)
-            if head is not None:
-                result.findings.extend(_against_head(code, rows, hashes, head, " as published"))
-        if since is None:
-            for code in sorted((set(heads) | set(outside)) - seen):
-                head = outside.get(code) or heads[code]
-                where = " as published" if code in outside else ""
-                result.findings.append(
-                    Finding(
-                        code,
-                        None,
-                        MISSING,
-                        f"no rows, but checkpoint {head[2]}{where} recorded seq {head[0]}",
-                    )
-                )
+    with db.connect() as connection:
+        connection.info["dossier_writes"] = False  # a reader (SQLite: BEGIN, not IMMEDIATE)
+        with connection.begin():
+            _verify(db, connection, result, since, batch, public_keys, published, anchor)
     result.findings.sort(key=lambda f: (f.dossier_code, f.seq or 0))
     return result
+
+
+def _verify(
+    db: Engine,
+    connection: Connection,
+    result: Verification,
+    since: datetime | None,
+    batch: int,
+    public_keys: PublicKeys | None,
+    published: PublishedCheckpoints | Callable[[int], PublishedCheckpoints] | None,
+    anchor: CheckpointHeader | None,
+) -> None:
+    stored = _stored_checkpoints(connection)
+    heads, checkpoint_findings = _checkpoint_heads(stored)
+    result.findings.extend(checkpoint_findings)
+    result.checkpoints = len(stored)
+    result.checkpoint = stored[-1].header.id if stored else None
+    if public_keys is not None:
+        result.findings.extend(_signatures(stored, public_keys, result))
+    # The heads the topic recorded where they differ from the database's own: the
+    # database's say nothing new where they agree, and where they do not, the topic's
+    # are the ones a database writer could not rewrite.
+    outside: dict[str, tuple[int, str, int]] = {}
+    if published is not None:
+        if not isinstance(published, PublishedCheckpoints):
+            published = published(result.checkpoint or 0)
+        result.published = len(published.headers)
+        result.findings.extend(published.findings)
+        result.findings.extend(_against_published(db, connection, stored, published, public_keys))
+        outside = {code: head for code, head in published.heads.items() if heads.get(code) != head}
+    if anchor is not None:
+        result.findings.extend(_against_anchor(stored, anchor, public_keys))
+    seen: set[str] = set()
+    for code, rows, hashes in _chains(connection, since, batch):
+        seen.add(code)
+        result.chains += 1
+        result.rows += len(rows)
+        result.findings.extend(verify_chain(rows, hashes))
+        head = heads.get(code)
+        if head is not None:
+            result.findings.extend(_against_head(code, rows, hashes, head, ""))
+        head = outside.get(code)
+        if head is not None:
+            result.findings.extend(_against_head(code, rows, hashes, head, " as published"))
+    if since is None:
+        for code in sorted((set(heads) | set(outside)) - seen):
+            head = outside.get(code) or heads[code]
+            where = " as published" if code in outside else ""
+            result.findings.append(
+                Finding(
+                    code,
+                    None,
+                    MISSING,
+                    f"no rows, but checkpoint {head[2]}{where} recorded seq {head[0]}",
+                )
+            )
 
 
 def _against_head(
@@ -462,6 +486,7 @@ def _signatures(
 
 
 def _against_published(
+    db: Engine,
     connection: Connection,
     stored: list[_Stored],
     published: PublishedCheckpoints,
@@ -506,17 +531,25 @@ def _against_published(
                     f"not on {AUDIT_CHECKPOINT_TOPIC}, and its outbox message is not pending",
                 )
             )
-    for checkpoint_id, copies in sorted(by_id.items()):
-        if checkpoint_id not in ours:
-            findings.append(
-                Finding(
-                    f"checkpoint {checkpoint_id}",
-                    None,
-                    DROPPED,
-                    f"published on {AUDIT_CHECKPOINT_TOPIC} (root {copies[0].root[:16]}...)"
-                    " but not in the database",
-                )
+    missing = sorted(set(by_id) - set(ours))
+    if missing:
+        # Written after this verification's snapshot, and published before the topic was
+        # read? Ask again, outside the snapshot, before calling it dropped.
+        with db.connect() as fresh:
+            fresh.info["dossier_writes"] = False
+            c = audit_checkpoints.c
+            now_stored = set(fresh.scalars(select(c.id).where(c.id.in_(missing))))
+        missing = [checkpoint_id for checkpoint_id in missing if checkpoint_id not in now_stored]
+    for checkpoint_id in missing:
+        findings.append(
+            Finding(
+                f"checkpoint {checkpoint_id}",
+                None,
+                DROPPED,
+                f"published on {AUDIT_CHECKPOINT_TOPIC} (root {by_id[checkpoint_id][0].root[:16]}"
+                "...) but not in the database",
             )
+        )
     return findings
 
 

@@ -38,6 +38,7 @@ from engine.audit import (
     UNREADABLE,
     UNSIGNED,
     Head,
+    PublishedCheckpoints,
     checkpoint_root,
     link,
     row_content,
@@ -377,3 +378,24 @@ def test_garbage_on_the_topic_is_reported_not_fatal(db: Engine, deployment: Sett
     assert all(f.dossier_code.startswith(topic) for f in found)
     insider_rewrites_outcome(db, A)
     assert (A, 7, DIVERGED) in kinds(verify(db, published=published).findings)
+
+
+def test_a_checkpoint_written_while_verifying_is_no_finding(
+    db: Engine, deployment: Settings
+) -> None:
+    publish(deployment, db)
+    with SqlUnitOfWork(db, writes=True) as uow:
+        uow.repo.write(ChangeSet(history=[_extra_row(db, B, 8)]))
+        uow.commit()
+
+    def meanwhile(up_to: int) -> PublishedCheckpoints:
+        # The engine checkpoints and publishes between verify's read of the database and its
+        # read of the topic: the topic holds a checkpoint (and a head of B) verify has not seen.
+        assert up_to == 2
+        assert write_checkpoint(db, ENGINE, encode_outbound, signer=SIGNER) is not None
+        publish(deployment, db)
+        return published_checkpoints(deployment, up_to=up_to)
+
+    result = verify(db, public_keys=KEYS, published=meanwhile)
+    assert result.ok, result.findings
+    assert result.published == 3
