@@ -35,6 +35,7 @@ from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from schemas.codec import ContractCodec, encode_outbound
 from tests.fixtures import events as ev
+from tests.fixtures.tamper import tamper, tampering
 
 A = f"{ev.COMMUNE_AGENCY}-250303-0001"
 B = f"{ev.COMMUNE_AGENCY}-250303-0002"
@@ -86,8 +87,8 @@ def findings(engine: Engine) -> list[tuple[str, int | None, str]]:
 
 
 def sql(engine: Engine, statement: str, **params: Any) -> None:
-    with engine.begin() as connection:
-        connection.execute(text(statement), params)
+    # The tables refuse edits (migration 0009): tamper as an insider with the owner role would.
+    tamper(engine, statement, **params)
 
 
 def test_untouched_history_verifies(db: Engine) -> None:
@@ -186,7 +187,7 @@ def test_row_rehashed_after_an_edit_is_unlinked_from_its_successor(db: Engine) -
         row = uow.repo.history(A)[2]
     assert row.prev_hash is not None
     edited = replace(row, source="urn:forged")
-    with db.begin() as connection:
+    with tampering(db) as connection:
         connection.execute(
             text(
                 "UPDATE history SET source = 'urn:forged', chain_hash = :h"
@@ -218,7 +219,7 @@ def test_rewritten_chain_diverges_from_the_checkpoint(db: Engine) -> None:
     # the checkpoint recorded (and published) no longer matches.
     with SqlUnitOfWork(db) as uow:
         rows = uow.repo.history(B)
-    with db.begin() as connection:
+    with tampering(db) as connection:
         connection.execute(text("DELETE FROM history WHERE dossier_code = :c"), {"c": B})
     forged = [replace(r, source="urn:forged") if r.seq == 2 else r for r in rows]
     with SqlUnitOfWork(db) as uow:

@@ -28,7 +28,9 @@ from dossier.settings import Settings
 from dossier.tools.supervision import EngineProcess, wait_caught_up
 from dossier.tools.workload import read_topic
 from engine.registry import SIGNATURE_HEADER
+from engine.store.sql import create_db_engine
 from tests.fixtures import events as ev
+from tests.fixtures.tamper import tampering
 from tests.integration.conftest import isolated_run
 
 COMMUNE = ev.COMMUNE_AGENCY
@@ -225,9 +227,10 @@ def test_every_forgery_is_dead_lettered_unauthenticated(
         ("k1", True),
     ]
     # Bytes changed in the database after the fact no longer check.
-    db = sa.create_engine(engine_settings.database_url)
+    db = create_db_engine(engine_settings.database_url)
     try:
-        with db.begin() as connection:
+        # History refuses edits (migration 0009): tamper as an insider with the owner role.
+        with tampering(db) as connection:
             history = sa.table(
                 "history", sa.column("dossier_code"), sa.column("seq"), sa.column("signed_value")
             )
