@@ -8,7 +8,9 @@
 (b) decode + apply + batched commit through the service layer into SQLite and PostgreSQL,
     against one transaction per event, each the best of 3 runs into a fresh database; first
     the same path into the in-memory store under Python's default collector settings and
-    under the engine's (dossier/gc_tuning.py).
+    under the engine's (dossier/gc_tuning.py). Personal data is sealed on the way in, as the
+    engine does (engine.store.privacy); the same path storing it in clear, as before sealing,
+    is measured beside it, passes interleaved.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ from engine.events import InboundEvent
 from engine.procedures import ProcedureVersion, load_catalogue
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from engine.store.migrate import upgrade
+from engine.store.privacy import PersonalDataVault, PrivacySecret
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from schemas.codec import ContractCodec
+from schemas.personal_data import personal_paths
 
 REFERENCE_PROCEDURES = ("1.001193", "1.004222", "DD.GCN.LD")
 PASSES = 3
@@ -162,8 +166,19 @@ def raw_inputs(messages: list[SimulatedMessage]) -> list[RawInput]:
     return result
 
 
+def bench_vault() -> PersonalDataVault:
+    """A vault under a secret made for this run, as `dossier run` seals with its own."""
+    import os
+
+    return PersonalDataVault(PrivacySecret.from_bytes(os.urandom(32)), personal_paths)
+
+
 def through_service(
-    url: str, inputs: list[RawInput], batch_size: int, write_behind: bool = False
+    url: str,
+    inputs: list[RawInput],
+    batch_size: int,
+    write_behind: bool = False,
+    vault: PersonalDataVault | None = None,
 ) -> float:
     db = create_db_engine(url)
     upgrade(db)
@@ -174,14 +189,19 @@ def through_service(
         ServiceConfig("urn:bench", f"bench-{uuid.uuid4().hex[:8]}", parked_ttl=_week()),
     )
     started = time.perf_counter()
-    _apply_all(db, processor, inputs, batch_size, write_behind)
+    _apply_all(db, processor, inputs, batch_size, write_behind, vault)
     elapsed = time.perf_counter() - started
     db.dispose()
     return elapsed
 
 
 def _apply_all(
-    db: Any, processor: BatchProcessor, inputs: list[RawInput], batch_size: int, behind: bool
+    db: Any,
+    processor: BatchProcessor,
+    inputs: list[RawInput],
+    batch_size: int,
+    behind: bool,
+    vault: PersonalDataVault | None = None,
 ) -> None:
     """Every batch committed, as `dossier.composition.Runtime` commits them: plainly, retrying a
     conflict with another engine process, or through the write-behind pipeline."""
@@ -189,7 +209,9 @@ def _apply_all(
     def plain(batch: Sequence[RawInput], ceiling: datetime | None = None) -> BatchResult:
         for attempt in range(1, 6):
             try:
-                return processor.process(SqlUnitOfWork(db, writes=True), batch, ceiling)
+                return processor.process(
+                    SqlUnitOfWork(db, writes=True, vault=vault), batch, ceiling
+                )
             except ConcurrencyError:  # a dossier another process notified meanwhile
                 if attempt == 5:
                     raise
@@ -202,7 +224,10 @@ def _apply_all(
             plain(batch)
         return
     pipeline = WriteBehindPipeline(
-        processor, lambda: SqlUnitOfWork(db), lambda: SqlUnitOfWork(db, writes=True), plain
+        processor,
+        lambda: SqlUnitOfWork(db, vault=vault),
+        lambda: SqlUnitOfWork(db, writes=True, vault=vault),
+        plain,
     )
     try:
         for future in [pipeline.submit(batch) for batch in batches]:
@@ -294,7 +319,7 @@ def _serve_share(
         pass
     tune_for_batches(Settings.from_env().gc_young_threshold)
     barrier.wait()
-    _apply_all(db, processor, inputs, batch_size, behind=True)
+    _apply_all(db, processor, inputs, batch_size, behind=True, vault=bench_vault())
     db.dispose()
 
 
@@ -374,17 +399,29 @@ def main() -> int:
                 ("PostgreSQL naive", fresh_schema),
             ]
         # Every figure, baselines included, is the best of PASSES runs, each into a fresh
-        # database, like (a).
+        # database, like (a). Each batched target is measured sealing personal data (as the
+        # engine runs) and storing it in clear (before sealing), passes interleaved so both
+        # see the same machine.
         for name, fresh in targets:
             naive = name.endswith("naive")
             batch = 1 if naive else args.batch_size
             sample = naive_inputs if naive else inputs
-            elapsed = min(
-                through_service(fresh(), sample, batch, write_behind="behind" in name)
-                for _ in range(PASSES)
-            )
+            behind = "behind" in name
+            sealed: list[float] = []
+            clear: list[float] = []
+            for _ in range(PASSES):
+                sealed.append(through_service(fresh(), sample, batch, behind, bench_vault()))
+                if not naive:
+                    clear.append(through_service(fresh(), sample, batch, behind))
             label = f"{name} ({'1 event per transaction' if naive else f'batches of {batch}'})"
-            print(f"  {label:<44}: {len(sample) / elapsed:>10,.0f} events/s ({len(sample)} events)")
+            rate = len(sample) / min(sealed)
+            print(f"  {label:<44}: {rate:>10,.0f} events/s ({len(sample)} events)")
+            if clear:
+                plain_rate = len(sample) / min(clear)
+                print(
+                    f"  {'  same, personal data in clear (no sealing)':<44}: {plain_rate:>10,.0f}"
+                    f" events/s (sealing costs {100 * (plain_rate / rate - 1):+.1f}%)"
+                )
         if not args.no_postgres and args.processes > 1:
             elapsed = min(
                 through_service_sharded(
