@@ -50,6 +50,7 @@ import orjson
 from sqlalchemy import Engine
 
 from dossier import kafka_clients
+from dossier.composition import build_vault
 from dossier.gc_tuning import tune_for_batches
 from dossier.replay.jobs import replay_from_db, replay_from_kafka
 from dossier.replay.serial import compare, make_processor
@@ -121,9 +122,12 @@ def run(args: argparse.Namespace, settings: Settings, work: Path) -> int:
         inputs.append(
             RawInput(m.topic, Position(m.topic, 0, offsets[m.topic]), m.key, m.value, m.headers)
         )
+    # Personal data sealed as the engine seals it: the history replayed below is the engine's.
+    vault = build_vault(settings, create=True)
     started = time.perf_counter()
     for i in range(0, len(inputs), settings.batch_size):
-        processor.process(SqlUnitOfWork(live, writes=True), inputs[i : i + settings.batch_size])
+        batch = inputs[i : i + settings.batch_size]
+        processor.process(SqlUnitOfWork(live, writes=True, vault=vault), batch)
     live_s = time.perf_counter() - started
     print(f"baseline live path into SQLite: {len(inputs) / live_s:,.0f} inputs/s ({live_s:.1f} s)")
 
