@@ -6,19 +6,31 @@
 # Configured by the same environment variables as the engine (see `dossier config`):
 #   DOSSIER_POSTGRES_PORT       loopback port                      (default 55432)
 #   DOSSIER_POSTGRES_DATA_DIR   cluster data directory             (default $XDG_STATE_HOME/dossier-engine/postgres)
-#   DOSSIER_POSTGRES_USER       role the engine logs in as         (default dossier)
-#   DOSSIER_POSTGRES_PASSWORD   its password                       (default dossier)
-#   DOSSIER_POSTGRES_DB         database owned by that role        (default dossier)
+#   DOSSIER_POSTGRES_USER       owner role: owns the database, runs migrations (default dossier)
+#   DOSSIER_POSTGRES_PASSWORD_FILE         its password    (default $STATE/postgres-secrets/owner.password)
+#   DOSSIER_POSTGRES_ENGINE_USER  the engine's role        (default dossier_engine)
+#   DOSSIER_POSTGRES_ENGINE_PASSWORD_FILE  its password    (default $STATE/postgres-secrets/engine.password)
+#   DOSSIER_POSTGRES_DB         database owned by the owner role   (default dossier)
+# ($STATE is $XDG_STATE_HOME/dossier-engine, by default ~/.local/state/dossier-engine.)
 #
 # `up` installs PostgreSQL with apt-get when no server binaries exist, initialises the cluster
-# once, starts it, and creates the role and the database; running it again changes nothing.
+# once, starts it, and creates both roles and the database; running it again changes nothing.
+# Passwords are generated at the first `up` into their files (mode 0600, directory 0700) and
+# set on every `up`, so a role's password always matches its file; none is ever printed.
+# The engine's role gets CONNECT only here: its privileges on the tables are granted by the
+# migrations (`dossier db upgrade`, engine/store/grants.py), as the tables come into being.
 # As root the server runs as the `postgres` OS user, because PostgreSQL refuses to run as root.
 set -euo pipefail
+# Whatever this script creates (password files, the cluster) is its user's alone.
+umask 077
 
 PORT="${DOSSIER_POSTGRES_PORT:-55432}"
-DATA_DIR="${DOSSIER_POSTGRES_DATA_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/dossier-engine/postgres}"
+STATE="${XDG_STATE_HOME:-$HOME/.local/state}/dossier-engine"
+DATA_DIR="${DOSSIER_POSTGRES_DATA_DIR:-$STATE/postgres}"
 DB_USER="${DOSSIER_POSTGRES_USER:-dossier}"
-DB_PASSWORD="${DOSSIER_POSTGRES_PASSWORD:-dossier}"
+DB_PASSWORD_FILE="${DOSSIER_POSTGRES_PASSWORD_FILE:-$STATE/postgres-secrets/owner.password}"
+ENGINE_USER="${DOSSIER_POSTGRES_ENGINE_USER:-dossier_engine}"
+ENGINE_PASSWORD_FILE="${DOSSIER_POSTGRES_ENGINE_PASSWORD_FILE:-$STATE/postgres-secrets/engine.password}"
 DB_NAME="${DOSSIER_POSTGRES_DB:-dossier}"
 # The cluster's superuser; fixed so psql below never depends on who ran initdb.
 SUPERUSER=postgres
@@ -131,19 +143,65 @@ wait_ready() {
     done
 }
 
+# A password file: made once (random, hexadecimal so a URL needs no quoting), 0600 in a 0700
+# directory; an existing one is kept, and its mode tightened if it was looser.
+ensure_password_file() {
+    local file="$1" dir
+    dir="$(dirname "$file")"
+    mkdir -p "$dir"
+    chmod 700 "$dir"
+    if [[ ! -s "$file" ]]; then
+        od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"$file.tmp"
+        chmod 600 "$file.tmp"
+        mv -f "$file.tmp" "$file"
+        say "generated a password for a role into $file"
+    fi
+    chmod 600 "$file"
+}
+
 ensure_role_and_db() {
+    ensure_password_file "$DB_PASSWORD_FILE"
+    ensure_password_file "$ENGINE_PASSWORD_FILE"
+    [[ "$DB_USER" != "$ENGINE_USER" ]] || die "the owner and the engine's role must differ ($DB_USER)"
     # psql variables (:'name') quote the values, so odd names and passwords cannot inject SQL.
-    psql_super -d postgres -v role="$DB_USER" -v password="$DB_PASSWORD" -v db="$DB_NAME" <<'SQL'
-SELECT format('CREATE ROLE %I LOGIN CREATEDB', :'role')
+    # The passwords go in on psql's standard input, never on a command line.
+    {
+        printf '\\set password %s\n' "$(quote_psql "$(cat "$DB_PASSWORD_FILE")")"
+        printf '\\set engine_password %s\n' "$(quote_psql "$(cat "$ENGINE_PASSWORD_FILE")")"
+        cat <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN', :'role')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role')
 \gexec
--- Set on every `up`, so the role's password always matches the configured one.
-SELECT format('ALTER ROLE %I WITH LOGIN CREATEDB PASSWORD %L', :'role', :'password')
+SELECT format('CREATE ROLE %I LOGIN', :'engine')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'engine')
+\gexec
+-- Set on every `up`, so each role's password always matches its file. Neither role may make
+-- roles or databases; the engine's inherits nothing.
+SELECT format('ALTER ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L',
+              :'role', :'password')
+\gexec
+SELECT format('ALTER ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT'
+              ' PASSWORD %L', :'engine', :'engine_password')
 \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db')
 \gexec
+-- Only the two roles may connect; nobody but the owner may create a schema.
+SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', :'db')
+\gexec
+SELECT format('GRANT CONNECT ON DATABASE %I TO %I', :'db', :'engine')
+\gexec
 SQL
+    } | psql_super -d postgres -v role="$DB_USER" -v engine="$ENGINE_USER" -v db="$DB_NAME"
+    psql_super -d "$DB_NAME" <<'SQL'
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+SQL
+}
+
+# A value as a psql single-quoted literal (for \set): quotes doubled, backslashes escaped.
+quote_psql() {
+    local value="${1//\\/\\\\}"
+    printf "'%s'" "${value//\'/\'\'}"
 }
 
 cmd_up() {
@@ -164,7 +222,7 @@ cmd_up() {
     fi
     wait_ready
     ensure_role_and_db
-    say "ready: role '$DB_USER', database '$DB_NAME' on 127.0.0.1:$PORT"
+    say "ready: database '$DB_NAME' on 127.0.0.1:$PORT, owner role '$DB_USER', engine role '$ENGINE_USER'"
 }
 
 cmd_down() {
@@ -185,7 +243,8 @@ cmd_status() {
         say "running (pid $pid) on 127.0.0.1:$PORT"
         say "  data dir: $DATA_DIR"
         say "  log:      $LOG_FILE"
-        say "  database: $DB_NAME, role: $DB_USER"
+        say "  database: $DB_NAME, owner role: $DB_USER, engine role: $ENGINE_USER"
+        say "  password files: $DB_PASSWORD_FILE, $ENGINE_PASSWORD_FILE"
         return 0
     fi
     say "not running (data dir $DATA_DIR)"

@@ -98,6 +98,32 @@ def checkpoint_signer(settings: Settings) -> Signer | None:
     return signer
 
 
+class MigrationRefused(RuntimeError):
+    """The schema is behind and the role at hand may not migrate it (the engine's own)."""
+
+
+def migrate_database(settings: Settings, db: DbEngine | None = None) -> None:
+    """Bring the database to the newest schema as its owner (DOSSIER_MIGRATION_DATABASE_URL,
+    else DOSSIER_DATABASE_URL itself, through `db` when given) and give the engine's role its
+    privileges (Settings.engine_grantee; engine.store.grants). At head this changes nothing,
+    so the engine's own role, which may only read `alembic_version`, gets through it."""
+    from sqlalchemy.exc import ProgrammingError
+
+    grantee = settings.engine_grantee()
+    target: str | DbEngine = settings.migration_url
+    if db is not None and settings.migration_url == settings.database_url:
+        target = db
+    try:
+        upgrade(target, grant_to=grantee)
+    except ProgrammingError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+            raise
+        raise MigrationRefused(
+            f"the schema needs migrating and this role may not ({exc.orig}): run"
+            " `dossier db upgrade` as the owner, or set DOSSIER_MIGRATION_DATABASE_URL"
+        ) from exc
+
+
 def build_decider(settings: Settings) -> Decider:
     """The decider with the catalogue, the working calendar and the registry of agencies and
     senders: the same for the engine and every replay of its inputs."""
@@ -189,7 +215,7 @@ class Runtime:
         decider = build_decider(settings)
         db = create_db_engine(settings.database_url)
         if migrate:
-            upgrade(db)
+            migrate_database(settings, db)
         vault = build_vault(settings, create=True)
         with db.connect() as connection:
             vault.check(connection)  # a wrong secret stops here, not in the first batch

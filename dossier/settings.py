@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
+from urllib.parse import quote, unquote, urlsplit
 
 
 def _home_dir(xdg_var: str, fallback: str) -> Path:
@@ -125,7 +126,25 @@ class Settings:
     database_url: str = setting_factory(
         "DOSSIER_DATABASE_URL",
         lambda: f"sqlite:///{default_state_dir() / 'dossier.db'}",
-        "SQLAlchemy URL of the engine's database; SQLite is the embedded default.",
+        "SQLAlchemy URL of the engine's database; SQLite is the embedded default. On PostgreSQL"
+        " it should log in as the engine's role, which may not change or delete history"
+        " (`engine.store.grants`), with DOSSIER_MIGRATION_DATABASE_URL naming the owner.",
+    )
+    migration_database_url: str = setting(
+        "DOSSIER_MIGRATION_DATABASE_URL",
+        "",
+        "SQLAlchemy URL that migrations run with (`dossier db upgrade`, and `dossier run`,"
+        " `dossier demo` and replays at start): the same database as DOSSIER_DATABASE_URL, on"
+        " PostgreSQL logged in as the role that owns the schema. Empty: DOSSIER_DATABASE_URL"
+        " (SQLite, or one role for everything).",
+    )
+    engine_db_role: str = setting(
+        "DOSSIER_ENGINE_DB_ROLE",
+        "",
+        "PostgreSQL role that every migration grants the engine's privileges to (and no more):"
+        " SELECT and INSERT on the evidence (history, audit checkpoints, disclosures), SELECT,"
+        " INSERT, UPDATE and DELETE on the working tables. Empty: DOSSIER_DATABASE_URL's user,"
+        " when it is not the migration URL's; nobody when they are the same.",
     )
     postgres_port: int = setting(
         "DOSSIER_POSTGRES_PORT",
@@ -138,10 +157,28 @@ class Settings:
         "Data directory of the PostgreSQL cluster started by deploy/.",
     )
     postgres_user: str = setting(
-        "DOSSIER_POSTGRES_USER", "dossier", "Role created by deploy/postgres.sh."
+        "DOSSIER_POSTGRES_USER",
+        "dossier",
+        "Owner role created by deploy/postgres.sh: owns the database and its schema and runs"
+        " the migrations (Settings.postgres_url).",
     )
-    postgres_password: str = setting(
-        "DOSSIER_POSTGRES_PASSWORD", "dossier", "Password of that role (loopback only)."
+    postgres_password_file: Path = setting_factory(
+        "DOSSIER_POSTGRES_PASSWORD_FILE",
+        lambda: default_state_dir() / "postgres-secrets" / "owner.password",
+        "File holding the owner role's password, generated (mode 0600) by the first"
+        " `dossier postgres up`; never printed.",
+    )
+    postgres_engine_user: str = setting(
+        "DOSSIER_POSTGRES_ENGINE_USER",
+        "dossier_engine",
+        "The engine's role created by deploy/postgres.sh: INSERT and SELECT on history, no"
+        " UPDATE, DELETE, TRUNCATE or DDL (Settings.postgres_engine_url).",
+    )
+    postgres_engine_password_file: Path = setting_factory(
+        "DOSSIER_POSTGRES_ENGINE_PASSWORD_FILE",
+        lambda: default_state_dir() / "postgres-secrets" / "engine.password",
+        "File holding the engine role's password, generated (mode 0600) by the first"
+        " `dossier postgres up`; never printed.",
     )
     postgres_db: str = setting(
         "DOSSIER_POSTGRES_DB", "dossier", "Database created by deploy/postgres.sh."
@@ -299,11 +336,41 @@ class Settings:
 
     @property
     def postgres_url(self) -> str:
-        """SQLAlchemy URL of the database that deploy/postgres.sh creates."""
+        """SQLAlchemy URL of the database that deploy/postgres.sh creates, as its owner (for
+        migrations, schemas of tests and demos). The password is read from its file now."""
+        return self._local_postgres_url(self.postgres_user, self.postgres_password_file)
+
+    @property
+    def postgres_engine_url(self) -> str:
+        """The same database as the engine's role: what DOSSIER_DATABASE_URL should be."""
+        return self._local_postgres_url(
+            self.postgres_engine_user, self.postgres_engine_password_file
+        )
+
+    def _local_postgres_url(self, user: str, password_file: Path) -> str:
+        password = quote(read_secret(password_file, "run `dossier postgres up` first"), safe="")
         return (
-            f"postgresql+psycopg://{self.postgres_user}:{self.postgres_password}"
+            f"postgresql+psycopg://{quote(user, safe='')}:{password}"
             f"@127.0.0.1:{self.postgres_port}/{self.postgres_db}"
         )
+
+    @property
+    def migration_url(self) -> str:
+        """The URL migrations run with: DOSSIER_MIGRATION_DATABASE_URL, else the engine's."""
+        return self.migration_database_url or self.database_url
+
+    def engine_grantee(self, migration_url: str | None = None) -> str | None:
+        """The role migrations grant the engine's privileges to (PostgreSQL only): the
+        configured one, else DOSSIER_DATABASE_URL's user when migrations log in as another."""
+        if self.engine_db_role:
+            return self.engine_db_role
+        owner = urlsplit(migration_url or self.migration_url)
+        engine = urlsplit(self.database_url)
+        if not engine.scheme.startswith("postgresql") or not engine.username:
+            return None
+        if owner.username == engine.username:
+            return None
+        return unquote(engine.username)
 
     def described(self) -> Iterator[tuple[str, str, str, str]]:
         """(environment variable, effective value, default, doc) for every setting."""
@@ -319,6 +386,15 @@ class Settings:
 
 class SettingError(ValueError):
     pass
+
+
+def read_secret(path: Path, hint: str) -> str:
+    """The secret a file holds (a password), without its final newline; a missing file is a
+    SettingError that says what makes it (`hint`)."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise SettingError(f"{path} does not exist: {hint}") from None
 
 
 def _parse(name: str, env: str, hint: Any, raw: str) -> Any:

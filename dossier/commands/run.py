@@ -82,9 +82,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     from consumers.faust_app import build_app
     from dossier.audit_keys import AuditKeyError
-    from dossier.composition import Runtime, consumer_config
+    from dossier.composition import MigrationRefused, Runtime, consumer_config
     from engine.procedures import WorkflowError
     from engine.registry import RegistryError
+    from engine.store.grants import GrantError
 
     try:
         runtime = Runtime.create(settings)
@@ -94,6 +95,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_CATALOGUE_INCOMPLETE
     except AuditKeyError as exc:
         # A signing key set but unusable: refuse to start rather than write unsigned evidence.
+        print(f"dossier run: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (MigrationRefused, GrantError) as exc:
+        # The engine's role may not migrate, nor be given privileges it would have to own.
         print(f"dossier run: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     missing = runtime.missing_versions()

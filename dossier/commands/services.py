@@ -110,9 +110,16 @@ def run_postgres(settings: Settings, args: argparse.Namespace) -> int:
     if code == 0 and args.action == "up":
         from dossier.commands.config import masked
 
-        shown = masked("DOSSIER_DATABASE_URL", settings.postgres_url)
-        print(f"postgres: SQLAlchemy URL: {shown} (password: DOSSIER_POSTGRES_PASSWORD)")
-        print("postgres: use it with DOSSIER_DATABASE_URL to run the engine on PostgreSQL")
+        # Two roles (least privilege): the engine's may append to history, never change it;
+        # the owner's runs the migrations, which grant the engine's its privileges.
+        engine = masked("DOSSIER_DATABASE_URL", settings.postgres_engine_url)
+        owner = masked("DOSSIER_MIGRATION_DATABASE_URL", settings.postgres_url)
+        print(f"postgres: the engine's role: DOSSIER_DATABASE_URL={engine}")
+        print(f"postgres: the owner (migrations): DOSSIER_MIGRATION_DATABASE_URL={owner}")
+        print(
+            f"postgres: passwords in {settings.postgres_engine_password_file} and"
+            f" {settings.postgres_password_file}"
+        )
     return code
 
 
@@ -129,7 +136,9 @@ def postgres_env(settings: Settings) -> dict[str, str]:
         "DOSSIER_POSTGRES_PORT": str(settings.postgres_port),
         "DOSSIER_POSTGRES_DATA_DIR": str(settings.postgres_data_dir),
         "DOSSIER_POSTGRES_USER": settings.postgres_user,
-        "DOSSIER_POSTGRES_PASSWORD": settings.postgres_password,
+        "DOSSIER_POSTGRES_PASSWORD_FILE": str(settings.postgres_password_file),
+        "DOSSIER_POSTGRES_ENGINE_USER": settings.postgres_engine_user,
+        "DOSSIER_POSTGRES_ENGINE_PASSWORD_FILE": str(settings.postgres_engine_password_file),
         "DOSSIER_POSTGRES_DB": settings.postgres_db,
     }
 

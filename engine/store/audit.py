@@ -106,8 +106,10 @@ def write_checkpoint(
             if connection.dialect.name == "postgresql":
                 # Waits for batches in flight and holds new ones off for the few queries
                 # below: every history id up to max(id) is then committed or never will be,
-                # so "rows after the previous checkpoint's id" misses nothing.
-                connection.execute(text("LOCK TABLE history IN SHARE ROW EXCLUSIVE MODE"))
+                # so "rows after the previous checkpoint's id" misses nothing. Through
+                # migration 0009's function: the engine's role may not LOCK history itself in
+                # this mode (PostgreSQL asks for UPDATE, DELETE or TRUNCATE, which it lacks).
+                connection.execute(text("SELECT history_lock_for_checkpoint()"))
             checkpoint = _write_checkpoint(connection, engine_source, encode, created_at, signer)
         # The flag stays with the pooled connection: the next user must not inherit a writer.
         connection.info.pop("dossier_writes", None)

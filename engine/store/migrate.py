@@ -17,6 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import URL
 
+from engine.store.grants import grant_engine_role
 from engine.store.sql import create_db_engine
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -34,8 +35,15 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
     return config
 
 
-def upgrade(target: str | URL | Engine, revision: str = "head") -> None:
+def upgrade(
+    target: str | URL | Engine, revision: str = "head", *, grant_to: str | None = None
+) -> None:
     """Migrate the database at `target` (URL or Engine) to `revision`, in one transaction.
+
+    `target` logs in as the owner of the schema. With `grant_to` (PostgreSQL), the engine's
+    role is then given its privileges on the migrated tables, and only those
+    (`engine.store.grants`), in the same transaction: a table a migration adds is never left
+    without them, nor with more.
 
     Engine processes started together all migrate at start, so migrations take turns. SQLite:
     the transaction begins IMMEDIATE (see engine.store.sql), taking the write lock up front,
@@ -57,6 +65,8 @@ def upgrade(target: str | URL | Engine, revision: str = "head") -> None:
                         )
                     )
                 command.upgrade(alembic_config(connection), revision)
+                if grant_to:
+                    grant_engine_role(connection, grant_to)
     finally:
         if engine is not target:
             engine.dispose()

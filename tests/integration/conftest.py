@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from dossier import kafka_clients
-from dossier.settings import Settings
+from dossier.settings import SettingError, Settings
 
 HERE = Path(__file__).resolve().parent
 
@@ -106,18 +106,53 @@ def unique_group(settings: Settings, kafka_bootstrap: str) -> Iterator[str]:
 # --- PostgreSQL --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def postgres_url(settings: Settings) -> str:
-    """The SQLAlchemy URL of the deploy/ PostgreSQL, or skip (fail under CI=true)."""
-    engine = sa.create_engine(settings.postgres_url, connect_args={"connect_timeout": 3})
+def _reachable_postgres(settings: Settings, url_of: Callable[[Settings], str]) -> str:
+    try:
+        url = url_of(settings)  # reads the role's password file
+    except SettingError as exc:
+        unavailable("PostgreSQL", "postgres", str(exc))
+    engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
     try:
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
     except Exception as exc:  # any driver error means no usable database
-        unavailable("PostgreSQL", "postgres", f"{_redacted(settings)}: {type(exc).__name__}: {exc}")
+        shown = sa.make_url(url).render_as_string(hide_password=True)
+        unavailable("PostgreSQL", "postgres", f"{shown}: {type(exc).__name__}: {exc}")
     finally:
         engine.dispose()
-    return settings.postgres_url
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(settings: Settings) -> str:
+    """The SQLAlchemy URL of the deploy/ PostgreSQL as the owner role (migrations, schemas of
+    tests, tampering), or skip (fail under CI=true)."""
+    return _reachable_postgres(settings, lambda s: s.postgres_url)
+
+
+@pytest.fixture(scope="session")
+def postgres_engine_url(settings: Settings, postgres_url: str) -> str:
+    """The same database as the engine's role (deploy/postgres.sh), which owns nothing."""
+    return _reachable_postgres(settings, lambda s: s.postgres_engine_url)
+
+
+def as_engine_role(owner_url: str, engine_url: str) -> str:
+    """The engine role's URL onto the schema that `owner_url` (a `pg_schema`) reaches."""
+    options = sa.make_url(owner_url).query.get("options")
+    url = sa.make_url(engine_url)
+    if options:
+        url = url.update_query_dict({"options": options})
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_engine_role(pg_schema: str, postgres_engine_url: str, settings: Settings) -> str:
+    """A fresh schema migrated by the owner, who granted the engine's role its privileges
+    (engine.store.grants); the URL the engine's role reaches it with."""
+    from engine.store.migrate import upgrade
+
+    upgrade(pg_schema, grant_to=settings.postgres_engine_user)
+    return as_engine_role(pg_schema, postgres_engine_url)
 
 
 @pytest.fixture
@@ -170,10 +205,6 @@ def pg_schemas(postgres_url: str) -> Iterator[Callable[[], str]]:
             with contextlib.suppress(Exception):
                 connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     admin.dispose()
-
-
-def _redacted(settings: Settings) -> Any:
-    return sa.make_url(settings.postgres_url).render_as_string(hide_password=True)
 
 
 # --- an isolated engine run ---------------------------------------------------------------------

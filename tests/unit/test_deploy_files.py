@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from dossier.commands import services
-from dossier.settings import Settings
+from dossier.settings import SettingError, Settings, default_state_dir
 from engine.events import ALL_TOPICS, AUDIT_CHECKPOINT_TOPIC
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,23 +141,44 @@ def engine_database_url(compose: dict[str, Any]) -> str:
     command = " ".join(service(compose, "engine")["command"])
     match = re.search(r'DOSSIER_DATABASE_URL="([^"]+)"', command)
     assert match, command
-    return re.sub(r"\$\$\(cat (/run/secrets/\w+)\)", "GENERATED", match.group(1))
+    return re.sub(r"\$\$\(cat (/run/[\w-]+/\w+)\)", "GENERATED", match.group(1))
 
 
-def test_engine_database_is_the_compose_postgres(compose: dict[str, Any]) -> None:
+def local_postgres(tmp_path: Path) -> Settings:
+    """The defaults, with password files that exist (the URLs read them)."""
+    from dataclasses import replace
+
+    owner, engine = tmp_path / "owner.password", tmp_path / "engine.password"
+    owner.write_text("0wner\n", encoding="utf-8")
+    engine.write_text("3ngine\n", encoding="utf-8")
+    return replace(DEFAULTS, postgres_password_file=owner, postgres_engine_password_file=engine)
+
+
+def test_engine_database_is_the_compose_postgres(compose: dict[str, Any], tmp_path: Path) -> None:
     from sqlalchemy import make_url
 
     url = make_url(engine_database_url(compose))
     pg_env = env(service(compose, "postgres"))
-    assert url.drivername == make_url(DEFAULTS.postgres_url).drivername
+    assert url.drivername == make_url(local_postgres(tmp_path).postgres_url).drivername
     assert (url.host, url.port) == ("postgres", 5432)
-    assert url.username == pg_env["POSTGRES_USER"] == DEFAULTS.postgres_user
+    # Least privilege: the engine logs in as its own role, the owner runs the migrations.
+    assert url.username == DEFAULTS.postgres_engine_user != pg_env["POSTGRES_USER"]
+    assert pg_env["POSTGRES_USER"] == DEFAULTS.postgres_user
     assert url.password == "GENERATED"
-    assert "/run/secrets/postgres_password" in " ".join(service(compose, "engine")["command"])
+    engine = service(compose, "engine")
+    assert "/run/engine-secrets/postgres_engine_password" in " ".join(engine["command"])
+    assert engine["volumes"] == ["engine-secrets:/run/engine-secrets:ro"], "no owner password"
     assert pg_env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
     assert url.database == pg_env["POSTGRES_DB"] == DEFAULTS.postgres_db
-    assert service(compose, "engine")["entrypoint"] == ["/bin/sh", "-c"]
-    assert " exec dossier run" in " ".join(service(compose, "engine")["command"])
+    assert engine["entrypoint"] == ["/bin/sh", "-c"]
+    assert " exec dossier run" in " ".join(engine["command"])
+    migrate = service(compose, "migrate")
+    assert " exec dossier db upgrade" in " ".join(migrate["command"])
+    assert "DOSSIER_MIGRATION_DATABASE_URL=" in " ".join(migrate["command"])
+    assert env(migrate)["DOSSIER_ENGINE_DB_ROLE"] == DEFAULTS.postgres_engine_user
+    roles = "\n".join(service(compose, "postgres-roles")["command"])
+    assert f"engine={DEFAULTS.postgres_engine_user}" in roles
+    assert "NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT" in roles
 
 
 def test_compose_publishes_on_loopback_only(compose: dict[str, Any]) -> None:
@@ -176,7 +197,7 @@ def test_compose_has_no_fixed_passwords_and_no_anonymous_grafana(compose: dict[s
     assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana
     assert grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
     generator = "\n".join(service(compose, "secrets")["command"])
-    for name in ("postgres_password", "grafana_admin_password"):
+    for name in ("postgres_password", "grafana_admin_password", "postgres_engine_password"):
         assert name in generator
     for name in ("postgres", "grafana"):
         depends = service(compose, name)["depends_on"]
@@ -189,6 +210,7 @@ def test_engine_waits_for_topics_and_database(compose: dict[str, Any]) -> None:
     depends = service(compose, "engine")["depends_on"]
     assert depends["kafka-topics"]["condition"] == "service_completed_successfully"
     assert depends["postgres"]["condition"] == "service_healthy"
+    assert depends["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_postgres_is_15_on_the_default_host_port(compose: dict[str, Any]) -> None:
@@ -307,17 +329,29 @@ def test_postgres_script_defaults_match_settings() -> None:
     script = services.postgres_script()
     assert script == DEPLOY / "postgres.sh"
     text = script.read_text(encoding="utf-8")
-    defaults = dict(re.findall(r'"\$\{(DOSSIER_POSTGRES_[A-Z]+):-([^}]*)\}"', text))
+    defaults = dict(re.findall(r'"\$\{(DOSSIER_POSTGRES_[A-Z_]+):-([^}]*)\}"', text))
     expected = {
         "DOSSIER_POSTGRES_PORT": str(DEFAULTS.postgres_port),
         "DOSSIER_POSTGRES_USER": DEFAULTS.postgres_user,
-        "DOSSIER_POSTGRES_PASSWORD": DEFAULTS.postgres_password,
+        "DOSSIER_POSTGRES_ENGINE_USER": DEFAULTS.postgres_engine_user,
         "DOSSIER_POSTGRES_DB": DEFAULTS.postgres_db,
     }
     for name, value in expected.items():
         assert defaults.get(name) == value, name
-    # The data dir default is XDG-derived in both places; the CLI passes it explicitly anyway.
-    assert "DOSSIER_POSTGRES_DATA_DIR" in text
+    # The data dir and password files are under the XDG state dir in both places; the CLI
+    # passes them explicitly anyway.
+    state = default_state_dir()
+    for name, path in (
+        ("DOSSIER_POSTGRES_DATA_DIR", DEFAULTS.postgres_data_dir),
+        ("DOSSIER_POSTGRES_PASSWORD_FILE", DEFAULTS.postgres_password_file),
+        ("DOSSIER_POSTGRES_ENGINE_PASSWORD_FILE", DEFAULTS.postgres_engine_password_file),
+    ):
+        relative = path.relative_to(state)
+        assert defaults[name] == f"$STATE/{relative}", name
+    assert 'STATE="${XDG_STATE_HOME:-$HOME/.local/state}/dossier-engine"' in text
+    # No fixed password: generated into 0600 files on the first `up`.
+    assert "DOSSIER_POSTGRES_PASSWORD:-" not in text
+    assert "umask 077" in text and 'chmod 600 "$file"' in text
     read_by_script = set(re.findall(r"DOSSIER_POSTGRES_[A-Z_]+", text))
     assert set(services.postgres_env(DEFAULTS)) <= read_by_script
     assert text.startswith("#!/usr/bin/env bash")
@@ -504,4 +538,36 @@ def test_local_postgres_requires_a_password_over_tcp_and_listens_on_loopback() -
     assert "unix_socket_directories='$DATA_DIR'" in text
     assert 'chmod 700 "$DATA_DIR"' in text
     assert "listen_addresses=127.0.0.1" in text
-    assert "127.0.0.1" in DEFAULTS.postgres_url
+
+
+def test_local_postgres_urls_read_the_password_files(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sqlalchemy import make_url
+
+    local = local_postgres(tmp_path)
+    owner, engine = make_url(local.postgres_url), make_url(local.postgres_engine_url)
+    assert (owner.username, owner.password, owner.host) == ("dossier", "0wner", "127.0.0.1")
+    assert (engine.username, engine.password, engine.host) == (
+        "dossier_engine",
+        "3ngine",
+        "127.0.0.1",
+    )
+    assert owner.port == engine.port == DEFAULTS.postgres_port
+    missing = replace(local, postgres_password_file=tmp_path / "absent")
+    with pytest.raises(SettingError, match="dossier postgres up"):
+        _ = missing.postgres_url
+
+
+def test_the_engine_role_is_granted_when_migrations_log_in_as_another() -> None:
+    owner = "postgresql+psycopg://dossier:x@127.0.0.1:55432/dossier"
+    engine = "postgresql+psycopg://dossier_engine:y@127.0.0.1:55432/dossier"
+    assert Settings(database_url=engine, migration_database_url=owner).engine_grantee() == (
+        "dossier_engine"
+    )
+    assert Settings(database_url=owner).migration_url == owner
+    assert Settings(database_url=owner).engine_grantee() is None  # one role for everything
+    assert Settings(database_url=engine).engine_grantee(owner) == "dossier_engine"
+    assert Settings(database_url="sqlite:///x.db").engine_grantee(owner) is None
+    chosen = Settings(database_url=owner, engine_db_role="reader")
+    assert chosen.engine_grantee() == "reader"
