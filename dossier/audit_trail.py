@@ -36,8 +36,9 @@ from engine.store import queries
 from engine.store.privacy import (
     PersonalDataVault,
     PrivacyKeyError,
-    is_token,
     sealed_bytes_key_id,
+    sealed_values,
+    with_values,
 )
 from schemas.personal_data import personal_paths
 from schemas.upcasting import upcast
@@ -86,33 +87,8 @@ def masked(type_: str, data: Mapping[str, Any]) -> Any:
     """`data` with every personal value (by the contract's declaration) and every sealed value
     replaced by MASK: a row stored before sealing began holds its values in clear."""
     hidden = {path: MASK for path in personal_paths(type_, data)}
-    return _replaced(_replaced(data, hidden), {p: MASK for p in _sealed_paths(data)})
-
-
-def _sealed_paths(data: Any) -> list[tuple[Any, ...]]:
-    found: list[tuple[Any, ...]] = []
-    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
-    while stack:
-        path, node = stack.pop()
-        if isinstance(node, Mapping):
-            stack.extend(((*path, k), v) for k, v in node.items())
-        elif isinstance(node, list):
-            stack.extend(((*path, i), v) for i, v in enumerate(node))
-        elif path and is_token(node):
-            found.append(path)
-    return found
-
-
-def _replaced(data: Any, values: Mapping[tuple[Any, ...], Any]) -> Any:
-    if not values:
-        return data
-    copied = json.loads(json.dumps(data, default=str))
-    for path, value in values.items():
-        node = copied
-        for part in path[:-1]:
-            node = node[part]
-        node[path[-1]] = value
-    return copied
+    hidden.update({path: MASK for path, _ in sealed_values(data)})
+    return with_values(data, hidden)
 
 
 @dataclass
@@ -172,7 +148,7 @@ def load_trail(
         elif opener.vault is not None:
             shown = opener.vault.open_data(code, data, opener.keys)
         else:
-            shown = _replaced(data, {p: UNOPENED for p in _sealed_paths(data)})
+            shown = with_values(data, {p: UNOPENED for p, _ in sealed_values(data)})
         step = Step(
             seq=r.seq,
             time=_local(r.event_time),

@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import ColumnElement, Connection, Select, delete, select
 
 from engine.application.ports import HistoryRow, ParkedInput
 from engine.store.tables import dossier_persons, personal_data_keys
@@ -189,7 +189,22 @@ def _get(data: Any, path: Path) -> Any:
     return data
 
 
-def _with_values(data: Mapping[str, Any], values: Mapping[Path, Any]) -> dict[str, Any]:
+def sealed_values(data: Mapping[str, Any]) -> list[tuple[Path, str]]:
+    """(path, token) of every sealed value in `data`, however deep."""
+    found: list[tuple[Path, str]] = []
+    stack: list[tuple[Path, Any]] = [((), data)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, Mapping):
+            stack.extend(((*path, k), v) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend(((*path, i), v) for i, v in enumerate(node))
+        elif path and is_token(node):
+            found.append((path, node))
+    return found
+
+
+def with_values(data: Mapping[str, Any], values: Mapping[Path, Any]) -> dict[str, Any]:
     """A copy of `data` with the value at each path replaced; only the containers on those
     paths are copied."""
     copied: dict[str, Any] = dict(data)
@@ -254,7 +269,7 @@ class PersonalDataVault:
                 place = _signed_place(row.dossier_code, row.event_id)
                 signed = seal_bytes(key_id, key, signed, place)
             if values or signed is not row.signed_value:
-                envelope = {**row.envelope, "data": _with_values(data, values)}
+                envelope = {**row.envelope, "data": with_values(data, values)}
                 sealed[index] = replace(row, envelope=envelope, signed_value=signed)
         return sealed
 
@@ -360,17 +375,11 @@ class PersonalDataVault:
         self, dossier_code: str, data: Mapping[str, Any], keys: Mapping[str, bytes]
     ) -> dict[str, Any]:
         """`data` with every token opened (ERASED where its key is gone)."""
-        values: dict[Path, Any] = {}
-        stack: list[tuple[Path, Any]] = [((), data)]
-        while stack:
-            path, node = stack.pop()
-            if isinstance(node, Mapping):
-                stack.extend(((*path, k), v) for k, v in node.items())
-            elif isinstance(node, list):
-                stack.extend(((*path, i), v) for i, v in enumerate(node))
-            elif is_token(node) and path:
-                values[path] = open_value(node, keys, _place(dossier_code, path))
-        return _with_values(data, values) if values else dict(data)
+        values = {
+            path: open_value(token, keys, _place(dossier_code, path))
+            for path, token in sealed_values(data)
+        }
+        return with_values(data, values)
 
     def open_signed(
         self, dossier_code: str, event_id: str, value: bytes, keys: Mapping[str, bytes]
@@ -423,36 +432,33 @@ class PersonalDataVault:
 
     # --- queries -----------------------------------------------------------------------------
     def _dossier_keys(self, connection: Connection, codes: set[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
         c = dossier_persons.c
-        ordered = sorted(codes)
-        for start in range(0, len(ordered), _CHUNK):
-            chunk = ordered[start : start + _CHUNK]
-            query = select(c.dossier_code, c.key_id).where(c.dossier_code.in_(chunk))
-            found.update({code: key_id for code, key_id in connection.execute(query)})
-        return found
+        rows = _select_in(connection, select(c.dossier_code, c.key_id), c.dossier_code, codes)
+        return {code: key_id for code, key_id in rows}
 
     def _person_keys(
         self, connection: Connection, persons: set[str]
     ) -> dict[str, tuple[str, bytes]]:
-        found: dict[str, tuple[str, bytes]] = {}
         k = personal_data_keys.c
-        ordered = sorted(persons)
-        for start in range(0, len(ordered), _CHUNK):
-            chunk = ordered[start : start + _CHUNK]
-            query = select(k.person, k.key_id, k.key).where(k.person.in_(chunk))
-            for person, key_id, wrapped in connection.execute(query):
-                found[person] = (key_id, self.secret.unwrap(key_id, bytes(wrapped)))
-        return found
+        rows = _select_in(connection, select(k.person, k.key_id, k.key), k.person, persons)
+        return {
+            person: (key_id, self.secret.unwrap(key_id, bytes(wrapped)))
+            for person, key_id, wrapped in rows
+        }
 
     def _keys(self, connection: Connection, key_ids: set[str]) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
         k = personal_data_keys.c
-        ordered = sorted(key_ids)
-        for start in range(0, len(ordered), _CHUNK):
-            chunk = ordered[start : start + _CHUNK]
-            for key_id, wrapped in connection.execute(
-                select(k.key_id, k.key).where(k.key_id.in_(chunk))
-            ):
-                found[key_id] = self.secret.unwrap(key_id, bytes(wrapped))
-        return found
+        rows = _select_in(connection, select(k.key_id, k.key), k.key_id, key_ids)
+        return {key_id: self.secret.unwrap(key_id, bytes(wrapped)) for key_id, wrapped in rows}
+
+
+def _select_in(
+    connection: Connection, query: Select[Any], column: ColumnElement[Any], values: set[str]
+) -> list[tuple[Any, ...]]:
+    """`query` for the rows whose `column` is one of `values`, in chunks of bound parameters."""
+    ordered = sorted(values)
+    found: list[tuple[Any, ...]] = []
+    for start in range(0, len(ordered), _CHUNK):
+        chunk = ordered[start : start + _CHUNK]
+        found.extend(tuple(row) for row in connection.execute(query.where(column.in_(chunk))))
+    return found
