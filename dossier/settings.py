@@ -404,6 +404,11 @@ def _parse(name: str, env: str, hint: Any, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise SettingError(f"{env}={raw!r}: {name} must be an integer") from None
+    if hint is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingError(f"{env}={raw!r}: {name} must be a number") from None
     if hint is Path:
         return Path(raw).expanduser()
     if hint == (Path | None):

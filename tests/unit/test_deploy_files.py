@@ -559,6 +559,16 @@ def test_local_postgres_urls_read_the_password_files(tmp_path: Path) -> None:
         _ = missing.postgres_url
 
 
+def test_every_setting_survives_the_environment_a_child_process_gets() -> None:
+    # dossier.tools.supervision.settings_env passes settings to `dossier run` as text: each
+    # must parse back to its type (a float once came back as a str and broke the relay).
+    from dossier.tools.supervision import settings_env
+
+    assert Settings.from_env(settings_env(DEFAULTS)) == DEFAULTS
+    with pytest.raises(SettingError, match="must be a number"):
+        Settings.from_env({"DOSSIER_DEAD_LETTER_RETENTION_SECONDS": "a week"})
+
+
 def test_the_engine_role_is_granted_when_migrations_log_in_as_another() -> None:
     owner = "postgresql+psycopg://dossier:x@127.0.0.1:55432/dossier"
     engine = "postgresql+psycopg://dossier_engine:y@127.0.0.1:55432/dossier"
