@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,7 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Files and directories the engine and its commands create are their user's alone (0600,
+# 0700): the database and its WAL, the state directories, password and key files, the demo's
+# reports all hold personal data or secrets. A process-wide umask covers every one of them,
+# including those that libraries (SQLite, faust, the Kafka broker started as a child) create.
+PRIVATE_UMASK = 0o077
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(PRIVATE_UMASK)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

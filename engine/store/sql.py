@@ -124,12 +124,40 @@ def create_db_engine(url: str | URL, **kwargs: Any) -> Engine:
     if backend == "sqlite":
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_file(Path(database).expanduser())
         engine = create_engine(parsed, pool_pre_ping=True, **kwargs)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     return create_engine(parsed, pool_pre_ping=True, **kwargs)
+
+
+def _private_sqlite_file(database: Path) -> None:
+    """Make the database file 0600, and the directories missing above it 0700, before SQLite
+    opens it: SQLite would create it 0644 less the umask, and it gives the -wal and -shm files
+    the database file's own mode, so this decides all three, whatever the process's umask (the
+    history and the outbox hold personal data). A file of ours that others could read is
+    tightened; one we cannot open is left to SQLite to report."""
+    for directory in reversed([d for d in database.parents if not d.exists()]):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: not ours to change
+        os.chmod(directory, 0o700)  # mkdir's mode passes through the umask
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        flags = os.O_RDWR | (os.O_CREAT if path == database else 0)
+        try:
+            descriptor = os.open(path, flags, 0o600)
+        except OSError:
+            continue
+        try:
+            mode = os.fstat(descriptor).st_mode
+            if mode & 0o077:
+                os.fchmod(descriptor, mode & 0o700)
+        except OSError:
+            pass
+        finally:
+            os.close(descriptor)
 
 
 def _postgresql_on_connect(dbapi_connection: Any, _record: object) -> None:
@@ -898,7 +926,7 @@ class RelayLease:
         database = self._engine.url.database
         if not database or database == ":memory:":
             return True  # a private database: no other process can reach it
-        fd = os.open(f"{database}-relay.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(f"{database}-relay.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
