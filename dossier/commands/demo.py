@@ -233,6 +233,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, console: Any) -> int:
     from dossier import kafka_clients
+    from dossier.audit_keys import keygen
     from dossier.tools.causal import DatabasePositions, publish_following, publish_stream
     from dossier.tools.report import html, load
     from dossier.tools.report.summary import hostile_checks, print_summary
@@ -250,12 +251,17 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
     run_dir.mkdir(parents=True, exist_ok=True)
     database_url, database_shown = isolated_database(settings, run_dir, run_id)
     metrics_port = free_port(settings.metrics_host, settings.metrics_port)
+    # The engine signs its audit checkpoints with a key of this run (dossier audit keygen);
+    # the closing verification checks them with its public half.
+    signing_key = run_dir / "audit-signing.key"
+    key_id = keygen(signing_key, force=True)
     demo = replace(
         settings,
         topic_prefix=f"demo-{run_id}.",
         consumer_group=f"demo-{run_id}",
         database_url=database_url,
         metrics_port=metrics_port,
+        audit_signing_key_file=signing_key,
     )
     metrics_url = f"http://{settings.metrics_host}:{metrics_port}/metrics" if metrics_port else ""
     reported = spec
@@ -263,7 +269,7 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
     console.rule(f"[bold]dossier demo: {spec.profile.name}, run {run_id}")
     console.print(f"run directory: {run_dir}")
 
-    publisher = admin = demo
+    publisher = admin = auditor = demo
     granted: list[Any] = []
     with phases("kafka"):
         console.print("[bold]1/5[/] local Kafka broker" + (" (secure)" if args.secure else ""))
@@ -275,6 +281,8 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
             kafka_clients.ensure_contract_topics(admin)
             granted = kafka_clients.authorize(broker, demo)
             publisher = kafka_clients.principal_settings(broker, "simulator", onto=demo)
+            # Operators read the checkpoint topic (deploy/kafka-principals.yaml).
+            auditor = kafka_clients.principal_settings(broker, "operator", onto=demo)
             demo = kafka_clients.principal_settings(broker, "engine", onto=demo)
         else:
             kafka_clients.ensure_contract_topics(demo)
@@ -368,6 +376,13 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
         )
         if metrics_url:
             scrape(metrics_url, run_dir / "metrics.txt")
+        with phases("audit"):
+            audit_ok, audit_line = closing_audit(auditor, Path(f"{signing_key}.pub"))
+        console.print(
+            f"[bold]audit[/] {audit_line} (key {key_id})"
+            if audit_ok
+            else f"[red bold]audit[/] {audit_line}"
+        )
 
         with phases("report"):
             catalogue = load_catalogue(demo.workflows_dir)
@@ -432,7 +447,7 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
             with stop_on_interrupt() as stop:
                 while not stop.wait(1) and engine.alive():
                     pass
-        return EXIT_CHECKS_FAILED if failed else 0
+        return EXIT_CHECKS_FAILED if failed or not audit_ok else 0
     finally:
         engine.stop()
         positions.close()
@@ -442,6 +457,30 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
         if granted:
             with contextlib.suppress(Exception):
                 kafka_clients.revoke(admin, granted)
+
+
+def closing_audit(settings: Settings, public_key: Path) -> tuple[bool, str]:
+    """`dossier audit verify --public-key KEY --against-topic` on the run's database: every
+    chain, every checkpoint's signature, and the checkpoints as published. (ok, one line)."""
+    from dossier.audit_keys import public_keys, published_checkpoints
+    from engine.store.audit import verify
+    from engine.store.sql import create_db_engine
+
+    db = create_db_engine(settings.database_url)
+    try:
+        result = verify(
+            db,
+            public_keys=public_keys([public_key]),
+            published=lambda up_to: published_checkpoints(settings, up_to=up_to),
+        )
+    finally:
+        db.dispose()
+    line = (
+        f"verify: {result.rows:,} history rows in {result.chains:,} chains;"
+        f" {result.signed} of {result.checkpoints} checkpoints signed and verified,"
+        f" {result.published} on the topic: {len(result.findings)} findings"
+    )
+    return result.ok, "; ".join([line, *(str(f) for f in result.findings[:5])])
 
 
 def _expected_line(content: dict[str, Any]) -> str:

@@ -19,10 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine, case, func, select, text
 
-from engine.application.ports import ChangeSet, HistoryRow, OutboxMessage
+from engine.application.ports import ChangeSet, HistoryRow, OutboxMessage, Position
 from engine.audit import (
     CHECKPOINT,
     DIVERGED,
@@ -53,7 +54,7 @@ from engine.store.sql import (
     engine_clock,
     history,
 )
-from engine.store.tables import HISTORY_ROW_COLUMNS, history_row, outbox
+from engine.store.tables import HISTORY_ROW_COLUMNS, outbox
 
 CHECKPOINT_TYPE = f"{TYPE_PREFIX}audit-checkpoint"
 
@@ -605,14 +606,37 @@ def _chains(
     rows: list[HistoryRow] = []
     hashes: list[tuple[str | None, str | None]] = []
     for r in result:
-        if r.dossier_code != code:
+        if r[0] != code:
             if code is not None:
                 yield code, rows, hashes
-            code, rows, hashes = r.dossier_code, [], []
-        rows.append(history_row(r))
-        hashes.append((r.prev_hash, r.chain_hash))
+            code, rows, hashes = r[0], [], []
+        rows.append(_row(r))
+        hashes.append((r[15], r[16]))
     if code is not None:
         yield code, rows, hashes
+
+
+def _row(r: Any) -> HistoryRow:
+    """A row of HISTORY_ROW_COLUMNS by position: a million of them per verification, and
+    named access (tables.history_row) made the whole run 60% slower (2.7 s against 1.7 s for
+    140,000 rows on SQLite, measured)."""
+    return HistoryRow(
+        dossier_code=r[0],
+        seq=r[1],
+        source=r[2],
+        event_id=r[3],
+        type=r[4],
+        event_time=r[5],
+        schema_version=r[6],
+        envelope=r[7],
+        position=Position(r[8], r[9], r[10]),
+        state_before=r[11],
+        state_after=r[12],
+        status_code=r[13],
+        workflow_version=r[14],
+        signature=r[17],
+        signed_value=None if r[18] is None else bytes(r[18]),
+    )
 
 
 def latest_signed_checkpoint(db: Engine) -> Checkpoint | None:
