@@ -141,9 +141,11 @@ def free_port(host: str, preferred: int) -> int:
     return 0
 
 
-def isolated_database(settings: Settings, run_dir: Path, run_id: str) -> tuple[str, str]:
-    """(URL, description): a fresh schema in the configured PostgreSQL, else a fresh SQLite
-    file in the run's directory, so a run never meets another run's dossiers."""
+def isolated_database(settings: Settings, run_dir: Path, run_id: str) -> tuple[str, str, str]:
+    """(URL, migration URL, description): a fresh schema in the configured PostgreSQL, else a
+    fresh SQLite file in the run's directory, so a run never meets another run's dossiers.
+    The schema is made by the owner (DOSSIER_MIGRATION_DATABASE_URL when set: the engine's
+    role may create nothing), whose URL onto it the engine migrates with; '' when the same."""
     from sqlalchemy import make_url, text
 
     configured = make_url(settings.database_url)
@@ -153,17 +155,26 @@ def isolated_database(settings: Settings, run_dir: Path, run_id: str) -> tuple[s
         from engine.store.sql import create_db_engine
 
         schema = f"demo_{run_id.replace('-', '_')}"
-        admin = create_db_engine(settings.database_url)
+        admin = create_db_engine(settings.migration_url)
         try:
             with admin.begin() as connection:
                 connection.execute(text(f'CREATE SCHEMA "{schema}"'))
         finally:
             admin.dispose()
-        url = configured.update_query_dict({"options": f"-csearch_path={schema}"})
+        options = {"options": f"-csearch_path={schema}"}
+        url = configured.update_query_dict(options)
+        migration = ""
+        if settings.migration_database_url:
+            owner = make_url(settings.migration_database_url).update_query_dict(options)
+            migration = owner.render_as_string(hide_password=False)
         shown = url.render_as_string(hide_password=True)
-        return url.render_as_string(hide_password=False), f"PostgreSQL schema {schema} ({shown})"
+        return (
+            url.render_as_string(hide_password=False),
+            migration,
+            f"PostgreSQL schema {schema} ({shown})",
+        )
     path = run_dir / "engine.db"
-    return f"sqlite:///{path}", f"SQLite {path}"
+    return f"sqlite:///{path}", "", f"SQLite {path}"
 
 
 def warmed_up(spec: WorkloadSpec, days: int) -> WorkloadSpec:
@@ -249,7 +260,7 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
     run_id = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     run_dir: Path = args.run_dir or default_state_dir() / "demo" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    database_url, database_shown = isolated_database(settings, run_dir, run_id)
+    database_url, migration_url, database_shown = isolated_database(settings, run_dir, run_id)
     metrics_port = free_port(settings.metrics_host, settings.metrics_port)
     # The engine signs its audit checkpoints with a key of this run (dossier audit keygen);
     # the closing verification checks them with its public half.
@@ -260,6 +271,7 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
         topic_prefix=f"demo-{run_id}.",
         consumer_group=f"demo-{run_id}",
         database_url=database_url,
+        migration_database_url=migration_url,
         metrics_port=metrics_port,
         audit_signing_key_file=signing_key,
     )

@@ -69,9 +69,15 @@ def backend(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, kafka_bootstrap: str
 ) -> str:
     if request.param == "postgresql":
-        monkeypatch.setenv("DOSSIER_DATABASE_URL", request.getfixturevalue("postgres_url"))
+        # Least privilege: the engine runs as its own role; the owner makes the run's schema
+        # and migrates it, granting the engine's role its privileges.
+        monkeypatch.setenv("DOSSIER_DATABASE_URL", request.getfixturevalue("postgres_engine_url"))
+        monkeypatch.setenv(
+            "DOSSIER_MIGRATION_DATABASE_URL", request.getfixturevalue("postgres_url")
+        )
     else:
         monkeypatch.delenv("DOSSIER_DATABASE_URL", raising=False)
+        monkeypatch.delenv("DOSSIER_MIGRATION_DATABASE_URL", raising=False)
     return str(request.param)
 
 
@@ -93,7 +99,13 @@ def demo_run(backend: str, settings: Settings, tmp_path: Path) -> Iterator[dict[
             .render_as_string(hide_password=False)
         )
     try:
-        yield {"code": code, "summary": summary, "manifest": manifest, "url": url}
+        yield {
+            "code": code,
+            "summary": summary,
+            "manifest": manifest,
+            "url": url,
+            "run_dir": run_dir,
+        }
     finally:
         isolated = replace(settings, topic_prefix=prefix)
         with contextlib.suppress(Exception):
@@ -210,6 +222,13 @@ def test_main_job_summary_agrees_with_the_database_and_with_what_was_produced(
         ] * entry["count"], kind
         line = lines[f"hostile {kind}: {reason}"]
         assert line["expected"] == line["actual"] == entry["count"]
+
+    # What the job wrote (database, report, summary, logs) is for its user alone (issue 18).
+    run_dir: Path = demo_run["run_dir"]
+    assert run_dir.stat().st_mode & 0o077 == 0
+    written = list(run_dir.rglob("*"))
+    assert any(p.suffix == ".html" for p in written)
+    assert [p for p in written if p.stat().st_mode & 0o077] == []
 
 
 def test_main_job_on_the_secure_broker_closes_its_accounting(
