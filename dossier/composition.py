@@ -67,12 +67,22 @@ def load_privacy_secret(settings: Settings, *, create: bool = False) -> PrivacyS
                 " opened without the key it was sealed under"
             )
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written whole beside it, then linked into place: several processes starting at once
+        # agree on one secret, and none reads a half-written file.
+        draft = path.with_name(f".{path.name}.{os.getpid()}.draft")
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as file:
             file.write(new_secret_text() + "\n")
-        log.warning(
-            "privacy: created a new master secret at %s; back it up apart from the database", path
-        )
+        try:
+            os.link(draft, path)
+            log.warning(
+                "privacy: created a new master secret at %s; back it up apart from the database",
+                path,
+            )
+        except FileExistsError:
+            pass  # another process made it first: that one is the secret
+        finally:
+            draft.unlink()
     return PrivacySecret.from_text(path.read_text())
 
 

@@ -86,6 +86,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from engine.procedures import WorkflowError
     from engine.registry import RegistryError
     from engine.store.grants import GrantError
+    from engine.store.privacy import PrivacyKeyError
 
     try:
         runtime = Runtime.create(settings)
@@ -93,8 +94,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         # Every problem with its file and path, not a traceback: the data is the operator's.
         print(f"dossier run: {exc}", file=sys.stderr)
         return EXIT_CATALOGUE_INCOMPLETE
-    except AuditKeyError as exc:
-        # A signing key set but unusable: refuse to start rather than write unsigned evidence.
+    except (AuditKeyError, PrivacyKeyError) as exc:
+        # A signing key set but unusable: refuse to start rather than write unsigned evidence;
+        # a privacy secret that does not open the stored keys: rather than seal under another.
         print(f"dossier run: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except (MigrationRefused, GrantError) as exc:

@@ -3,7 +3,9 @@ catalogue no longer has: each of their inputs would fail, batch after batch."""
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import subprocess
 import sys
 from dataclasses import replace
@@ -92,3 +94,32 @@ def test_dossier_run_exits_2_naming_the_problems_of_a_broken_registry(
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "level" in done.stderr and str(broken) in done.stderr
+
+
+def test_dossier_run_exits_2_when_its_privacy_secret_does_not_open_the_stored_keys(
+    settings: Settings, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    # A submission sealed under the secret of the session's settings, then a restart with
+    # another secret (a key file lost, a path mistyped): sealing under it would make the new
+    # data of every known person unreadable with the old one, and the old with the new.
+    local, runtime = seeded(settings, tmp_path)
+    runtime.close()
+    other = tmp_path / "other-privacy.key"
+    other.write_text(base64.b64encode(secrets.token_bytes(32)).decode(), encoding="utf-8")
+    env = dict(os.environ)
+    env.update(
+        DOSSIER_DATABASE_URL=local.database_url,
+        DOSSIER_KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        DOSSIER_METRICS_PORT="0",
+        DOSSIER_PRIVACY_KEY_FILE=str(other),
+    )
+    env.pop("DOSSIER_PRIVACY_KEY", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "dossier.cli", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "does not open stored key" in done.stderr

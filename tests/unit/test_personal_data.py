@@ -204,3 +204,21 @@ def test_a_short_or_malformed_secret_is_refused() -> None:
     assert PrivacySecret.from_text(base64.b64encode(b"x" * 32).decode()).person("1") != (
         PrivacySecret.from_text(base64.b64encode(b"y" * 32).decode()).person("1")
     )
+
+
+def test_processes_starting_at_once_agree_on_one_new_secret_file(tmp_path: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
+    from dossier.composition import load_privacy_secret
+    from dossier.settings import Settings
+
+    path = tmp_path / "state" / "privacy.key"
+    local = replace(Settings.from_env(), privacy_key="", privacy_key_file=path)
+    with ThreadPoolExecutor(8) as pool:
+        secrets_made = list(pool.map(lambda _: load_privacy_secret(local, create=True), range(16)))
+    assert len({s.lookup_key for s in secrets_made}) == 1
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["privacy.key"]  # no draft left behind
+    with pytest.raises(PrivacyKeyError, match="no privacy key"):
+        load_privacy_secret(replace(local, privacy_key_file=tmp_path / "absent.key"))
