@@ -38,7 +38,7 @@ from sqlalchemy import Connection, Engine
 
 from consumers.ordering import event_time
 from dossier import kafka_clients
-from dossier.composition import build_decider, build_processor, build_vault
+from dossier.composition import build_decider, build_processor
 from dossier.settings import Settings
 from engine.application.ports import ChangeSet, Position
 from engine.application.service import BatchProcessor, BatchResult, InputVerifier, RawInput
@@ -48,7 +48,7 @@ from engine.store import queries
 from engine.store.migrate import upgrade
 from engine.store.privacy import sealed_bytes_key_id
 from engine.store.sql import SqlRepository, SqlUnitOfWork
-from engine.store.tables import personal_data_keys
+from engine.store.tables import dossier_persons, personal_data_keys
 from schemas.codec import ContractCodec
 from schemas.codec import stored_input as stored_contract_input
 
@@ -137,9 +137,12 @@ def make_processor(
 
 def prepare_target(target: Engine, source: Engine | None = None) -> None:
     """Migrate the target and refuse one that already holds dossiers: a replay into a used
-    database would mix two histories and verify against neither. From a `source` database,
-    its personal data keys come along, so the history copied sealed stays readable (and
-    erasable) in the target as in the source."""
+    database would mix two histories and verify against neither.
+
+    A replay stores personal data as its source holds it, in every path alike (the parallel
+    replays fold in memory and merge rows): from a database, sealed as live sealed it, with
+    the source's wrapped keys and whose key each dossier's are, so the target opens and erases
+    as the source does; from Kafka, as the inbound topics hold it, in clear."""
     upgrade(target)
     with target.connect() as connection:
         count = queries.dossier_count(connection)
@@ -147,12 +150,11 @@ def prepare_target(target: Engine, source: Engine | None = None) -> None:
         raise ValueError(f"the target database already holds {count} dossiers: use a fresh one")
     if source is None:
         return
-    with source.connect() as reading:
-        keys = [dict(row._mapping) for row in reading.execute(personal_data_keys.select())]
-    if keys:
-        with target.begin() as writing:
-            writing.execute(personal_data_keys.delete())
-            writing.execute(personal_data_keys.insert(), keys)
+    with source.connect() as reading, target.begin() as writing:
+        for table in (personal_data_keys, dossier_persons):
+            rows = [dict(row._mapping) for row in reading.execute(table.select())]
+            if rows:
+                writing.execute(table.insert(), rows)
 
 
 class SealedEvidence:
@@ -339,10 +341,9 @@ def replay_kafka_serial(
     batches = -(-sum(len(items) for items in records.values()) // batch_size)
     contract = {settings.topic(t): t for t in INBOUND_TOPICS}
     processor = make_processor(settings, group, notice_scan_limit=notice_scan_limit)
-    vault = build_vault(settings, create=True)
 
     def fold(batch: list[RawInput]) -> None:
-        report.add(processor.process(SqlUnitOfWork(target, writes=True, vault=vault), batch))
+        report.add(processor.process(SqlUnitOfWork(target, writes=True), batch))
         report.inputs += len(batch)
         if progress is not None:
             progress(FOLDED, report.batches, batches)
@@ -449,7 +450,6 @@ def replay_from_db_serially(
     started = time.perf_counter()
     processor = make_processor(settings, group, notice_scan_limit=notice_scan_limit)
     processor.verifier = SealedEvidence(processor.verifier)
-    vault = build_vault(settings, replaying=True, create=True)
     decoder = StoredInputs(settings.max_message_bytes)
     processor.codec = decoder
     with source.connect() as connection:
@@ -459,7 +459,7 @@ def replay_from_db_serially(
         for batch in stored_inputs(connection, batch_size):
             decoder.ready = {raw.value: event for raw, event in batch if raw.value is not None}
             result = processor.process(
-                _ReplayUnitOfWork(target, writes=True, vault=vault), [r for r, _ in batch]
+                _ReplayUnitOfWork(target, writes=True), [r for r, _ in batch]
             )
             report.add(result)
             report.inputs += len(batch)
