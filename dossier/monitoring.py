@@ -49,6 +49,7 @@ from engine.application.ports import OutboxMessage
 from engine.application.service import BatchResult, RawInput
 from engine.calendar import WorkingCalendar
 from engine.events import INBOUND_TOPICS, OUTBOUND_TOPICS
+from engine.registry import LEVELS
 from engine.store import queries
 from schemas.codec import DeadLetterReason
 
@@ -229,6 +230,13 @@ class EngineMetrics:
             ["kind"],
             registry=r,
         )
+        self.handovers = Counter(
+            "dossier_handovers",
+            "Dossiers handed to an ended agency's successor (contract 1.1, Handover), by the"
+            " level of the agency that ended and of its successor.",
+            ["from_level", "to_level"],
+            registry=r,
+        )
         self.discounts = Counter(
             "dossier_fee_discounts_granted",
             "Online fee discounts granted, by procedure group.",
@@ -281,6 +289,9 @@ class EngineMetrics:
             self.dead_letters.labels(reason)
         for kind in NOTICE_KINDS:
             self.notices.labels(kind)
+        for former in LEVELS:
+            for new in LEVELS:
+                self.handovers.labels(former, new)
         for group in sorted(set(groups)):
             self.discounts.labels(group)
             self.discount_vnd.labels(group)
@@ -309,6 +320,8 @@ class EngineMetrics:
             self.transitions.labels(group, str(code)).inc(n)
         for kind, n in result.notices.items():
             self.notices.labels(kind).inc(n)
+        for (former, new), n in result.handovers.items():
+            self.handovers.labels(former, new).inc(n)
         for group, n in result.discounts_granted.items():
             self.discounts.labels(group).inc(n)
         for group, vnd in result.discount_vnd.items():
@@ -326,7 +339,7 @@ class EngineMetrics:
         for event_time in result.applied_event_times:
             self.event_to_applied.observe(max(0.0, (now - event_time).total_seconds()))
         if self._max_outbox_id is not None and (
-            result.applied_event_times or result.dead_letters or result.notices
+            result.applied_event_times or result.dead_letters or result.notices or result.handovers
         ):
             committed_at = self._monotonic()
             for latency in self.marks.committed(self._max_outbox_id(), committed_at):

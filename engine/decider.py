@@ -16,6 +16,7 @@ from engine.dossier import (
     Dossier,
     NotYetApplicable,
     Rejected,
+    acting_level,
     caused_by,
     evolve,
 )
@@ -27,6 +28,7 @@ from engine.events import (
     InboundEvent,
     OutboundEvent,
 )
+from engine.history import ENGINE_TOPIC
 from engine.machine import CompiledWorkflow, GuardCheck
 from engine.procedures import (
     FINISHED_STATUS_CODES,
@@ -35,7 +37,7 @@ from engine.procedures import (
     DiscountRule,
     ProcedureVersion,
 )
-from engine.registry import AGENCY_CODE, LEVELS, Agency, Registry, day_of
+from engine.registry import AGENCY_CODE, LEVELS, Agency, Ending, Registry, day_of
 
 WORKING_DAY_SECONDS = 8 * 3600
 
@@ -137,7 +139,7 @@ class Decider:
                 f"agency {event.data.get('agency')} does not hold the dossier "
                 f"(held by {dossier.agency})",
             )
-        if compiled.applicable_later(dossier.state, event):
+        if compiled.applicable_later(dossier.state, event, dossier):
             return NotYetApplicable(
                 f"{event.short_type} from {event.origin_level or 'submission'} "
                 f"not applicable in state {dossier.state} yet"
@@ -204,7 +206,7 @@ class Decider:
             "inputs_applied": before.inputs_applied + 1,
         }
         if state.level is not None:
-            changes["level"] = state.level
+            changes["level"] = acting_level(before, state.level)
         if state.final:
             changes["final"] = True
         if state.status_code in FINISHED_STATUS_CODES and before.finished_at is None:
@@ -261,6 +263,64 @@ class Decider:
         elif kind == "withdrawal-requested" and not after.paid and after.discounts:
             after = self._revoke_discounts(version, after, event, outputs)
         return Applied(after, tuple(outputs), previous_state=before.state)
+
+    # -----------------------------------------------------------------------------------------
+    def handover_due(
+        self, dossier: Dossier | None, input_time: datetime | None, clock: datetime | None
+    ) -> Ending | None:
+        """Contract 1.1, "Handover": the ending that hands `dossier` over now, if one does.
+
+        A dossier that is not final, held by an agency whose window has ended, passes to the
+        successor just before an input dated at or after the cutover (`input_time`), and once
+        the business `clock` has passed the cutover, unless it was opened after that (a
+        backfill: its inputs dated before the cutover still reach the agency that ended).
+        """
+        if dossier is None or dossier.final or self.registry is None:
+            return None
+        ending = self.registry.ending_of(dossier.agency)
+        if ending is None:
+            return None
+        cutover = ending.cutover
+        if input_time is not None and input_time >= cutover:
+            return ending
+        if clock is not None and clock >= cutover:
+            opened = dossier.opened_clock
+            if opened is None or opened < cutover:
+                return ending
+        return None
+
+    def hand_over(self, dossier: Dossier, handover: InboundEvent) -> Applied:
+        """The dossier as its agency's successor holds it: same state, same appointment, the
+        successor's code and level, the workflow's step at the ended agency's level acted on
+        from the successor's level; one status-changed caused by the handover.
+
+        `handover` is the engine's own entry (`handover_event`): its `time` is the cutover."""
+        assert self.registry is not None
+        ending = self.registry.ending_of(dossier.agency)
+        if ending is None or dossier.final:
+            raise ValueError(f"dossier {dossier.code} has no handover to make")
+        successor = ending.successor
+        version = self.workflow(dossier.procedure, dossier.workflow_version).version
+        step_level = version.states[dossier.state].level
+        acting = dict(dossier.acting_levels)
+        if step_level is None:
+            # A state of no level (none is open today): the level the dossier is at.
+            step_level = next((k for k, v in acting.items() if v == dossier.level), dossier.level)
+        # Steps already acted on from the ended level move on with it.
+        for workflow_level, level in list(acting.items()):
+            if level == dossier.level:
+                acting[workflow_level] = successor.level
+        acting[step_level] = successor.level
+        acting = {k: v for k, v in acting.items() if k != v}
+        after = evolve(
+            dossier,
+            agency=successor.code,
+            level=successor.level,
+            acting_levels=acting,
+            sequence=dossier.sequence + 1,
+            inputs_applied=dossier.inputs_applied + 1,
+        )
+        return Applied(after, (self._status_event(after, handover),), previous_state=dossier.state)
 
     # -----------------------------------------------------------------------------------------
     @staticmethod
@@ -512,6 +572,30 @@ def who_may_not_say(registry: Registry, event: InboundEvent) -> str | None:
         if not target.acts_on(day):
             return _window("to-agency-window", target, day)
     return None
+
+
+HANDED_OVER_TYPE = f"{TYPE_PREFIX}handed-over"
+
+
+def handover_event(ending: Ending, dossier_code: str, engine_source: str) -> InboundEvent:
+    """The engine's own entry in a dossier's history for a handover (contract 1.1): from the
+    engine's source, id `handover:<agency>:<cutover date>`, at the cutover."""
+    return InboundEvent(
+        source=engine_source,
+        id=ending.handover_id,
+        type=HANDED_OVER_TYPE,
+        subject=dossier_code,
+        time=ending.cutover,
+        data={
+            "agency": ending.agency.code,
+            "level": ending.agency.level,
+            "to_agency": ending.successor.code,
+            "to_level": ending.successor.level,
+            "cutover": ending.cutover.isoformat(),
+            "basis": ending.agency.successor_basis,
+        },
+        topic=ENGINE_TOPIC,
+    )
 
 
 def _window(rule: str, agency: Agency, day: date) -> str:

@@ -49,7 +49,14 @@ class Dossier:
     outcome: str | None = None
     warned_due: datetime | None = None  # the due date a deadline-warning was sent for
     overdue_due: datetime | None = None  # the due date an overdue notice was sent for
-    inputs_applied: int = 0
+    inputs_applied: int = 0  # history entries: applied inputs and the engine's own (handovers)
+    # Contract 1.1, "Handover": a workflow level -> the level of the agency that acts for it
+    # since its agency's window ended (a v1 `district` step is the province's from 1 July 2025).
+    acting_levels: Mapping[str, str] = field(default_factory=dict)
+    # The engine's business clock (UTC) when the submission applied: a dossier opened once the
+    # clock had passed its agency's cutover is a backfill, handed over only before its first
+    # input dated at or after the cutover (not by the clock).
+    opened_clock: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready mapping; datetimes as RFC 3339 strings."""
@@ -60,6 +67,7 @@ class Dossier:
                 out[name] = value.isoformat()
         out["fees"] = dict(self.fees)
         out["discounts"] = dict(self.discounts)
+        out["acting_levels"] = dict(self.acting_levels)
         return out
 
     @classmethod
@@ -130,6 +138,12 @@ class Rejected:
 
 
 Decision = Applied | Duplicate | NotYetApplicable | Rejected
+
+
+def acting_level(dossier: Dossier, workflow_level: str) -> str:
+    """The level whose topic carries the inputs of a step at `workflow_level` of the dossier's
+    workflow: itself, or its successor's level once a handover moved it (contract 1.1)."""
+    return dossier.acting_levels.get(workflow_level, workflow_level)
 
 
 def caused_by(event: InboundEvent) -> dict[str, str]:

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+# The topic the engine's own history entries (contract 1.1 handovers) name in their position:
+# not an inbound topic, so that a replay from a database never feeds them back as inputs (the
+# replay makes the same handovers again, by the same rule, and compares them).
+ENGINE_TOPIC = "engine"
+
 
 @dataclass(frozen=True, slots=True)
 class Position:

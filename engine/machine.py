@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from transitions import EventData, Machine
 
-from engine.dossier import Dossier
+from engine.dossier import Dossier, acting_level
 from engine.events import LEVEL_TOPICS, InboundEvent
 from engine.procedures import ProcedureVersion, TransitionDef
 
@@ -83,7 +83,10 @@ class CompiledWorkflow:
             assert event is not None and dossier is not None
             # Level, `when` and holder checks inline (`_when_matches` for the rest of the
             # module): this runs for every candidate transition of every input.
-            if LEVEL_TOPICS.get(event.topic) != level:
+            acting = level
+            if level is not None and dossier.acting_levels:
+                acting = acting_level(dossier, level)
+            if LEVEL_TOPICS.get(event.topic) != acting:
                 return False
             if when:
                 data = event.data
@@ -158,19 +161,32 @@ class CompiledWorkflow:
             if (
                 definition.event == event.short_type
                 and dossier.state in definition.sources
-                and definition.level == event.origin_level
-                and _when_matches(definition, event)
                 and event.origin_level is not None
+                and definition.level is not None
+                # Its own level, or the one acting for it since a handover: an ended agency's
+                # input is told that it no longer holds the dossier.
+                and event.origin_level
+                in (definition.level, acting_level(dossier, definition.level))
+                and _when_matches(definition, event)
                 and event.data.get("agency") != dossier.agency
             ):
                 return True
         return False
 
-    def applicable_later(self, state: str, event: InboundEvent) -> bool:
-        """Whether this kind of input fires from some state reachable from `state`."""
+    def applicable_later(
+        self, state: str, event: InboundEvent, dossier: Dossier | None = None
+    ) -> bool:
+        """Whether this kind of input fires from some state reachable from `state` (at the
+        levels that act for the dossier's steps, when it is given)."""
         kind, origin = event.short_type, event.origin_level
         return any(
-            d.event == kind and d.level == origin and _when_matches(d, event)
+            d.event == kind
+            and (
+                d.level == origin
+                if d.level is None or dossier is None
+                else acting_level(dossier, d.level) == origin
+            )
+            and _when_matches(d, event)
             for d in self._reachable.get(state, ())
         )
 

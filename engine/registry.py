@@ -18,7 +18,7 @@ import binascii
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +132,32 @@ class SignatureCheck:
     signature: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """Contract 1.1, "Handover": an agency whose window ends, the agency that holds its open
+    dossiers next (its successor as of the cutover, followed further if that one has ended
+    too), and the cutover: 00:00 local time the day after `effective_to`."""
+
+    agency: Agency
+    successor: Agency
+    cutover: datetime  # aware, Asia/Ho_Chi_Minh
+
+    @property
+    def cutover_day(self) -> date:
+        return self.cutover.date()
+
+    @property
+    def handover_id(self) -> str:
+        """The id of the handover: `caused_by.id` of its status changes, its history entries'."""
+        return f"handover:{self.agency.code}:{self.cutover_day.isoformat()}"
+
+
 class Registry:
     def __init__(self, agencies: Iterable[Agency] = (), senders: Iterable[Sender] = ()) -> None:
         self._agencies = {a.code: a for a in agencies}
         self._senders = {s.source: s for s in senders}
+        self._endings: tuple[Ending, ...] | None = None
+        self._ending_index: dict[str, Ending] | None = None
 
     def __len__(self) -> int:
         return len(self._agencies) + len(self._senders)
@@ -186,6 +208,32 @@ class Registry:
             seen.add(agency.code)
             agency = self._agencies.get(agency.successor or "")
         return None
+
+    def endings(self) -> tuple[Ending, ...]:
+        """Every agency whose window ends, with who holds its open dossiers from its cutover
+        (contract 1.1, "Handover"), by cutover then code. Computed once: the registry is
+        immutable once loaded."""
+        if self._endings is not None:
+            return self._endings
+        found: list[Ending] = []
+        for agency in self._agencies.values():
+            if agency.effective_to is None or agency.successor is None:
+                continue
+            cutover_day = agency.effective_to + timedelta(days=1)
+            successor = self.successor_on(agency.successor, cutover_day)
+            if successor is None:
+                continue  # a registry check names it; nobody to hand over to
+            cutover = datetime.combine(cutover_day, time(0, 0), tzinfo=VN_TZ)
+            found.append(Ending(agency, successor, cutover))
+        endings = tuple(sorted(found, key=lambda e: (e.cutover, e.agency.code)))
+        self._endings = endings
+        return endings
+
+    def ending_of(self, code: str) -> Ending | None:
+        """The ending of agency `code`, if its window ends."""
+        if self._ending_index is None:
+            self._ending_index = {e.agency.code: e for e in self.endings()}
+        return self._ending_index.get(code)
 
     # --- signed inputs ----------------------------------------------------------------------
     def signer_of(self, event: InboundEvent) -> tuple[str, tuple[PublicKey, ...]]:

@@ -16,6 +16,7 @@ import pytest
 from engine.application.ports import (
     ChangeSet,
     ConcurrencyError,
+    HandoverScan,
     HistoryRow,
     LedgerEntry,
     NoticeScan,
@@ -262,6 +263,76 @@ class StoreContract:
         with uow_factory() as uow:
             loaded = uow.repo.load_dossiers([on_0.code, unknown.code])
         assert (loaded[on_0.code].partition, loaded[unknown.code].partition) == (0, None)
+
+    # --- handovers (contract 1.1) ------------------------------------------------------------
+    def test_handovers_due(self, uow_factory: UowFactory) -> None:
+        ended, other = "000.00.12.H56", "000.00.13.H56"
+        cutover = datetime(2025, 7, 1, tzinfo=ICT)
+        opened_before = cutover.astimezone(UTC) - timedelta(microseconds=1)
+        held = [
+            make_dossier(f"000.00.19.H56-250630-000{i}", agency=ended, opened_clock=opened)
+            for i, opened in ((3, None), (1, opened_before), (2, None))
+        ]
+        backfill = make_dossier(
+            "000.00.19.H56-250630-0004", agency=ended, opened_clock=cutover.astimezone(UTC)
+        )
+        final = make_dossier("000.00.19.H56-250630-0005", agency=ended, final=True)
+        elsewhere = make_dossier("000.00.19.H56-250630-0006", agency=other)
+        on_1 = make_dossier("000.00.19.H56-250630-0007", agency=ended)
+        with uow_factory() as uow:
+            uow.repo.write(
+                ChangeSet(
+                    dossiers=[
+                        *(StoredDossier(d, 0, None, partition=0) for d in held),
+                        StoredDossier(backfill, 0, None, partition=0),
+                        StoredDossier(final, 0, None, partition=0),
+                        StoredDossier(elsewhere, 0, None, partition=0),
+                        StoredDossier(on_1, 0, None, partition=1),
+                    ]
+                )
+            )
+            uow.commit()
+
+        def due(limit: int = 10, partitions: set[int] | None = None) -> list[str]:
+            scan = HandoverScan({ended: cutover}, limit, partitions=partitions)
+            with uow_factory() as uow:
+                return [s.dossier.code for s in uow.repo.handovers_due(scan)]
+
+        in_order = sorted(d.code for d in held)
+        assert due() == [*in_order, on_1.code]
+        assert due(limit=2) == in_order[:2]
+        assert due(partitions={0}) == in_order
+        assert due(partitions={1}) == [on_1.code]
+        with uow_factory() as uow:
+            assert uow.repo.handovers_due(HandoverScan({}, 10)) == []
+            loaded = uow.repo.load_dossiers([held[1].code])[held[1].code].dossier
+        assert loaded.opened_clock == opened_before
+
+    def test_partition_clocks(self, uow_factory: UowFactory) -> None:
+        later = T0 + timedelta(days=2)
+        with uow_factory() as uow:
+            uow.repo.write(
+                ChangeSet(
+                    dossiers=[
+                        StoredDossier(make_dossier("000.00.19.H56-250303-0001"), 0, None, 0),
+                        StoredDossier(
+                            make_dossier("000.00.19.H56-250303-0002", last_event_at=later),
+                            0,
+                            None,
+                            0,
+                        ),
+                        StoredDossier(make_dossier("000.00.19.H56-250303-0003"), 0, None, 2),
+                        StoredDossier(make_dossier("000.00.19.H56-250303-0004"), 0, None),
+                    ]
+                )
+            )
+            uow.commit()
+        base = make_dossier().last_event_at
+        with uow_factory() as uow:
+            assert uow.repo.partition_clocks(None) == {0: later, 2: base}
+            assert uow.repo.partition_clocks([0, 1]) == {0: later}
+            assert uow.repo.partition_clocks([2]) == {2: base}
+            assert uow.repo.partition_clocks([]) == {}
 
     # --- rollback ----------------------------------------------------------------------------
     def _write_everything(self, uow: UnitOfWork[Any]) -> None:

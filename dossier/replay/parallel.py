@@ -97,6 +97,7 @@ from engine.application.ports import ChangeSet, NoticeScan, Position, StoredDoss
 from engine.application.service import BatchProcessor, RawInput, ServiceConfig
 from engine.dossier import Applied, Decision, Dossier, NotYetApplicable, Rejected
 from engine.events import InboundEvent, InputRejected, OutboundEvent
+from engine.history import ENGINE_TOPIC
 from engine.store import bulk, queries
 from engine.store.bulk import attach_limit, sqlite_time
 from engine.store.memory import InMemoryRepository, InMemoryStore, InMemoryUnitOfWork
@@ -109,8 +110,12 @@ from schemas.codec import dead_letter_id
 PHASE_DECODE = 0  # dead-lettering the inputs that fail to decode, before any is handled
 PHASE_INPUT = 1  # while applying the input that caused it
 PHASE_EXPIRY = 2  # expiring parked inputs (real time)
-PHASE_CHANGED = 3  # notices of dossiers changed in the batch, in the order they changed
-PHASE_DUE = 4  # notices of the other due dossiers, by (next_notice_at, code)
+PHASE_HANDOVER = 3  # handovers by the clock (contract 1.1), by dossier code
+PHASE_CHANGED = 4  # notices of dossiers changed in the batch, in the order they changed
+PHASE_DUE = 5  # notices of the other due dossiers, by (next_notice_at, code)
+# After every input's rank: dossiers first changed by a handover by the clock, which the serial
+# batch handles after its inputs, in code order.
+_AFTER_INPUTS = 1 << 62
 
 # (batch, phase, history id of the causing input, next_notice_at, code, seq within the worker)
 OutboxOrder = tuple[int, int, int, str, str, int]
@@ -177,6 +182,10 @@ class OrderTracker:
         self.parked_at: dict[tuple[str, str, str], tuple[int, Position]] = {}
         self.current = 0  # rank of the input being handled
         self.first_changed: dict[str, int] = {}  # dossier code -> rank of its first change
+        self.handed_over_by_clock: set[str] = set()  # first changed by a handover, this batch
+        # (dossier code, handover id) -> batch: the engine's own history entries, whose
+        # (source, id) every dossier of the agency shares.
+        self.handover_batch: dict[tuple[str, str], int] = {}
         self.emitted: dict[str, OutboxOrder] = {}  # message id -> order, this batch
         self.applied: dict[tuple[str, str], AppliedAt] = {}
         self.outbox_order: dict[int, OutboxOrder] = {}  # store outbox id -> order
@@ -198,6 +207,7 @@ class OrderTracker:
             if isinstance(decoded, InboundEvent)
         }
         self.first_changed = {}
+        self.handed_over_by_clock = set()
         self.emitted = {}
         self._inputs = inputs
         self._last_id = self.store.last_id
@@ -215,6 +225,8 @@ class OrderTracker:
             position = parked[1] if parked is not None else None
         if isinstance(decision, Applied):
             code = decision.dossier.code
+            if event.topic == ENGINE_TOPIC:  # a replay from a database: a handover entry
+                self.handover_batch[(code, event.id)] = self.batch
             self.first_changed.setdefault(code, self.current)
             self.applied[event.key] = AppliedAt(self.batch, self.current, self._next_seq())
             for output in decision.outputs:
@@ -225,11 +237,32 @@ class OrderTracker:
         elif isinstance(decision, NotYetApplicable) and handled is not None:
             self.parked_at[waiting] = (self.current, handled[1])
 
+    def handed_over(
+        self, cause: InboundEvent | None, dossier: Dossier, outputs: Sequence[OutboundEvent]
+    ) -> None:
+        code = dossier.code
+        for output in outputs:  # the status change it emits is caused by the handover's id
+            self.handover_batch[(code, output.data["caused_by"]["id"])] = self.batch
+        if cause is not None:
+            # Just before the input it precedes (or the parked one the current input woke).
+            handled = self.handling.get(id(cause))
+            rank = handled[0] if handled is not None else self.current
+            self.first_changed.setdefault(code, rank)
+            for output in outputs:
+                self._emit(output.id, (PHASE_INPUT, rank, "", ""))
+            return
+        if code not in self.first_changed:
+            self.handed_over_by_clock.add(code)
+        for output in outputs:
+            self._emit(output.id, (PHASE_HANDOVER, 0, "", code))
+
     def noticed(self, dossier: Dossier, notices: Sequence[OutboundEvent]) -> None:
         code = dossier.code
         rank = self.first_changed.get(code)
         if rank is not None:
             where: tuple[int, int, str, str] = (PHASE_CHANGED, rank, "", "")
+        elif code in self.handed_over_by_clock:
+            where = (PHASE_CHANGED, _AFTER_INPUTS, "", code)
         else:
             stored = self.store.dossiers.get(code)  # still as at the batch's start
             due = sqlite_time(stored.next_notice_at if stored is not None else None)
@@ -404,6 +437,9 @@ class Fold:
             # signature it was applied with, as the serial replay's does.
             verifier=SealedEvidence(base.verifier) if source == "db" else base.verifier,
         )
+        # From a database, the history's handovers are made again where they stand, as in the
+        # serial replay (`replay_from_db_serially`).
+        processor.replaying_handovers = source == "db"
         limit = base.config.notice_scan_limit
         return cls(
             store, tracker, processor, clock, decoder, limit, positions, ReplayReport(source)
@@ -581,7 +617,11 @@ def _history_rows(
         for r in rows:
             yield {
                 **history_columns(r, recorded_at, r.prev_hash, r.chain_hash),
-                "replay_batch": tracker.applied[(r.source, r.event_id)].batch,
+                "replay_batch": (
+                    tracker.handover_batch[(r.dossier_code, r.event_id)]
+                    if r.position.topic == ENGINE_TOPIC
+                    else tracker.applied[(r.source, r.event_id)].batch
+                ),
             }
 
 

@@ -12,7 +12,10 @@ Two sources:
   (`dossier.replay.kafka`: the topics are co-partitioned by dossier code), which write the same
   rows as the serial replay.
 - **Database** (`replay_from_db`): the applied inputs stored in a database's history, in the
-  order the live engine applied them (history id), upcast to the current schema version. The
+  order the live engine applied them (history id), upcast to the current schema version, and
+  the engine's own entries (contract 1.1 handovers) made again where they stand: the database
+  keeps each dossier's order, not the order of a partition's inputs across dossiers, which is
+  what the clock passing a cutover is judged by (a replay from Kafka makes them by the rule). The
   stored envelope is already validated, so it is handed to the engine without decoding again;
   consumer positions are not tracked, because an input once parked is stored after inputs
   with later offsets, and position tracking would skip it as a redelivery. With `workers` > 1
@@ -450,6 +453,10 @@ def replay_from_db_serially(
     started = time.perf_counter()
     processor = make_processor(settings, group, notice_scan_limit=notice_scan_limit)
     processor.verifier = SealedEvidence(processor.verifier)
+    # Contract 1.1, "Handover": the history's handovers are made again where they stand (the
+    # database does not keep the order a partition's inputs came in across dossiers, which is
+    # what the clock passing a cutover is judged by); a replay from Kafka makes them by the rule.
+    processor.replaying_handovers = True
     decoder = StoredInputs(settings.max_message_bytes)
     processor.codec = decoder
     with source.connect() as connection:

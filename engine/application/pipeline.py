@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -31,6 +31,7 @@ from datetime import datetime
 from engine.application.ports import (
     BatchRepository,
     ChangeSet,
+    HandoverScan,
     NoticeScan,
     ParkedInput,
     StoredDossier,
@@ -137,6 +138,39 @@ class StagingRepository:
                 due[code] = staged
         ordered = sorted(due.values(), key=lambda d: (d.next_notice_at, d.dossier.code))
         return ordered[: scan.limit]
+
+    def partition_clocks(self, partitions: Collection[int] | None) -> dict[int, datetime]:
+        clocks = self._reads.partition_clocks(partitions)
+        for _, staged in self._overlay.dossiers.items():
+            p = staged.partition
+            if p is None or (partitions is not None and p not in partitions):
+                continue
+            at = staged.dossier.last_event_at
+            if p not in clocks or at > clocks[p]:
+                clocks[p] = at
+        return clocks
+
+    def handovers_due(self, scan: HandoverScan) -> list[StoredDossier]:
+        # As notices_due: never locked; the batch in flight's dossiers as it leaves them.
+        due: dict[str, StoredDossier] = {}
+        for stored in self._reads.handovers_due(replace(scan, lock=False)):
+            if stored.dossier.code not in self._overlay.dossiers:
+                due[stored.dossier.code] = stored
+        for code, staged in self._overlay.dossiers.items():
+            d = staged.dossier
+            cutover = scan.cutovers.get(d.agency)
+            if (
+                cutover is not None
+                and not d.final
+                and (d.opened_clock is None or d.opened_clock < cutover)
+                and (
+                    scan.partitions is None
+                    or staged.partition is None
+                    or staged.partition in scan.partitions
+                )
+            ):
+                due[code] = staged
+        return sorted(due.values(), key=lambda d: d.dossier.code)[: scan.limit]
 
     def load_positions(self, group: str) -> dict[tuple[str, int], int]:
         positions = self._reads.load_positions(group)

@@ -119,6 +119,17 @@ class NoticeScan:
     partitions: Collection[int] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class HandoverScan:
+    """Which dossiers a batch hands over by the clock (`BatchRepository.handovers_due`)."""
+
+    # Ended agency code -> its cutover (aware), for the agencies whose cutover the clock passed.
+    cutovers: Mapping[str, datetime]
+    limit: int
+    lock: bool = True
+    partitions: Collection[int] | None = None
+
+
 class BatchRepository(Protocol):
     """What a batch reads, and its one write: the port of `engine.application.service`."""
 
@@ -139,6 +150,18 @@ class BatchRepository(Protocol):
         (by due time, then code); with `scan.lock`, only those no other transaction is
         notifying, held until this one ends (where supported); with `scan.partitions`, only
         dossiers of those inbound partitions or of none known."""
+        ...
+
+    def handovers_due(self, scan: HandoverScan) -> list[StoredDossier]:
+        """The first `scan.limit` dossiers (by code) that are not final, are held by one of
+        `scan.cutovers`' agencies and were opened before its cutover (`Dossier.opened_clock`
+        before it, or not known); `scan.lock` and `scan.partitions` as for `notices_due`."""
+        ...
+
+    def partition_clocks(self, partitions: Collection[int] | None) -> dict[int, datetime]:
+        """The business clock of each inbound partition (of these, or of every one): the latest
+        `last_event_at` of its dossiers, which is the latest time of an input applied from it.
+        Partitions with no dossier are left out."""
         ...
 
     def load_positions(self, group: str) -> dict[tuple[str, int], int]:

@@ -21,6 +21,7 @@ from engine.application.codec import WireCodec
 from engine.application.ports import (
     BatchRepository,
     ChangeSet,
+    HandoverScan,
     HistoryRow,
     LedgerEntry,
     NoticeScan,
@@ -30,8 +31,16 @@ from engine.application.ports import (
     StoredDossier,
     UnitOfWork,
 )
-from engine.decider import Decider
-from engine.dossier import Applied, Decision, Dossier, Duplicate, NotYetApplicable, Rejected
+from engine.decider import Decider, handover_event
+from engine.dossier import (
+    Applied,
+    Decision,
+    Dossier,
+    Duplicate,
+    NotYetApplicable,
+    Rejected,
+    evolve,
+)
 from engine.events import (
     DEADLINE_TOPIC,
     DLQ_TOPIC,
@@ -41,7 +50,8 @@ from engine.events import (
     OutboundEvent,
     contract_topic,
 )
-from engine.registry import SignatureCheck
+from engine.history import ENGINE_TOPIC
+from engine.registry import Ending, SignatureCheck
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +81,9 @@ class BatchResult:
     notices: Counter[str] = field(default_factory=Counter)  # deadline-warning / overdue
     discounts_granted: Counter[str] = field(default_factory=Counter)  # group -> count
     discount_vnd: Counter[str] = field(default_factory=Counter)  # group -> VND
+    # Contract 1.1, "Handover": dossiers handed to an ended agency's successor, by (former
+    # level, new level).
+    handovers: Counter[tuple[str, str]] = field(default_factory=Counter)
     unparked: int = 0
     redelivered: int = 0  # inputs at or past a position already committed: skipped
     applied_event_times: list[datetime] = field(default_factory=list)
@@ -92,6 +105,7 @@ class BatchResult:
             notices=self.notices + later.notices,
             discounts_granted=self.discounts_granted + later.discounts_granted,
             discount_vnd=self.discount_vnd + later.discount_vnd,
+            handovers=self.handovers + later.handovers,
             unparked=self.unparked + later.unparked,
             redelivered=self.redelivered + later.redelivered,
             applied_event_times=self.applied_event_times + later.applied_event_times,
@@ -107,6 +121,9 @@ class ServiceConfig:
     parked_ttl: timedelta
     clock_mode: Literal["business", "wall"] = "business"
     notice_scan_limit: int = 5000
+    # Dossiers handed over by the business clock per batch, at most (contract 1.1, "Handover");
+    # the others follow in the next batches (or just before their next input).
+    handover_scan_limit: int = 5000
 
 
 class ClockPolicy(Protocol):
@@ -125,6 +142,12 @@ class DecisionObserver(Protocol):
     def decided(self, event: InboundEvent, decision: Decision) -> None: ...
 
     def noticed(self, dossier: Dossier, notices: Sequence[OutboundEvent]) -> None: ...
+
+    def handed_over(
+        self, cause: InboundEvent | None, dossier: Dossier, outputs: Sequence[OutboundEvent]
+    ) -> None:
+        """A handover made just before the input `cause` applies, or by the clock (None)."""
+        ...
 
 
 class InputVerifier(Protocol):
@@ -176,6 +199,9 @@ class BatchProcessor:
         # assignment: due deadline notices are looked for among their dossiers only, so that
         # processes sharing a database do not pick the same one. None: every dossier.
         self.notice_partitions: frozenset[int] | None = None
+        # A replay from a database's history: handovers are the history's own entries, made
+        # again where they stand, not by the clock (see `_Batch._handle_recorded_handover`).
+        self.replaying_handovers = False
 
     def process(
         self,
@@ -248,6 +274,10 @@ class _Batch:
         self.to_park: list[ParkedInput] = []
         self.to_unpark: list[int] = []
         self.clock = repo.get_clock()
+        # The business clock of each inbound partition (the latest time applied from it), as
+        # the batch's inputs move it one by one: what handovers are judged by (see `_decide`).
+        self.partition_clocks: dict[int, datetime | None] = {}
+        self.replaying_handovers = processor.replaying_handovers
         self._wall_now = datetime.now(UTC)
 
     # -----------------------------------------------------------------------------------------
@@ -266,6 +296,9 @@ class _Batch:
                 self._dead_letter(raw, DeadLetterReason.INTERNAL_ERROR, _failure(exc, "decoding"))
                 self._count(raw, "dead_lettered")
                 decoded.append((raw, None, None))
+                continue
+            if raw.contract_topic == ENGINE_TOPIC:
+                decoded.append((raw, event, None))  # the engine's own entry: nobody signs it
                 continue
             # Contract 1.1, "Signed inputs": before anything looks at what the input says.
             try:
@@ -291,6 +324,7 @@ class _Batch:
         # dossier overdue. Inputs dead-lettered above carry the clock the batch started with.
         self._advance_clock(self.result.applied_event_times)
         self._expire_parked()
+        self._handovers_by_clock()
         self._deadline_notices()
         self._flush(inputs)
         self.result.clock = self.clock
@@ -351,6 +385,12 @@ class _Batch:
         return self.verifier.check_signature(event, value, headers)
 
     def _handle(self, raw: RawInput, event: InboundEvent, signature: str | None = None) -> None:
+        if raw.contract_topic == ENGINE_TOPIC:
+            if self.replaying_handovers:
+                self._handle_recorded_handover(raw, event)
+            else:  # pragma: no cover - no transport hands the engine such an input
+                self._dead_letter(raw, DeadLetterReason.MALFORMED, "the engine's own entry")
+            return
         known_hash = self.applied_keys.get(event.key)
         if known_hash is not None:
             if known_hash == event.content_hash():
@@ -368,7 +408,7 @@ class _Batch:
                 self._conflict(raw, event, "parked")
             return
         try:
-            decision = self.decider.apply(self._dossier(event.subject), event)
+            decision, handover = self._decide(event, raw.position.partition)
             if self.observer is not None:
                 self.observer.decided(event, decision)
             staged = self._stage(raw.position, event, decision, signature, raw.value)
@@ -379,6 +419,8 @@ class _Batch:
             self._count(raw, "dead_lettered")
             return
         if staged is not None:
+            if handover is not None:
+                self._record_handover(handover)
             self._record_applied(staged)
             self._count(raw, "applied")
             self._retry_parked(event.subject)
@@ -466,6 +508,198 @@ class _Batch:
         if decision.previous_state != dossier.state:
             self.result.transitions[(dossier.group, dossier.status_code)] += 1
         self.result.applied_event_times.append(event.time)
+        if position.partition is not None and self.decider.registry is not None:
+            clock = self._partition_clock(position.partition)
+            if clock is None or event.time > clock:
+                self.partition_clocks[position.partition] = event.time.astimezone(UTC)
+
+    # -----------------------------------------------------------------------------------------
+    # Contract 1.1, "Handover": an ended agency's open dossiers pass to its successor, just
+    # before an input dated at or after the cutover, and once the clock has passed it.
+    #
+    # "The clock" here is the business clock of the dossier's partition: the latest time of an
+    # input applied from that inbound partition. Kafka orders a dossier's inputs, and the
+    # engine's event-time gate merges its topics, within a partition only; how the partitions
+    # interleave depends on fetches and start-up, in live as against a replay. A handover judged
+    # by its own partition's clock happens at the same point of that partition's inputs however
+    # the partitions interleave and wherever batches are cut (tests/unit/test_handover.py).
+    def _partition_clock(self, partition: int | None) -> datetime | None:
+        if partition is None:
+            return self.clock  # an input from no partition (tests, tools): the engine's clock
+        if partition not in self.partition_clocks:
+            self.partition_clocks.update(self.repo.partition_clocks([partition]))
+            self.partition_clocks.setdefault(partition, None)
+        return self.partition_clocks[partition]
+
+    def _decide(
+        self, event: InboundEvent, partition: int | None
+    ) -> tuple[Decision, _StagedHandover | None]:
+        """The decision on an input, and the handover to record before it when one is due.
+
+        A handover due before the input is decided with it: the input is decided on the dossier
+        as the successor holds it, and the handover is recorded only if the input applies (an
+        input that is refused or parked leaves no trace, and changes nothing: its dossier is
+        handed over, the same way, by the clock or before its next input)."""
+        dossier = self._dossier(event.subject)
+        if self.replaying_handovers or self.decider.registry is None:
+            return self.decider.apply(dossier, event), None
+        clock = self._partition_clock(partition)
+        if dossier is None:
+            decision = self.decider.apply(None, event)
+            if isinstance(decision, Applied) and clock is not None:
+                opened = evolve(decision.dossier, opened_clock=clock.astimezone(UTC))
+                decision = Applied(opened, decision.outputs, decision.previous_state)
+            return decision, None
+        ending = self.decider.handover_due(dossier, event.time, clock)
+        if ending is None:
+            return self.decider.apply(dossier, event), None
+        handover = self._stage_handover(dossier, ending)
+        decision = self.decider.apply(handover.decision.dossier, event)
+        if not isinstance(decision, Applied):
+            return decision, None
+        if self.observer is not None:
+            self.observer.handed_over(event, handover.decision.dossier, handover.decision.outputs)
+        return decision, handover
+
+    def _stage_handover(self, dossier: Dossier, ending: Ending) -> _StagedHandover:
+        event = handover_event(ending, dossier.code, self.config.engine_source)
+        return self._staged_handover(dossier, event)
+
+    def _staged_handover(self, dossier: Dossier, event: InboundEvent) -> _StagedHandover:
+        decision = self.decider.hand_over(dossier, event)
+        outputs = tuple((output, self._outbox_message(output)) for output in decision.outputs)
+        return _StagedHandover(
+            event, decision, self.codec.stored_envelope(event), outputs, dossier.level
+        )
+
+    def _record_handover(self, staged: _StagedHandover) -> None:
+        event, dossier = staged.event, staged.decision.dossier
+        self.dirty[dossier.code] = dossier
+        seq = self.history_seq.get(dossier.code, dossier.inputs_applied - 1) + 1
+        self.history_seq[dossier.code] = seq
+        self.history.append(
+            HistoryRow(
+                dossier_code=dossier.code,
+                seq=seq,
+                source=event.source,
+                event_id=event.id,
+                type=event.type,
+                event_time=event.time,
+                schema_version=event.schema_version,
+                envelope=staged.envelope,
+                # Not a Kafka record: the engine's own entry (no ledger entry either: its id is
+                # the handover's, shared by every dossier the agency held).
+                position=Position(ENGINE_TOPIC, None, None),
+                state_before=staged.decision.previous_state,
+                state_after=dossier.state,
+                status_code=dossier.status_code,
+                workflow_version=dossier.workflow_version,
+            )
+        )
+        for output, message in staged.outputs:
+            self._emit_encoded(output, message, dossier)
+        self.result.handovers[(staged.former_level, dossier.level)] += 1
+
+    def _handover_by_clock(self, code: str, dossier: Dossier) -> _StagedHandover | None:
+        """The handover the clock of the dossier's partition makes now, if it makes one."""
+        if self.replaying_handovers:
+            return None
+        ending = self.decider.handover_due(
+            dossier, None, self._partition_clock(self._partition(code))
+        )
+        return None if ending is None else self._stage_handover(dossier, ending)
+
+    def _handovers_by_clock(self) -> None:
+        """Once the clock has passed an ended agency's cutover, its open dossiers pass to the
+        successor: at most `handover_scan_limit` of them per batch, by code (with
+        `notice_partitions`, of this process's partitions only), the rest in the next batches,
+        or just before their next input. Each is handed over once: it is no longer the ended
+        agency's afterwards."""
+        registry = self.decider.registry
+        if registry is None or self.replaying_handovers or not registry.endings():
+            return
+        earliest = registry.endings()[0].cutover
+        if self.notice_partitions is not None:
+            self.partition_clocks.update(
+                self.repo.partition_clocks(
+                    [p for p in self.notice_partitions if p not in self.partition_clocks]
+                )
+            )
+        else:
+            self.partition_clocks.update(
+                {
+                    p: t
+                    for p, t in self.repo.partition_clocks(None).items()
+                    if p not in self.partition_clocks
+                }
+            )
+        known = [t for t in (self.clock, *self.partition_clocks.values()) if t is not None]
+        latest = max(known, default=None)
+        if latest is None or latest < earliest:
+            return
+        ended = {e.agency.code: e.cutover for e in registry.endings() if e.cutover <= latest}
+        past = {
+            p
+            for p, t in self.partition_clocks.items()
+            if t is not None
+            and t >= earliest
+            and (self.notice_partitions is None or p in self.notice_partitions)
+        }
+        scan = HandoverScan(ended, self.config.handover_scan_limit, partitions=past)
+        candidates: dict[str, Dossier] = {
+            code: d for code, d in self.dirty.items() if d.agency in ended and not d.final
+        }
+        for stored in self.repo.handovers_due(scan):
+            code = stored.dossier.code
+            if code not in self.dirty:
+                self.stored.setdefault(code, stored)
+                candidates[code] = stored.dossier
+        for code in sorted(candidates):
+            try:
+                staged = self._handover_by_clock(code, candidates[code])
+            except Exception:
+                # As a deadline notice: it must not stop every batch's inputs; the dossier is
+                # looked at again in the next batch, or before its next input.
+                log.exception("the handover of dossier %s failed; skipped this batch", code)
+                continue
+            if staged is not None:
+                if self.observer is not None:
+                    self.observer.handed_over(
+                        None, staged.decision.dossier, staged.decision.outputs
+                    )
+                self._record_handover(staged)
+
+    def _handle_recorded_handover(self, raw: RawInput, event: InboundEvent) -> None:
+        """A replay from a database: the engine's own history entry of a handover, at its place
+        among its dossier's inputs. The database keeps each dossier's order but not the order of
+        the inputs of one partition across dossiers (a batch's rows are stored by dossier), so
+        it cannot tell again when the clock passed the cutover: the handover is made again where
+        it was made, its effects worked out afresh from the registry, and refused if the rule
+        could not have made it there (the dossier final, or not held by the agency that ended,
+        or the cutover later than the dossier's last input)."""
+        code = event.subject
+        dossier = self._dossier(code)
+        registry = self.decider.registry
+        ending = registry.ending_of(str(event.data.get("agency"))) if registry else None
+        refused: str | None = None
+        if dossier is None or ending is None:
+            refused = "no such dossier, or no such ending agency in the registry"
+        elif dossier.agency != ending.agency.code or dossier.final:
+            refused = f"dossier {code} is not held open by agency {ending.agency.code}"
+        elif event.id != ending.handover_id or event.time != ending.cutover:
+            refused = f"the registry's handover of {ending.agency.code} is {ending.handover_id}"
+        if refused is not None:
+            decision: Decision = Rejected("invalid-transition", f"handover: {refused}")
+            if self.observer is not None:
+                self.observer.decided(event, decision)
+            self._dead_letter(raw, DeadLetterReason.INVALID_TRANSITION, f"handover: {refused}")
+            return
+        assert dossier is not None
+        staged = self._staged_handover(dossier, event)
+        if self.observer is not None:
+            self.observer.decided(event, staged.decision)
+        self._record_handover(staged)
+        self._retry_parked(code)
 
     def _emit(self, outputs: Iterable[OutboundEvent], dossier: Dossier) -> None:
         for output in outputs:
@@ -523,7 +757,7 @@ class _Batch:
                     progress = True
                     break
                 try:
-                    decision = self.decider.apply(self._dossier(code), event)
+                    decision, handover = self._decide(event, parked.position.partition)
                     if self.observer is not None:
                         self.observer.decided(event, decision)
                     staged = self._stage(
@@ -539,6 +773,8 @@ class _Batch:
                     continue
                 self._unpark(parked)
                 if staged is not None:
+                    if handover is not None:
+                        self._record_handover(handover)
                     self._record_applied(staged)
                     self._resettle(parked, "applied")
                 elif isinstance(decision, Rejected):
@@ -678,6 +914,15 @@ class _Batch:
             candidates.setdefault(stored.dossier.code, stored.dossier)
         for code, dossier in candidates.items():
             try:
+                # A notice names the agency holding the dossier: its successor, if due.
+                staged = self._handover_by_clock(code, dossier)
+                if staged is not None:
+                    if self.observer is not None:
+                        self.observer.handed_over(
+                            None, staged.decision.dossier, staged.decision.outputs
+                        )
+                    self._record_handover(staged)
+                    dossier = staged.decision.dossier
                 updated, notices = self.decider.deadline_notices(dossier, now)
                 if notices:
                     if self.observer is not None:
@@ -740,6 +985,15 @@ class _StagedApply:
     outputs: tuple[tuple[OutboundEvent, OutboxMessage], ...]
     signature: str | None = None
     signed_value: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _StagedHandover:
+    event: InboundEvent  # the engine's own entry (engine.decider.handover_event)
+    decision: Applied
+    envelope: dict[str, object]
+    outputs: tuple[tuple[OutboundEvent, OutboxMessage], ...]
+    former_level: str
 
 
 _UNCHECKED = SignatureCheck()

@@ -12,7 +12,7 @@ rows they both touched (never a lost update, sometimes a spurious retry).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -20,6 +20,7 @@ from typing import Any, Generic, Self, TypeVar
 
 from engine.application.ports import (
     ConcurrencyError,
+    HandoverScan,
     HistoryRow,
     LedgerEntry,
     NoticeScan,
@@ -165,6 +166,37 @@ class InMemoryRepository(ChangeSetWriter):
             and (scan.partitions is None or d.partition is None or d.partition in scan.partitions)
         ]
         due.sort(key=lambda d: (d.next_notice_at, d.dossier.code))
+        return due[: scan.limit]
+
+    def partition_clocks(self, partitions: Collection[int] | None) -> dict[int, datetime]:
+        clocks: dict[int, datetime] = {}
+        for _, stored in self._dossiers.items():
+            p = stored.partition
+            if p is None or (partitions is not None and p not in partitions):
+                continue
+            at = stored.dossier.last_event_at
+            if p not in clocks or at > clocks[p]:
+                clocks[p] = at
+        return clocks
+
+    def handovers_due(self, scan: HandoverScan) -> list[StoredDossier]:
+        due = []
+        for _, stored in self._dossiers.items():
+            d = stored.dossier
+            cutover = scan.cutovers.get(d.agency)
+            if (
+                cutover is None
+                or d.final
+                or (d.opened_clock is not None and d.opened_clock >= cutover)
+                or not (
+                    scan.partitions is None
+                    or stored.partition is None
+                    or stored.partition in scan.partitions
+                )
+            ):
+                continue
+            due.append(stored)
+        due.sort(key=lambda stored: stored.dossier.code)
         return due[: scan.limit]
 
     # --- input ledger ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, or_, select, text
 
 from engine.application.ports import HistoryRow, OutboxMessage
 from engine.calendar import WorkingCalendar
+from engine.history import ENGINE_TOPIC
 from engine.indicators import DossierFacts, LevelOf, Period, Report, report
 from engine.store.tables import (
     HISTORY_ROW_COLUMNS,
@@ -84,8 +85,16 @@ def last_outbox_id(connection: Connection) -> int:
 
 
 def history_count(connection: Connection) -> int:
-    """History rows: one per input applied."""
-    return int(connection.scalar(select(func.count()).select_from(history)) or 0)
+    """History rows of inputs: one per input applied (the engine's own entries, handovers,
+    are not inputs: `handover_count`)."""
+    query = select(func.count()).select_from(history).where(history.c.topic != ENGINE_TOPIC)
+    return int(connection.scalar(query) or 0)
+
+
+def handover_count(connection: Connection) -> int:
+    """The engine's own history entries: dossiers handed over (contract 1.1, "Handover")."""
+    query = select(func.count()).select_from(history).where(history.c.topic == ENGINE_TOPIC)
+    return int(connection.scalar(query) or 0)
 
 
 def dossier_count(connection: Connection) -> int:
@@ -291,7 +300,8 @@ def applied_inputs(
     last_id: int | None = None,
     shard: tuple[int, int] | None = None,
 ) -> Iterator[AppliedInputRow]:
-    """The applied inputs in the order they were applied (history id), streamed: every one,
+    """The applied inputs in the order they were applied (history id), with the engine's own
+    entries (handovers, topic `ENGINE_TOPIC`) where they stand, streamed: every one,
     or those up to `last_id`; with `shard` = (shard, shards), only the dossiers of that shard
     (`shard_of`), filtered in SQL where the database can (see `register_shard_function`)."""
     h = history.c

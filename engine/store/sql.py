@@ -16,7 +16,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,11 +45,13 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
     tuple_,
     type_coerce,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -60,6 +62,7 @@ from sqlalchemy.types import UserDefinedType
 
 from engine.application.ports import (
     ConcurrencyError,
+    HandoverScan,
     HistoryRow,
     LedgerEntry,
     NoticeScan,
@@ -453,6 +456,59 @@ class SqlRepository(ChangeSetWriter):
         if scan.lock:
             # Engine processes share the due dossiers: each takes the ones no other is
             # notifying right now, instead of all racing for the same rows and retrying.
+            query = query.with_for_update(skip_locked=True)
+        return [stored_dossier(*row) for row in self.connection.execute(query).all()]
+
+    def partition_clocks(self, partitions: Collection[int] | None) -> dict[int, datetime]:
+        c = dossiers.c
+        query: Any
+        if partitions is None:
+            query = (
+                select(c.partition, func.max(c.last_event_at))
+                .where(c.partition.is_not(None))
+                .group_by(c.partition)
+            )
+        elif not partitions:
+            return {}
+        else:
+            # One max() per partition, each read off the end of its range of
+            # ix_dossiers_partition_last_event_at, in one round trip.
+            query = union_all(
+                *(
+                    select(
+                        literal(p, Integer).label("partition"),
+                        func.max(c.last_event_at).label("at"),
+                    ).where(c.partition == p)
+                    for p in sorted(partitions)
+                )
+            )
+        return {int(p): at for p, at in self.connection.execute(query).all() if at is not None}
+
+    def handovers_due(self, scan: HandoverScan) -> list[StoredDossier]:
+        c = dossiers.c
+        if not scan.cutovers:
+            return []
+        by_cutover: dict[datetime, list[str]] = {}
+        for code, cutover in scan.cutovers.items():
+            require_aware(cutover)
+            by_cutover.setdefault(cutover.astimezone(UTC), []).append(code)
+        # Dossier.opened_clock is kept in the snapshot, in UTC (RFC 3339 with +00:00): as text
+        # it orders as the instants do.
+        opened = c.snapshot["opened_clock"].as_string()
+        held = or_(
+            *(
+                and_(
+                    self._in(c.agency, sorted(codes)),
+                    or_(opened.is_(None), opened < cutover.isoformat()),
+                )
+                for cutover, codes in sorted(by_cutover.items())
+            )
+        )
+        query = select(*STORED_COLUMNS).where(~c.final, held).order_by(c.code).limit(scan.limit)
+        if scan.partitions is not None:
+            owned = self._in(c.partition, sorted(scan.partitions)) if scan.partitions else false()
+            query = query.where(or_(owned, c.partition.is_(None)))
+        if scan.lock:
             query = query.with_for_update(skip_locked=True)
         return [stored_dossier(*row) for row in self.connection.execute(query).all()]
 

@@ -130,6 +130,16 @@ Index(
     sqlite_where=~dossiers.c.final,
 )
 
+# Handovers (contract 1.1): an ended agency's open dossiers, by code; a partition's clock.
+Index(
+    "ix_dossiers_open_agency",
+    dossiers.c.agency,
+    dossiers.c.code,
+    postgresql_where=~dossiers.c.final,
+    sqlite_where=~dossiers.c.final,
+)
+Index("ix_dossiers_partition_last_event_at", dossiers.c.partition, dossiers.c.last_event_at)
+
 history = Table(
     "history",
     metadata,

@@ -103,6 +103,16 @@ def test_empty_ticks_count_notices_but_are_not_batches(registry: CollectorRegist
     assert value(registry, "dossier_consumed_to_committed_seconds_count") == 0
 
 
+def test_handovers_are_counted_by_former_and_new_level(registry: CollectorRegistry) -> None:
+    metrics = m.EngineMetrics(registry, ["inter-level"])
+    name = "dossier_handovers_total"
+    assert value(registry, name, from_level="district", to_level="province") == 0
+    handed = BatchResult(handovers=Counter({("district", "province"): 3}))
+    metrics.batch_committed([], handed, 0.001)
+    assert value(registry, name, from_level="district", to_level="province") == 3
+    assert value(registry, name, from_level="district", to_level="commune") == 0
+
+
 def test_a_failing_listener_never_fails_the_batch(registry: CollectorRegistry) -> None:
     errors = m.errors_counter(registry)
     metrics = m.EngineMetrics(registry, [], errors=errors)
