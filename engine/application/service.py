@@ -316,6 +316,17 @@ class _Batch:
             decoded.append((raw, event, check.signature))
         events = [e for _, e, _ in decoded if e is not None]
         self._prefetch(events)
+        registry = self.decider.registry
+        if registry is not None and registry.endings():
+            # Handovers are judged by the clocks of the inputs' partitions: read at once.
+            wanted = {
+                raw.position.partition
+                for raw, event, _ in decoded
+                if event is not None and raw.position.partition is not None
+            }
+            if wanted:
+                self.partition_clocks.update(dict.fromkeys(wanted))
+                self.partition_clocks.update(self.repo.partition_clocks(wanted))
         for raw, maybe_event, signature in decoded:
             if maybe_event is not None:
                 self._handle(raw, maybe_event, signature)
