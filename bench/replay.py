@@ -308,6 +308,8 @@ def replay_floor(source: Engine, path: Path, engine_source: str, batch: int = 50
                         recorded_at,
                         current_hash,
                         prev,
+                        None,  # signature: the floor replays stored envelopes, unsigned
+                        None,  # signed_value
                     )
                 )
                 ledger_rows.append((event.source, event.id, event.content_hash(), dossier.code))

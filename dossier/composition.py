@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -69,8 +70,10 @@ def load_privacy_secret(settings: Settings, *, create: bool = False) -> PrivacyS
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Written whole beside it, then linked into place: several processes starting at once
         # agree on one secret, and none reads a half-written file.
-        draft = path.with_name(f".{path.name}.{os.getpid()}.draft")
-        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A name no other writer uses: a link shares the file, so a draft truncated by another
+        # writer after the link would empty the secret itself.
+        draft = path.with_name(f".{path.name}.{uuid.uuid4().hex}.draft")
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as file:
             file.write(new_secret_text() + "\n")
         try:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
-from functools import cache
+from collections.abc import Iterable, Mapping
+from functools import cache, lru_cache
 from typing import Any, Final
 
 from engine.events import TYPE_PREFIX
@@ -65,6 +65,7 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NOT_WORD = re.compile(r"[^a-z0-9]+")
 
 
+@lru_cache(maxsize=8192)
 def field_name_key(name: str) -> str:
     """A field name as `FREE_FIELD_NAMES` spells it: no diacritics (đ as d), camelCase split,
     lower case, runs of anything else as one underscore."""
@@ -73,12 +74,30 @@ def field_name_key(name: str) -> str:
     return _NOT_WORD.sub("_", bare.lower()).strip("_")
 
 
+# A tree of field names: a name's subtree, or True for a field whose whole value is personal.
+Tree = dict[str, "Tree | bool"]
+
+
+def _tree(paths: Iterable[tuple[str, ...]], leaf: bool) -> Tree:
+    root: Tree = {}
+    for path in paths:
+        node = root
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            node = child if isinstance(child, dict) else {}
+        node.setdefault(path[-1], True if leaf else {})
+    return root
+
+
+_DECLARED_TREE: Final = _tree((tuple(str(p) for p in path) for path in DECLARED), leaf=True)
+
+
 @cache
-def _contract_paths(short_type: str) -> frozenset[tuple[str, ...]]:
-    """Every property path the inbound schema of `short_type` declares inside `data`, with
-    "*" for an array's items (so `fees[3].name` is looked up as `fees.*.name`)."""
+def _contract_tree(short_type: str) -> Tree:
+    """Every property the inbound schema of `short_type` declares inside `data`, as a tree, with
+    "*" for an array's items (so `fees[3].name` is looked up as `fees` → `*` → `name`)."""
     if short_type not in INBOUND_TYPES:
-        return frozenset()
+        return {}
     schema = load_schema(f"inbound/{short_type}.schema.json")
     found: set[tuple[str, ...]] = set()
     stack: list[tuple[tuple[str, ...], Any]] = [((), schema)]
@@ -90,6 +109,7 @@ def _contract_paths(short_type: str) -> frozenset[tuple[str, ...]]:
             found.add((*prefix, name))
             stack.append(((*prefix, name), child))
         if "items" in node:
+            found.add((*prefix, "*"))
             stack.append(((*prefix, "*"), node["items"]))
         for branch in ("if", "then", "else"):
             if branch in node:
@@ -97,42 +117,47 @@ def _contract_paths(short_type: str) -> frozenset[tuple[str, ...]]:
         for combined in ("allOf", "anyOf", "oneOf"):
             for part in node.get(combined) or ():
                 stack.append((prefix, part))
-    return frozenset(found)
+    return _tree(sorted(found, key=len), leaf=False)
+
+
+_NOTHING: Final[Tree] = {}
 
 
 def personal_paths(type_: str, data: Mapping[str, Any]) -> list[Path]:
     """The paths in `data` whose values are personal data, outermost first; a path inside one
     already found is not listed (the whole value is personal)."""
-    contract = _contract_paths(type_.removeprefix(TYPE_PREFIX))
+    contract = _contract_tree(type_.removeprefix(TYPE_PREFIX))
     found: list[Path] = []
-    # Iterative: a hostile input nested as deep as the decoder allows must not exhaust the stack.
-    stack: list[tuple[Path, tuple[str, ...], Any]] = [((), (), data)]
+    # Walked with the contract's and the declaration's trees beside the data (None: a free
+    # subtree, where every name is the sender's). Iterative: a hostile input nested as deep as
+    # the decoder allows must not exhaust the stack.
+    stack: list[tuple[Path, Tree | None, Tree, Any]] = [((), contract, _DECLARED_TREE, data)]
     while stack:
-        path, shape, node = stack.pop()
+        path, known, declared, node = stack.pop()
         if isinstance(node, Mapping):
             for name, value in node.items():
                 if not isinstance(name, str):
                     continue
-                child, child_shape = (*path, name), (*shape, name)
-                if _is_personal(child, child_shape, name, contract):
-                    found.append(child)
-                else:
-                    stack.append((child, child_shape, value))
+                mark = declared.get(name)
+                if mark is True:
+                    found.append((*path, name))
+                    continue
+                below = known.get(name) if known is not None else None
+                if below is None and field_name_key(name) in FREE_FIELD_NAMES:
+                    found.append((*path, name))  # a free field named as personal data
+                    continue
+                inner = mark if isinstance(mark, dict) else _NOTHING
+                if isinstance(value, Mapping | list):
+                    sub = below if isinstance(below, dict) else None
+                    stack.append(((*path, name), sub, inner, value))
         elif isinstance(node, list):
+            items = known.get("*") if known is not None else None
+            sub = items if isinstance(items, dict) else None
             for index, value in enumerate(node):
-                stack.append(((*path, index), (*shape, "*"), value))
+                if isinstance(value, Mapping | list):
+                    stack.append(((*path, index), sub, _NOTHING, value))
     found.sort(key=_path_order)
     return found
-
-
-def _is_personal(
-    path: Path, shape: tuple[str, ...], name: str, contract: frozenset[tuple[str, ...]]
-) -> bool:
-    if path in DECLARED:
-        return True
-    if shape in contract:
-        return False  # the contract says what this field is
-    return field_name_key(name) in FREE_FIELD_NAMES
 
 
 def _path_order(path: Path) -> tuple[tuple[int, str], ...]:
