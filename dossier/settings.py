@@ -219,7 +219,8 @@ class Settings:
         "DOSSIER_REGISTRY_FILES",
         "",
         "Registry files of agencies and senders (contract 1.1) read after the shipped"
-        " workflows/provinces/thai-nguyen.yaml, separated by ':'; a later file adds entries and"
+        " workflows/provinces/thai-nguyen.yaml and thai-nguyen-bac-kan.yaml, separated by ':';"
+        " a later file adds entries and"
         " replaces an entry of the same code or source.",
     )
     batch_size: int = setting(

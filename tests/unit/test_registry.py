@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,11 +13,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from engine.registry import (
     AGENCY_SOURCE_PREFIX,
+    Agency,
     Registry,
     RegistryError,
     default_registry_file,
     load_registry,
+    merger_registry_file,
     registry_files,
+    shipped_registry_files,
 )
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -117,10 +120,12 @@ def test_a_later_file_adds_entries_and_replaces_those_of_the_same_code_or_source
     assert len(registry.agencies()) == 5
 
 
-def test_registry_files_are_the_shipped_one_then_the_setting_s_in_order() -> None:
-    assert registry_files("") == [default_registry_file()]
+def test_registry_files_are_the_shipped_ones_then_the_setting_s_in_order() -> None:
+    assert shipped_registry_files() == [default_registry_file(), merger_registry_file()]
+    assert registry_files("") == shipped_registry_files()
     assert registry_files("/a.yaml:/b.yaml") == [
         default_registry_file(),
+        merger_registry_file(),
         Path("/a.yaml"),
         Path("/b.yaml"),
     ]
@@ -133,6 +138,122 @@ def test_the_shipped_registry_loads() -> None:
         if agency.effective_to is not None:
             assert agency.successor is not None and agency.successor_basis
     assert registry.sender("urn:vn:portal:dichvucong.gov.vn") is not None
+
+
+CUTOVER = date(2025, 7, 1)
+LAST_THREE_TIER_DAY = date(2025, 6, 30)
+
+
+def _bac_kan(registry: Registry) -> list[str]:
+    """The former Bắc Kạn province's agencies: those of the merger file's synthetic group."""
+    return [a.code for a in registry.agencies() if a.code.endswith(".H99")]
+
+
+def test_every_ended_agency_has_a_successor_acting_the_day_after_following_chains() -> None:
+    registry = load_registry()
+    ended = [a for a in registry.agencies() if a.effective_to is not None]
+    assert len(ended) >= 9 + 20
+    for agency in ended:
+        assert agency.effective_to is not None and agency.successor is not None
+        assert agency.successor_basis is not None and agency.successor_basis.strip()
+        day = agency.effective_to + timedelta(days=1)
+        # The chain never cycles: following successors visits each agency at most once, and
+        # ends at an agency acting on the cutover day.
+        seen: list[str] = [agency.code]
+        current = registry.agency(agency.successor)
+        while current is not None and not current.acts_on(day):
+            assert current.code not in seen, f"successor cycle {seen} -> {current.code}"
+            seen.append(current.code)
+            current = registry.agency(current.successor or "")
+        assert current is not None, f"{agency.code}: no successor acting on {day} ({seen})"
+        assert current.code not in seen
+        assert registry.successor_on(agency.code, day) == current
+        ending = registry.ending_of(agency.code)
+        assert ending is not None and ending.successor == current
+    # Every ended agency is in endings(): nobody is left without one.
+    assert {e.agency.code for e in registry.endings()} == {a.code for a in ended}
+
+
+def test_the_former_bac_kan_province_ends_on_2025_06_30_into_the_merged_province() -> None:
+    registry = load_registry()
+    bac_kan = _bac_kan(registry)
+    levels = {registry.agency(c).level for c in bac_kan}  # type: ignore[union-attr]
+    assert levels == {"commune", "district", "province"}
+    assert len([c for c in bac_kan if registry.agency(c).level == "district"]) == 8  # type: ignore[union-attr]
+    for code in bac_kan:
+        agency = registry.agency(code)
+        assert agency is not None
+        assert agency.effective_to == LAST_THREE_TIER_DAY, code
+        assert agency.acts_on(LAST_THREE_TIER_DAY) and not agency.acts_on(CUTOVER)
+        assert agency.successor_basis and "illustrative" in agency.successor_basis
+        # Its successor is the merged Thái Nguyên's, not another of Bắc Kạn's.
+        ending = registry.ending_of(code)
+        assert ending is not None and ending.successor.code.endswith(".H56"), code
+        assert ending.cutover.isoformat() == "2025-07-01T00:00:00+07:00"
+        # A district's open dossiers go to the department that takes the former district
+        # procedures, as Thái Nguyên's own districts' do; a commune's to a merged commune.
+        if agency.level == "district":
+            assert ending.successor.code == "000.00.42.H56"
+        assert ending.successor.level == ("province" if agency.level != "commune" else "commune")
+    for day in (CUTOVER, date(2026, 1, 1)):
+        for level in ("commune", "district", "province"):
+            assert not [a for a in registry.in_force(level, day) if a.code in bac_kan]
+    # Its portal submits only to its own agencies, so nothing after 2025-06-30.
+    portal = registry.sender("urn:vn:portal:dichvucong.backan.gov.vn")
+    assert portal is not None and portal.agencies == frozenset(bac_kan)
+
+
+def test_the_merger_file_keeps_clear_of_the_generated_file_s_codes() -> None:
+    """A later file replaces an entry of the same code silently: the hand-written merger file
+    must never shadow an agency or sender of the generated one."""
+    province = yaml.safe_load(default_registry_file().read_text(encoding="utf-8"))
+    merger = yaml.safe_load(merger_registry_file().read_text(encoding="utf-8"))
+    assert set(merger) == {"agencies", "senders"}  # nothing the simulator would read
+    assert not {a["code"] for a in province["agencies"]} & {a["code"] for a in merger["agencies"]}
+    assert not {s["source"] for s in province["senders"]} & {s["source"] for s in merger["senders"]}
+    fixtures = yaml.safe_load(
+        (Path(__file__).parents[1] / "fixtures" / "registry.yaml").read_text(encoding="utf-8")
+    )
+    assert not {a["code"] for a in fixtures["agencies"]} & {a["code"] for a in merger["agencies"]}
+
+
+def test_a_successor_cycle_leaves_nobody_to_hand_over_to(tmp_path: Path) -> None:
+    cycle = {
+        "agencies": [
+            {
+                "code": "000.00.70.H56",
+                "name": "A",
+                "level": "district",
+                "effective_to": date(2025, 6, 30),
+                "successor": "000.00.71.H56",
+                "successor_basis": "illustrative",
+            },
+            {
+                "code": "000.00.71.H56",
+                "name": "B",
+                "level": "district",
+                "effective_to": date(2025, 6, 30),
+                "successor": "000.00.70.H56",
+                "successor_basis": "illustrative",
+            },
+        ]
+    }
+    # The check refuses it (the successor does not act on the cutover day)...
+    problems = problems_of([write(tmp_path, "cycle.yaml", cycle)])
+    assert len(problems) == 2 and all("does not act on 2025-07-01" in p for p in problems)
+    # ...and were it built anyway, following the chain stops.
+    registry = Registry(
+        Agency(
+            a["code"],
+            a["name"],
+            a["level"],
+            effective_to=a["effective_to"],
+            successor=a["successor"],
+        )
+        for a in cycle["agencies"]
+    )
+    assert registry.successor_on("000.00.70.H56", CUTOVER) is None
+    assert registry.endings() == ()
 
 
 @pytest.mark.parametrize(
@@ -300,11 +421,15 @@ def test_dossier_registry_check_and_show(
     monkeypatch.delenv("DOSSIER_REGISTRY_FILES", raising=False)
     assert main(["registry", "check"]) == 0
     assert (
-        "registry ok: 83 agencies (58 commune, 9 district, 16 province)" in capsys.readouterr().out
+        "registry ok: 116 agencies (77 commune, 17 district, 22 province)"
+        in capsys.readouterr().out
     )
     assert main(["registry", "show", "--on", "2025-07-01"]) == 0
     shown = capsys.readouterr().out
     assert "district (0)" in shown and "urn:vn:portal:dichvucong.gov.vn" in shown
+    # No agency of the former Bắc Kạn acts after 2025-06-30 (its counters are still listed).
+    assert not [line for line in shown.splitlines() if line.lstrip().startswith("000.00.00.H99")]
+    assert "000.25.10.H56  UBND phường Đức Xuân  [2025-07-01 to open end]" in shown
     assert main(["registry", "show", "--level", "district"]) == 0
     shown = capsys.readouterr().out
     assert "000.00.31.H56  UBND TP Sông Công  [always to 2025-06-30] -> 000.00.42.H56" in shown
