@@ -32,10 +32,11 @@ from dossier.commands.simulate import (
     UsageError,
     WorkloadSpec,
     add_workload_arguments,
-    build_messages,
+    build_workload,
     new_progress,
     spec_from_args,
     stop_on_interrupt,
+    workload_meta,
     write_manifest,
 )
 from dossier.settings import Settings, default_state_dir
@@ -310,10 +311,12 @@ def _run(settings: Settings, args: argparse.Namespace, spec: WorkloadSpec, conso
                 f"{reported.start:%d %b} to {reported.end - timedelta(days=1):%d %b %Y} "
                 f"(+{args.warm_up_days} days of warm-up, seed {spec.seed}) ..."
             ):
-                messages = build_messages(spec, demo)
+                workload = build_workload(spec, demo)
+                messages = workload.messages()
             content = manifest(
                 messages,
                 **spec.meta(),
+                **workload_meta(workload),
                 warm_up_days=args.warm_up_days,
                 reported_from=reported.start.date().isoformat(),
                 reported_to=(reported.end - timedelta(days=1)).date().isoformat(),
@@ -499,9 +502,10 @@ def _expected_line(content: dict[str, Any]) -> str:
     expected = content["expected"]
     bad = sum(n for k, n in expected.items() if k not in ("valid", "duplicate"))
     hostile = sum(int(entry["count"]) for entry in content["hostile"].values())
+    handovers = sum(int(n) for n in (content.get("handovers") or {}).values())
     return (
         f"{expected.get('duplicate', 0):,} duplicates, {bad:,} bad inputs, "
-        f"{hostile:,} of them from hostile senders"
+        f"{hostile:,} of them from hostile senders; {handovers:,} dossiers to be handed over"
     )
 
 
@@ -548,6 +552,18 @@ def _save_summary(run_dir: Path, summary: Any, *, run_id: str, database: str) ->
         "dead_letters": dict(summary.dead_letters),
         "consumed": summary.consumed,
         "applied": summary.applied,
+        # Contract 1.1, "Handover", over the whole run: by former → new level, what became of
+        # the dossiers handed over, and every history row (inputs applied + handovers).
+        "handovers": dict(sorted(summary.handovers.items())),
+        "handed_over": {
+            "dossiers": summary.handed_over.dossiers,
+            "finished": summary.handed_over.finished,
+            "returned": summary.handed_over.returned,
+            "resolved": summary.handed_over.resolved,
+            "closed": summary.handed_over.closed,
+            "open": summary.handed_over.open,
+        },
+        "history_rows": summary.history_rows,
         "duplicates": summary.duplicates,
         "parked": summary.parked,
         "seconds": summary.seconds,

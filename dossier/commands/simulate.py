@@ -225,6 +225,12 @@ def hostile_from_args(items: Sequence[str], bad_share: float) -> Hostile:
 
 
 def build_messages(spec: WorkloadSpec, settings: Settings) -> list[SimulatedMessage]:
+    return build_workload(spec, settings).messages()
+
+
+def build_workload(spec: WorkloadSpec, settings: Settings) -> Workload:
+    """The spec's workload; its `messages()`, then what it expects of the engine beyond them
+    (`expected_handovers`, `stranded_dossiers`: `workload_meta`)."""
     from engine.calendar import WorkingCalendar
     from engine.procedures import load_catalogue
 
@@ -243,7 +249,15 @@ def build_messages(spec: WorkloadSpec, settings: Settings) -> list[SimulatedMess
         hostile=spec.hostile,
         profile=spec.profile,
         until=None if spec.play_to_end else spec.end,
-    ).messages()
+    )
+
+
+def workload_meta(workload: Workload) -> dict[str, Any]:
+    """What a played workload expects beyond its messages, as `manifest`'s keywords."""
+    return {
+        "handovers": workload.expected_handovers(),
+        "stranded": workload.stranded_dossiers(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,12 +375,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     started = time.perf_counter()
     with console.status(f"generating {spec.dossiers:,} dossiers (seed {spec.seed}) ..."):
-        messages = build_messages(spec, settings)
+        workload = build_workload(spec, settings)
+        messages = workload.messages()
     console.print(
         f"generated {len(messages):,} messages for {spec.dossiers:,} dossiers "
         f"in {time.perf_counter() - started:.1f} s"
     )
-    meta = spec.meta() | {"topic_prefix": settings.topic_prefix}
+    meta = spec.meta() | {"topic_prefix": settings.topic_prefix} | workload_meta(workload)
     if args.write is not None:
         out = sys.stdout.buffer if str(args.write) == "-" else args.write.open("wb")
         try:

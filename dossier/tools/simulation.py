@@ -11,6 +11,11 @@ department that decides it), agencies that differ in how often they run late, an
 shaped like a working week: counters and post offices within office hours, the online portal
 around the clock with evening and weekend traffic. Without one, procedures are drawn
 uniformly and agencies from generated codes, as before.
+
+An agency whose window ends (the districts, on 30 June 2025) hands its open dossiers to its
+successor (contract 1.1, "Handover"): from the cutover the successor sends what the ended agency
+would have sent, and the workload counts the handovers the engine must make
+(`Workload.expected_handovers`).
 """
 
 from __future__ import annotations
@@ -180,6 +185,8 @@ class AgencyInfo:
     effective_from: date | None = None
     effective_to: date | None = None  # inclusive: districts end on 2025-06-30
     procedures: tuple[str, ...] = ()  # procedures it decides (province departments)
+    # Who holds its open dossiers from the day after `effective_to` (contract 1.1, "Handover").
+    successor: str | None = None
 
     def in_force_on(self, day: date) -> bool:
         if self.effective_from is not None and day < self.effective_from:
@@ -189,13 +196,44 @@ class AgencyInfo:
 
 # The districts' last day (two-tier local government from 1 July 2025).
 LAST_DISTRICT_DAY = date(2025, 6, 30)
+# The shipped registry's successor of every district (workflows/provinces/thai-nguyen.yaml): the
+# engine hands the districts' open dossiers to it, so the simulator without a profile must play
+# the same agency.
+DEFAULT_DISTRICT_SUCCESSOR = "000.00.42.H56"
 
 
 def _default_districts() -> dict[str, AgencyInfo]:
     return {
-        code: AgencyInfo(code, code, "district", effective_to=LAST_DISTRICT_DAY)
+        code: AgencyInfo(
+            code,
+            code,
+            "district",
+            effective_to=LAST_DISTRICT_DAY,
+            successor=DEFAULT_DISTRICT_SUCCESSOR,
+        )
         for code in (f"000.00.{30 + i}.H56" for i in range(9))
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """An agency whose window ends, who holds its open dossiers next, and from when: 00:00 local
+    time the day after its last day (contract 1.1, "Handover"; engine.registry.Ending)."""
+
+    agency: str
+    level: str
+    successor: str
+    successor_level: str
+    cutover: datetime
+
+    @property
+    def levels(self) -> str:
+        """How the manifest and the summary name a handover: former level → new level."""
+        return handover_levels(self.level, self.successor_level)
+
+
+def handover_levels(former: str, new: str) -> str:
+    return f"{former} → {new}"
 
 
 @dataclass
@@ -240,8 +278,9 @@ class Agencies:
     def in_force(self, level: str, day: date) -> list[str]:
         codes = self.of_level(level)
         live = [c for c in codes if c not in self.info or self.info[c].in_force_on(day)]
-        # A level with no agency left in force (districts after 2025-06-30) still has the
-        # dossiers pinned to its versions: their former agencies finish them.
+        # A level with no agency left in force (districts after 2025-06-30) may still be named
+        # by a version pinned before its end: the former agency is picked, and its successor
+        # acts for it once it has ended (`Workload._dossier_life`).
         return live or codes
 
     def weight(self, code: str) -> float:
@@ -256,6 +295,36 @@ class Agencies:
         """Whether the agency may act on this local date (contract 1.1: its window)."""
         known = self.info.get(code)
         return known is None or known.in_force_on(day)
+
+    def successor_on(self, code: str, day: date) -> str | None:
+        """Who acts for agency `code` on `day`: itself while its window is open, else its
+        successor, followed further if that one has ended too (engine.registry.successor_on);
+        None when the chain ends with nobody acting."""
+        seen: set[str] = set()
+        current: str | None = code
+        while current is not None and current not in seen:
+            if self.acts_on(current, day):
+                return current
+            seen.add(current)
+            known = self.info.get(current)
+            current = known.successor if known is not None else None
+        return None
+
+    def endings(self) -> list[Ending]:
+        """Every agency whose window ends and that has someone acting after it, by cutover
+        then code: the handovers the engine makes (engine.registry.Registry.endings)."""
+        found: list[Ending] = []
+        for info in self.info.values():
+            if info.effective_to is None or info.successor is None:
+                continue
+            day = info.effective_to + timedelta(days=1)
+            successor = self.successor_on(info.successor, day)
+            level = self.level(successor) if successor is not None else None
+            if successor is None or level is None:
+                continue
+            cutover = datetime.combine(day, time(0), VN_TZ)
+            found.append(Ending(info.code, info.level, successor, level, cutover))
+        return sorted(found, key=lambda e: (e.cutover, e.agency))
 
 
 @dataclass
@@ -291,6 +360,7 @@ class ProvinceProfile:
                 effective_from=_as_date(raw.get("effective_from")),
                 effective_to=_as_date(raw.get("effective_to")),
                 procedures=tuple(str(p) for p in raw.get("procedures") or ()),
+                successor=str(raw["successor"]) if raw.get("successor") else None,
             )
             infos.append(info)
             for procedure in info.procedures:
@@ -347,6 +417,59 @@ def performance(agency: str) -> float:
 # ---------------------------------------------------------------------------------------------
 # The workload
 # ---------------------------------------------------------------------------------------------
+
+
+# Inputs that close a dossier (its state becomes final): after one, nobody hands it over.
+_CLOSING_KINDS = frozenset(
+    {"reception-refused", "withdrawal-requested", "stopped", "result-returned"}
+)
+
+
+@dataclass
+class _Life:
+    """One dossier's messages, and who holds it when, as the engine will see it: what the
+    handovers it expects are worked out from."""
+
+    messages: list[SimulatedMessage] = field(default_factory=list)
+    # From each input that sets it (the submission, each transfer): when, and the agency.
+    holders: list[tuple[datetime, str]] = field(default_factory=list)
+    closed_at: datetime | None = None  # the input that makes it final
+    # The transfer its life stopped at, to an agency that has ended: (when, "from → to" levels).
+    stranded: tuple[datetime, str] | None = None
+
+    def until(self, moment: datetime | None) -> _Life:
+        """The life as far as it is played: nothing after `moment`."""
+        if moment is None:
+            return self
+        closed = self.closed_at if self.closed_at is not None and self.closed_at <= moment else None
+        stranded = (
+            self.stranded if self.stranded is not None and self.stranded[0] <= moment else None
+        )
+        return _Life(
+            [m for m in self.messages if m.time <= moment],
+            [(t, a) for t, a in self.holders if t <= moment],
+            closed,
+            stranded,
+        )
+
+    def handovers(self, endings: Sequence[Ending], horizon: datetime) -> list[Ending]:
+        """The handovers the engine makes of this dossier: at each cutover up to `horizon` (the
+        latest time the engine applies), if the agency that ended holds it and it is not final.
+        A cutover comes before an input at the same instant, as in the engine (an input dated at
+        or after the cutover is decided on the dossier as the successor holds it)."""
+        made: list[Ending] = []
+        holder: str | None = None
+        cutovers = iter(e for e in endings if e.cutover <= horizon)
+        pending = next(cutovers, None)
+        for at, agency in [*self.holders, (datetime.max.replace(tzinfo=VN_TZ), "")]:
+            while pending is not None and pending.cutover <= at:
+                open_then = self.closed_at is None or self.closed_at >= pending.cutover
+                if holder == pending.agency and open_then:
+                    made.append(pending)
+                    holder = pending.successor
+                pending = next(cutovers, None)
+            holder = agency
+        return made
 
 
 class Workload:
@@ -406,23 +529,66 @@ class Workload:
         self._payments: dict[str, tuple[int, int]] = {}
         # Values of the inputs delivered before their predecessor: the engine parks them.
         self._early: set[bytes] = set()
+        # Contract 1.1, "Handover": the agencies that end, and what `messages()` expects of them.
+        self.endings = self.agencies.endings()
+        self._cutovers = sorted({e.cutover for e in self.endings})
+        self.handovers: Counter[str] = Counter()  # former → new level -> dossiers
+        self.handed_over: dict[str, str] = {}  # dossier code -> the successor holding it
+        self.stranded: Counter[str] = Counter()
 
     # -----------------------------------------------------------------------------------------
     def messages(self) -> list[SimulatedMessage]:
         """Every message, in arrival order."""
         stream: list[SimulatedMessage] = []
+        lives: list[_Life] = []
         for _ in range(self.dossiers):
             channel = self._channel()
-            life = self._dossier_life(self._arrival(channel), channel)
-            if self.until is not None:
-                life = [m for m in life if m.time <= self.until]
-            stream.extend(life)
+            life = self._dossier_life(self._arrival(channel), channel).until(self.until)
+            stream.extend(life.messages)
+            lives.append(life)
         stream.sort(key=lambda m: m.time)
+        self._expect_handovers(lives, stream[-1].time if stream else None)
         stream = self._reorder(stream)
         stream = self._add_duplicates(stream)
         stream = self._add_bad_inputs(stream)
         stream = self._add_hostile_inputs(stream)
         return self._signed(stream)
+
+    # --- handovers (contract 1.1) --------------------------------------------------------------
+    def _expect_handovers(self, lives: Sequence[_Life], horizon: datetime | None) -> None:
+        """What the engine will hand over, for the manifest: each dossier an ended agency holds,
+        not final, when the clock passes its cutover.
+
+        The engine judges by the clock of the dossier's partition (docs/CONTRACT.md, "Handovers
+        (1.1)"); here the workload's latest valid input stands for every partition's, which holds
+        whenever each partition sees work after the cutover (any workload of a few days past it:
+        the main job's every partition sees thousands of inputs a day). A dossier with an input
+        of its own after the cutover is handed over just before it in any case."""
+        self.handovers = Counter()
+        self.handed_over = {}
+        self.stranded = Counter()
+        if horizon is None:
+            return
+        for life in lives:
+            if not life.messages or life.messages[0].dossier is None:
+                continue
+            code = life.messages[0].dossier
+            for ending in life.handovers(self.endings, horizon):
+                self.handovers[ending.levels] += 1
+                self.handed_over[code] = ending.successor
+            if life.stranded is not None:
+                self.stranded[life.stranded[1]] += 1
+
+    def expected_handovers(self) -> dict[str, int]:
+        """Dossiers the engine must hand over, by former → new level (after `messages()`)."""
+        return dict(sorted(self.handovers.items()))
+
+    def stranded_dossiers(self) -> dict[str, int]:
+        """Dossiers whose life stops at a transfer to an agency that has ended, by the
+        transfer's levels (after `messages()`): the engine refuses such a transfer
+        (`to-agency-window`) and hands over only the dossiers an ended agency holds, so nobody
+        may take the next step their workflow version gives (docs/CONTRACT.md, "Handovers")."""
+        return dict(sorted(self.stranded.items()))
 
     # --- signatures (contract 1.1) --------------------------------------------------------------
     def _signed(self, stream: list[SimulatedMessage]) -> list[SimulatedMessage]:
@@ -550,11 +716,12 @@ class Workload:
         )
 
     # --- one dossier ---------------------------------------------------------------------------
-    def _dossier_life(self, t: datetime, channel: int = 1) -> list[SimulatedMessage]:
-        rng, shares, cal = self.rng, self.shares, self.calendar
+    def _dossier_life(self, t: datetime, channel: int = 1) -> _Life:
+        rng, shares, cal, agencies = self.rng, self.shares, self.calendar, self.agencies
+        life = _Life()
         version = self._pick_procedure(t)
         if version is None:
-            return []
+            return life
         rcv = version.receiving_level
         upper = next((lvl for lvl in version.levels if lvl != rcv), None)
         receiving = self._agency(rcv, t, version.code, None)
@@ -562,26 +729,44 @@ class Workload:
             self._agency(upper, t, version.code, receiving) if upper is not None else None
         )
         code = self._dossier_code(receiving, t)
-        out: list[SimulatedMessage] = []
-        # Contract 1.1: an agency acts only within its window. A dossier whose next action falls
-        # to an agency that has ended (a district after 2025-06-30) waits for the handover to
-        # its successor, which is the engine's (not played here): its life stops there.
+        out = life.messages
         stopped = False
 
         def emit(kind: str, level: str | None, when: datetime, **data: Any) -> None:
             nonlocal stopped
+            if stopped:
+                return
             day = when.astimezone(VN_TZ).date()
-            if stopped or not all(
-                self.agencies.acts_on(str(data[k]), day)
-                for k in ("agency", "to_agency")
-                if k in data
-            ):
+            acting = data.get("agency")
+            if level is not None and acting is not None and not agencies.acts_on(acting, day):
+                # Contract 1.1, "Handover": from the cutover the ended agency's successor holds
+                # its open dossiers (the engine hands each over before its first input dated
+                # after the cutover, if its partition's clock has not already) and takes the
+                # steps the ended agency would have taken, from its own level's topic.
+                successor = agencies.successor_on(acting, day)
+                successor_level = agencies.level(successor) if successor is not None else None
+                if successor is None or successor_level is None:
+                    stopped = True  # nobody acts for it: the engine would refuse the input
+                    return
+                data["agency"], level = successor, successor_level
+            target = data.get("to_agency")
+            if target is not None and not agencies.acts_on(target, day):
+                # A transfer to an agency that has ended is refused (`to-agency-window`), and the
+                # engine hands over only the dossiers an ended agency holds: no one may take the
+                # next step this dossier's workflow version gives, so its life stops here.
                 stopped = True
+                life.stranded = (when, f"{level} → {agencies.level(target)}")
                 return
             topic = SUBMISSION_TOPIC if level is None else f"dossier.{level}"
             source = PORTAL if level is None else f"urn:vn:agency:{data.get('agency', receiving)}"
             value = self._envelope(kind, code, when, source, data)
             out.append(SimulatedMessage(topic, code.encode(), value, VALID, when, code))
+            if kind == "submitted":
+                life.holders.append((when, str(data["agency"])))
+            elif kind == "transferred":
+                life.holders.append((when, str(data["to_agency"])))
+            if kind in _CLOSING_KINDS:
+                life.closed_at = when
 
         def later(when: datetime, lo_h: float, hi_h: float) -> datetime:
             seconds = int(rng.uniform(lo_h, hi_h) * HOUR)
@@ -605,12 +790,12 @@ class Workload:
         t = later(t, 0.1, 4)
         if rng.random() < shares.refused:
             emit("reception-refused", rcv, t, agency=receiving, reason="Không thuộc thẩm quyền")
-            return out
+            return life
         emit("received", rcv, t, agency=receiving, officer="CB-01")
         due = cal.due_at(t, days)
         if rng.random() < shares.withdrawal:
             emit("withdrawal-requested", None, later(t, 1, 16), reason="Người nộp rút hồ sơ")
-            return out
+            return life
         t = later(t, 0.5, 8)
         emit("processing-started", rcv, t, agency=receiving)
         holder, level = receiving, rcv
@@ -624,7 +809,7 @@ class Workload:
             emit("supplement-requested", level, t, agency=holder, reason="Thiếu giấy tờ")
             paused_at = t
             if rng.random() < shares.abandoned_supplementation:
-                return out
+                return life
             t = later(t, 4, 40)
             emit("supplement-provided", None, t, documents=["ban-sao.pdf"])
             if version.deadline.supplementation == "restart":
@@ -639,7 +824,7 @@ class Workload:
             level = upper
         if rng.random() < shares.stopped:
             emit("stopped", level, later(t, 1, 8), agency=holder, reason="Dừng theo đề nghị")
-            return out
+            return life
         if rng.random() < shares.reschedule:
             t = later(t, 0.5, 4)
             new_due = cal.add_working_seconds(due, 5 * 8 * HOUR)
@@ -673,7 +858,7 @@ class Workload:
             t = later(t, 0.2, 4)
             emit("transferred", upper, t, agency=holder, to_level=rcv, to_agency=receiving)
         emit("result-returned", rcv, later(t, 0.2, 8), agency=receiving)
-        return out
+        return life
 
     # -----------------------------------------------------------------------------------------
     def _reorder(self, stream: list[SimulatedMessage]) -> list[SimulatedMessage]:
@@ -704,6 +889,9 @@ class Workload:
                 # the race for real and make the other one invalid.
                 and _type_of(stream[j]) in _PARKING_PREDECESSORS
                 and not _ends_dossier(message)
+                # Never past a cutover: the engine would hand an ended agency's dossier over by
+                # its partition's clock first, and refuse the ended agency's late input.
+                and not self._crosses_cutover(stream[j].time, message.time)
                 and self.rng.random() < self.reorder_share
             ):
                 delayed[i] = j
@@ -717,6 +905,9 @@ class Workload:
             if i in delayed:
                 result.append(stream[delayed[i]])
         return result
+
+    def _crosses_cutover(self, earlier: datetime, later: datetime) -> bool:
+        return any(earlier < cutover <= later for cutover in self._cutovers)
 
     def _add_duplicates(self, stream: list[SimulatedMessage]) -> list[SimulatedMessage]:
         if self.duplicate_share <= 0:
@@ -1145,8 +1336,19 @@ def iter_chunks(
 # ---------------------------------------------------------------------------------------------
 
 
-def manifest(messages: Sequence[SimulatedMessage], **meta: Any) -> dict[str, Any]:
-    """Counts by topic and expected outcome, plus `meta`: what the engine must account for."""
+def manifest(
+    messages: Sequence[SimulatedMessage],
+    *,
+    handovers: Mapping[str, int] | None = None,
+    stranded: Mapping[str, int] | None = None,
+    **meta: Any,
+) -> dict[str, Any]:
+    """Counts by topic and expected outcome, plus `meta`: what the engine must account for.
+
+    `handovers`: the dossiers the engine must hand over, by former → new level
+    (`Workload.expected_handovers`); each is a history entry of the engine's own beside the
+    applied inputs'. `stranded`: dossiers whose life stopped at a transfer to an ended agency
+    (`Workload.stranded_dossiers`), left open where they are."""
     by_topic: dict[str, Counter[str]] = {}
     for message in messages:
         by_topic.setdefault(message.topic, Counter())[message.expected] += 1
@@ -1173,6 +1375,8 @@ def manifest(messages: Sequence[SimulatedMessage], **meta: Any) -> dict[str, Any
         "expected": dict(sorted(expected.items())),
         "by_topic": {topic: dict(sorted(c.items())) for topic, c in sorted(by_topic.items())},
         "hostile": {kind: hostile[kind] for kind in HOSTILE_KINDS if kind in hostile},
+        "handovers": dict(sorted((handovers or {}).items())),
+        "stranded": dict(sorted((stranded or {}).items())),
     }
 
 

@@ -97,6 +97,45 @@ def handover_count(connection: Connection) -> int:
     return int(connection.scalar(query) or 0)
 
 
+def history_rows(connection: Connection) -> int:
+    """Every history row: the inputs applied and the engine's own entries (handovers)."""
+    return int(connection.scalar(select(func.count()).select_from(history)) or 0)
+
+
+class HandoverRecord(NamedTuple):
+    """One handover (contract 1.1, "Handover"), as the engine's own history entry records it."""
+
+    dossier_code: str
+    time: datetime  # the cutover
+    agency: str  # the agency that ended
+    level: str
+    to_agency: str  # its successor
+    to_level: str
+
+
+def handovers(connection: Connection) -> list[HandoverRecord]:
+    """Every handover the engine made, in the order it recorded them."""
+    query = (
+        select(history.c.dossier_code, history.c.event_time, history.c.envelope)
+        .where(history.c.topic == ENGINE_TOPIC)
+        .order_by(history.c.id)
+    )
+    records: list[HandoverRecord] = []
+    for code, at, envelope in connection.execute(query):
+        data = envelope.get("data") or {}
+        records.append(
+            HandoverRecord(
+                code,
+                at,
+                str(data.get("agency", "")),
+                str(data.get("level", "")),
+                str(data.get("to_agency", "")),
+                str(data.get("to_level", "")),
+            )
+        )
+    return records
+
+
 def dossier_count(connection: Connection) -> int:
     return int(connection.scalar(select(func.count()).select_from(dossiers)) or 0)
 

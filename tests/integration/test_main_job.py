@@ -25,9 +25,12 @@ from dossier.cli import main
 from dossier.settings import Settings
 from dossier.tools.simulation import HOSTILE_KINDS, HOSTILE_REASONS, value_digest
 from dossier.tools.workload import read_topic
+from engine.calendar import VN_TZ
 from engine.events import ALL_TOPICS
 from engine.history import ENGINE_TOPIC
 from engine.store.sql import consumer_positions, create_db_engine, dossiers, history, outbox
+
+CUTOVER = datetime(2025, 7, 1, tzinfo=VN_TZ)  # the districts' handover (contract 1.1)
 
 DEMO = [
     "demo",
@@ -144,6 +147,25 @@ def database_facts(url: str, group: str, start: datetime, end: datetime) -> dict
             received = connection.execute(
                 sa.select(d.channel).where(d.received_at >= start, d.received_at < end)
             ).all()
+            h = history.c
+            handovers: Counter[str] = Counter()
+            handed_over: set[str] = set()
+            for code, envelope in connection.execute(
+                sa.select(h.dossier_code, h.envelope).where(h.topic == ENGINE_TOPIC)
+            ):
+                data = (json.loads(envelope) if isinstance(envelope, str) else envelope)["data"]
+                handovers[f"{data['level']} → {data['to_level']}"] += 1
+                handed_over.add(code)
+            statuses = Counter(
+                status
+                for code, status in connection.execute(sa.select(d.code, d.status_code))
+                if code in handed_over
+            )
+            after_cutover = connection.execute(
+                sa.select(h.dossier_code, h.topic).where(
+                    h.event_time >= CUTOVER, h.topic != ENGINE_TOPIC
+                )
+            ).all()
             return {
                 "by_status": {str(k): v for k, v in by_status.items()},
                 "dead_letters": dict(letters),
@@ -157,6 +179,21 @@ def database_facts(url: str, group: str, start: datetime, end: datetime) -> dict
                     sa.select(sa.func.count())
                     .select_from(history)
                     .where(history.c.topic == ENGINE_TOPIC)
+                ),
+                "handovers_by_level": dict(handovers),
+                "handed_over_statuses": statuses,
+                "history_rows": connection.scalar(sa.select(sa.func.count()).select_from(history)),
+                # Inputs applied after the cutover: from a district (none may be), and from the
+                # successor's level on the dossiers handed over to it.
+                "district_after_cutover": sum(
+                    1 for _, topic in after_cutover if topic.endswith("dossier.district")
+                ),
+                "handed_over_continued": len(
+                    {
+                        code
+                        for code, topic in after_cutover
+                        if code in handed_over and topic.endswith("dossier.province")
+                    }
                 ),
                 "consumed": connection.scalar(
                     sa.select(sa.func.sum(consumer_positions.c.next_offset)).where(
@@ -202,8 +239,25 @@ def test_main_job_summary_agrees_with_the_database_and_with_what_was_produced(
     assert set(bad) >= {"malformed", "schema"}
     assert facts["consumed"] == manifest["messages"]
     assert facts["applied"] == expected["valid"]
-    # The month crosses 2025-07-01: the districts' open dossiers pass to their successors.
+    # The month crosses 2025-07-01: the districts' open dossiers pass to their successors,
+    # exactly those the simulator expected, and the summary says so; the history holds the
+    # inputs applied and the handovers, nothing else; no district acts after 30 June, and the
+    # successor goes on with the dossiers it took over.
     assert facts["handovers"] > 0
+    assert summary["handovers"] == facts["handovers_by_level"] == manifest["handovers"]
+    assert summary["history_rows"] == facts["history_rows"]
+    assert facts["history_rows"] == facts["applied"] + facts["handovers"]
+    assert facts["history_rows"] == expected["valid"] + sum(manifest["handovers"].values())
+    statuses = facts["handed_over_statuses"]
+    fates = summary["handed_over"]
+    assert fates["dossiers"] == facts["handovers"] == sum(statuses.values())
+    assert (fates["returned"], fates["resolved"]) == (statuses[10], statuses[9])
+    assert fates["finished"] == statuses[9] + statuses[10]
+    assert facts["district_after_cutover"] == 0
+    assert facts["handed_over_continued"] > 0
+    lines = {c["name"]: c for c in summary["checks"]}
+    assert lines["handovers: district → province"]["actual"] == facts["handovers"]
+    assert lines["history rows: inputs applied + handovers"]["actual"] == facts["history_rows"]
     assert facts["dossiers"] == manifest["dossiers"]
     assert summary["duplicates"] == expected["duplicate"]
     assert facts["dead_letters"] == bad

@@ -214,6 +214,137 @@ def test_late_deliveries_never_come_from_the_future(
     assert late > 0
 
 
+# ---------------------------------------------------------------------------------------------
+# The end of the district level (contract 1.1, "Handover")
+# ---------------------------------------------------------------------------------------------
+
+SUCCESSOR = "000.00.42.H56"  # every district's, in the shipped registry
+
+
+def played(
+    catalogue: Catalogue, profile: ProvinceProfile, seed: int = 7, **options: object
+) -> tuple[Workload, list[SimulatedMessage]]:
+    defaults: dict[str, object] = {"duplicate_share": 0.0, "bad_share": 0.0, "until": END}
+    simulated = Workload(
+        catalogue,
+        WorkingCalendar.load(),
+        seed=seed,
+        start=START,
+        end=END,
+        dossiers=600,
+        profile=profile,
+        **(defaults | options),  # type: ignore[arg-type]
+    )
+    return simulated, simulated.messages()
+
+
+def test_no_ended_agency_acts_after_its_window(
+    catalogue: Catalogue, profile: ProvinceProfile
+) -> None:
+    """Nothing is said by or transferred to an agency outside its window: from 1 July 2025 the
+    districts' successor speaks for them."""
+    _, messages = played(catalogue, profile, reorder_share=0.1)
+    agencies = profile.agencies.info
+    named = 0
+    for message in messages:
+        data = json.loads(message.value)["data"]
+        day = message.time.astimezone(VN_TZ).date()
+        for field in ("agency", "to_agency"):
+            if field in data:
+                assert agencies[data[field]].in_force_on(day), (message.topic, data, day)
+                named += 1
+    assert named > 2000
+    assert not [m for m in messages if m.topic == "dossier.district" and m.time >= CUTOVER]
+
+
+def test_dossiers_open_at_the_cutover_continue_with_the_successor(
+    catalogue: Catalogue, profile: ProvinceProfile
+) -> None:
+    """What a district would have done after 30 June its successor does, on its own level's
+    topic, in its own name; and the dossiers the engine must hand over are counted."""
+    simulated, messages = played(catalogue, profile)
+    handed_over = simulated.handed_over
+    assert handed_over and set(handed_over.values()) == {SUCCESSOR}
+    assert simulated.expected_handovers() == {"district → province": len(handed_over)}
+    by_dossier: dict[str, list[SimulatedMessage]] = {}
+    for message in messages:
+        by_dossier.setdefault(str(message.dossier), []).append(message)
+    continued = 0
+    for code, life in by_dossier.items():
+        after = [m for m in life if m.time >= CUTOVER and m.topic != "dossier.submission"]
+        if code not in handed_over:
+            continue
+        # A district held it at the cutover: it received it, or it was sent up to one.
+        sent_up = [
+            m
+            for m in life
+            if kind(m) == "transferred" and json.loads(m.value)["data"]["to_level"] == "district"
+        ]
+        assert code.split("-")[0] in profile.agencies.districts or sent_up, code
+        assert all(m.time < CUTOVER for m in sent_up)
+        by_successor = [m for m in after if json.loads(m.value)["data"]["agency"] == SUCCESSOR]
+        for message in by_successor:
+            event = json.loads(message.value)
+            assert message.topic == "dossier.province"
+            assert event["source"] == f"urn:vn:agency:{SUCCESSOR}"
+        continued += bool(by_successor)
+    # Most go on with the successor; the others wait for an applicant who never comes back,
+    # or their next step falls after the workload's end.
+    assert continued > len(handed_over) / 2
+
+
+def test_a_dossier_submitted_to_a_district_before_the_cutover_is_received_by_its_successor(
+    catalogue: Catalogue, profile: ProvinceProfile
+) -> None:
+    """The issue's dossier: submitted to a district on 30 June, received after the cutover; it
+    is received, processed and paid at the successor, never at the district."""
+    simulated, messages = played(catalogue, profile)
+    received: dict[str, SimulatedMessage] = {
+        m.dossier or "": m for m in messages if kind(m) == "received"
+    }
+    late = [
+        m
+        for m in messages
+        if kind(m) == "submitted"
+        and json.loads(m.value)["data"]["agency"] in profile.agencies.districts
+        and m.dossier in received
+        and received[m.dossier].time >= CUTOVER
+    ]
+    assert late, "no district dossier waits over the cutover for its reception"
+    for submission in late:
+        reception = received[str(submission.dossier)]
+        assert reception.topic == "dossier.province"
+        assert json.loads(reception.value)["data"]["agency"] == SUCCESSOR
+        assert simulated.handed_over[str(submission.dossier)] == SUCCESSOR
+
+
+def test_the_handovers_are_the_same_for_the_same_seed(
+    catalogue: Catalogue, profile: ProvinceProfile
+) -> None:
+    first, first_messages = played(catalogue, profile, reorder_share=0.1, bad_share=0.02)
+    again, again_messages = played(catalogue, profile, reorder_share=0.1, bad_share=0.02)
+    assert stream_bytes(first_messages) == stream_bytes(again_messages)
+    assert first.handed_over == again.handed_over
+    assert first.expected_handovers() == again.expected_handovers()
+    assert first.stranded_dossiers() == again.stranded_dossiers()
+    content = manifest(first_messages, handovers=first.expected_handovers())
+    assert content["handovers"] == first.expected_handovers()
+
+
+def test_late_deliveries_never_cross_the_cutover(
+    catalogue: Catalogue, profile: ProvinceProfile
+) -> None:
+    """An input is never delivered after one dated past the cutover when it is dated before it:
+    by then the engine may have handed its dossier over by the partition's clock, and the
+    ended agency's input would be refused."""
+    _, messages = played(catalogue, profile, reorder_share=0.9)
+    latest = messages[0].time
+    for message in messages:
+        if message.time < latest:
+            assert not message.time < CUTOVER <= latest, message
+        latest = max(latest, message.time)
+
+
 def test_usage_errors_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = str(tmp_path / "x.jsonl")
     assert main(["simulate", "--from", "2025-07-10", "--to", "2025-07-01", "--write", out]) == 2

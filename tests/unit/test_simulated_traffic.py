@@ -26,11 +26,15 @@ START = datetime(2025, 6, 24, tzinfo=VN_TZ)
 END = datetime(2025, 7, 5, tzinfo=VN_TZ)
 
 
-def played(messages: list[SimulatedMessage], processor: BatchProcessor) -> Counter[str]:
-    """Each input's final outcome: applied, duplicate, parked, or its dead letter's reason."""
+def played(
+    messages: list[SimulatedMessage], processor: BatchProcessor
+) -> tuple[Counter[str], Counter[str]]:
+    """Each input's final outcome (applied, duplicate, parked, or its dead letter's reason), and
+    the handovers the engine made by former → new level."""
     store = InMemoryStore()
     offsets: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
+    handovers: Counter[str] = Counter()
     for start in range(0, len(messages), 400):
         raws = []
         for m in messages[start : start + 400]:
@@ -43,11 +47,12 @@ def played(messages: list[SimulatedMessage], processor: BatchProcessor) -> Count
             if outcome != "dead_lettered":
                 outcomes[outcome] += n
         outcomes.update({f"dlq:{reason}": n for reason, n in result.dead_letters.items()})
-    return outcomes
+        handovers.update({f"{a} → {b}": n for (a, b), n in result.handovers.items()})
+    return outcomes, handovers
 
 
 @pytest.fixture(scope="module")
-def messages() -> list[SimulatedMessage]:
+def workload() -> Workload:
     return Workload(
         CATALOGUE,
         CALENDAR,
@@ -61,12 +66,17 @@ def messages() -> list[SimulatedMessage]:
         hostile=Hostile.relative_to(0.03).with_share("forged-fee", 0.2),
         profile=ProvinceProfile.load(),
         until=END,
-    ).messages()
+    )
+
+
+@pytest.fixture(scope="module")
+def messages(workload: Workload) -> list[SimulatedMessage]:
+    return workload.messages()
 
 
 @pytest.mark.parametrize("signed", [False, True], ids=["shipped registry", "with test keys"])
 def test_every_simulated_input_ends_as_labelled(
-    messages: list[SimulatedMessage], signed: bool
+    workload: Workload, messages: list[SimulatedMessage], signed: bool
 ) -> None:
     files = [default_registry_file(), *([SIMULATION_REGISTRY] if signed else [])]
     registry = load_registry(files)
@@ -77,16 +87,19 @@ def test_every_simulated_input_ends_as_labelled(
         verifier=registry if signed else None,
     )
     expected = Counter(m.expected for m in messages)
-    outcomes = played(messages, processor)
+    outcomes, handovers = played(messages, processor)
     assert outcomes["parked"] == 0, outcomes
     assert outcomes["applied"] == expected.pop("valid")
     assert outcomes["duplicate"] == expected.pop("duplicate")
     letters = {k.removeprefix("dlq:"): n for k, n in outcomes.items() if k.startswith("dlq:")}
     assert letters == dict(expected)
-    # The province's work crosses the cutover: district work before it, none after.
+    # The province's work crosses the cutover: district work before it, none after; the
+    # districts' open dossiers handed over to their successor, exactly those the simulator
+    # expected, whose inputs from the successor all applied (above).
     district = [m for m in messages if m.topic == "dossier.district" and m.expected == "valid"]
     assert district and all(
         m.time.astimezone(VN_TZ).date().isoformat() <= "2025-06-30" for m in district
     )
+    assert handovers == workload.expected_handovers() != {}
     if signed:
         assert sum(1 for m in messages if m.headers) > 100

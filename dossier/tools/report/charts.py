@@ -25,6 +25,7 @@ LEVELS = ("commune", "district", "province")
 LEVEL_NAMES = {"commune": "Commune", "district": "District", "province": "Province"}
 LEVEL_COLORS = {"commune": "#0f766e", "district": "#d97706", "province": "#4338ca"}
 GOOD, BAD, WARN, MUTED, INK = "#15803d", "#b91c1c", "#d97706", "#94a3b8", "#1e293b"
+HANDED_OVER = "#7c3aed"  # dossiers passed to a successor (contract 1.1): no level's colour
 GRID = "#e2e8f0"
 DPI = 144
 
@@ -130,8 +131,12 @@ def _date_axis(ax: Axes) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def received_per_day(run: RunData, period: ind.Period, marks: Sequence[Milestone]) -> bytes:
-    """Dossiers received each day, stacked by the level that received them."""
+def receptions_per_day(
+    run: RunData, period: ind.Period
+) -> tuple[list[ind.Period], dict[str, list[int]]]:
+    """The period's days, and the dossiers received each day by the level that received them:
+    a dossier whose receiving agency had ended is received by its successor, at the
+    successor's level (contract 1.1, "Handover"), not by a level that no longer exists."""
     spans = days(period)
     counts = {lvl: [0] * len(spans) for lvl in LEVELS}
     first = _local_day(spans[0].start)
@@ -139,8 +144,15 @@ def received_per_day(run: RunData, period: ind.Period, marks: Sequence[Milestone
         if row.received_at is None or row.received_at not in period:
             continue
         index = (_local_day(row.received_at) - first).days
-        if 0 <= index < len(spans) and row.receiving_level in counts:
-            counts[row.receiving_level][index] += 1
+        level = row.reception_level
+        if 0 <= index < len(spans) and level in counts:
+            counts[level][index] += 1
+    return spans, counts
+
+
+def received_per_day(run: RunData, period: ind.Period, marks: Sequence[Milestone]) -> bytes:
+    """Dossiers received each day, stacked by the level that received them."""
+    spans, counts = receptions_per_day(run, period)
     xs = _dates([datetime.combine(_local_day(s.start), time(12)) for s in spans])
     figure = _figure(height=3.3)
     ax = figure.add_subplot()
@@ -349,13 +361,24 @@ def _short(text: str, width: int = 34) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def backlog(run: RunData, period: ind.Period, marks: Sequence[Milestone]) -> bytes:
-    """Dossiers received and not yet finished at each day's close, split by deadline."""
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Open dossiers at each day's close: within and past their appointment, and how many of
+    them an ended agency handed over to its successor (contract 1.1)."""
+
+    closes: list[datetime]
+    in_time: list[int]
+    overdue: list[int]
+    handed_over: list[int]
+
+
+def backlog_series(run: RunData, period: ind.Period) -> Backlog:
     spans = days(period)
     closes = [
         min(datetime.combine(_local_day(s.start), time(17), VN_TZ), period.end) for s in spans
     ]
     in_time, overdue = [0] * len(closes), [0] * len(closes)
+    handed_over = [0] * len(closes)
     for row in run.rows:
         received, closed = row.received_at, row.closed_at
         if received is None:
@@ -366,6 +389,17 @@ def backlog(run: RunData, period: ind.Period, marks: Sequence[Milestone]) -> byt
                     overdue[i] += 1
                 else:
                     in_time[i] += 1
+                if row.handed_over_at is not None and row.handed_over_at <= moment:
+                    handed_over[i] += 1
+    return Backlog(closes, in_time, overdue, handed_over)
+
+
+def backlog(run: RunData, period: ind.Period, marks: Sequence[Milestone]) -> bytes:
+    """Dossiers received and not yet finished at each day's close, split by deadline; a line
+    for those of them handed over to a successor."""
+    series = backlog_series(run, period)
+    closes, in_time, overdue = series.closes, series.in_time, series.overdue
+    handed_over = series.handed_over
     xs = _dates([c.astimezone(VN_TZ).replace(tzinfo=None) for c in closes])
     figure = _figure(height=3.3)
     ax = figure.add_subplot()
@@ -377,6 +411,16 @@ def backlog(run: RunData, period: ind.Period, marks: Sequence[Milestone]) -> byt
         labels=["within the appointment", "past the appointment"],
         alpha=0.9,
     )
+    if any(handed_over):
+        ax.plot(
+            xs,
+            handed_over,
+            color=HANDED_OVER,
+            linewidth=2,
+            marker="o",
+            markersize=3,
+            label="of them handed over by an ended agency to its successor",
+        )
     _style(ax)
     _date_axis(ax)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))

@@ -45,6 +45,23 @@ class DossierRow:
     last_event_at: datetime
     paused_seconds: int
     allowed_seconds: int | None  # the procedure's processing time in working seconds
+    # Contract 1.1, "Handover": when the agency holding it ended and its successor took it over,
+    # and the successor's level (None: never handed over).
+    handed_over_at: datetime | None = None
+    handed_over_to_level: str | None = None
+
+    @property
+    def reception_level(self) -> str:
+        """The level that received it: its procedure's receiving level, or its successor's when
+        the agency that should have received it had ended and handed it over first."""
+        if (
+            self.handed_over_at is not None
+            and self.handed_over_to_level is not None
+            and self.received_at is not None
+            and self.handed_over_at <= self.received_at
+        ):
+            return self.handed_over_to_level
+        return self.receiving_level
 
     @property
     def closed_at(self) -> datetime | None:
@@ -82,12 +99,23 @@ class RunData:
     discounts: list[Discount]
     notices: Counter[str]  # "deadline-warning" / "overdue"
     status_events: int
-    applied_inputs: int  # history rows: one per input applied
+    applied_inputs: int  # history rows of inputs: one per input applied
     consumed_inputs: int  # inputs whose positions the database committed
     parked: int
     outbox_backlog: int
     clock: datetime | None  # the engine's business clock
     agency_names: Mapping[str, str] = field(default_factory=dict)
+    # Contract 1.1, "Handover": the engine's own history entries, and every history row.
+    handovers: list[queries.HandoverRecord] = field(default_factory=list)
+    history_rows: int = 0
+
+    @property
+    def handovers_by_level(self) -> Counter[str]:
+        """Handovers by former → new level ("district → province")."""
+        return Counter(handover_levels(h.level, h.to_level) for h in self.handovers)
+
+    def handed_over_rows(self) -> list[DossierRow]:
+        return [r for r in self.rows if r.handed_over_at is not None]
 
     @property
     def dead_lettered(self) -> int:
@@ -135,8 +163,12 @@ def load_run(
     agency_names: Mapping[str, str] | None = None,
 ) -> RunData:
     versions = {(v.code, v.version): v for v in catalogue.all_versions()}
+    handovers = queries.handovers(connection)
+    # A dossier handed over twice (a successor that ended too) keeps its last one.
+    handed_over = {h.dossier_code: h for h in handovers}
     rows: list[DossierRow] = []
     for r in queries.dossier_records(connection):
+        handover = handed_over.get(r.code)
         version = versions.get((r.procedure, r.workflow_version))
         rows.append(
             DossierRow(
@@ -161,6 +193,8 @@ def load_run(
                 last_event_at=r.last_event_at,
                 paused_seconds=r.paused_seconds,
                 allowed_seconds=version.deadline.working_seconds if version else None,
+                handed_over_at=handover.time if handover is not None else None,
+                handed_over_to_level=handover.to_level if handover is not None else None,
             )
         )
     letters, notices = Counter[str](), Counter[str]()
@@ -188,7 +222,14 @@ def load_run(
         outbox_backlog=queries.outbox_backlog(connection),
         clock=queries.business_clock(connection),
         agency_names=dict(agency_names or {}),
+        handovers=handovers,
+        history_rows=queries.history_rows(connection),
     )
+
+
+def handover_levels(former: str, new: str) -> str:
+    """How the summary names a handover's levels, as the simulator's manifest does."""
+    return f"{former} → {new}"
 
 
 # ---------------------------------------------------------------------------------------------

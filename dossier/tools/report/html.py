@@ -112,7 +112,8 @@ def render(context: ReportContext) -> str:
             "Hồ sơ tồn đọng",
             _image(images["backlog"], "open dossiers over time"),
             f"Dossiers received and not yet finished, at the close of each day. At the end of "
-            f"the period {open_past_due:,} open dossiers were past their appointment.",
+            f"the period {open_past_due:,} open dossiers were past their appointment."
+            + _handover_note(s),
         ),
         _section(
             "How long do dossiers take?",
@@ -252,10 +253,26 @@ def _status_note(s: Summary) -> str:
     )
 
 
+def _handover_note(s: Summary) -> str:
+    """The handovers (contract 1.1) in words, beside the backlog's line for them."""
+    if not s.handovers:
+        return ""
+    total = sum(s.handovers.values())
+    levels = ", ".join(f"{k}: {n:,}" for k, n in sorted(s.handovers.items()))
+    h = s.handed_over
+    return (
+        f" Line: dossiers open at an agency whose window ended, handed over to its successor "
+        f"at the cutover ({total:,}; {levels}); by the end {h.finished:,} of them were "
+        f"finished ({h.returned:,} returned to the applicant), {h.closed:,} withdrawn or "
+        f"stopped, {h.open:,} still open."
+    )
+
+
 def _daily_note(marks: Sequence[charts.Milestone]) -> str:
     text = (
         "Dossiers are received on working days; Mondays also take in what was submitted "
-        "online over the weekend."
+        "online over the weekend. A dossier whose receiving agency had ended before it was "
+        "received is counted at the level of the successor that received it."
     )
     if marks:
         text += " Dashed line: " + "; ".join(m.label for m in marks) + "."
@@ -310,6 +327,9 @@ def _technical(context: ReportContext) -> str:
         ("applied", f"{s.applied:,}"),
         ("duplicates recognised", f"{s.duplicates:,}"),
         ("dead-lettered", f"{sum(s.dead_letters.values()):,}"),
+        ("handovers (engine's own history entries)",
+         ", ".join(f"{k} {n:,}" for k, n in sorted(s.handovers.items())) or "none"),
+        ("history rows", f"{s.history_rows:,}"),
         ("status events emitted", f"{s.status_events:,}"),
         ("deadline warnings / overdue notices",
          f"{s.notices['deadline-warning']:,} / {s.notices['overdue']:,}"),

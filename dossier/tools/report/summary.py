@@ -39,6 +39,23 @@ class Check:
         return self.expected == self.actual
 
 
+@dataclass(frozen=True, slots=True)
+class HandedOver:
+    """What became of the dossiers handed over to a successor (contract 1.1, "Handover"), by
+    their status now."""
+
+    dossiers: int = 0
+    returned: int = 0  # result returned to the applicant (status 10)
+    resolved: int = 0  # resolved, the result not yet returned (status 9)
+    closed: int = 0  # withdrawn, stopped or refused
+    open: int = 0  # still being processed or waiting for the applicant
+
+    @property
+    def finished(self) -> int:
+        """Resolved, returned or not: the successor (or the level it sent them to) decided."""
+        return self.returned + self.resolved
+
+
 @dataclass
 class Summary:
     """Figures of the reported period: dossiers submitted in it (by their status now), the
@@ -63,6 +80,10 @@ class Summary:
     parked: int
     status_events: int
     seconds: float | None = None  # from the first input published to the engine caught up
+    # Contract 1.1, "Handover", over the whole run: by former → new level; what became of them.
+    handovers: Counter[str] = field(default_factory=Counter)
+    handed_over: HandedOver = field(default_factory=HandedOver)
+    history_rows: int = 0  # inputs applied + handovers
     checks: list[Check] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -110,8 +131,19 @@ def summarize(
         parked=run.parked,
         status_events=run.status_events,
         seconds=seconds,
+        handovers=run.handovers_by_level,
+        handed_over=handed_over(run),
+        history_rows=run.history_rows,
         checks=reconcile(manifest, run) if manifest is not None else [],
     )
+
+
+def handed_over(run: RunData) -> HandedOver:
+    statuses = Counter(r.status_code for r in run.handed_over_rows())
+    returned, resolved = statuses[10], statuses[9]
+    closed = sum(statuses[code] for code in (3, 7, 8))
+    total = sum(statuses.values())
+    return HandedOver(total, returned, resolved, closed, total - returned - resolved - closed)
 
 
 def reconcile(manifest: Mapping[str, Any], run: RunData) -> list[Check]:
@@ -125,6 +157,21 @@ def reconcile(manifest: Mapping[str, Any], run: RunData) -> list[Check]:
         Check("duplicates recognised", expected.get("duplicate", 0), run.duplicates),
         Check("inputs left parked", 0, run.parked),
     ]
+    # Contract 1.1, "Handover": the dossiers an ended agency held, each handed over once, as an
+    # entry of the engine's own in their history beside the inputs applied.
+    handovers: Mapping[str, int] = manifest.get("handovers") or {}
+    actual = run.handovers_by_level
+    checks += [
+        Check(f"handovers: {levels}", handovers.get(levels, 0), actual[levels])
+        for levels in sorted(set(handovers) | set(actual))
+    ]
+    checks.append(
+        Check(
+            "history rows: inputs applied + handovers",
+            expected.get("valid", 0) + sum(handovers.values()),
+            run.history_rows,
+        )
+    )
     reasons = sorted(set(expected) - {"valid", "duplicate"} | set(run.dead_letters))
     checks += [
         Check(f"dead letters: {reason}", expected.get(reason, 0), run.dead_letters[reason])
@@ -255,6 +302,8 @@ def print_summary(console: Any, summary: Summary) -> None:
     flow.add_row("applied", f"{summary.applied:,}")
     flow.add_row("duplicates", f"{summary.duplicates:,}")
     flow.add_row("dead-lettered", f"{sum(summary.dead_letters.values()):,}")
+    flow.add_row("handovers (engine's own entries)", f"{sum(summary.handovers.values()):,}")
+    flow.add_row("history rows", f"{summary.history_rows:,}")
     flow.add_row("status events out", f"{summary.status_events:,}")
     flow.add_row("deadline warnings", f"{summary.notices['deadline-warning']:,}")
     flow.add_row("overdue notices", f"{summary.notices['overdue']:,}")
@@ -264,7 +313,21 @@ def print_summary(console: Any, summary: Summary) -> None:
 
     console.print(Columns([statuses, figures]))
     console.print(Columns([money, letters]))
+    if summary.handovers:
+        console.print(handover_line(summary))
     console.print(Columns([flow, _checks_table(summary)]) if summary.checks else flow)
+
+
+def handover_line(summary: Summary) -> str:
+    """The handovers in one line: how many, by former → new level, and what became of them."""
+    total = sum(summary.handovers.values())
+    levels = ", ".join(f"{k} {n:,}" for k, n in sorted(summary.handovers.items()))
+    h = summary.handed_over
+    return (
+        f"[bold]handovers[/] (contract 1.1): {total:,} dossiers open at an ended agency passed "
+        f"to its successor ({levels}); now {h.finished:,} finished ({h.returned:,} returned, "
+        f"{h.resolved:,} resolved), {h.closed:,} withdrawn or stopped, {h.open:,} still open"
+    )
 
 
 def _checks_table(summary: Summary) -> Any:
