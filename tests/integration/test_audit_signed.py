@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, delete, select, text, update
+from sqlalchemy import Engine, delete, select, update
 
 from dossier import kafka_clients
 from dossier.audit_keys import published_checkpoints, read_anchor, write_anchor
@@ -61,6 +61,7 @@ from engine.store.tables import (
 )
 from schemas.codec import ContractCodec, encode_outbound
 from tests.fixtures import events as ev
+from tests.fixtures.tamper import tampering
 
 A = f"{ev.COMMUNE_AGENCY}-250303-0001"
 B = f"{ev.COMMUNE_AGENCY}-250303-0002"
@@ -107,41 +108,13 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 # --- the insider ---------------------------------------------------------------------------
 
-# Tables that may refuse UPDATE and DELETE (append-only triggers): an insider with the owner
-# role lifts that first. Written to work whether or not such triggers exist.
-GUARDED = ("history", "audit_checkpoints", "audit_checkpoint_heads")
-
-
-@contextlib.contextmanager
-def as_owner(engine: Engine) -> Iterator[Connection]:
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            for table in GUARDED:
-                connection.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
-            yield connection
-            for table in GUARDED:
-                connection.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
-            return
-        names = ", ".join(f"'{t}'" for t in GUARDED)
-        triggers = connection.execute(
-            text(
-                "SELECT name, sql FROM sqlite_master"
-                f" WHERE type = 'trigger' AND tbl_name IN ({names})"
-            )
-        ).all()
-        for name, _ in triggers:
-            connection.execute(text(f'DROP TRIGGER IF EXISTS "{name}"'))
-        yield connection
-        for _, sql in triggers:
-            connection.exec_driver_sql(sql)
-
 
 def insider_rewrites_outcome(engine: Engine, code: str) -> int:
     """The issue's attack: `resolved` approved -> rejected, then the chain from that row on,
     the dossier's checkpoint heads and every root recomputed, as the engine would have.
     Returns the seq of the edited row."""
     h = history.c
-    with as_owner(engine) as connection:
+    with tampering(engine) as connection:
         rows = [
             history_row(r)
             for r in connection.execute(
@@ -235,7 +208,7 @@ def test_edited_signed_bytes_are_found(db: Engine) -> None:
         uow.repo.write(ChangeSet(history=[row]))
         uow.commit()
     assert verify(db).ok
-    with as_owner(db) as connection:
+    with tampering(db) as connection:
         connection.execute(
             update(history)
             .where(history.c.dossier_code == B, history.c.seq == 8)
@@ -265,7 +238,7 @@ def test_anchor_finds_a_rewritten_and_a_deleted_checkpoint(db: Engine, tmp_path:
     assert verify(db, public_keys=KEYS, anchor=anchor).ok
     insider_rewrites_outcome(db, A)
     assert ("checkpoint 2", None, REWRITTEN) in kinds(verify(db, anchor=anchor).findings)
-    with as_owner(db) as connection:
+    with tampering(db) as connection:
         connection.execute(delete(audit_checkpoints).where(audit_checkpoints.c.id == 2))
     assert ("checkpoint 2", None, DROPPED) in kinds(verify(db, anchor=anchor).findings)
 
@@ -354,7 +327,7 @@ def test_deleted_and_unpublished_checkpoints_against_the_topic(
         )
     assert kinds(verify(db, published=published).findings) == [("checkpoint 3", None, UNPUBLISHED)]
     # The insider deletes the last published checkpoint (and its heads) to hide it.
-    with as_owner(db) as connection:
+    with tampering(db) as connection:
         for table, column in (
             (audit_checkpoint_heads, audit_checkpoint_heads.c.checkpoint_id),
             (audit_checkpoints, audit_checkpoints.c.id),
