@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from engine.application.codec import WireCodec
 from engine.application.ports import (
@@ -492,26 +492,14 @@ class _Batch:
         if position.partition is not None:
             self.partitions[dossier.code] = position.partition
         self.applied_keys[event.key] = staged.content_hash
-        seq = self.history_seq.get(dossier.code, dossier.inputs_applied - 1) + 1
-        self.history_seq[dossier.code] = seq
-        self.history.append(
-            HistoryRow(
-                dossier_code=dossier.code,
-                seq=seq,
-                source=event.source,
-                event_id=event.id,
-                type=event.type,
-                event_time=event.time,
-                schema_version=event.schema_version,
-                envelope=staged.envelope,
-                position=position,
-                state_before=decision.previous_state,
-                state_after=dossier.state,
-                status_code=dossier.status_code,
-                workflow_version=dossier.workflow_version,
-                signature=staged.signature,
-                signed_value=staged.signed_value,
-            )
+        self._append_history(
+            event,
+            dossier,
+            staged.envelope,
+            position,
+            decision.previous_state,
+            staged.signature,
+            staged.signed_value,
         )
         self.ledger.append(LedgerEntry(event.source, event.id, staged.content_hash, dossier.code))
         for output, message in staged.outputs:
@@ -583,9 +571,17 @@ class _Batch:
             event, decision, self.codec.stored_envelope(event), outputs, dossier.level
         )
 
-    def _record_handover(self, staged: _StagedHandover) -> None:
-        event, dossier = staged.event, staged.decision.dossier
-        self.dirty[dossier.code] = dossier
+    def _append_history(
+        self,
+        event: InboundEvent,
+        dossier: Dossier,
+        envelope: Mapping[str, Any],
+        position: Position,
+        state_before: str | None,
+        signature: str | None = None,
+        signed_value: bytes | None = None,
+    ) -> None:
+        """The dossier's next history row, after the rows this batch already appended."""
         seq = self.history_seq.get(dossier.code, dossier.inputs_applied - 1) + 1
         self.history_seq[dossier.code] = seq
         self.history.append(
@@ -597,15 +593,28 @@ class _Batch:
                 type=event.type,
                 event_time=event.time,
                 schema_version=event.schema_version,
-                envelope=staged.envelope,
-                # Not a Kafka record: the engine's own entry (no ledger entry either: its id is
-                # the handover's, shared by every dossier the agency held).
-                position=Position(ENGINE_TOPIC, None, None),
-                state_before=staged.decision.previous_state,
+                envelope=envelope,
+                position=position,
+                state_before=state_before,
                 state_after=dossier.state,
                 status_code=dossier.status_code,
                 workflow_version=dossier.workflow_version,
+                signature=signature,
+                signed_value=signed_value,
             )
+        )
+
+    def _record_handover(self, staged: _StagedHandover) -> None:
+        event, dossier = staged.event, staged.decision.dossier
+        self.dirty[dossier.code] = dossier
+        # Not a Kafka record: the engine's own entry (no ledger entry either: its id is the
+        # handover's, shared by every dossier the agency held).
+        self._append_history(
+            event,
+            dossier,
+            staged.envelope,
+            Position(ENGINE_TOPIC, None, None),
+            staged.decision.previous_state,
         )
         for output, message in staged.outputs:
             self._emit_encoded(output, message, dossier)
