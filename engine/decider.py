@@ -32,9 +32,11 @@ from engine.history import ENGINE_TOPIC
 from engine.machine import CompiledWorkflow, GuardCheck
 from engine.procedures import (
     FINISHED_STATUS_CODES,
+    MIGRATED_TYPE,
     STATUS_LABELS,
     Catalogue,
     DiscountRule,
+    MigrationPlan,
     ProcedureVersion,
 )
 from engine.registry import AGENCY_CODE, LEVELS, Agency, Ending, Registry, day_of
@@ -288,6 +290,74 @@ class Decider:
             if opened is None or opened < cutover:
                 return ending
         return None
+
+    def migration_due(
+        self, dossier: Dossier | None, input_time: datetime | None, clock: datetime | None
+    ) -> MigrationPlan | None:
+        """The plan that moves `dossier` to another workflow version now, if one does: as a
+        handover (`handover_due`), just before an input dated at or after the plan's cutover,
+        and once the business `clock` has passed it unless the dossier is a backfill. A dossier
+        in a state the plan does not map is not moved (it is refused: `dossier workflows
+        migrate --dry-run` lists it)."""
+        if dossier is None or dossier.final:
+            return None
+        plan = self.catalogue.migration_from(dossier.procedure, dossier.workflow_version)
+        if plan is None or not plan.maps(dossier.state):
+            return None
+        cutover = plan.cutover
+        if input_time is not None and input_time >= cutover:
+            return plan
+        if clock is not None and clock >= cutover:
+            opened = dossier.opened_clock
+            if opened is None or opened < cutover:
+                return plan
+        return None
+
+    def step_due(
+        self, dossier: Dossier | None, input_time: datetime | None, clock: datetime | None
+    ) -> MigrationPlan | Ending | None:
+        """The engine's own next step on `dossier` now: a migration first (the new version's
+        levels are the ones a handover then moves on), then a handover."""
+        plan = self.migration_due(dossier, input_time, clock)
+        if plan is not None:
+            return plan
+        return self.handover_due(dossier, input_time, clock)
+
+    def migrate(self, dossier: Dossier, migration: InboundEvent) -> Applied:
+        """The dossier under its plan's new version: the mapped state, its status code and
+        level (a step its holder's successor acts on stays theirs), the appointment, fees,
+        discounts and history as they were; one status-changed caused by the migration.
+
+        `migration` is the engine's own entry (`migration_event`): its `time` is the cutover."""
+        plan = self.catalogue.migration_from(dossier.procedure, dossier.workflow_version)
+        if plan is None or dossier.final or not plan.maps(dossier.state):
+            raise ValueError(f"dossier {dossier.code} has no migration to make")
+        target = self.workflow(plan.procedure, plan.to_version).version
+        state = target.states[plan.states[dossier.state]]
+        acting = {
+            plan.level(workflow_level): level
+            for workflow_level, level in sorted(dossier.acting_levels.items())
+            if plan.level(workflow_level) != level
+        }
+        level = dossier.level if state.level is None else acting.get(state.level, state.level)
+        after = evolve(
+            dossier,
+            workflow_version=target.version,
+            group=target.group,
+            state=state.name,
+            status_code=state.status_code,
+            level=level,
+            acting_levels=acting,
+            sequence=dossier.sequence + 1,
+            inputs_applied=dossier.inputs_applied + 1,
+        )
+        return Applied(after, (self._status_event(after, migration),), previous_state=dossier.state)
+
+    def take_step(self, dossier: Dossier, entry: InboundEvent) -> Applied:
+        """The engine's own entry `entry` (a migration's or a handover's) applied to `dossier`."""
+        if entry.type == MIGRATED_TYPE:
+            return self.migrate(dossier, entry)
+        return self.hand_over(dossier, entry)
 
     def hand_over(self, dossier: Dossier, handover: InboundEvent) -> Applied:
         """The dossier as its agency's successor holds it: same state, same appointment, the
@@ -575,6 +645,33 @@ def who_may_not_say(registry: Registry, event: InboundEvent) -> str | None:
 
 
 HANDED_OVER_TYPE = f"{TYPE_PREFIX}handed-over"
+
+
+def migration_event(plan: MigrationPlan, dossier_code: str, engine_source: str) -> InboundEvent:
+    """The engine's own entry in a dossier's history for a migration: from the engine's
+    source, id `migration:<procedure>:v<from>-v<to>:<effective date>`, at the plan's cutover."""
+    return InboundEvent(
+        source=engine_source,
+        id=plan.entry_id,
+        type=MIGRATED_TYPE,
+        subject=dossier_code,
+        time=plan.cutover,
+        data={
+            "procedure": plan.procedure,
+            "from_version": plan.from_version,
+            "to_version": plan.to_version,
+            "effective": plan.effective.isoformat(),
+            "basis": plan.basis,
+        },
+        topic=ENGINE_TOPIC,
+    )
+
+
+def step_event(step: MigrationPlan | Ending, dossier_code: str, engine_source: str) -> InboundEvent:
+    """The engine's own history entry for a step `Decider.step_due` found."""
+    if isinstance(step, MigrationPlan):
+        return migration_event(step, dossier_code, engine_source)
+    return handover_event(step, dossier_code, engine_source)
 
 
 def handover_event(ending: Ending, dossier_code: str, engine_source: str) -> InboundEvent:

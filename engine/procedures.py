@@ -157,15 +157,74 @@ class ProcedureVersion:
         return self.effective_to is None or day <= self.effective_to
 
 
-class Catalogue:
-    """All procedure versions, by code, ordered by effective date."""
+# The type of the engine's own history entry for a migration (`MigrationPlan.entry_id`).
+MIGRATED_TYPE = "vn.gov.dossier.workflow-migrated"
 
-    def __init__(self, versions: Iterable[ProcedureVersion]) -> None:
+
+@dataclass(frozen=True, slots=True)
+class MigrationPlan:
+    """Running dossiers of one procedure version moved to another from a date, like a
+    process-instance migration plan but applied by business time: a dossier pinned to
+    `from_version`, not final, in a state `states` maps, continues under `to_version` in the
+    mapped state, keeping its appointment, fees, discounts and history. A dossier in a state
+    the plan does not map is refused: it stays, whole, on its version.
+
+    `levels` renames a workflow level of `from_version` that `to_version` does not have
+    (`district -> province`): the mapped states' levels must agree with it."""
+
+    procedure: str
+    from_version: int
+    to_version: int
+    effective: date  # from 00:00 Asia/Ho_Chi_Minh on this day, by the business clock
+    states: Mapping[str, str]
+    levels: Mapping[str, str]
+    basis: str
+    source_file: str
+
+    @property
+    def cutover(self) -> datetime:
+        return datetime.combine(self.effective, datetime.min.time(), VN_TZ)
+
+    @property
+    def entry_id(self) -> str:
+        """The id of the engine's own history entry (shared by every dossier it moves)."""
+        return (
+            f"migration:{self.procedure}:v{self.from_version}-v{self.to_version}:"
+            f"{self.effective.isoformat()}"
+        )
+
+    def maps(self, state: str) -> bool:
+        return state in self.states
+
+    def level(self, from_level: str) -> str:
+        return self.levels.get(from_level, from_level)
+
+
+class Catalogue:
+    """All procedure versions, by code, ordered by effective date, and the plans that move
+    running dossiers between them."""
+
+    def __init__(
+        self,
+        versions: Iterable[ProcedureVersion],
+        migrations: Iterable[MigrationPlan] = (),
+    ) -> None:
         self._by_code: dict[str, list[ProcedureVersion]] = {}
         for version in versions:
             self._by_code.setdefault(version.code, []).append(version)
         for versions_of_code in self._by_code.values():
             versions_of_code.sort(key=lambda v: v.effective_from)
+        self._migrations = {(m.procedure, m.from_version): m for m in migrations}
+
+    def migration_from(self, code: str, version: int) -> MigrationPlan | None:
+        """The plan that moves dossiers pinned to this version, if any."""
+        return self._migrations.get((code, version))
+
+    def migrations(self) -> list[MigrationPlan]:
+        """Every plan, by effective date then procedure."""
+        return sorted(
+            self._migrations.values(), key=lambda m: (m.effective, m.procedure, m.from_version)
+        )
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_code.values())
@@ -229,7 +288,8 @@ def default_workflows_dir() -> Path:
 
 
 def load_catalogue(root: Path | None = None) -> Catalogue:
-    """Load `templates/*.yaml` and `procedures/**/*.yaml` under root; raise WorkflowError."""
+    """Load `templates/*.yaml`, `procedures/**/*.yaml` and `migrations/**/*.yaml` under root;
+    raise WorkflowError."""
     root = root or default_workflows_dir()
     problems: list[Problem] = []
     templates = _load_templates(root / "templates", problems)
@@ -245,7 +305,175 @@ def load_catalogue(root: Path | None = None) -> Catalogue:
     _check_overlaps(versions, problems)
     if problems:
         raise WorkflowError(problems)
-    return Catalogue(versions)
+    catalogue = Catalogue(versions)
+    migrations: list[MigrationPlan] = []
+    for path in sorted((root / "migrations").rglob("*.yaml")):
+        migrations.extend(load_migration_plans(path, catalogue, problems))
+    _check_unique_plans(migrations, problems)
+    if problems:
+        raise WorkflowError(problems)
+    return Catalogue(versions, migrations)
+
+
+def load_migration_plans(
+    path: Path, catalogue: Catalogue, problems: list[Problem]
+) -> list[MigrationPlan]:
+    """The plans of one file, checked against the catalogue's versions; problems appended."""
+    document = _read_yaml(path, problems)
+    if document is None:
+        return []
+    return parse_migration_plans(document, str(path), catalogue, problems)
+
+
+def parse_migration_plans(
+    document: Any, file: str, catalogue: Catalogue, problems: list[Problem]
+) -> list[MigrationPlan]:
+    if not isinstance(document, dict) or not isinstance(document.get("plans"), list):
+        problems.append(Problem(file, "plans", "expected a list under 'plans'"))
+        return []
+    plans: list[MigrationPlan] = []
+    for i, raw in enumerate(document["plans"]):
+        plan = _parse_plan(raw, catalogue, _Collector(file, f"plans[{i}]", problems))
+        if plan is not None:
+            plans.append(plan)
+    return plans
+
+
+def _parse_plan(raw: Any, catalogue: Catalogue, problem: _Collector) -> MigrationPlan | None:
+    if not isinstance(raw, dict):
+        problem("", "expected a mapping")
+        return None
+    code = raw.get("procedure")
+    if not isinstance(code, str) or not catalogue.versions(code):
+        problem("procedure", f"unknown procedure {code!r}")
+        return None
+    numbers: dict[str, ProcedureVersion] = {}
+    for key in ("from_version", "to_version"):
+        number = raw.get(key)
+        version = catalogue.get(code, number) if isinstance(number, int) else None
+        if version is None:
+            known = [v.version for v in catalogue.versions(code)]
+            problem(key, f"procedure {code} has no version {number!r} (versions: {known})")
+            return None
+        numbers[key] = version
+    source, target = numbers["from_version"], numbers["to_version"]
+    effective = _date(raw.get("effective"), "effective", problem, required=True)
+    if effective is None:
+        return None
+    before = problem.count
+    if source.version == target.version:
+        problem("to_version", "a plan moves dossiers to another version")
+    if source.effective_to is None or source.effective_to >= effective:
+        # Otherwise new dossiers would still be pinned to the version the plan empties.
+        problem(
+            "effective",
+            f"version {source.version} is in force for new dossiers until "
+            f"{source.effective_to or 'open end'}: a plan may take effect only after that",
+        )
+    if not target.in_force_on(effective):
+        problem(
+            "effective",
+            f"version {target.version} is not in force on {effective} "
+            f"({target.effective_from} to {target.effective_to or 'open end'})",
+        )
+    levels = _plan_levels(raw.get("levels"), source, target, problem)
+    states = _plan_states(raw.get("states"), source, target, levels, problem)
+    basis = raw.get("basis", "")
+    if not isinstance(basis, str):
+        problem("basis", "must be text: the decision the plan comes from")
+    if problem.count > before:
+        return None
+    return MigrationPlan(
+        procedure=code,
+        from_version=source.version,
+        to_version=target.version,
+        effective=effective,
+        states=states,
+        levels=levels,
+        basis=str(basis),
+        source_file=problem.file,
+    )
+
+
+def _plan_levels(
+    raw: Any, source: ProcedureVersion, target: ProcedureVersion, problem: _Collector
+) -> dict[str, str]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problem("levels", "expected a mapping: level of the old version -> level of the new")
+        return {}
+    levels: dict[str, str] = {}
+    images = [str(raw.get(level, level)) for level in source.levels]
+    if len(set(images)) < len(images):
+        problem("levels", f"two levels of version {source.version} would become one: {images}")
+    for old, new in raw.items():
+        if str(old) not in source.levels:
+            problem(
+                f"levels.{old}", f"not a level of version {source.version} {list(source.levels)}"
+            )
+        elif str(new) not in target.levels:
+            problem(
+                f"levels.{old}",
+                f"{new!r} is not a level of version {target.version} {list(target.levels)}",
+            )
+        else:
+            levels[str(old)] = str(new)
+    return levels
+
+
+def _plan_states(
+    raw: Any,
+    source: ProcedureVersion,
+    target: ProcedureVersion,
+    levels: Mapping[str, str],
+    problem: _Collector,
+) -> dict[str, str]:
+    if not isinstance(raw, dict) or not raw:
+        problem("states", "a mapping of states is required: state of the old version -> new")
+        return {}
+    states: dict[str, str] = {}
+    for old, new in raw.items():
+        where = f"states.{old}"
+        old_state = source.states.get(str(old))
+        new_state = target.states.get(str(new))
+        if old_state is None:
+            problem(where, f"no state {old!r} in version {source.version}")
+        elif old_state.final:
+            problem(where, f"{old!r} is final: a closed dossier never moves")
+        elif new_state is None:
+            problem(where, f"no state {new!r} in version {target.version}")
+        elif (
+            old_state.level is not None
+            and new_state.level is not None
+            and levels.get(old_state.level, old_state.level) != new_state.level
+        ):
+            # A dossier half-moved: its step at one level, its new state at another.
+            problem(
+                where,
+                f"{old!r} is at level {old_state.level}, {new!r} at {new_state.level}: "
+                f"map the level ({old_state.level}: {new_state.level}) or another state",
+            )
+        else:
+            states[str(old)] = str(new)
+    return states
+
+
+def _check_unique_plans(plans: Sequence[MigrationPlan], problems: list[Problem]) -> None:
+    seen: dict[tuple[str, int], MigrationPlan] = {}
+    for plan in plans:
+        key = (plan.procedure, plan.from_version)
+        if key in seen:
+            problems.append(
+                Problem(
+                    plan.source_file,
+                    plan.procedure,
+                    f"a second plan for version {plan.from_version} (the first in "
+                    f"{seen[key].source_file}): a dossier moves by one plan",
+                )
+            )
+        else:
+            seen[key] = plan
 
 
 _YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
