@@ -21,8 +21,10 @@ from sqlalchemy import Connection, Engine, and_, case, func, or_, select, text
 
 from engine.application.ports import HistoryRow, OutboxMessage
 from engine.calendar import WorkingCalendar
+from engine.decider import HANDED_OVER_TYPE
 from engine.history import ENGINE_TOPIC
 from engine.indicators import DossierFacts, LevelOf, Period, Report, report
+from engine.procedures import MIGRATED_TYPE
 from engine.store.tables import (
     HISTORY_ROW_COLUMNS,
     consumer_positions,
@@ -85,20 +87,35 @@ def last_outbox_id(connection: Connection) -> int:
 
 
 def history_count(connection: Connection) -> int:
-    """History rows of inputs: one per input applied (the engine's own entries, handovers,
-    are not inputs: `handover_count`)."""
+    """History rows of inputs: one per input applied (the engine's own entries, handovers and
+    migrations, are not inputs: `handover_count`, `migration_count`)."""
     query = select(func.count()).select_from(history).where(history.c.topic != ENGINE_TOPIC)
     return int(connection.scalar(query) or 0)
 
 
 def handover_count(connection: Connection) -> int:
-    """The engine's own history entries: dossiers handed over (contract 1.1, "Handover")."""
-    query = select(func.count()).select_from(history).where(history.c.topic == ENGINE_TOPIC)
+    """The engine's own history entries of handovers (contract 1.1, "Handover")."""
+    query = (
+        select(func.count())
+        .select_from(history)
+        .where(history.c.topic == ENGINE_TOPIC, history.c.type == HANDED_OVER_TYPE)
+    )
+    return int(connection.scalar(query) or 0)
+
+
+def migration_count(connection: Connection) -> int:
+    """The engine's own history entries of workflow migrations (`MigrationPlan`)."""
+    query = (
+        select(func.count())
+        .select_from(history)
+        .where(history.c.topic == ENGINE_TOPIC, history.c.type == MIGRATED_TYPE)
+    )
     return int(connection.scalar(query) or 0)
 
 
 def history_rows(connection: Connection) -> int:
-    """Every history row: the inputs applied and the engine's own entries (handovers)."""
+    """Every history row: the inputs applied and the engine's own entries (handovers and
+    migrations)."""
     return int(connection.scalar(select(func.count()).select_from(history)) or 0)
 
 
@@ -117,7 +134,7 @@ def handovers(connection: Connection) -> list[HandoverRecord]:
     """Every handover the engine made, in the order it recorded them."""
     query = (
         select(history.c.dossier_code, history.c.event_time, history.c.envelope)
-        .where(history.c.topic == ENGINE_TOPIC)
+        .where(history.c.topic == ENGINE_TOPIC, history.c.type == HANDED_OVER_TYPE)
         .order_by(history.c.id)
     )
     records: list[HandoverRecord] = []
@@ -134,6 +151,62 @@ def handovers(connection: Connection) -> list[HandoverRecord]:
             )
         )
     return records
+
+
+class MigrationRecord(NamedTuple):
+    """One dossier moved by a workflow migration plan, as its history entry records it."""
+
+    dossier_code: str
+    time: datetime  # the plan's cutover
+    procedure: str
+    from_version: int
+    to_version: int
+    state_before: str
+    state_after: str
+
+
+def migrations(connection: Connection) -> list[MigrationRecord]:
+    """Every migration the engine made, in the order it recorded them."""
+    h = history.c
+    query = (
+        select(h.dossier_code, h.event_time, h.envelope, h.state_before, h.state_after)
+        .where(h.topic == ENGINE_TOPIC, h.type == MIGRATED_TYPE)
+        .order_by(h.id)
+    )
+    records: list[MigrationRecord] = []
+    for code, at, envelope, before, after in connection.execute(query):
+        data = envelope.get("data") or {}
+        records.append(
+            MigrationRecord(
+                code,
+                at,
+                str(data.get("procedure", "")),
+                int(data.get("from_version", 0)),
+                int(data.get("to_version", 0)),
+                str(before or ""),
+                str(after),
+            )
+        )
+    return records
+
+
+def open_by_version_state(
+    connection: Connection, procedures: Collection[str]
+) -> dict[tuple[str, int, str], list[str]]:
+    """The open dossiers of these procedures by (procedure, workflow version, state): their
+    codes, in order (what a migration plan's dry run counts)."""
+    c = dossiers.c
+    found: dict[tuple[str, int, str], list[str]] = {}
+    wanted = sorted(set(procedures))
+    for start in range(0, len(wanted), 500):
+        query = (
+            select(c.procedure, c.workflow_version, c.state, c.code)
+            .where(~c.final, c.procedure.in_(wanted[start : start + 500]))
+            .order_by(c.procedure, c.workflow_version, c.state, c.code)
+        )
+        for procedure, version, state, code in connection.execute(query):
+            found.setdefault((procedure, int(version), state), []).append(code)
+    return found
 
 
 def dossier_count(connection: Connection) -> int:
