@@ -237,6 +237,13 @@ class EngineMetrics:
             ["from_level", "to_level"],
             registry=r,
         )
+        self.migrations = Counter(
+            "dossier_workflow_migrations",
+            "Open dossiers moved to another workflow version by a migration plan"
+            " (workflows/migrations), by procedure group.",
+            ["group"],
+            registry=r,
+        )
         self.discounts = Counter(
             "dossier_fee_discounts_granted",
             "Online fee discounts granted, by procedure group.",
@@ -293,6 +300,7 @@ class EngineMetrics:
             for new in LEVELS:
                 self.handovers.labels(former, new)
         for group in sorted(set(groups)):
+            self.migrations.labels(group)
             self.discounts.labels(group)
             self.discount_vnd.labels(group)
             for code in STATUS_CODES:
@@ -322,6 +330,8 @@ class EngineMetrics:
             self.notices.labels(kind).inc(n)
         for (former, new), n in result.handovers.items():
             self.handovers.labels(former, new).inc(n)
+        for group, n in result.migrations.items():
+            self.migrations.labels(group).inc(n)
         for group, n in result.discounts_granted.items():
             self.discounts.labels(group).inc(n)
         for group, vnd in result.discount_vnd.items():
@@ -339,7 +349,11 @@ class EngineMetrics:
         for event_time in result.applied_event_times:
             self.event_to_applied.observe(max(0.0, (now - event_time).total_seconds()))
         if self._max_outbox_id is not None and (
-            result.applied_event_times or result.dead_letters or result.notices or result.handovers
+            result.applied_event_times
+            or result.dead_letters
+            or result.notices
+            or result.handovers
+            or result.migrations
         ):
             committed_at = self._monotonic()
             for latency in self.marks.committed(self._max_outbox_id(), committed_at):

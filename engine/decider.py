@@ -85,6 +85,11 @@ class Decider:
         # Compiled on first use: a province's catalogue has 1,000+ versions, most of which a
         # given engine process may never see, and start-up should not pay for them all.
         self._machines: dict[tuple[str, int], CompiledWorkflow] = {}
+        # Whether the engine ever takes a step of its own (a migration, a handover): only
+        # then does a batch keep its partitions' clocks and scan for them.
+        self.takes_own_steps = bool(catalogue.migrations()) or (
+            registry is not None and bool(registry.endings())
+        )
 
     def workflow(self, code: str, version: int) -> CompiledWorkflow:
         key = (code, version)

@@ -19,6 +19,7 @@ from engine.application.ports import (
     HandoverScan,
     HistoryRow,
     LedgerEntry,
+    MigrationScan,
     NoticeScan,
     OutboxMessage,
     ParkedInput,
@@ -307,6 +308,68 @@ class StoreContract:
             assert uow.repo.handovers_due(HandoverScan({}, 10)) == []
             loaded = uow.repo.load_dossiers([held[1].code])[held[1].code].dossier
         assert loaded.opened_clock == opened_before
+
+    # --- workflow migrations -----------------------------------------------------------------
+    def test_migrations_due(self, uow_factory: UowFactory) -> None:
+        cutover = datetime(2025, 7, 1, tzinfo=ICT)
+        other_cutover = datetime(2025, 8, 1, tzinfo=ICT)
+
+        def pinned(i: int, **changes: Any) -> Dossier:
+            values: dict[str, Any] = {"procedure": "DD.GCN.LD", "workflow_version": 1}
+            values.update(state="verifying", opened_clock=None)
+            return make_dossier(f"000.00.19.H56-250630-{i:04d}", **(values | changes))
+
+        due_ones = [
+            pinned(3),
+            # The engine keeps opened_clock in UTC (the SQL store compares it as text).
+            pinned(
+                1,
+                state="upper_processing",
+                opened_clock=cutover.astimezone(UTC) - timedelta(seconds=1),
+            ),
+            pinned(2),
+        ]
+        staying = [
+            pinned(4, opened_clock=cutover.astimezone(UTC)),  # a backfill
+            pinned(5, final=True),
+            pinned(6, state="registered"),  # a state the plan leaves out: refused, not scanned
+            pinned(7, workflow_version=2),  # moved already
+            pinned(8, procedure="1.004222"),  # another procedure
+        ]
+        other_plan = pinned(9, procedure="1.001184", workflow_version=1, state="processing")
+        on_1 = pinned(10)
+        with uow_factory() as uow:
+            uow.repo.write(
+                ChangeSet(
+                    dossiers=[
+                        *(StoredDossier(d, 0, None, partition=0) for d in due_ones),
+                        *(StoredDossier(d, 0, None, partition=0) for d in staying),
+                        StoredDossier(other_plan, 0, None, partition=0),
+                        StoredDossier(on_1, 0, None, partition=1),
+                    ]
+                )
+            )
+            uow.commit()
+        plans = {
+            ("DD.GCN.LD", 1): (cutover, frozenset({"verifying", "upper_processing"})),
+            ("1.001184", 1): (other_cutover, frozenset({"processing"})),
+        }
+
+        def due(limit: int = 20, partitions: set[int] | None = None) -> list[str]:
+            scan = MigrationScan(plans, limit, partitions=partitions)
+            with uow_factory() as uow:
+                found = [s.dossier.code for s in uow.repo.migrations_due(scan)]
+            assert all(scan.covers(make) for make in [*due_ones, other_plan, on_1])
+            assert not any(scan.covers(make) for make in staying)
+            return found
+
+        in_order = sorted(d.code for d in due_ones)
+        assert due() == [*in_order, other_plan.code, on_1.code]
+        assert due(limit=2) == in_order[:2]
+        assert due(partitions={0}) == [*in_order, other_plan.code]
+        assert due(partitions={1}) == [on_1.code]
+        with uow_factory() as uow:
+            assert uow.repo.migrations_due(MigrationScan({}, 10)) == []
 
     def test_partition_clocks(self, uow_factory: UowFactory) -> None:
         later = T0 + timedelta(days=2)

@@ -32,6 +32,7 @@ from engine.application.ports import (
     BatchRepository,
     ChangeSet,
     HandoverScan,
+    MigrationScan,
     NoticeScan,
     ParkedInput,
     StoredDossier,
@@ -168,6 +169,21 @@ class StagingRepository:
                     or staged.partition is None
                     or staged.partition in scan.partitions
                 )
+            ):
+                due[code] = staged
+        return sorted(due.values(), key=lambda d: d.dossier.code)[: scan.limit]
+
+    def migrations_due(self, scan: MigrationScan) -> list[StoredDossier]:
+        # As notices_due: never locked; the batch in flight's dossiers as it leaves them.
+        due: dict[str, StoredDossier] = {}
+        for stored in self._reads.migrations_due(replace(scan, lock=False)):
+            if stored.dossier.code not in self._overlay.dossiers:
+                due[stored.dossier.code] = stored
+        for code, staged in self._overlay.dossiers.items():
+            if scan.covers(staged.dossier) and (
+                scan.partitions is None
+                or staged.partition is None
+                or staged.partition in scan.partitions
             ):
                 due[code] = staged
         return sorted(due.values(), key=lambda d: d.dossier.code)[: scan.limit]

@@ -130,6 +130,29 @@ class HandoverScan:
     partitions: Collection[int] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class MigrationScan:
+    """Which dossiers a batch moves to another workflow version by the clock
+    (`BatchRepository.migrations_due`)."""
+
+    # (procedure, from version) -> (its plan's cutover, aware; the states the plan maps), for
+    # the plans whose cutover the clock passed.
+    plans: Mapping[tuple[str, int], tuple[datetime, frozenset[str]]]
+    limit: int
+    lock: bool = True
+    partitions: Collection[int] | None = None
+
+    def covers(self, dossier: Dossier) -> bool:
+        """Whether `dossier` is one the scan looks for (partitions aside)."""
+        plan = self.plans.get((dossier.procedure, dossier.workflow_version))
+        if plan is None or dossier.final:
+            return False
+        cutover, states = plan
+        return dossier.state in states and (
+            dossier.opened_clock is None or dossier.opened_clock < cutover
+        )
+
+
 class BatchRepository(Protocol):
     """What a batch reads, and its one write: the port of `engine.application.service`."""
 
@@ -156,6 +179,11 @@ class BatchRepository(Protocol):
         """The first `scan.limit` dossiers (by code) that are not final, are held by one of
         `scan.cutovers`' agencies and were opened before its cutover (`Dossier.opened_clock`
         before it, or not known); `scan.lock` and `scan.partitions` as for `notices_due`."""
+        ...
+
+    def migrations_due(self, scan: MigrationScan) -> list[StoredDossier]:
+        """The first `scan.limit` dossiers (by code) that `scan.covers`; `scan.lock` and
+        `scan.partitions` as for `notices_due`."""
         ...
 
     def partition_clocks(self, partitions: Collection[int] | None) -> dict[int, datetime]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -24,6 +24,7 @@ from engine.application.ports import (
     HandoverScan,
     HistoryRow,
     LedgerEntry,
+    MigrationScan,
     NoticeScan,
     OutboxMessage,
     ParkedInput,
@@ -31,7 +32,7 @@ from engine.application.ports import (
     StoredDossier,
     UnitOfWork,
 )
-from engine.decider import Decider, handover_event
+from engine.decider import Decider, step_event
 from engine.dossier import (
     Applied,
     Decision,
@@ -51,6 +52,7 @@ from engine.events import (
     contract_topic,
 )
 from engine.history import ENGINE_TOPIC
+from engine.procedures import MIGRATED_TYPE, MigrationPlan
 from engine.registry import Ending, SignatureCheck
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,8 @@ class BatchResult:
     # Contract 1.1, "Handover": dossiers handed to an ended agency's successor, by (former
     # level, new level).
     handovers: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Dossiers moved to another workflow version by a migration plan, by procedure group.
+    migrations: Counter[str] = field(default_factory=Counter)
     unparked: int = 0
     redelivered: int = 0  # inputs at or past a position already committed: skipped
     applied_event_times: list[datetime] = field(default_factory=list)
@@ -106,6 +110,7 @@ class BatchResult:
             discounts_granted=self.discounts_granted + later.discounts_granted,
             discount_vnd=self.discount_vnd + later.discount_vnd,
             handovers=self.handovers + later.handovers,
+            migrations=self.migrations + later.migrations,
             unparked=self.unparked + later.unparked,
             redelivered=self.redelivered + later.redelivered,
             applied_event_times=self.applied_event_times + later.applied_event_times,
@@ -121,8 +126,9 @@ class ServiceConfig:
     parked_ttl: timedelta
     clock_mode: Literal["business", "wall"] = "business"
     notice_scan_limit: int = 5000
-    # Dossiers handed over by the business clock per batch, at most (contract 1.1, "Handover");
-    # the others follow in the next batches (or just before their next input).
+    # Dossiers handed over by the business clock per batch, at most (contract 1.1, "Handover"),
+    # and as many moved by migration plans; the others follow in the next batches (or just
+    # before their next input).
     handover_scan_limit: int = 5000
 
 
@@ -146,7 +152,8 @@ class DecisionObserver(Protocol):
     def handed_over(
         self, cause: InboundEvent | None, dossier: Dossier, outputs: Sequence[OutboundEvent]
     ) -> None:
-        """A handover made just before the input `cause` applies, or by the clock (None)."""
+        """A step of the engine's own (a handover or a migration) made just before the input
+        `cause` applies, or by the clock (None)."""
         ...
 
 
@@ -199,8 +206,9 @@ class BatchProcessor:
         # assignment: due deadline notices are looked for among their dossiers only, so that
         # processes sharing a database do not pick the same one. None: every dossier.
         self.notice_partitions: frozenset[int] | None = None
-        # A replay from a database's history: handovers are the history's own entries, made
-        # again where they stand, not by the clock (see `_Batch._handle_recorded_handover`).
+        # A replay from a database's history: handovers and migrations are the history's own
+        # entries, made again where they stand, not by the clock (see
+        # `_Batch._handle_recorded_step`).
         self.replaying_handovers = False
 
     def process(
@@ -316,9 +324,9 @@ class _Batch:
             decoded.append((raw, event, check.signature))
         events = [e for _, e, _ in decoded if e is not None]
         self._prefetch(events)
-        registry = self.decider.registry
-        if registry is not None and registry.endings():
-            # Handovers are judged by the clocks of the inputs' partitions: read at once.
+        if self.decider.takes_own_steps:
+            # Handovers and migrations are judged by the clocks of the inputs' partitions: read
+            # at once.
             wanted = {
                 raw.position.partition
                 for raw, event, _ in decoded
@@ -335,7 +343,7 @@ class _Batch:
         # dossier overdue. Inputs dead-lettered above carry the clock the batch started with.
         self._advance_clock(self.result.applied_event_times)
         self._expire_parked()
-        self._handovers_by_clock()
+        self._own_steps_by_clock()
         self._deadline_notices()
         self._flush(inputs)
         self.result.clock = self.clock
@@ -398,7 +406,7 @@ class _Batch:
     def _handle(self, raw: RawInput, event: InboundEvent, signature: str | None = None) -> None:
         if raw.contract_topic == ENGINE_TOPIC:
             if self.replaying_handovers:
-                self._handle_recorded_handover(raw, event)
+                self._handle_recorded_step(raw, event)
             else:  # pragma: no cover - no transport hands the engine such an input
                 self._dead_letter(raw, DeadLetterReason.MALFORMED, "the engine's own entry")
             return
@@ -419,7 +427,7 @@ class _Batch:
                 self._conflict(raw, event, "parked")
             return
         try:
-            decision, handover = self._decide(event, raw.position.partition)
+            decision, steps = self._decide(event, raw.position.partition)
             if self.observer is not None:
                 self.observer.decided(event, decision)
             staged = self._stage(raw.position, event, decision, signature, raw.value)
@@ -430,8 +438,8 @@ class _Batch:
             self._count(raw, "dead_lettered")
             return
         if staged is not None:
-            if handover is not None:
-                self._record_handover(handover)
+            for step in steps:
+                self._record_step(step)
             self._record_applied(staged)
             self._count(raw, "applied")
             self._retry_parked(event.subject)
@@ -507,7 +515,7 @@ class _Batch:
         if decision.previous_state != dossier.state:
             self.result.transitions[(dossier.group, dossier.status_code)] += 1
         self.result.applied_event_times.append(event.time)
-        if position.partition is not None and self.decider.registry is not None:
+        if position.partition is not None and self.decider.takes_own_steps:
             clock = self._partition_clock(position.partition)
             if clock is None or event.time > clock:
                 self.partition_clocks[position.partition] = event.time.astimezone(UTC)
@@ -532,44 +540,68 @@ class _Batch:
 
     def _decide(
         self, event: InboundEvent, partition: int | None
-    ) -> tuple[Decision, _StagedHandover | None]:
-        """The decision on an input, and the handover to record before it when one is due.
+    ) -> tuple[Decision, tuple[_StagedStep, ...]]:
+        """The decision on an input, and the engine's own steps (a migration, a handover) to
+        record before it when they are due.
 
-        A handover due before the input is decided with it: the input is decided on the dossier
-        as the successor holds it, and the handover is recorded only if the input applies (an
-        input that is refused or parked leaves no trace, and changes nothing: its dossier is
-        handed over, the same way, by the clock or before its next input)."""
+        Steps due before the input are decided with it: the input is decided on the dossier as
+        they leave it, and they are recorded only if the input applies (an input that is
+        refused or parked leaves no trace, and changes nothing: its dossier takes the same
+        steps, the same way, by the clock or before its next input)."""
         dossier = self._dossier(event.subject)
-        if self.replaying_handovers or self.decider.registry is None:
-            return self.decider.apply(dossier, event), None
+        if self.replaying_handovers or not self.decider.takes_own_steps:
+            return self.decider.apply(dossier, event), ()
         clock = self._partition_clock(partition)
         if dossier is None:
             decision = self.decider.apply(None, event)
             if isinstance(decision, Applied) and clock is not None:
                 opened = evolve(decision.dossier, opened_clock=clock.astimezone(UTC))
                 decision = Applied(opened, decision.outputs, decision.previous_state)
-            return decision, None
-        ending = self.decider.handover_due(dossier, event.time, clock)
-        if ending is None:
-            return self.decider.apply(dossier, event), None
-        handover = self._stage_handover(dossier, ending)
-        decision = self.decider.apply(handover.decision.dossier, event)
+            return decision, ()
+        steps = self._steps_due(dossier, event.time, clock)
+        if not steps:
+            return self.decider.apply(dossier, event), ()
+        decision = self.decider.apply(steps[-1].decision.dossier, event)
         if not isinstance(decision, Applied):
-            return decision, None
+            return decision, ()
         if self.observer is not None:
-            self.observer.handed_over(event, handover.decision.dossier, handover.decision.outputs)
-        return decision, handover
+            for step in steps:
+                self.observer.handed_over(event, step.decision.dossier, step.decision.outputs)
+        return decision, steps
 
-    def _stage_handover(self, dossier: Dossier, ending: Ending) -> _StagedHandover:
-        event = handover_event(ending, dossier.code, self.config.engine_source)
-        return self._staged_handover(dossier, event)
+    def _steps_due(
+        self, dossier: Dossier, input_time: datetime | None, clock: datetime | None
+    ) -> tuple[_StagedStep, ...]:
+        """The engine's own steps due on `dossier` now, in order, each on the dossier the one
+        before left. A step changes the version (plans never cycle: each moves to a version in
+        force after the one it leaves) or the holder (successors never cycle: the registry is
+        checked at load), so the chain is short; the bound only guards against a bug."""
+        steps: list[_StagedStep] = []
+        current = dossier
+        for _ in range(_MAX_OWN_STEPS):
+            step = self.decider.step_due(current, input_time, clock)
+            if step is None:
+                break
+            staged = self._staged_step(
+                current, step_event(step, current.code, self.config.engine_source)
+            )
+            steps.append(staged)
+            current = staged.decision.dossier
+        return tuple(steps)
 
-    def _staged_handover(self, dossier: Dossier, event: InboundEvent) -> _StagedHandover:
-        decision = self.decider.hand_over(dossier, event)
+    def _steps_by_clock(self, code: str, dossier: Dossier) -> tuple[_StagedStep, ...]:
+        """The steps the clock of the dossier's partition makes now, if it makes any."""
+        if self.replaying_handovers or not self.decider.takes_own_steps:
+            return ()
+        return self._steps_due(dossier, None, self._partition_clock(self._partition(code)))
+
+    def _staged_step(self, dossier: Dossier, event: InboundEvent) -> _StagedStep:
+        decision = self.decider.take_step(dossier, event)
         outputs = tuple((output, self._outbox_message(output)) for output in decision.outputs)
-        return _StagedHandover(
-            event, decision, self.codec.stored_envelope(event), outputs, dossier.level
-        )
+        # A handover is counted by the level of the agency that ended, which a migration made
+        # just before it may already have renamed in the dossier (`district -> province`).
+        former = dossier.level if event.type == MIGRATED_TYPE else str(event.data["level"])
+        return _StagedStep(event, decision, self.codec.stored_envelope(event), outputs, former)
 
     def _append_history(
         self,
@@ -604,11 +636,11 @@ class _Batch:
             )
         )
 
-    def _record_handover(self, staged: _StagedHandover) -> None:
+    def _record_step(self, staged: _StagedStep) -> None:
         event, dossier = staged.event, staged.decision.dossier
         self.dirty[dossier.code] = dossier
         # Not a Kafka record: the engine's own entry (no ledger entry either: its id is the
-        # handover's, shared by every dossier the agency held).
+        # handover's or the plan's, shared by every dossier it moved).
         self._append_history(
             event,
             dossier,
@@ -618,27 +650,26 @@ class _Batch:
         )
         for output, message in staged.outputs:
             self._emit_encoded(output, message, dossier)
-        self.result.handovers[(staged.former_level, dossier.level)] += 1
+        if staged.is_migration:
+            self.result.migrations[dossier.group] += 1
+        else:
+            self.result.handovers[(staged.former_level, dossier.level)] += 1
 
-    def _handover_by_clock(self, code: str, dossier: Dossier) -> _StagedHandover | None:
-        """The handover the clock of the dossier's partition makes now, if it makes one."""
-        if self.replaying_handovers:
-            return None
-        ending = self.decider.handover_due(
-            dossier, None, self._partition_clock(self._partition(code))
-        )
-        return None if ending is None else self._stage_handover(dossier, ending)
-
-    def _handovers_by_clock(self) -> None:
-        """Once the clock has passed an ended agency's cutover, its open dossiers pass to the
-        successor: at most `handover_scan_limit` of them per batch, by code (with
-        `notice_partitions`, of this process's partitions only), the rest in the next batches,
-        or just before their next input. Each is handed over once: it is no longer the ended
-        agency's afterwards."""
-        registry = self.decider.registry
-        if registry is None or self.replaying_handovers or not registry.endings():
+    def _own_steps_by_clock(self) -> None:
+        """Once the clock has passed a plan's or an ended agency's cutover, the dossiers it
+        concerns take their step: at most `handover_scan_limit` of each kind per batch, by code
+        (with `notice_partitions`, of this process's partitions only), the rest in the next
+        batches, or just before their next input. Each step is taken once: the dossier is no
+        longer on the version the plan moves, or held by the agency that ended, afterwards."""
+        decider = self.decider
+        if self.replaying_handovers or not decider.takes_own_steps:
             return
-        earliest = registry.endings()[0].cutover
+        registry = decider.registry
+        endings = registry.endings() if registry is not None else []
+        plans = decider.catalogue.migrations()
+        earliest = min([e.cutover for e in endings] + [p.cutover for p in plans], default=None)
+        if earliest is None:
+            return
         if self.notice_partitions is not None:
             self.partition_clocks.update(
                 self.repo.partition_clocks(
@@ -657,7 +688,6 @@ class _Batch:
         latest = max(known, default=None)
         if latest is None or latest < earliest:
             return
-        ended = {e.agency.code: e.cutover for e in registry.endings() if e.cutover <= latest}
         past = {
             p
             for p, t in self.partition_clocks.items()
@@ -665,6 +695,31 @@ class _Batch:
             and t >= earliest
             and (self.notice_partitions is None or p in self.notice_partitions)
         }
+        candidates = self._handover_candidates(endings, latest, past)
+        candidates.update(self._migration_candidates(plans, latest, past))
+        for code in sorted(candidates):
+            try:
+                steps = self._steps_by_clock(code, self._dossier(code) or candidates[code])
+            except Exception:
+                # As a deadline notice: it must not stop every batch's inputs; the dossier is
+                # looked at again in the next batch, or before its next input.
+                log.exception(
+                    "the engine's own step on dossier %s failed; skipped this batch", code
+                )
+                continue
+            for staged in steps:
+                if self.observer is not None:
+                    self.observer.handed_over(
+                        None, staged.decision.dossier, staged.decision.outputs
+                    )
+                self._record_step(staged)
+
+    def _handover_candidates(
+        self, endings: Sequence[Ending], latest: datetime, past: Collection[int]
+    ) -> dict[str, Dossier]:
+        ended = {e.agency.code: e.cutover for e in endings if e.cutover <= latest}
+        if not ended:
+            return {}
         scan = HandoverScan(ended, self.config.handover_scan_limit, partitions=past)
         candidates: dict[str, Dossier] = {
             code: d for code, d in self.dirty.items() if d.agency in ended and not d.final
@@ -674,52 +729,83 @@ class _Batch:
             if code not in self.dirty:
                 self.stored.setdefault(code, stored)
                 candidates[code] = stored.dossier
-        for code in sorted(candidates):
-            try:
-                staged = self._handover_by_clock(code, candidates[code])
-            except Exception:
-                # As a deadline notice: it must not stop every batch's inputs; the dossier is
-                # looked at again in the next batch, or before its next input.
-                log.exception("the handover of dossier %s failed; skipped this batch", code)
-                continue
-            if staged is not None:
-                if self.observer is not None:
-                    self.observer.handed_over(
-                        None, staged.decision.dossier, staged.decision.outputs
-                    )
-                self._record_handover(staged)
+        return candidates
 
-    def _handle_recorded_handover(self, raw: RawInput, event: InboundEvent) -> None:
-        """A replay from a database: the engine's own history entry of a handover, at its place
-        among its dossier's inputs. The database keeps each dossier's order but not the order of
-        the inputs of one partition across dossiers (a batch's rows are stored by dossier), so
-        it cannot tell again when the clock passed the cutover: the handover is made again where
-        it was made, its effects worked out afresh from the registry, and refused if the rule
-        could not have made it there (the dossier final, or not held by the agency that ended,
-        or the cutover later than the dossier's last input)."""
+    def _migration_candidates(
+        self, plans: Sequence[MigrationPlan], latest: datetime, past: Collection[int]
+    ) -> dict[str, Dossier]:
+        in_effect = {
+            (p.procedure, p.from_version): (p.cutover, frozenset(p.states))
+            for p in plans
+            if p.cutover <= latest
+        }
+        if not in_effect:
+            return {}
+        scan = MigrationScan(in_effect, self.config.handover_scan_limit, partitions=past)
+        candidates = {code: d for code, d in self.dirty.items() if scan.covers(d)}
+        for stored in self.repo.migrations_due(scan):
+            code = stored.dossier.code
+            if code not in self.dirty:
+                self.stored.setdefault(code, stored)
+                candidates[code] = stored.dossier
+        return candidates
+
+    def _handle_recorded_step(self, raw: RawInput, event: InboundEvent) -> None:
+        """A replay from a database: the engine's own history entry of a handover or a
+        migration, at its place among its dossier's inputs. The database keeps each dossier's
+        order but not the order of the inputs of one partition across dossiers (a batch's rows
+        are stored by dossier), so it cannot tell again when the clock passed the cutover: the
+        step is made again where it was made, its effects worked out afresh from the registry
+        or the plan, and refused if the rule could not have made it there."""
         code = event.subject
         dossier = self._dossier(code)
-        registry = self.decider.registry
-        ending = registry.ending_of(str(event.data.get("agency"))) if registry else None
-        refused: str | None = None
-        if dossier is None or ending is None:
-            refused = "no such dossier, or no such ending agency in the registry"
-        elif dossier.agency != ending.agency.code or dossier.final:
-            refused = f"dossier {code} is not held open by agency {ending.agency.code}"
-        elif event.id != ending.handover_id or event.time != ending.cutover:
-            refused = f"the registry's handover of {ending.agency.code} is {ending.handover_id}"
+        if event.type == MIGRATED_TYPE:
+            refused = self._recorded_migration_refused(dossier, event)
+        else:
+            refused = self._recorded_handover_refused(dossier, event)
         if refused is not None:
-            decision: Decision = Rejected("invalid-transition", f"handover: {refused}")
+            kind = "migration" if event.type == MIGRATED_TYPE else "handover"
+            decision: Decision = Rejected("invalid-transition", f"{kind}: {refused}")
             if self.observer is not None:
                 self.observer.decided(event, decision)
-            self._dead_letter(raw, DeadLetterReason.INVALID_TRANSITION, f"handover: {refused}")
+            self._dead_letter(raw, DeadLetterReason.INVALID_TRANSITION, f"{kind}: {refused}")
             return
         assert dossier is not None
-        staged = self._staged_handover(dossier, event)
+        staged = self._staged_step(dossier, event)
         if self.observer is not None:
             self.observer.decided(event, staged.decision)
-        self._record_handover(staged)
+        self._record_step(staged)
         self._retry_parked(code)
+
+    def _recorded_handover_refused(
+        self, dossier: Dossier | None, event: InboundEvent
+    ) -> str | None:
+        registry = self.decider.registry
+        ending = registry.ending_of(str(event.data.get("agency"))) if registry else None
+        if dossier is None or ending is None:
+            return "no such dossier, or no such ending agency in the registry"
+        if dossier.agency != ending.agency.code or dossier.final:
+            return f"dossier {dossier.code} is not held open by agency {ending.agency.code}"
+        if event.id != ending.handover_id or event.time != ending.cutover:
+            return f"the registry's handover of {ending.agency.code} is {ending.handover_id}"
+        return None
+
+    def _recorded_migration_refused(
+        self, dossier: Dossier | None, event: InboundEvent
+    ) -> str | None:
+        if dossier is None:
+            return "no such dossier"
+        plan = self.decider.catalogue.migration_from(dossier.procedure, dossier.workflow_version)
+        if plan is None:
+            return (
+                f"no plan moves {dossier.procedure} version {dossier.workflow_version} "
+                "in the catalogue"
+            )
+        if event.id != plan.entry_id or event.time != plan.cutover:
+            return f"the catalogue's plan for dossier {dossier.code} is {plan.entry_id}"
+        if dossier.final or not plan.maps(dossier.state):
+            return f"dossier {dossier.code} in state {dossier.state} is not one the plan moves"
+        return None
 
     def _emit(self, outputs: Iterable[OutboundEvent], dossier: Dossier) -> None:
         for output in outputs:
@@ -777,7 +863,7 @@ class _Batch:
                     progress = True
                     break
                 try:
-                    decision, handover = self._decide(event, parked.position.partition)
+                    decision, steps = self._decide(event, parked.position.partition)
                     if self.observer is not None:
                         self.observer.decided(event, decision)
                     staged = self._stage(
@@ -793,8 +879,8 @@ class _Batch:
                     continue
                 self._unpark(parked)
                 if staged is not None:
-                    if handover is not None:
-                        self._record_handover(handover)
+                    for step in steps:
+                        self._record_step(step)
                     self._record_applied(staged)
                     self._resettle(parked, "applied")
                 elif isinstance(decision, Rejected):
@@ -935,13 +1021,12 @@ class _Batch:
         for code, dossier in candidates.items():
             try:
                 # A notice names the agency holding the dossier: its successor, if due.
-                staged = self._handover_by_clock(code, dossier)
-                if staged is not None:
+                for staged in self._steps_by_clock(code, dossier):
                     if self.observer is not None:
                         self.observer.handed_over(
                             None, staged.decision.dossier, staged.decision.outputs
                         )
-                    self._record_handover(staged)
+                    self._record_step(staged)
                     dossier = staged.decision.dossier
                 updated, notices = self.decider.deadline_notices(dossier, now)
                 if notices:
@@ -1008,12 +1093,22 @@ class _StagedApply:
 
 
 @dataclass(frozen=True, slots=True)
-class _StagedHandover:
-    event: InboundEvent  # the engine's own entry (engine.decider.handover_event)
+class _StagedStep:
+    """A step of the engine's own: a handover or a migration (engine.decider.step_event)."""
+
+    event: InboundEvent
     decision: Applied
     envelope: dict[str, object]
     outputs: tuple[tuple[OutboundEvent, OutboxMessage], ...]
     former_level: str
+
+    @property
+    def is_migration(self) -> bool:
+        return self.event.type == MIGRATED_TYPE
+
+
+# More steps of its own in a row on one dossier than any registry and catalogue give.
+_MAX_OWN_STEPS = 16
 
 
 _UNCHECKED = SignatureCheck()

@@ -23,6 +23,7 @@ from engine.application.ports import (
     HandoverScan,
     HistoryRow,
     LedgerEntry,
+    MigrationScan,
     NoticeScan,
     OutboxMessage,
     ParkedInput,
@@ -196,6 +197,20 @@ class InMemoryRepository(ChangeSetWriter):
             ):
                 continue
             due.append(stored)
+        due.sort(key=lambda stored: stored.dossier.code)
+        return due[: scan.limit]
+
+    def migrations_due(self, scan: MigrationScan) -> list[StoredDossier]:
+        due = [
+            stored
+            for _, stored in self._dossiers.items()
+            if scan.covers(stored.dossier)
+            and (
+                scan.partitions is None
+                or stored.partition is None
+                or stored.partition in scan.partitions
+            )
+        ]
         due.sort(key=lambda stored: stored.dossier.code)
         return due[: scan.limit]
 

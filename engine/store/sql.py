@@ -65,6 +65,7 @@ from engine.application.ports import (
     HandoverScan,
     HistoryRow,
     LedgerEntry,
+    MigrationScan,
     NoticeScan,
     OutboxMessage,
     ParkedInput,
@@ -505,6 +506,38 @@ class SqlRepository(ChangeSetWriter):
             )
         )
         query = select(*STORED_COLUMNS).where(~c.final, held).order_by(c.code).limit(scan.limit)
+        if scan.partitions is not None:
+            owned = self._in(c.partition, sorted(scan.partitions)) if scan.partitions else false()
+            query = query.where(or_(owned, c.partition.is_(None)))
+        if scan.lock:
+            query = query.with_for_update(skip_locked=True)
+        return [stored_dossier(*row) for row in self.connection.execute(query).all()]
+
+    def migrations_due(self, scan: MigrationScan) -> list[StoredDossier]:
+        c = dossiers.c
+        if not scan.plans:
+            return []
+        # Plans made by one import share their cutover and states: one clause per such group.
+        groups: dict[tuple[int, datetime, frozenset[str]], list[str]] = {}
+        for (procedure, version), (cutover, states) in scan.plans.items():
+            require_aware(cutover)
+            key = (version, cutover.astimezone(UTC), states)
+            groups.setdefault(key, []).append(procedure)
+        opened = c.snapshot["opened_clock"].as_string()
+        covered = or_(
+            *(
+                and_(
+                    self._in(c.procedure, sorted(procedures)),
+                    c.workflow_version == version,
+                    self._in(c.state, sorted(states)),
+                    or_(opened.is_(None), opened < cutover.isoformat()),
+                )
+                for (version, cutover, states), procedures in sorted(
+                    groups.items(), key=lambda item: (item[0][0], item[0][1], sorted(item[0][2]))
+                )
+            )
+        )
+        query = select(*STORED_COLUMNS).where(~c.final, covered).order_by(c.code).limit(scan.limit)
         if scan.partitions is not None:
             owned = self._in(c.partition, sorted(scan.partitions)) if scan.partitions else false()
             query = query.where(or_(owned, c.partition.is_(None)))

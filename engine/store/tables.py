@@ -139,6 +139,15 @@ Index(
     sqlite_where=~dossiers.c.final,
 )
 Index("ix_dossiers_partition_last_event_at", dossiers.c.partition, dossiers.c.last_event_at)
+# Workflow migrations: the open dossiers still pinned to a version a plan moves, by code.
+Index(
+    "ix_dossiers_open_procedure_version",
+    dossiers.c.procedure,
+    dossiers.c.workflow_version,
+    dossiers.c.code,
+    postgresql_where=~dossiers.c.final,
+    sqlite_where=~dossiers.c.final,
+)
 
 history = Table(
     "history",

@@ -286,7 +286,7 @@ def test_db_upgrade_migrates_as_the_owner_and_grants_the_engine_role(
     assert "dossier_engine:" not in out.replace("dossier_engine:***", "")  # no password
     as_engine = create_db_engine(engine_url)
     try:
-        assert current_revision(as_engine) == "0010"
+        assert current_revision(as_engine) == "0011"
         assert refused(as_engine, "DELETE FROM history") == "42501"
         with as_engine.begin() as connection:
             connection.execute(sa.text("INSERT INTO engine_clock VALUES (1, now())"))

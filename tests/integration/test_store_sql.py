@@ -123,7 +123,7 @@ class TestSqlStore(StoreContract):
 def test_migrations_create_exactly_the_model(db_engine: Engine) -> None:
     assert current_revision(db_engine) is None
     upgrade(db_engine)
-    assert current_revision(db_engine) == head_revision() == "0010"
+    assert current_revision(db_engine) == head_revision() == "0011"
     with db_engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, metadata) == []

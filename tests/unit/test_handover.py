@@ -23,14 +23,17 @@ from engine.application.service import BatchProcessor, BatchResult, RawInput, Se
 from engine.calendar import VN_TZ, WorkingCalendar
 from engine.decider import HANDED_OVER_TYPE, Decider
 from engine.history import ENGINE_TOPIC
-from engine.procedures import load_catalogue
+from engine.procedures import Catalogue, load_catalogue
 from engine.registry import load_registry
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from schemas.codec import ContractCodec
 from tests.fixtures import events as ev
 
 REGISTRY = load_registry(ev.registry_files_with_fixtures())
-DECIDER = Decider(load_catalogue(), WorkingCalendar.load(), REGISTRY)
+# The shipped procedures without their migration plans: the handover rule on its own, as for a
+# version no plan moves (a DD.GCN.LD v1 dossier stays v1, its district steps the province's).
+# With the plans: tests/unit/test_migration.py.
+DECIDER = Decider(Catalogue(load_catalogue().all_versions()), WorkingCalendar.load(), REGISTRY)
 CODEC = ContractCodec()
 ENGINE_SOURCE = "urn:test:engine"
 GROUP = "handover-test"
