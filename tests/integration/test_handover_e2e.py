@@ -1,11 +1,12 @@
-"""Contract 1.1, "Handover", end to end through real Kafka into SQLite and PostgreSQL: a DD.GCN.LD
-dossier (workflow v1, upper level `district`) open at a district on 30 June 2025 passes to the
-district's successor (the fixtures' province 000.00.00.H56) when the business clock passes
-1 July 00:00 +07:00, and the province finishes it on dossier.province with its first
-appointment; the ended district's later input is dead-lettered `unauthenticated`; a dossier
-whose inputs reach the engine only after the cutover passed (a backfill) is handed over just
-before its first input dated after it; and the live database, a replay from Kafka and a replay
-from the database agree.
+"""Contract 1.1, "Handover", and issue 19's workflow migrations, end to end through real Kafka
+into SQLite and PostgreSQL: a DD.GCN.LD dossier (workflow v1, upper level `district`) open at a
+district on 30 June 2025 moves to v2 (upper level `province`: workflows/migrations/reference.yaml)
+and passes to the district's successor (the fixtures' province 000.00.00.H56) when the business
+clock passes 1 July 00:00 +07:00, and the province finishes it on dossier.province with its
+first appointment; the ended district's later input is dead-lettered `unauthenticated`; a
+dossier whose inputs reach the engine only after the cutover passed (a backfill) is migrated and
+handed over just before its first input dated after it; and the live database, a replay from
+Kafka and a replay from the database agree.
 
 "The clock" is the clock of the dossier's inbound partition (docs/CONTRACT.md, Handover): the
 other dossiers whose inputs move it here are chosen on the same partition.
@@ -39,6 +40,7 @@ from tests.integration.test_engine_e2e import (  # noqa: F401 - fixtures
 
 COMMUNE, DISTRICT, PROVINCE = ev.COMMUNE_AGENCY, ev.DISTRICT_AGENCY, ev.PROVINCE_AGENCY
 HANDOVER_ID = f"handover:{DISTRICT}:2025-07-01"
+MIGRATION_ID = "migration:DD.GCN.LD:v1-v2:2025-07-01"
 PARTITIONS = 3
 
 
@@ -145,22 +147,29 @@ def test_a_district_dossier_is_handed_over_finished_by_the_successor_and_replaye
 
     statuses = statuses_by_dossier(engine_settings)
     steps = statuses[held]
-    assert [s["data"]["status_code"] for s in steps] == [1, 2, 4, 4, 6, 4, 4, 9, 9, 10]
-    assert [s["data"]["sequence"] for s in steps] == list(range(1, 11))
-    handover = steps[6]["data"]
+    assert [s["data"]["status_code"] for s in steps] == [1, 2, 4, 4, 6, 4, 4, 4, 9, 9, 10]
+    assert [s["data"]["sequence"] for s in steps] == list(range(1, 12))
+    migration, handover = steps[6]["data"], steps[7]["data"]
+    assert migration["caused_by"] == {
+        "source": engine_settings.engine_source,
+        "id": MIGRATION_ID,
+        "type": "vn.gov.dossier.workflow-migrated",
+    }
+    assert (migration["state"], migration["workflow_version"]) == ("upper_processing", 2)
     assert handover["caused_by"] == {
         "source": engine_settings.engine_source,
         "id": HANDOVER_ID,
         "type": "vn.gov.dossier.handed-over",
     }
     assert (handover["agency"], handover["level"]) == (PROVINCE, "province")
-    assert (handover["state"], handover["workflow_version"]) == ("upper_processing", 1)
-    assert steps[6]["time"] == "2025-07-01T00:00:00+07:00"
+    assert (handover["state"], handover["workflow_version"]) == ("upper_processing", 2)
+    assert steps[6]["time"] == steps[7]["time"] == "2025-07-01T00:00:00+07:00"
     first_appointment = steps[1]["data"]["due_at"]
     assert first_appointment is not None
     assert {s["data"]["due_at"] for s in steps[1:]} == {first_appointment}
-    assert [s["data"]["agency"] for s in steps[7:]] == [PROVINCE, COMMUNE, COMMUNE]
-    assert [s["data"]["level"] for s in steps[3:7]] == ["district"] * 3 + ["province"]
+    assert [s["data"]["agency"] for s in steps[8:]] == [PROVINCE, COMMUNE, COMMUNE]
+    assert [s["data"]["level"] for s in steps[3:8]] == ["district"] * 3 + ["province"] * 2
+    assert {s["data"]["workflow_version"] for s in steps[6:]} == {2}
 
     dead = [d["data"] for d in outputs(engine_settings, "dossier.dlq")]
     assert [(d["reason"], d["detail"].split(":")[0]) for d in dead] == [
@@ -168,9 +177,9 @@ def test_a_district_dossier_is_handed_over_finished_by_the_successor_and_replaye
     ]
 
     late = statuses[backfill]
-    assert [s["data"]["status_code"] for s in late] == [1, 2, 4, 4, 6, 4, 4, 9]
-    assert late[6]["data"]["caused_by"]["id"] == HANDOVER_ID
-    assert late[6]["data"]["agency"] == PROVINCE and late[5]["data"]["agency"] == DISTRICT
+    assert [s["data"]["status_code"] for s in late] == [1, 2, 4, 4, 6, 4, 4, 4, 9]
+    assert [s["data"]["caused_by"]["id"] for s in late[6:8]] == [MIGRATION_ID, HANDOVER_ID]
+    assert late[7]["data"]["agency"] == PROVINCE and late[5]["data"]["agency"] == DISTRICT
 
     live = create_db_engine(engine_settings.database_url)
     try:
@@ -178,22 +187,24 @@ def test_a_district_dossier_is_handed_over_finished_by_the_successor_and_replaye
             history = uow.repo.history(held)
             backfilled = uow.repo.history(backfill)
         kinds = [row.type.rsplit(".", 1)[1] for row in history]
-        assert kinds[5:8] == ["payment-completed", "handed-over", "resolved"]
-        entry = history[6]
+        assert kinds[5:9] == ["payment-completed", "workflow-migrated", "handed-over", "resolved"]
+        entry = history[7]
         assert (entry.source, entry.event_id) == (engine_settings.engine_source, HANDOVER_ID)
         assert entry.position.partition is None and entry.position.offset is None
-        assert [row.type.rsplit(".", 1)[1] for row in backfilled][-2:] == [
+        assert [row.type.rsplit(".", 1)[1] for row in backfilled][-3:] == [
+            "workflow-migrated",
             "handed-over",
             "resolved",
         ]
+        assert (history[6].event_id, history[6].workflow_version) == (MIGRATION_ID, 2)
         assert verify(live).findings == []
 
         # The audit trail shows the engine's own entry, chained with the inputs.
         url = engine_settings.database_url
         assert cli(["audit", "show", held, "--url", url, "--format", "json"]) == 0
         document = json.loads(capsys.readouterr().out)
-        assert [s["type"] for s in document["steps"]][6] == "handed-over"
-        assert document["steps"][6]["source"] == engine_settings.engine_source
+        assert [s["type"] for s in document["steps"]][6:8] == ["workflow-migrated", "handed-over"]
+        assert {s["source"] for s in document["steps"][6:8]} == {engine_settings.engine_source}
 
         from_kafka = create_db_engine(f"sqlite:///{tmp_path / 'from-kafka.db'}")
         replay_from_kafka(engine_settings, from_kafka)
