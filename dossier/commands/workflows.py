@@ -31,7 +31,9 @@ def register(subparsers: Any) -> None:
         description=(
             "Each CSV row is one version of a procedure, instantiated from a workflow template; "
             "the result is one YAML file, <OUT>/<csv name>.yaml. Codes already defined in "
-            "another file of the catalogue are skipped. Columns: see "
+            "another file of the catalogue are skipped. A version that ends the day before "
+            "the next starts, from the same template, gets a migration plan in "
+            "<OUT>/../migrations/<csv name>.yaml. Columns: see "
             "dossier/tools/catalogue_import.py."
         ),
     )
@@ -90,6 +92,18 @@ def run_import(settings: Settings, args: argparse.Namespace) -> int:
         f"ok: {len(result.procedures)} procedures, {result.version_count} versions "
         f"written to {result.output}"
     )
+    print(f"ok: {len(result.plans)} migration plan(s) written to {result.plans_output}")
+    for draft in result.plans:
+        if draft.left_out:
+            print(
+                f"note: {draft.code} v{draft.from_version} -> v{draft.to_version} leaves out "
+                f"{', '.join(draft.left_out)}: those dossiers would be refused"
+            )
+    for no_plan in result.no_plans:
+        print(
+            f"note: {no_plan.code} v{no_plan.from_version} -> v{no_plan.to_version}: no plan, "
+            f"{no_plan.reason}"
+        )
     if result.skipped:
         where = sorted(set(result.skipped.values()))
         print(
