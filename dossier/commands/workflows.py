@@ -1,16 +1,25 @@
-"""`dossier workflows check|show|import`: validate the catalogue, print a procedure or its
-diagram, build procedure definitions from a province's procedure list (CSV)."""
+"""`dossier workflows check|show|import|migrate`: validate the catalogue, print a procedure or
+its diagram, build procedure definitions from a province's procedure list (CSV), and show what
+a migration plan would do to the database's open dossiers (`migrate --dry-run`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from dossier.settings import Settings
 from engine.calendar import CalendarDataError, WorkingCalendar
 from engine.machine import CompiledWorkflow
 from engine.procedures import STATUS_LABELS, Catalogue, WorkflowError, load_catalogue
+
+if TYPE_CHECKING:
+    from engine.procedures import MigrationPlan
+
+# Refused dossiers' codes shown per state; an operator needs examples, not the whole list.
+SHOWN_CODES = 10
 
 
 def register(subparsers: Any) -> None:
@@ -31,7 +40,9 @@ def register(subparsers: Any) -> None:
         description=(
             "Each CSV row is one version of a procedure, instantiated from a workflow template; "
             "the result is one YAML file, <OUT>/<csv name>.yaml. Codes already defined in "
-            "another file of the catalogue are skipped. Columns: see "
+            "another file of the catalogue are skipped. A version that ends the day before "
+            "the next starts, from the same template, gets a migration plan in "
+            "<OUT>/../migrations/<csv name>.yaml. Columns: see "
             "dossier/tools/catalogue_import.py."
         ),
     )
@@ -43,6 +54,24 @@ def register(subparsers: Any) -> None:
         "--dir", default=None, help="definitions directory with templates/ (default: shipped)"
     )
     imp.set_defaults(func=run_import)
+    migrate = commands.add_parser(
+        "migrate",
+        help="what a migration plan would do to the open dossiers (--dry-run; changes nothing)",
+        description=(
+            "Validates FILE's plans against the catalogue and counts the database's open "
+            "dossiers each would move (old state -> new state) and refuse (a state the plan "
+            "does not map: the dossier stays whole on its version). Plans are installed under "
+            "workflows/migrations/ and applied by the engine at business time; this command "
+            "never changes anything. Exit 0: nothing refused; 1: some dossiers would be "
+            "refused; 2: an invalid plan or no --dry-run."
+        ),
+    )
+    migrate.add_argument("--plan", required=True, metavar="FILE", help="a migration plan file")
+    migrate.add_argument(
+        "--dry-run", action="store_true", help="count what the plan would move and refuse"
+    )
+    migrate.add_argument("--dir", default=None, help="definitions directory")
+    migrate.set_defaults(func=run_migrate)
 
 
 def _load(settings: Settings, directory: str | None) -> Catalogue:
@@ -90,6 +119,18 @@ def run_import(settings: Settings, args: argparse.Namespace) -> int:
         f"ok: {len(result.procedures)} procedures, {result.version_count} versions "
         f"written to {result.output}"
     )
+    print(f"ok: {len(result.plans)} migration plan(s) written to {result.plans_output}")
+    for draft in result.plans:
+        if draft.left_out:
+            print(
+                f"note: {draft.code} v{draft.from_version} -> v{draft.to_version} leaves out "
+                f"{', '.join(draft.left_out)}: those dossiers would be refused"
+            )
+    for no_plan in result.no_plans:
+        print(
+            f"note: {no_plan.code} v{no_plan.from_version} -> v{no_plan.to_version}: no plan, "
+            f"{no_plan.reason}"
+        )
     if result.skipped:
         where = sorted(set(result.skipped.values()))
         print(
@@ -160,3 +201,118 @@ def run_show(settings: Settings, args: argparse.Namespace) -> int:
                 f"{t.dest or '(stays)'}{when}{guards}"
             )
     return 0
+
+
+def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engine.procedures import Problem, load_migration_plans
+    from engine.store import queries
+    from engine.store.sql import create_db_engine
+
+    if not args.dry_run:
+        print(
+            "dossier workflows migrate: nothing changed. A plan is installed under "
+            "workflows/migrations/ and applied by the engine at business time (from its "
+            "cutover, by the business clock); use --dry-run to see what it would move and "
+            "refuse.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        catalogue = _load(settings, args.dir)
+    except WorkflowError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print("the catalogue is invalid: no plan can be checked against it", file=sys.stderr)
+        return 2
+    problems: list[Problem] = []
+    plans = load_migration_plans(Path(args.plan), catalogue, problems)
+    seen: set[tuple[str, int]] = set()
+    for plan in plans:
+        if (plan.procedure, plan.from_version) in seen:
+            problems.append(
+                Problem(
+                    args.plan,
+                    plan.procedure,
+                    f"a second plan for version {plan.from_version}: a dossier moves by one plan",
+                )
+            )
+        seen.add((plan.procedure, plan.from_version))
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{len(problems)} problem(s) in {args.plan}: nothing counted", file=sys.stderr)
+        return 2
+    db = create_db_engine(settings.database_url)
+    try:
+        with db.connect() as connection:
+            found = queries.open_by_version_state(connection, {p.procedure for p in plans})
+            clock = queries.business_clock(connection)
+    finally:
+        db.dispose()
+    lines, refused = dry_run_report(plans, found, clock)
+    print("\n".join(lines))
+    return 1 if refused else 0
+
+
+def dry_run_report(
+    plans: Sequence[MigrationPlan],
+    found: Mapping[tuple[str, int, str], Sequence[str]],
+    clock: datetime | None,
+) -> tuple[list[str], int]:
+    """What each plan would do to the open dossiers `found` (by procedure, version, state):
+    the lines to print, and how many dossiers it would refuse. Only dossier codes and states
+    are printed: never an applicant's data."""
+    lines: list[str] = []
+    total_moved = total_refused = 0
+    for plan in plans:
+        moved: dict[tuple[str, str], int] = {}
+        refused: dict[str, Sequence[str]] = {}
+        already = 0
+        for (procedure, version, state), codes in sorted(found.items()):
+            if procedure != plan.procedure:
+                continue
+            if version == plan.to_version:
+                already += len(codes)
+            elif version == plan.from_version:
+                if plan.maps(state):
+                    moved[(state, plan.states[state])] = len(codes)
+                else:
+                    refused[state] = codes
+        moving = sum(moved.values())
+        refusing = sum(len(codes) for codes in refused.values())
+        total_moved += moving
+        total_refused += refusing
+        lines.append(
+            f"{plan.procedure} v{plan.from_version} -> v{plan.to_version}, effective "
+            f"{plan.effective.isoformat()} (cutover {plan.cutover.isoformat()})"
+        )
+        if clock is None:
+            lines.append("  the database has no business clock yet: the engine has applied nothing")
+        else:
+            passed = "has passed" if clock >= plan.cutover else "has not passed"
+            lines.append(
+                f"  the engine applies this plan by the business clock "
+                f"({clock.astimezone(plan.cutover.tzinfo).isoformat()}): it {passed} the cutover"
+            )
+        lines.append(f"  would move {moving} open dossier(s)" + (":" if moved else ""))
+        lines += [f"    {old} -> {new}: {count}" for (old, new), count in moved.items()]
+        if refused:
+            lines.append(
+                f"  would refuse {refusing} open dossier(s) in states the plan does not map: "
+                f"they would stay whole on version {plan.from_version}"
+            )
+            for state, codes in refused.items():
+                shown = ", ".join(codes[:SHOWN_CODES])
+                more = f" … and {len(codes) - SHOWN_CODES} more" if len(codes) > SHOWN_CODES else ""
+                lines.append(f"    {state}: {len(codes)}: {shown}{more}")
+        else:
+            lines.append("  would refuse none")
+        if already:
+            lines.append(f"  ({already} open dossier(s) already on version {plan.to_version})")
+    lines.append(
+        f"total: {total_moved} open dossier(s) would move, {total_refused} would be refused, "
+        f"by {len(plans)} plan(s)"
+    )
+    return lines, total_refused

@@ -29,6 +29,15 @@ Columns (a header row names them, in any order; extra columns are ignored with a
 Codes already defined in another file of the catalogue (the contract's reference procedures in
 `reference.yaml`) are skipped, so the hand-written definition stays the one in force; a row
 that disagrees with it is reported as a warning.
+
+A procedure whose version ends the day before its next version starts, from the same template,
+also gets a migration plan (`engine.procedures.MigrationPlan`) in a second file,
+`migrations/<csv name>.yaml` beside the procedures directory: its open dossiers continue under
+the next version from that version's first day, each open state in the same-named state, the
+levels whose template parameter changed renamed (`district: commune`). Nothing is guessed: a
+change of template gets no plan, and a state without a same-named open counterpart at the
+mapped level is left out of its plan (its dossiers are refused and stay on their version); a
+comment in the file says which.
 """
 
 from __future__ import annotations
@@ -41,8 +50,8 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -50,7 +59,13 @@ from typing import Any
 import yaml
 
 from engine.events import LEVEL_TOPICS
-from engine.procedures import Catalogue, ProcedureVersion, WorkflowError, load_catalogue
+from engine.procedures import (
+    Catalogue,
+    ProcedureVersion,
+    StateDef,
+    WorkflowError,
+    load_catalogue,
+)
 
 REQUIRED_COLUMNS = ("code", "name", "levels", "working_days", "effective_from")
 OPTIONAL_COLUMNS = (
@@ -72,6 +87,16 @@ ONLINE_LEVEL_WORDS: Mapping[str, int] = {"partial": 3, "full": 4}
 DISCOUNT_CONDITIONS = ("online", "full-online")
 _FEE_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PROBLEM_PATH = re.compile(r"^procedures\[(\d+)\](?:\.versions\[(\d+)\])?")
+_PLAN_PATH = re.compile(r"^plans\[(\d+)\]")
+# Nothing in the project's sources names the decision behind the 2025 moves: the generated plans
+# say so rather than cite one.
+DISTRICT_ABOLITION_BASIS = (
+    "illustrative: the district level of local government is abolished from 2025-07-01 (the "
+    "2025 reorganisation into two tiers); a dossier open under the version that involved the "
+    "district continues under the version in force from that day, its district steps taken by "
+    "the level that replaces the district"
+)
+DISTRICT_ABOLITION_DAY = date(2025, 7, 1)
 
 
 def known_levels() -> tuple[str, ...]:
@@ -148,6 +173,32 @@ class ImportedProcedure:
     versions: tuple[RowVersion, ...]  # by effective date; version numbers follow this order
 
 
+@dataclass(frozen=True, slots=True)
+class PlanDraft:
+    """A migration plan the importer writes: one procedure's version to its next."""
+
+    code: str
+    line: int  # CSV line of the version the plan moves dossiers to
+    from_version: int
+    to_version: int
+    effective: date
+    template: str
+    states: tuple[tuple[str, str], ...]  # in the order version `from_version` declares them
+    levels: Mapping[str, str]
+    left_out: tuple[str, ...]  # open states with no counterpart: their dossiers are refused
+    basis: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoPlan:
+    """Consecutive versions the importer writes no plan for, and why (a comment in the file)."""
+
+    code: str
+    from_version: int
+    to_version: int
+    reason: str
+
+
 @dataclass
 class ImportResult:
     procedures: list[ImportedProcedure]
@@ -155,6 +206,10 @@ class ImportResult:
     warnings: list[ImportProblem]
     yaml_text: str
     output: Path | None = None
+    plans: list[PlanDraft] = field(default_factory=list)
+    no_plans: list[NoPlan] = field(default_factory=list)
+    plans_text: str = ""
+    plans_output: Path | None = None
 
     @property
     def version_count(self) -> int:
@@ -567,6 +622,163 @@ def _render_version(number: int, v: RowVersion, name: str, anchors: _Anchors) ->
 
 
 # --------------------------------------------------------------------------------------------
+# Migration plans
+# --------------------------------------------------------------------------------------------
+
+
+def plan_migrations(
+    procedures: Sequence[ImportedProcedure], catalogue: Catalogue
+) -> tuple[list[PlanDraft], list[NoPlan]]:
+    """A plan per version that ends the day before the next starts, with the same template.
+
+    `catalogue` holds the procedures as the engine loads them: their states' levels and
+    finality are the template's, resolved, so the plan is checked against what will run."""
+    drafts: list[PlanDraft] = []
+    no_plans: list[NoPlan] = []
+    for procedure in procedures:
+        for number, (earlier, later) in enumerate(itertools.pairwise(procedure.versions), start=1):
+            if earlier.effective_to != later.effective_from - timedelta(days=1):
+                continue  # a gap: no dossier of the earlier version can wait for the later
+            if earlier.template != later.template:
+                # Same-named states of two templates need not mean the same step: a mapping
+                # between them is someone's decision, not a name match.
+                no_plans.append(
+                    NoPlan(
+                        procedure.code,
+                        number,
+                        number + 1,
+                        f"template {earlier.template} -> {later.template}: states are not "
+                        f"mapped by name across templates; its open dossiers stay on "
+                        f"version {number}",
+                    )
+                )
+                continue
+            source = catalogue.get(procedure.code, number)
+            target = catalogue.get(procedure.code, number + 1)
+            if source is None or target is None:  # pragma: no cover - the catalogue loaded them
+                continue
+            levels = {
+                old: later.params[param]
+                for param, old in earlier.params.items()
+                if later.params.get(param, old) != old
+            }
+            states: list[tuple[str, str]] = []
+            left_out: list[str] = []
+            for state in source.states.values():
+                if state.final:
+                    continue
+                if _counterpart(state, target.states.get(state.name), levels):
+                    states.append((state.name, state.name))
+                else:
+                    left_out.append(state.name)
+            if not states:
+                no_plans.append(
+                    NoPlan(
+                        procedure.code,
+                        number,
+                        number + 1,
+                        f"no open state of version {number} has a same-named counterpart "
+                        f"in version {number + 1}: {', '.join(left_out)}",
+                    )
+                )
+                continue
+            drafts.append(
+                PlanDraft(
+                    code=procedure.code,
+                    line=later.line,
+                    from_version=number,
+                    to_version=number + 1,
+                    effective=later.effective_from,
+                    template=earlier.template,
+                    states=tuple(states),
+                    levels=levels,
+                    left_out=tuple(left_out),
+                    basis=_plan_basis(levels, later.effective_from, number),
+                )
+            )
+    return drafts, no_plans
+
+
+def _counterpart(state: StateDef, other: StateDef | None, levels: Mapping[str, str]) -> bool:
+    """The same-named state is the same step: open, at the level the plan maps this one to."""
+    if other is None or other.final:
+        return False
+    if state.level is None or other.level is None:
+        return state.level == other.level
+    return levels.get(state.level, state.level) == other.level
+
+
+def _plan_basis(levels: Mapping[str, str], effective: date, number: int) -> str:
+    if "district" in levels and effective == DISTRICT_ABOLITION_DAY:
+        return DISTRICT_ABOLITION_BASIS
+    return (
+        f"illustrative: version {number} ends the day before version {number + 1} starts, "
+        "from the same template; the procedure list names no decision for the move"
+    )
+
+
+def render_plans_yaml(drafts: Sequence[PlanDraft], no_plans: Sequence[NoPlan], source: str) -> str:
+    bases = _Anchors()
+    state_maps: dict[tuple[tuple[str, str], ...], str] = {}
+    refused = sum(1 for d in drafts if d.left_out)
+    guessed = (
+        f"{refused} plan(s) leave states out and {len(no_plans)} version change(s) get no plan"
+        if refused or no_plans
+        else "none here"
+    )
+    out = [
+        f"# Generated by `dossier workflows import {source}`: edit the CSV and import again.",
+        f"# {len(drafts)} migration plans: a version that ends the day before the next one "
+        "starts, from the same",
+        "# template, moves its open dossiers to the next from that one's first day (00:00",
+        "# Asia/Ho_Chi_Minh, by the business clock), each open state to the same-named one.",
+        "# Nothing is guessed: a change of template gets no plan, and a state with no same-named",
+        "# open counterpart is left out of its plan (its dossiers are refused: they stay whole on",
+        f"# their version); comments name each ({guessed}).",
+        *(
+            f"# {n.code} v{n.from_version} -> v{n.to_version}: no plan, {n.reason}"
+            for n in no_plans
+        ),
+        "plans:" if drafts else "plans: []",
+    ]
+    for draft in drafts:
+        out += [
+            f"  - procedure: {_q(draft.code)}  # {source} line {draft.line}",
+            f"    from_version: {draft.from_version}",
+            f"    to_version: {draft.to_version}",
+            f"    effective: {draft.effective.isoformat()}",
+            f"    basis: {bases(draft.basis)}",
+        ]
+        if draft.left_out:
+            out.append(
+                f"    # left out, no same-named open state at the mapped level in version "
+                f"{draft.to_version} (refused, they stay on version {draft.from_version}): "
+                f"{', '.join(draft.left_out)}"
+            )
+        anchor = state_maps.get(draft.states)
+        if anchor is not None:
+            out.append(f"    states: *{anchor}")
+        else:
+            anchor = _state_map_anchor(draft.template, state_maps.values())
+            state_maps[draft.states] = anchor
+            out.append(f"    states: &{anchor}")
+            out += [f"      {old}: {new}" for old, new in draft.states]
+        levels = ", ".join(f"{old}: {new}" for old, new in draft.levels.items())
+        out.append(f"    levels: {{{levels}}}")
+    return "\n".join(out) + "\n"
+
+
+def _state_map_anchor(template: str, taken: Iterable[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9]+", "_", template).strip("_") + "_states"
+    used = set(taken)
+    name, n = base, 1
+    while name in used:
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
+# --------------------------------------------------------------------------------------------
 # The whole import
 # --------------------------------------------------------------------------------------------
 
@@ -574,13 +786,15 @@ def _render_version(number: int, v: RowVersion, name: str, anchors: _Anchors) ->
 def import_catalogue(csv_path: Path, root: Path, out_dir: Path | None = None) -> ImportResult:
     """Read the CSV, skip codes defined elsewhere, validate against the catalogue, write YAML.
 
-    `root` holds `templates/` and the catalogue's procedure files (`procedures/`); the output
-    is `<out_dir>/<csv stem>.yaml` (default out_dir: `<root>/procedures`). Codes that
+    `root` holds `templates/` and the catalogue's procedure files (`procedures/`) and migration
+    plans (`migrations/`); the output is `<out_dir>/<csv stem>.yaml` (default out_dir:
+    `<root>/procedures`) and the plans `<out_dir>/../migrations/<csv stem>.yaml`. Codes that
     `<root>/procedures` defines in another file are skipped. Nothing is written unless the
-    catalogue with the new file loads cleanly.
+    catalogue with the new files loads cleanly.
     """
     out_dir = out_dir or root / "procedures"
     output = out_dir / f"{csv_path.stem}.yaml"
+    plans_output = out_dir.parent / "migrations" / f"{csv_path.stem}.yaml"
     file = csv_path.name
     templates = read_templates(root / "templates")
     if not templates:
@@ -605,40 +819,68 @@ def import_catalogue(csv_path: Path, root: Path, out_dir: Path | None = None) ->
         else:
             kept.append(procedure)
     text = render_yaml(kept, file)
-    _validate(text, root, output, kept, file)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = output.with_suffix(".yaml.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(output)
-    return ImportResult(kept, skipped, warnings, text, output)
+    target = _Target(root, output, plans_output)
+    # The plans are drawn from the versions as the engine loads them, so the procedures are
+    # validated alone first, then again with the plans.
+    catalogue = _validate(text, target, kept, file)
+    drafts, no_plans = plan_migrations(kept, catalogue)
+    plans_text = render_plans_yaml(drafts, no_plans, file)
+    _validate(text, target, kept, file, plans_text, drafts)
+    partials = []
+    for path, content in ((output, text), (plans_output, plans_text)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".yaml.partial")
+        partial.write_text(content, encoding="utf-8")
+        partials.append((partial, path))
+    for partial, path in partials:
+        partial.replace(path)
+    return ImportResult(
+        kept, skipped, warnings, text, output, drafts, no_plans, plans_text, plans_output
+    )
 
 
-def _other_procedure_files(procedures: Path, output: Path) -> list[Path]:
-    """The catalogue's procedure files the new one joins: all but the output and an earlier
-    import of the same list (same file name), which the new file replaces."""
-    if not procedures.is_dir():
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The catalogue an import joins and the two files it writes (or replaces) in it."""
+
+    root: Path
+    output: Path
+    plans_output: Path
+
+
+def _other_files(directory: Path, output: Path) -> list[Path]:
+    """The catalogue's files the new one joins: all but the output and an earlier import of
+    the same list (same file name), which the new file replaces."""
+    if not directory.is_dir():
         return []
-    replaced = {output.resolve(), (procedures / output.name).resolve()}
-    return sorted(p for p in procedures.rglob("*.yaml") if p.resolve() not in replaced)
+    replaced = {output.resolve(), (directory / output.name).resolve()}
+    return sorted(p for p in directory.rglob("*.yaml") if p.resolve() not in replaced)
 
 
-def _stage(root: Path, output: Path, staging: Path) -> Path:
-    """A catalogue root with the templates and every procedure file except the output."""
+def _stage(target: _Target, staging: Path, *, migrations: bool) -> Path:
+    """A catalogue root with the templates and every procedure file except the output (and,
+    with `migrations`, every plan file except the plans output)."""
+    root = target.root
     shutil.copytree(root / "templates", staging / "templates")
-    procedures = staging / "procedures"
-    procedures.mkdir()
-    for path in _other_procedure_files(root / "procedures", output):
-        target = procedures / path.relative_to(root / "procedures")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-    return procedures
+    kinds = [("procedures", target.output)]
+    if migrations:
+        kinds.append(("migrations", target.plans_output))
+    for kind, output in kinds:
+        (staging / kind).mkdir()
+        for path in _other_files(root / kind, output):
+            copy = staging / kind / path.relative_to(root / kind)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
+    return staging / "procedures"
 
 
 def _existing_catalogue(root: Path, output: Path) -> Catalogue | None:
-    if not _other_procedure_files(root / "procedures", output):
+    if not _other_files(root / "procedures", output):
         return None
     with tempfile.TemporaryDirectory(prefix="dossier-import-") as tmp:
-        _stage(root, output, Path(tmp))
+        # Without the plans: this catalogue only says which codes are defined elsewhere, and a
+        # plan for a code of the imported list could not load without that list.
+        _stage(_Target(root, output, output), Path(tmp), migrations=False)
         try:
             catalogue = load_catalogue(Path(tmp))
         except WorkflowError as exc:
@@ -659,25 +901,33 @@ def _relocated(version: ProcedureVersion, root: Path, staging: Path) -> Procedur
 
 def _validate(
     text: str,
-    root: Path,
-    output: Path,
+    target: _Target,
     procedures: Sequence[ImportedProcedure],
     file: str,
-) -> None:
+    plans_text: str | None = None,
+    drafts: Sequence[PlanDraft] = (),
+) -> Catalogue:
     """Load the catalogue as the engine will, and name the CSV lines of whatever it rejects."""
     with tempfile.TemporaryDirectory(prefix="dossier-import-") as tmp:
-        staged = _stage(root, output, Path(tmp))
-        generated = staged / output.name
+        staged = _stage(target, Path(tmp), migrations=True)
+        generated = staged / target.output.name
         generated.write_text(text, encoding="utf-8")
+        generated_plans = Path(tmp) / "migrations" / target.plans_output.name
+        if plans_text is not None:
+            generated_plans.write_text(plans_text, encoding="utf-8")
         try:
-            load_catalogue(Path(tmp))
+            return load_catalogue(Path(tmp))
         except WorkflowError as exc:
-            raise CatalogueImportError(
-                [
-                    _located(p.file == str(generated), p.path, p.message, procedures, file)
-                    for p in exc.problems
-                ]
-            ) from exc
+            located: list[ImportProblem] = []
+            for p in exc.problems:
+                # A message naming another file (a plan's duplicate) must name the real one.
+                message = p.message.replace(tmp, str(target.root))
+                located.append(
+                    _located_plan(p.path, message, drafts, file)
+                    if p.file == str(generated_plans)
+                    else _located(p.file == str(generated), p.path, message, procedures, file)
+                )
+            raise CatalogueImportError(located) from exc
 
 
 def _located(
@@ -694,6 +944,21 @@ def _located(
         if path in by_code:
             return ImportProblem(file, by_code[path].versions[0].line, f"{path}: {message}")
     return ImportProblem(file, 0, f"{path}: {message}")
+
+
+def _located_plan(path: str, message: str, drafts: Sequence[PlanDraft], file: str) -> ImportProblem:
+    match = _PLAN_PATH.match(path)
+    if match and int(match.group(1)) < len(drafts):
+        draft = drafts[int(match.group(1))]
+        detail = path[match.end() :].lstrip(".")
+        where = f"migration plan v{draft.from_version} -> v{draft.to_version}"
+        return ImportProblem(
+            file, draft.line, f"{where} {detail}: {message}" if detail else f"{where}: {message}"
+        )
+    by_code = {d.code: d for d in drafts}
+    if path in by_code:
+        return ImportProblem(file, by_code[path].line, f"migration plan: {message}")
+    return ImportProblem(file, 0, f"migration plans: {path}: {message}")
 
 
 def _differences(
@@ -765,9 +1030,13 @@ __all__ = [
     "ImportProblem",
     "ImportResult",
     "ImportedProcedure",
+    "NoPlan",
+    "PlanDraft",
     "RowVersion",
     "import_catalogue",
+    "plan_migrations",
     "read_rows",
     "read_templates",
+    "render_plans_yaml",
     "render_yaml",
 ]

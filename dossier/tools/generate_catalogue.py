@@ -9,7 +9,9 @@ Writes, deterministically:
   procedures, 1,072 decided at province level, 115 at district level, 44 at commune level, all
   offered online at level 4, among them the contract's three reference procedures;
 - `workflows/procedures/thai-nguyen.yaml`: that CSV through `dossier workflows import`
-  (the reference procedures are skipped there: `reference.yaml` defines them);
+  (the reference procedures are skipped there: `reference.yaml` defines them), and the same
+  import's `workflows/migrations/thai-nguyen.yaml`, the plans that move the open dossiers of
+  the versions ending 2025-06-30 to their successors;
 - `workflows/provinces/thai-nguyen.yaml`: the province's registry of agencies and senders
   (contract 1.1, read by `engine.registry`: levels, parents, windows, successors, sources, the
   systems that write `dossier.submission`) and what the workload simulator needs to play the
@@ -1159,6 +1161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         by_level[level] = by_level.get(level, 0) + 1
     print(f"{csv_path}: {len(catalogue.rows)} rows")
     print(f"{result.output}: {len(result.procedures)} procedures, {result.version_count} versions")
+    print(f"{result.plans_output}: {len(result.plans)} migration plans")
     print(f"skipped (defined elsewhere): {', '.join(sorted(result.skipped))}")
     print(f"{profile}: {len(agencies())} agencies, {len(catalogue.monthly)} procedure shares")
     print(f"catalogue on {CENSUS}: {len(loaded.codes())} procedures, by deciding level {by_level}")

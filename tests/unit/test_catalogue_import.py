@@ -1,20 +1,26 @@
 """`dossier workflows import`: a province's procedure list (CSV) into one YAML file.
 
 Every kind of bad row is named with its line; the shipped Thái Nguyên catalogue matches the
-seed report and is exactly what its CSV imports to.
+seed report and is exactly what its CSV imports to, procedures and migration plans alike.
 """
 
 from __future__ import annotations
 
 import shutil
 import textwrap
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
 import pytest
 
-from dossier.tools.catalogue_import import CatalogueImportError, import_catalogue
-from engine.procedures import default_workflows_dir, load_catalogue
+from dossier.tools.catalogue_import import (
+    CatalogueImportError,
+    import_catalogue,
+    plan_migrations,
+    render_plans_yaml,
+)
+from engine.procedures import Catalogue, MigrationPlan, default_workflows_dir, load_catalogue
 
 HEADER = (
     "code,name,levels,working_days,per_level_days,effective_from,effective_to,fees,"
@@ -217,6 +223,7 @@ def test_spreadsheet_csv_with_byte_order_mark_and_quoted_cells(tmp_path: Path, r
 
 SHIPPED_CSV = default_workflows_dir() / "catalogue" / "thai-nguyen.csv"
 SHIPPED_YAML = default_workflows_dir() / "procedures" / "thai-nguyen.yaml"
+SHIPPED_PLANS = default_workflows_dir() / "migrations" / "thai-nguyen.yaml"
 
 
 def test_shipped_yaml_is_what_the_shipped_csv_imports_to(tmp_path: Path, root: Path) -> None:
@@ -225,6 +232,10 @@ def test_shipped_yaml_is_what_the_shipped_csv_imports_to(tmp_path: Path, root: P
     assert result.warnings == []
     assert sorted(result.skipped) == ["1.001193", "1.004222", "DD.GCN.LD"]
     assert (out / "thai-nguyen.yaml").read_text(encoding="utf-8") == SHIPPED_YAML.read_text(
+        encoding="utf-8"
+    )
+    assert result.plans_output == tmp_path / "migrations" / "thai-nguyen.yaml"
+    assert result.plans_output.read_text(encoding="utf-8") == SHIPPED_PLANS.read_text(
         encoding="utf-8"
     )
 
@@ -248,3 +259,161 @@ def test_shipped_catalogue_matches_the_seed_report() -> None:
         c for c in catalogue.codes() if any(v.in_force_on(after) for v in catalogue.versions(c))
     ]
     assert 1200 < len(successors) < 1231  # a few district procedures were abolished
+
+
+# --- Migration plans -----------------------------------------------------------------------
+
+
+def shipped_plans(catalogue: Catalogue) -> list[MigrationPlan]:
+    return [m for m in catalogue.migrations() if Path(m.source_file) == SHIPPED_PLANS]
+
+
+def test_shipped_plans_move_the_146_procedures_that_change_on_1_july_2025() -> None:
+    catalogue = load_catalogue()
+    plans = shipped_plans(catalogue)
+    assert len(plans) == 146
+    assert {p.effective for p in plans} == {date(2025, 7, 1)}
+    assert all(p.basis.startswith("illustrative: ") and "district" in p.basis for p in plans)
+    # With the hand-written plan of DD.GCN.LD: every procedure whose version ends on
+    # 2025-06-30 and has a successor from 2025-07-01.
+    changing = {
+        code
+        for code in catalogue.codes()
+        for earlier, later in zip(
+            catalogue.versions(code), catalogue.versions(code)[1:], strict=False
+        )
+        if earlier.effective_to == date(2025, 6, 30) and later.effective_from == date(2025, 7, 1)
+    }
+    assert {p.procedure for p in catalogue.migrations()} == changing
+    assert len(changing) == 147
+
+
+def test_each_shipped_plan_maps_the_levels_its_params_change_and_every_open_state() -> None:
+    catalogue = load_catalogue()
+    Kind = tuple[tuple[str, ...], tuple[str, ...]]
+    counts: dict[Kind, int] = {}
+    levels: dict[Kind, set[tuple[tuple[str, str], ...]]] = {}
+    for plan in shipped_plans(catalogue):
+        source = catalogue.get(plan.procedure, plan.from_version)
+        target = catalogue.get(plan.procedure, plan.to_version)
+        assert source is not None and target is not None
+        assert source.template == target.template
+        # The template binds levels to its parameters in order: a level whose parameter
+        # changed is renamed, the others stay.
+        changed = {
+            old: new for old, new in zip(source.levels, target.levels, strict=True) if old != new
+        }
+        assert dict(plan.levels) == changed, plan.procedure
+        open_states = [s.name for s in source.states.values() if not s.final]
+        assert dict(plan.states) == {s: s for s in open_states}, plan.procedure
+        kind = (source.levels, target.levels)
+        counts[kind] = counts.get(kind, 0) + 1
+        levels.setdefault(kind, set()).add(tuple(plan.levels.items()))
+    assert counts == {
+        (("district",), ("commune",)): 82,
+        (("district",), ("province",)): 16,
+        (("district", "province"), ("commune", "province")): 40,
+        (("commune", "district"), ("commune", "province")): 8,
+    }
+    assert levels == {
+        (("district",), ("commune",)): {(("district", "commune"),)},
+        (("district",), ("province",)): {(("district", "province"),)},
+        (("district", "province"), ("commune", "province")): {(("district", "commune"),)},
+        (("commune", "district"), ("commune", "province")): {(("district", "province"),)},
+    }
+
+
+def test_the_plans_file_writes_each_state_map_once_per_template() -> None:
+    text = SHIPPED_PLANS.read_text(encoding="utf-8")
+    assert text.startswith("# Generated by `dossier workflows import thai-nguyen.csv`")
+    assert text.count("states: &single_level_states") == 1
+    assert text.count("states: &inter_level_states") == 1
+    assert text.count("states: *single_level_states") == 82 + 16 - 1
+    assert text.count("states: *inter_level_states") == 40 + 8 - 1
+
+
+def test_a_change_of_template_gets_no_invented_state_mapping(tmp_path: Path, root: Path) -> None:
+    """inter-level -> single-level share state names (registered, received, supplementing...),
+    but not their meaning: no plan, and a comment says why."""
+    header = HEADER + ",template"
+    result = import_catalogue(
+        write_csv(
+            tmp_path,
+            "T.0010,Liên thông,commune>district,30,,2021-01-01,2025-06-30,,4,,,,,,",
+            "T.0010,Liên thông,commune,30,,2025-07-01,,,4,,,,,,single-level",
+            "T.0011,Một cấp,district,5,,2021-01-01,2025-06-30,,4,,,,,,",
+            "T.0011,Một cấp,commune,5,,2025-07-01,,,4,,,,,,",
+            # A gap between the versions: nothing open waits for the later one.
+            "T.0012,Có khoảng trống,district,5,,2021-01-01,2025-06-29,,4,,,,,,",
+            "T.0012,Có khoảng trống,commune,5,,2025-07-01,,,4,,,,,,",
+            header=header,
+        ),
+        root,
+    )
+    assert [(d.code, d.levels) for d in result.plans] == [("T.0011", {"district": "commune"})]
+    assert [(n.code, n.from_version, n.to_version) for n in result.no_plans] == [("T.0010", 1, 2)]
+    assert "template inter-level -> single-level" in result.no_plans[0].reason
+    catalogue = load_catalogue(root)
+    assert catalogue.migration_from("T.0010", 1) is None
+    assert catalogue.migration_from("T.0012", 1) is None
+    plan = catalogue.migration_from("T.0011", 1)
+    assert plan is not None and plan.effective == date(2025, 7, 1)
+    assert plan.source_file == str(root / "migrations" / "province.yaml")
+    text = (root / "migrations" / "province.yaml").read_text(encoding="utf-8")
+    assert "# T.0010 v1 -> v2: no plan, template inter-level -> single-level" in text
+
+
+def test_a_state_without_a_counterpart_is_left_out_not_guessed(tmp_path: Path, root: Path) -> None:
+    """Should the next version lack a state (or have it elsewhere), the plan maps the others
+    and names the one it leaves out: those dossiers are refused, not moved by a guess."""
+    result = import_catalogue(
+        write_csv(
+            tmp_path,
+            "T.0011,Một cấp,district,5,,2021-01-01,2025-06-30,,4,,,,,",
+            "T.0011,Một cấp,commune,5,,2025-07-01,,,4,,,,,",
+        ),
+        root,
+    )
+    catalogue = load_catalogue(root)
+    v1, v2 = catalogue.versions("T.0011")
+    states = dict(v2.states)
+    del states["awaiting_payment"]
+    states["resolved"] = replace(states["resolved"], level="province")  # not where v1's goes
+    changed = Catalogue([v1, replace(v2, states=states)])
+    (draft,), no_plans = plan_migrations(result.procedures, changed)
+    assert no_plans == []
+    assert draft.left_out == ("awaiting_payment", "resolved")
+    assert dict(draft.states) == {
+        s: s for s in ("registered", "received", "processing", "supplementing")
+    }
+    text = render_plans_yaml([draft], [], "province.csv")
+    assert "# left out" in text and "awaiting_payment, resolved" in text
+    assert "awaiting_payment:" not in text and "resolved:" not in text
+    assert "1 plan(s) leave states out" in text
+
+
+def test_a_hand_written_plan_for_an_imported_version_is_named_not_doubled(
+    tmp_path: Path, root: Path
+) -> None:
+    (root / "migrations").mkdir()
+    (root / "migrations" / "hand.yaml").write_text(
+        textwrap.dedent(
+            """\
+            plans:
+              - {procedure: T.0011, from_version: 1, to_version: 2, effective: 2025-07-01,
+                 states: {registered: registered}, levels: {district: commune}, basis: "x"}
+            """
+        ),
+        encoding="utf-8",
+    )
+    found = problems(
+        tmp_path,
+        root,
+        "T.0011,Một cấp,district,5,,2021-01-01,2025-06-30,,4,,,,,",
+        "T.0011,Một cấp,commune,5,,2025-07-01,,,4,,,,,",
+    )
+    assert found == [
+        f"province.csv:3: migration plan: a second plan for version 1 (the first in "
+        f"{root / 'migrations' / 'hand.yaml'}): a dossier moves by one plan"
+    ]
+    assert not (root / "migrations" / "province.yaml").exists()
