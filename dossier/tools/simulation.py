@@ -1486,6 +1486,7 @@ def manifest(
     *,
     handovers: Mapping[str, int] | None = None,
     stranded: Mapping[str, int] | None = None,
+    migrations: Mapping[str, int] | None = None,
     **meta: Any,
 ) -> dict[str, Any]:
     """Counts by topic and expected outcome, plus `meta`: what the engine must account for.
@@ -1493,7 +1494,9 @@ def manifest(
     `handovers`: the dossiers the engine must hand over, by former → new level
     (`Workload.expected_handovers`); each is a history entry of the engine's own beside the
     applied inputs'. `stranded`: dossiers whose life stopped at a transfer to an ended agency
-    (`Workload.stranded_dossiers`), left open where they are."""
+    (`Workload.stranded_dossiers`), left open where they are. `migrations`: the dossiers the
+    engine must move to another workflow version by a plan, by the versions' levels
+    (`Workload.expected_migrations`), each a history entry of the engine's own too."""
     by_topic: dict[str, Counter[str]] = {}
     for message in messages:
         by_topic.setdefault(message.topic, Counter())[message.expected] += 1
@@ -1522,6 +1525,7 @@ def manifest(
         "hostile": {kind: hostile[kind] for kind in HOSTILE_KINDS if kind in hostile},
         "handovers": dict(sorted((handovers or {}).items())),
         "stranded": dict(sorted((stranded or {}).items())),
+        "migrations": dict(sorted((migrations or {}).items())),
     }
 
 
