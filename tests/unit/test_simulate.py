@@ -28,7 +28,7 @@ from dossier.tools.simulation import (
 from engine.calendar import VN_TZ, WorkingCalendar
 from engine.decider import Decider, step_event
 from engine.dossier import Applied, Dossier
-from engine.procedures import Catalogue, load_catalogue
+from engine.procedures import Catalogue, MigrationPlan, load_catalogue
 from engine.registry import default_registry_file, load_registry
 from schemas.codec import DEFAULT_MAX_MESSAGE_BYTES, ContractCodec, load_schema
 
@@ -479,6 +479,59 @@ def test_each_dossier_open_at_the_cutover_is_migrated_once_and_one_closed_before
     assert sum(simulated.expected_migrations().values()) == len(open_at_cutover)
     content = manifest(messages, migrations=simulated.expected_migrations())
     assert content["migrations"] == {GCN_MIGRATION: len(open_at_cutover)}
+
+
+def test_a_result_due_back_at_an_ended_district_goes_to_a_commune_of_its_area(
+    catalogue: Catalogue, profile: ProvinceProfile
+) -> None:
+    """A district/province procedure whose v2 receives at the commune, with a plan of the
+    importer's shape ({district: commune}, every open state kept): a v1 dossier the province
+    holds on 1 July sends its result back to a commune of the former district's area, acting
+    that day, which returns it on `dossier.commune`; none is stranded."""
+    code = "2.007640"
+    source, target = catalogue.get(code, 1), catalogue.get(code, 2)
+    assert source is not None and target is not None
+    assert (source.levels, target.levels) == (("district", "province"), ("commune", "province"))
+    plan = MigrationPlan(
+        procedure=code,
+        from_version=1,
+        to_version=2,
+        effective=CUTOVER.date(),
+        states={name: name for name, state in source.states.items() if not state.final},
+        levels={"district": "commune"},
+        basis="test",
+        source_file="test",
+    )
+    planned = Catalogue(catalogue.all_versions(), [plan])
+    simulated, messages = land_certificates(planned, profile, procedures=[code])
+    agencies = profile.agencies
+    back_at_commune = 0
+    for life in by_dossier(messages).values():
+        receiving = json.loads(life[0].value)["data"]["agency"]
+        # The province's transfer back (a successor's transfer up is on its topic too).
+        back = [
+            m
+            for m in life
+            if kind(m) == "transferred" and json.loads(m.value)["data"]["agency"] != receiving
+            and json.loads(m.value)["data"]["to_level"] != "province"
+        ]  # fmt: skip
+        if not back or back[0].time < CUTOVER or agencies.acts_on(receiving, CUTOVER.date()):
+            continue
+        data = json.loads(back[0].value)["data"]
+        day = back[0].time.astimezone(VN_TZ).date()
+        assert data["to_level"] == "commune"
+        assert agencies.parent(data["to_agency"]) == receiving
+        assert agencies.acts_on(data["to_agency"], day)
+        returned = [m for m in life if kind(m) == "result-returned"]
+        assert [(m.topic, json.loads(m.value)["data"]["agency"]) for m in returned] == [
+            ("dossier.commune", data["to_agency"])
+        ]
+        back_at_commune += 1
+    assert back_at_commune > 5
+    assert simulated.stranded_dossiers() == {}
+    assert simulated.expected_migrations() == {
+        "district/province → commune/province": len(simulated.migrated)
+    }
 
 
 def test_without_a_plan_a_transfer_to_an_ended_district_still_strands_the_dossier(
