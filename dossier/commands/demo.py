@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dossier.commands.simulate import (
     UsageError,
@@ -40,6 +40,9 @@ from dossier.commands.simulate import (
     write_manifest,
 )
 from dossier.settings import Settings, default_state_dir
+
+if TYPE_CHECKING:  # the report's modules load only when a run reaches its summary
+    from dossier.tools.report.summary import Fates
 
 # A quarter of the seed province's monthly dossiers: on this two-core machine the whole job
 # stays well within five minutes even while other work competes for the cores (measured at
@@ -503,9 +506,12 @@ def _expected_line(content: dict[str, Any]) -> str:
     bad = sum(n for k, n in expected.items() if k not in ("valid", "duplicate"))
     hostile = sum(int(entry["count"]) for entry in content["hostile"].values())
     handovers = sum(int(n) for n in (content.get("handovers") or {}).values())
+    migrations = sum(int(n) for n in (content.get("migrations") or {}).values())
+    stranded = sum(int(n) for n in (content.get("stranded") or {}).values())
     return (
         f"{expected.get('duplicate', 0):,} duplicates, {bad:,} bad inputs, "
-        f"{hostile:,} of them from hostile senders; {handovers:,} dossiers to be handed over"
+        f"{hostile:,} of them from hostile senders; {handovers:,} dossiers to be handed over, "
+        f"{migrations:,} migrated, {stranded:,} stranded at a transfer to an ended agency"
     )
 
 
@@ -528,6 +534,17 @@ def dead_letters_by_input(database_url: str) -> dict[str, Counter[str]]:
     finally:
         db.dispose()
     return letters
+
+
+def _fates(fates: Fates) -> dict[str, int]:
+    return {
+        "dossiers": fates.dossiers,
+        "finished": fates.finished,
+        "returned": fates.returned,
+        "resolved": fates.resolved,
+        "closed": fates.closed,
+        "open": fates.open,
+    }
 
 
 def _save_summary(run_dir: Path, summary: Any, *, run_id: str, database: str) -> None:
@@ -553,16 +570,12 @@ def _save_summary(run_dir: Path, summary: Any, *, run_id: str, database: str) ->
         "consumed": summary.consumed,
         "applied": summary.applied,
         # Contract 1.1, "Handover", over the whole run: by former → new level, what became of
-        # the dossiers handed over, and every history row (inputs applied + handovers).
+        # the dossiers handed over; the workflow migrations by the versions' levels and what
+        # became of the dossiers migrated; every history row (inputs applied + both).
         "handovers": dict(sorted(summary.handovers.items())),
-        "handed_over": {
-            "dossiers": summary.handed_over.dossiers,
-            "finished": summary.handed_over.finished,
-            "returned": summary.handed_over.returned,
-            "resolved": summary.handed_over.resolved,
-            "closed": summary.handed_over.closed,
-            "open": summary.handed_over.open,
-        },
+        "handed_over": _fates(summary.handed_over),
+        "migrations": dict(sorted(summary.migrations.items())),
+        "migrated": _fates(summary.migrated),
         "history_rows": summary.history_rows,
         "duplicates": summary.duplicates,
         "parked": summary.parked,

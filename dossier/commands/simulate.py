@@ -230,7 +230,7 @@ def build_messages(spec: WorkloadSpec, settings: Settings) -> list[SimulatedMess
 
 def build_workload(spec: WorkloadSpec, settings: Settings) -> Workload:
     """The spec's workload; its `messages()`, then what it expects of the engine beyond them
-    (`expected_handovers`, `stranded_dossiers`: `workload_meta`)."""
+    (`expected_handovers`, `stranded_dossiers`, `expected_migrations`: `workload_meta`)."""
     from engine.calendar import WorkingCalendar
     from engine.procedures import load_catalogue
 
@@ -257,6 +257,7 @@ def workload_meta(workload: Workload) -> dict[str, Any]:
     return {
         "handovers": workload.expected_handovers(),
         "stranded": workload.stranded_dossiers(),
+        "migrations": workload.expected_migrations(),
     }
 
 

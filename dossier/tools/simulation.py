@@ -15,7 +15,10 @@ uniformly and agencies from generated codes, as before.
 An agency whose window ends (the districts, on 30 June 2025) hands its open dossiers to its
 successor (contract 1.1, "Handover"): from the cutover the successor sends what the ended agency
 would have sent, and the workload counts the handovers the engine must make
-(`Workload.expected_handovers`).
+(`Workload.expected_handovers`). A dossier whose pinned version has a migration plan
+(`workflows/migrations/`) continues under the plan's version from its cutover: its later steps
+at the levels the plan renames, a transfer to an ended agency sent to one acting at the renamed
+level instead, and the workload counts the migrations (`Workload.expected_migrations`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from engine.calendar import VN_TZ, WorkingCalendar
 from engine.events import SUBMISSION_TOPIC
-from engine.procedures import Catalogue, Fee, ProcedureVersion, default_workflows_dir
+from engine.procedures import (
+    Catalogue,
+    Fee,
+    MigrationPlan,
+    ProcedureVersion,
+    default_workflows_dir,
+)
 from engine.registry import SIGNATURE_HEADER
 
 HOUR = 3600
@@ -234,6 +243,12 @@ class Ending:
 
 def handover_levels(former: str, new: str) -> str:
     return f"{former} → {new}"
+
+
+def migration_levels(source: ProcedureVersion, target: ProcedureVersion) -> str:
+    """How the manifest and the summary name a migration: the two versions' levels
+    ("commune/district → commune/province"), a handful of labels for 147 plans."""
+    return f"{'/'.join(source.levels)} → {'/'.join(target.levels)}"
 
 
 @dataclass
@@ -436,6 +451,11 @@ class _Life:
     closed_at: datetime | None = None  # the input that makes it final
     # The transfer its life stopped at, to an agency that has ended: (when, "from → to" levels).
     stranded: tuple[datetime, str] | None = None
+    # The plan of its pinned version, if any; then its state after each input (the plan moves
+    # only a dossier in a state it maps), and the first input it was played past the plan with.
+    plan: MigrationPlan | None = None
+    states: list[tuple[datetime, str]] = field(default_factory=list)
+    migrated_at: datetime | None = None
 
     def until(self, moment: datetime | None) -> _Life:
         """The life as far as it is played: nothing after `moment`."""
@@ -445,12 +465,34 @@ class _Life:
         stranded = (
             self.stranded if self.stranded is not None and self.stranded[0] <= moment else None
         )
+        migrated = (
+            self.migrated_at
+            if self.migrated_at is not None and self.migrated_at <= moment
+            else None
+        )
         return _Life(
             [m for m in self.messages if m.time <= moment],
             [(t, a) for t, a in self.holders if t <= moment],
             closed,
             stranded,
+            self.plan,
+            [(t, s) for t, s in self.states if t <= moment],
+            migrated,
         )
+
+    def migration(self, horizon: datetime) -> MigrationPlan | None:
+        """The migration the engine makes of this dossier by `horizon` (the latest time it
+        applies): once the clock passes the plan's cutover, if the dossier is open then in a
+        state the plan maps; or just before a later input that found it in such a state."""
+        plan = self.plan
+        if plan is None or horizon < plan.cutover:
+            return None
+        if self.migrated_at is not None:
+            return plan
+        if self.closed_at is not None and self.closed_at < plan.cutover:
+            return None
+        before = [state for at, state in self.states if at < plan.cutover]
+        return plan if before and plan.maps(before[-1]) else None
 
     def handovers(self, endings: Sequence[Ending], horizon: datetime) -> list[Ending]:
         """The handovers the engine makes of this dossier: at each cutover up to `horizon` (the
@@ -535,6 +577,8 @@ class Workload:
         self.handovers: Counter[str] = Counter()  # former → new level -> dossiers
         self.handed_over: dict[str, str] = {}  # dossier code -> the successor holding it
         self.stranded: Counter[str] = Counter()
+        self.migrations: Counter[str] = Counter()  # the versions' levels -> dossiers
+        self.migrated: dict[str, int] = {}  # dossier code -> the version it was moved to
 
     # -----------------------------------------------------------------------------------------
     def messages(self) -> list[SimulatedMessage]:
@@ -567,6 +611,8 @@ class Workload:
         self.handovers = Counter()
         self.handed_over = {}
         self.stranded = Counter()
+        self.migrations = Counter()
+        self.migrated = {}
         if horizon is None:
             return
         for life in lives:
@@ -578,16 +624,41 @@ class Workload:
                 self.handed_over[code] = ending.successor
             if life.stranded is not None:
                 self.stranded[life.stranded[1]] += 1
+        self._expect_migrations(lives, horizon)
+
+    def _expect_migrations(self, lives: Sequence[_Life], horizon: datetime) -> None:
+        """What the engine will migrate, for the manifest: each dossier open in a state its
+        plan maps once the clock passes the plan's cutover (the same clock as the handovers').
+        A migration does not change who holds a dossier, so the handovers stand as they are;
+        where both fall at one cutover the engine migrates first."""
+        self.migrations = Counter()
+        self.migrated = {}
+        for life in lives:
+            plan = life.migration(horizon)
+            code = life.messages[0].dossier if life.messages else None
+            if plan is None or code is None:
+                continue
+            source = self.catalogue.get(plan.procedure, plan.from_version)
+            target = self.catalogue.get(plan.procedure, plan.to_version)
+            assert source is not None and target is not None  # checked when the plan loaded
+            self.migrations[migration_levels(source, target)] += 1
+            self.migrated[code] = plan.to_version
 
     def expected_handovers(self) -> dict[str, int]:
         """Dossiers the engine must hand over, by former → new level (after `messages()`)."""
         return dict(sorted(self.handovers.items()))
 
+    def expected_migrations(self) -> dict[str, int]:
+        """Dossiers the engine must move to another workflow version by a plan, by the two
+        versions' levels (after `messages()`)."""
+        return dict(sorted(self.migrations.items()))
+
     def stranded_dossiers(self) -> dict[str, int]:
         """Dossiers whose life stops at a transfer to an agency that has ended, by the
         transfer's levels (after `messages()`): the engine refuses such a transfer
         (`to-agency-window`) and hands over only the dossiers an ended agency holds, so nobody
-        may take the next step their workflow version gives (docs/CONTRACT.md, "Handovers")."""
+        may take the next step their workflow version gives (docs/CONTRACT.md, "Handovers"),
+        unless a migration plan moves them to a version that gives the step to another level."""
         return dict(sorted(self.stranded.items()))
 
     # --- signatures (contract 1.1) --------------------------------------------------------------
@@ -679,6 +750,25 @@ class Workload:
         weights = [agencies.weight(c) for c in candidates]
         return rng.choices(candidates, weights)[0]
 
+    def _stand_in(self, level: str, day: date, procedure: str, former: str) -> str | None:
+        """Who takes an ended agency's part in a migrated dossier at `level` on `day`: its
+        successor if that acts at this level, the province department deciding the procedure,
+        else one acting at this level in the ended agency's area (its children), else any
+        acting at this level; None if nobody acts there."""
+        agencies = self.agencies
+        successor = agencies.successor_on(former, day)
+        if successor is not None and agencies.level(successor) == level:
+            return successor
+        if level == "province" and self.profile is not None:
+            deciding = self.profile.deciding_agency.get(procedure)
+            if deciding is not None and agencies.acts_on(deciding, day):
+                return deciding
+        acting = [c for c in agencies.of_level(level) if agencies.acts_on(c, day)]
+        candidates = [c for c in acting if agencies.parent(c) == former] or acting
+        if not candidates:
+            return None
+        return self.rng.choices(candidates, [agencies.weight(c) for c in candidates])[0]
+
     def _applicant(self, version: ProcedureVersion) -> dict[str, str]:
         rng = self.rng
         if "province" in version.levels and rng.random() < self.shares.enterprise_at_province:
@@ -731,13 +821,39 @@ class Workload:
         code = self._dossier_code(receiving, t)
         out = life.messages
         stopped = False
+        plan = self.catalogue.migration_from(version.code, version.version)
+        # Only a dossier with a plan is followed through its workflow: the others' lives (and
+        # the random draws they take) are what they were before plans existed.
+        life.plan = plan
+        workflow, state = version, version.initial
+        # An ended agency's part in this dossier, once a migration sent its step elsewhere:
+        # the agency that took it (the successor acts only for dossiers it was handed).
+        stand_ins: dict[str, str] = {}
+
+        def migrate(when: datetime) -> None:
+            """The engine moves the dossier to the plan's version before an input dated at or
+            after the cutover, if its state is one the plan maps (or already did, by its
+            clock): from then on its steps are the new version's."""
+            nonlocal workflow, state
+            if plan is None or life.migrated_at is not None or when < plan.cutover:
+                return
+            if life.closed_at is not None or not plan.maps(state):
+                return
+            target = self.catalogue.get(plan.procedure, plan.to_version)
+            assert target is not None  # checked when the plan loaded
+            workflow, state = target, plan.states[state]
+            life.migrated_at = when
 
         def emit(kind: str, level: str | None, when: datetime, **data: Any) -> None:
-            nonlocal stopped
+            nonlocal stopped, state
             if stopped:
                 return
             day = when.astimezone(VN_TZ).date()
+            migrate(when)
             acting = data.get("agency")
+            if acting in stand_ins:
+                data["agency"] = acting = stand_ins[acting]
+                level = agencies.level(acting)
             if level is not None and acting is not None and not agencies.acts_on(acting, day):
                 # Contract 1.1, "Handover": from the cutover the ended agency's successor holds
                 # its open dossiers (the engine hands each over before its first input dated
@@ -750,6 +866,17 @@ class Workload:
                     return
                 data["agency"], level = successor, successor_level
             target = data.get("to_agency")
+            if target is not None and plan is not None and life.migrated_at is not None:
+                # Under the plan's version the transfer goes to the level the plan renames
+                # its target's to; an ended agency's part there is taken by one acting that day.
+                to_level = plan.level(str(data["to_level"]))
+                data["to_level"] = to_level
+                if not agencies.acts_on(target, day) or agencies.level(target) != to_level:
+                    taker = stand_ins.get(target) or self._stand_in(
+                        to_level, day, version.code, target
+                    )
+                    if taker is not None:
+                        stand_ins[target] = data["to_agency"] = target = taker
             if target is not None and not agencies.acts_on(target, day):
                 # A transfer to an agency that has ended is refused (`to-agency-window`), and the
                 # engine hands over only the dossiers an ended agency holds: no one may take the
@@ -767,6 +894,10 @@ class Workload:
                 life.holders.append((when, str(data["to_agency"])))
             if kind in _CLOSING_KINDS:
                 life.closed_at = when
+            if plan is not None:
+                if kind != "submitted":
+                    state = _next_state(workflow, state, kind, data)
+                life.states.append((when, state))
 
         def later(when: datetime, lo_h: float, hi_h: float) -> datetime:
             seconds = int(rng.uniform(lo_h, hi_h) * HOUR)
@@ -1246,6 +1377,20 @@ def _with_year(moment: datetime, year: int) -> datetime:
         return moment.replace(year=year, day=28)
 
 
+def _next_state(version: ProcedureVersion, state: str, kind: str, data: Mapping[str, Any]) -> str:
+    """The state an input the workload plays takes a dossier to, by its workflow's first
+    transition of that kind from `state` whose data conditions hold (the workload plays only
+    inputs that fire one)."""
+    for transition in version.transitions:
+        if (
+            transition.event == kind
+            and state in transition.sources
+            and all(str(data.get(k)) == v for k, v in transition.when.items())
+        ):
+            return transition.dest or state
+    return state
+
+
 def _edit(data: dict[str, Any]) -> None:
     """Change what an input says, the way a correction re-sent under the same id would."""
     if "officer" in data:
@@ -1341,6 +1486,7 @@ def manifest(
     *,
     handovers: Mapping[str, int] | None = None,
     stranded: Mapping[str, int] | None = None,
+    migrations: Mapping[str, int] | None = None,
     **meta: Any,
 ) -> dict[str, Any]:
     """Counts by topic and expected outcome, plus `meta`: what the engine must account for.
@@ -1348,7 +1494,9 @@ def manifest(
     `handovers`: the dossiers the engine must hand over, by former → new level
     (`Workload.expected_handovers`); each is a history entry of the engine's own beside the
     applied inputs'. `stranded`: dossiers whose life stopped at a transfer to an ended agency
-    (`Workload.stranded_dossiers`), left open where they are."""
+    (`Workload.stranded_dossiers`), left open where they are. `migrations`: the dossiers the
+    engine must move to another workflow version by a plan, by the versions' levels
+    (`Workload.expected_migrations`), each a history entry of the engine's own too."""
     by_topic: dict[str, Counter[str]] = {}
     for message in messages:
         by_topic.setdefault(message.topic, Counter())[message.expected] += 1
@@ -1377,6 +1525,7 @@ def manifest(
         "hostile": {kind: hostile[kind] for kind in HOSTILE_KINDS if kind in hostile},
         "handovers": dict(sorted((handovers or {}).items())),
         "stranded": dict(sorted((stranded or {}).items())),
+        "migrations": dict(sorted((migrations or {}).items())),
     }
 
 

@@ -26,8 +26,10 @@ from dossier.settings import Settings
 from dossier.tools.simulation import HOSTILE_KINDS, HOSTILE_REASONS, value_digest
 from dossier.tools.workload import read_topic
 from engine.calendar import VN_TZ
+from engine.decider import HANDED_OVER_TYPE
 from engine.events import ALL_TOPICS
 from engine.history import ENGINE_TOPIC
+from engine.procedures import MIGRATED_TYPE, load_catalogue
 from engine.store.sql import consumer_positions, create_db_engine, dossiers, history, outbox
 
 CUTOVER = datetime(2025, 7, 1, tzinfo=VN_TZ)  # the districts' handover (contract 1.1)
@@ -150,17 +152,25 @@ def database_facts(url: str, group: str, start: datetime, end: datetime) -> dict
             h = history.c
             handovers: Counter[str] = Counter()
             handed_over: set[str] = set()
-            for code, envelope in connection.execute(
-                sa.select(h.dossier_code, h.envelope).where(h.topic == ENGINE_TOPIC)
+            migrations: Counter[str] = Counter()
+            migrated: set[str] = set()
+            versions = {(v.code, v.version): v.levels for v in load_catalogue().all_versions()}
+            for code, type_, envelope in connection.execute(
+                sa.select(h.dossier_code, h.type, h.envelope).where(h.topic == ENGINE_TOPIC)
             ):
                 data = (json.loads(envelope) if isinstance(envelope, str) else envelope)["data"]
-                handovers[f"{data['level']} → {data['to_level']}"] += 1
-                handed_over.add(code)
-            statuses = Counter(
-                status
-                for code, status in connection.execute(sa.select(d.code, d.status_code))
-                if code in handed_over
-            )
+                if type_ == HANDED_OVER_TYPE:
+                    handovers[f"{data['level']} → {data['to_level']}"] += 1
+                    handed_over.add(code)
+                else:
+                    assert type_ == MIGRATED_TYPE, type_
+                    source = versions[(data["procedure"], data["from_version"])]
+                    target = versions[(data["procedure"], data["to_version"])]
+                    migrations[f"{'/'.join(source)} → {'/'.join(target)}"] += 1
+                    migrated.add(code)
+            status_of = dict(connection.execute(sa.select(d.code, d.status_code)).all())
+            statuses = Counter(status_of[code] for code in handed_over)
+            migrated_statuses = Counter(status_of[code] for code in migrated)
             after_cutover = connection.execute(
                 sa.select(h.dossier_code, h.topic).where(
                     h.event_time >= CUTOVER, h.topic != ENGINE_TOPIC
@@ -169,19 +179,19 @@ def database_facts(url: str, group: str, start: datetime, end: datetime) -> dict
             return {
                 "by_status": {str(k): v for k, v in by_status.items()},
                 "dead_letters": dict(letters),
-                # Inputs applied: the history without the engine's own entries (handovers).
+                # Inputs applied: the history without the engine's own entries (handovers and
+                # migrations).
                 "applied": connection.scalar(
                     sa.select(sa.func.count())
                     .select_from(history)
                     .where(history.c.topic != ENGINE_TOPIC)
                 ),
-                "handovers": connection.scalar(
-                    sa.select(sa.func.count())
-                    .select_from(history)
-                    .where(history.c.topic == ENGINE_TOPIC)
-                ),
+                "handovers": sum(handovers.values()),
                 "handovers_by_level": dict(handovers),
                 "handed_over_statuses": statuses,
+                "migrations": sum(migrations.values()),
+                "migrations_by_levels": dict(migrations),
+                "migrated_statuses": migrated_statuses,
                 "history_rows": connection.scalar(sa.select(sa.func.count()).select_from(history)),
                 # Inputs applied after the cutover: from a district (none may be), and from the
                 # successor's level on the dossiers handed over to it.
@@ -239,25 +249,36 @@ def test_main_job_summary_agrees_with_the_database_and_with_what_was_produced(
     assert set(bad) >= {"malformed", "schema"}
     assert facts["consumed"] == manifest["messages"]
     assert facts["applied"] == expected["valid"]
-    # The month crosses 2025-07-01: the districts' open dossiers pass to their successors,
-    # exactly those the simulator expected, and the summary says so; the history holds the
-    # inputs applied and the handovers, nothing else; no district acts after 30 June, and the
-    # successor goes on with the dossiers it took over.
+    # The month crosses 2025-07-01: the districts' open dossiers pass to their successors, and
+    # the DD.GCN.LD v1 dossiers open then move to version 2 (workflows/migrations/), exactly
+    # those the simulator expected, and the summary says so; the history holds the inputs
+    # applied, the handovers and the migrations, nothing else; no district acts after 30 June,
+    # and the successor goes on with the dossiers it took over.
     assert facts["handovers"] > 0
     assert summary["handovers"] == facts["handovers_by_level"] == manifest["handovers"]
+    assert facts["migrations"] > 0
+    assert summary["migrations"] == facts["migrations_by_levels"] == manifest["migrations"]
     assert summary["history_rows"] == facts["history_rows"]
-    assert facts["history_rows"] == facts["applied"] + facts["handovers"]
-    assert facts["history_rows"] == expected["valid"] + sum(manifest["handovers"].values())
-    statuses = facts["handed_over_statuses"]
-    fates = summary["handed_over"]
-    assert fates["dossiers"] == facts["handovers"] == sum(statuses.values())
-    assert (fates["returned"], fates["resolved"]) == (statuses[10], statuses[9])
-    assert fates["finished"] == statuses[9] + statuses[10]
+    assert facts["history_rows"] == facts["applied"] + facts["handovers"] + facts["migrations"]
+    assert facts["history_rows"] == expected["valid"] + sum(manifest["handovers"].values()) + sum(
+        manifest["migrations"].values()
+    )
+    for kind in ("handed_over", "migrated"):
+        statuses = facts[f"{kind}_statuses"]
+        fates = summary[kind]
+        assert fates["dossiers"] == sum(statuses.values())
+        assert (fates["returned"], fates["resolved"]) == (statuses[10], statuses[9])
+        assert fates["finished"] == statuses[9] + statuses[10]
+    assert summary["handed_over"]["dossiers"] == facts["handovers"]
+    assert summary["migrated"]["dossiers"] == facts["migrations"]
     assert facts["district_after_cutover"] == 0
     assert facts["handed_over_continued"] > 0
     lines = {c["name"]: c for c in summary["checks"]}
     assert lines["handovers: district → province"]["actual"] == facts["handovers"]
-    assert lines["history rows: inputs applied + handovers"]["actual"] == facts["history_rows"]
+    migrated = lines["migrations: commune/district → commune/province"]
+    assert migrated["actual"] == migrated["expected"] == facts["migrations"]
+    history_line = lines["history rows: inputs applied + handovers + migrations"]
+    assert history_line["actual"] == facts["history_rows"]
     assert facts["dossiers"] == manifest["dossiers"]
     assert summary["duplicates"] == expected["duplicate"]
     assert facts["dead_letters"] == bad

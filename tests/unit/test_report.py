@@ -76,7 +76,11 @@ def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Summary, RunData
             raws.append(RawInput(m.topic, position, m.key, m.value, m.headers))
         processor.process(SqlUnitOfWork(db, writes=True), raws)
     db.dispose()
-    content = manifest(messages, handovers=workload.expected_handovers())
+    content = manifest(
+        messages,
+        handovers=workload.expected_handovers(),
+        migrations=workload.expected_migrations(),
+    )
     summary, run = load(url, GROUP, CATALOGUE, CALENDAR, PERIOD, province="test", manifest=content)
     return summary, run, workload
 
@@ -90,8 +94,10 @@ def test_the_accounting_closes_with_the_handovers_counted(
     expected = workload.expected_handovers()
     assert expected == {"district → province": len(workload.handed_over)} != {}
     assert lines["handovers: district → province"].actual == len(workload.handed_over)
-    history = lines["history rows: inputs applied + handovers"]
-    assert history.actual == run.applied_inputs + len(run.handovers) == run.history_rows
+    history = lines["history rows: inputs applied + handovers + migrations"]
+    migrations = sum(run.migrations_by_levels.values())
+    assert history.actual == run.applied_inputs + len(run.handovers) + migrations
+    assert history.actual == run.history_rows
     assert dict(summary.handovers) == expected
     assert {h.dossier_code for h in run.handovers} == set(workload.handed_over)
     assert all(h.time == CUTOVER and h.to_agency == "000.00.42.H56" for h in run.handovers)
@@ -99,6 +105,27 @@ def test_the_accounting_closes_with_the_handovers_counted(
     assert fates.dossiers == len(workload.handed_over)
     assert fates.finished + fates.closed + fates.open == fates.dossiers
     assert fates.returned > 0  # the successor returned results the districts had started
+
+
+def test_the_accounting_closes_with_the_migrations_counted(
+    reported: tuple[Summary, RunData, Workload],
+) -> None:
+    """The DD.GCN.LD v1 dossiers open on 1 July (workflows/migrations/reference.yaml): each
+    moved to version 2 once, as the simulator expected, and what became of them."""
+    summary, run, workload = reported
+    lines = {c.name: c for c in summary.checks}
+    expected = workload.expected_migrations()
+    assert expected == {"commune/district → commune/province": len(workload.migrated)} != {}
+    assert lines["migrations: commune/district → commune/province"].actual == len(workload.migrated)
+    assert dict(summary.migrations) == expected
+    migrated = run.migrated_rows()
+    assert {r.code for r in migrated} == set(workload.migrated)
+    assert {(r.procedure, r.workflow_version, r.migrated_at) for r in migrated} == {
+        ("DD.GCN.LD", 2, CUTOVER)
+    }
+    fates = summary.migrated
+    assert fates.dossiers == len(workload.migrated)
+    assert fates.finished + fates.closed + fates.open == fates.dossiers
 
 
 def test_no_district_receives_after_its_last_day(

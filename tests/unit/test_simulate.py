@@ -26,8 +26,11 @@ from dossier.tools.simulation import (
     value_digest,
 )
 from engine.calendar import VN_TZ, WorkingCalendar
-from engine.procedures import Catalogue, load_catalogue
-from schemas.codec import DEFAULT_MAX_MESSAGE_BYTES, load_schema
+from engine.decider import Decider, step_event
+from engine.dossier import Applied, Dossier
+from engine.procedures import Catalogue, MigrationPlan, load_catalogue
+from engine.registry import default_registry_file, load_registry
+from schemas.codec import DEFAULT_MAX_MESSAGE_BYTES, ContractCodec, load_schema
 
 START = datetime(2025, 6, 23, tzinfo=VN_TZ)
 END = datetime(2025, 7, 8, tzinfo=VN_TZ)
@@ -343,6 +346,225 @@ def test_late_deliveries_never_cross_the_cutover(
         if message.time < latest:
             assert not message.time < CUTOVER <= latest, message
         latest = max(latest, message.time)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workflow migrations (issue #19, part 2): DD.GCN.LD v1 (commune -> district) to v2 (commune ->
+# province) from 2025-07-01, workflows/migrations/reference.yaml
+# ---------------------------------------------------------------------------------------------
+
+GCN = "DD.GCN.LD"
+GCN_MIGRATION = "commune/district → commune/province"
+
+
+def land_certificates(
+    catalogue: Catalogue, profile: ProvinceProfile, **options: object
+) -> tuple[Workload, list[SimulatedMessage]]:
+    """Only DD.GCN.LD, from three weeks before the cutover to three weeks after, played to the
+    end: many v1 dossiers open on 1 July, at the commune and at the district."""
+    defaults: dict[str, object] = {
+        "seed": 19,
+        "start": datetime(2025, 6, 9, tzinfo=VN_TZ),
+        "end": datetime(2025, 7, 1, tzinfo=VN_TZ),
+        "dossiers": 300,
+        "profile": profile,
+        "procedures": [GCN],
+    }
+    simulated = Workload(catalogue, WorkingCalendar.load(), **(defaults | options))  # type: ignore[arg-type]
+    return simulated, simulated.messages()
+
+
+def by_dossier(messages: list[SimulatedMessage]) -> dict[str, list[SimulatedMessage]]:
+    lives: dict[str, list[SimulatedMessage]] = {}
+    for message in messages:
+        lives.setdefault(str(message.dossier), []).append(message)
+    return lives
+
+
+def decided(catalogue: Catalogue, messages: list[SimulatedMessage]) -> tuple[Counter[str], int]:
+    """The messages decided in order by the engine's decider with the shipped registry, its
+    own steps (migrations, then handovers) taken just before each input that makes them due
+    and, at the end, by a clock past every cutover: the steps by type, and the inputs applied.
+    Each input must apply."""
+    registry = load_registry([default_registry_file()])
+    decider = Decider(catalogue, WorkingCalendar.load(), registry)
+    codec = ContractCodec()
+    dossiers: dict[str, Dossier] = {}
+    steps: Counter[str] = Counter()
+
+    def take_steps(code: str, at: datetime | None, clock: datetime | None) -> None:
+        dossier = dossiers.get(code)
+        step = decider.step_due(dossier, at, clock)
+        while dossier is not None and step is not None:
+            entry = step_event(step, code, "urn:test:engine")
+            dossier = dossiers[code] = decider.take_step(dossier, entry).dossier
+            steps[entry.type.removeprefix("vn.gov.dossier.")] += 1
+            step = decider.step_due(dossier, at, clock)
+
+    for message in messages:
+        event = codec.decode(message.value, message.topic, key=message.key)
+        take_steps(event.subject, event.time, None)
+        decision = decider.apply(dossiers.get(event.subject), event)
+        assert isinstance(decision, Applied), (message.topic, json.loads(message.value), decision)
+        dossiers[event.subject] = decision.dossier
+    horizon = messages[-1].time
+    for code in list(dossiers):
+        take_steps(code, None, horizon)
+    return steps, len(messages)
+
+
+def test_a_commune_dossier_open_at_the_cutover_goes_up_to_the_province_under_version_2(
+    catalogue: Catalogue, profile: ProvinceProfile
+) -> None:
+    """A v1 dossier at the commune on 1 July is migrated to v2: the commune transfers it to the
+    province (not to its ended district), the province decides on `dossier.province` and sends
+    the result back to the commune, which returns it; every agency acts on its day and none of
+    these dossiers is stranded."""
+    simulated, messages = land_certificates(catalogue, profile)
+    agencies = profile.agencies
+    for message in messages:
+        data = json.loads(message.value)["data"]
+        day = message.time.astimezone(VN_TZ).date()
+        for field in ("agency", "to_agency"):
+            if field in data:
+                assert agencies.acts_on(data[field], day), (message.topic, data, day)
+    went_up = 0
+    for code, life in by_dossier(messages).items():
+        up = [m for m in life if kind(m) == "transferred" and m.topic == "dossier.commune"]
+        if not up or up[0].time < CUTOVER:
+            continue
+        went_up += 1
+        transfer = json.loads(up[0].value)["data"]
+        province = transfer["to_agency"]
+        assert transfer["to_level"] == "province", transfer
+        assert agencies.level(province) == "province"
+        assert simulated.migrated[code] == 2
+        later = [m for m in life if m.time > up[0].time and m.topic != "dossier.submission"]
+        upper = [m for m in later if m.topic == "dossier.province"]
+        assert upper and {json.loads(m.value)["data"]["agency"] for m in upper} == {province}
+        back = [m for m in upper if kind(m) == "transferred"]
+        returned = [m for m in later if kind(m) == "result-returned"]
+        if back:
+            receiving = json.loads(life[0].value)["data"]["agency"]
+            assert json.loads(back[0].value)["data"]["to_level"] == "commune"
+            assert json.loads(back[0].value)["data"]["to_agency"] == receiving
+            assert [m.topic for m in returned] == ["dossier.commune"]
+    assert went_up > 5
+    assert simulated.stranded_dossiers() == {}
+    # The engine's decider agrees: each input applies, each migration and handover expected is
+    # made, none that is not.
+    steps, _ = decided(catalogue, messages)
+    assert steps["workflow-migrated"] == len(simulated.migrated) > went_up
+    assert simulated.expected_migrations() == {GCN_MIGRATION: len(simulated.migrated)}
+    assert steps["handed-over"] == sum(simulated.expected_handovers().values()) > 0
+
+
+def test_each_dossier_open_at_the_cutover_is_migrated_once_and_one_closed_before_it_never(
+    catalogue: Catalogue, profile: ProvinceProfile
+) -> None:
+    simulated, messages = land_certificates(catalogue, profile)
+    lives = by_dossier(messages)
+    closing = {"reception-refused", "withdrawal-requested", "stopped", "result-returned"}
+    closed_before = {
+        code
+        for code, life in lives.items()
+        if any(kind(m) in closing and m.time < CUTOVER for m in life)
+    }
+    open_at_cutover = {
+        code for code, life in lives.items() if code not in closed_before and life[0].time < CUTOVER
+    }
+    assert closed_before and open_at_cutover
+    # Those waiting for the applicant too: the engine moves them by its clock.
+    assert set(simulated.migrated) == open_at_cutover
+    assert sum(simulated.expected_migrations().values()) == len(open_at_cutover)
+    content = manifest(messages, migrations=simulated.expected_migrations())
+    assert content["migrations"] == {GCN_MIGRATION: len(open_at_cutover)}
+
+
+def test_a_result_due_back_at_an_ended_district_goes_to_a_commune_of_its_area(
+    catalogue: Catalogue, profile: ProvinceProfile
+) -> None:
+    """A district/province procedure whose v2 receives at the commune, with a plan of the
+    importer's shape ({district: commune}, every open state kept): a v1 dossier the province
+    holds on 1 July sends its result back to a commune of the former district's area, acting
+    that day, which returns it on `dossier.commune`; none is stranded."""
+    code = "2.007640"
+    source, target = catalogue.get(code, 1), catalogue.get(code, 2)
+    assert source is not None and target is not None
+    assert (source.levels, target.levels) == (("district", "province"), ("commune", "province"))
+    plan = MigrationPlan(
+        procedure=code,
+        from_version=1,
+        to_version=2,
+        effective=CUTOVER.date(),
+        states={name: name for name, state in source.states.items() if not state.final},
+        levels={"district": "commune"},
+        basis="test",
+        source_file="test",
+    )
+    planned = Catalogue(catalogue.all_versions(), [plan])
+    simulated, messages = land_certificates(planned, profile, procedures=[code])
+    agencies = profile.agencies
+    back_at_commune = 0
+    for life in by_dossier(messages).values():
+        receiving = json.loads(life[0].value)["data"]["agency"]
+        # The province's transfer back (a successor's transfer up is on its topic too).
+        back = [
+            m
+            for m in life
+            if kind(m) == "transferred" and json.loads(m.value)["data"]["agency"] != receiving
+            and json.loads(m.value)["data"]["to_level"] != "province"
+        ]  # fmt: skip
+        if not back or back[0].time < CUTOVER or agencies.acts_on(receiving, CUTOVER.date()):
+            continue
+        data = json.loads(back[0].value)["data"]
+        day = back[0].time.astimezone(VN_TZ).date()
+        assert data["to_level"] == "commune"
+        assert agencies.parent(data["to_agency"]) == receiving
+        assert agencies.acts_on(data["to_agency"], day)
+        returned = [m for m in life if kind(m) == "result-returned"]
+        assert [(m.topic, json.loads(m.value)["data"]["agency"]) for m in returned] == [
+            ("dossier.commune", data["to_agency"])
+        ]
+        back_at_commune += 1
+    assert back_at_commune > 5
+    assert simulated.stranded_dossiers() == {}
+    assert simulated.expected_migrations() == {
+        "district/province → commune/province": len(simulated.migrated)
+    }
+
+
+def test_without_a_plan_a_transfer_to_an_ended_district_still_strands_the_dossier(
+    catalogue: Catalogue, profile: ProvinceProfile
+) -> None:
+    unplanned = Catalogue(catalogue.all_versions())
+    simulated, messages = land_certificates(unplanned, profile)
+    assert simulated.expected_migrations() == {}
+    assert simulated.stranded_dossiers()["commune → district"] > 5
+    # Only the dossiers a district held go on, with its successor; none goes up to the province.
+    assert not [
+        m
+        for m in messages
+        if kind(m) == "transferred" and json.loads(m.value)["data"]["to_level"] == "province"
+    ]
+
+
+def test_a_workload_before_any_cutover_is_the_same_with_or_without_plans(
+    catalogue: Catalogue, profile: ProvinceProfile
+) -> None:
+    """A dossier with a plan whose life ends before the plan's cutover draws nothing more
+    from the seed: the workload is byte for byte the one made without plans."""
+    options: dict[str, object] = {
+        "end": datetime(2025, 6, 20, tzinfo=VN_TZ),
+        "until": datetime(2025, 6, 30, tzinfo=VN_TZ),
+        "procedures": None,
+        "dossiers": 600,
+    }
+    planned, messages = land_certificates(catalogue, profile, **options)
+    unplanned, again = land_certificates(Catalogue(catalogue.all_versions()), profile, **options)
+    assert any(GCN in str(m.value) for m in messages)
+    assert stream_bytes(messages) == stream_bytes(again)
+    assert planned.expected_migrations() == unplanned.expected_migrations() == {}
 
 
 def test_usage_errors_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

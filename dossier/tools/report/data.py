@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 from engine import indicators as ind
 from engine.calendar import WorkingCalendar
 from engine.events import DEADLINE_TOPIC, DLQ_TOPIC, FEE_DISCOUNT_TOPIC, STATUS_TOPIC
-from engine.procedures import Catalogue
+from engine.procedures import Catalogue, ProcedureVersion
 from engine.store import queries
 
 
@@ -49,6 +49,9 @@ class DossierRow:
     # and the successor's level (None: never handed over).
     handed_over_at: datetime | None = None
     handed_over_to_level: str | None = None
+    # A workflow migration plan's cutover, when one moved it to the version it is pinned to now
+    # (None: never migrated).
+    migrated_at: datetime | None = None
 
     @property
     def reception_level(self) -> str:
@@ -108,6 +111,9 @@ class RunData:
     # Contract 1.1, "Handover": the engine's own history entries, and every history row.
     handovers: list[queries.HandoverRecord] = field(default_factory=list)
     history_rows: int = 0
+    # Workflow migrations (engine.procedures.MigrationPlan), the engine's other own entries:
+    # by the two versions' levels, as the simulator's manifest counts them.
+    migrations_by_levels: Counter[str] = field(default_factory=Counter)
 
     @property
     def handovers_by_level(self) -> Counter[str]:
@@ -116,6 +122,9 @@ class RunData:
 
     def handed_over_rows(self) -> list[DossierRow]:
         return [r for r in self.rows if r.handed_over_at is not None]
+
+    def migrated_rows(self) -> list[DossierRow]:
+        return [r for r in self.rows if r.migrated_at is not None]
 
     @property
     def dead_lettered(self) -> int:
@@ -166,10 +175,25 @@ def load_run(
     handovers = queries.handovers(connection)
     # A dossier handed over twice (a successor that ended too) keeps its last one.
     handed_over = {h.dossier_code: h for h in handovers}
+    migrations = queries.migrations(connection)
+    migrated = {m.dossier_code: m for m in migrations}
+    migrations_by_levels = Counter(
+        migration_levels(
+            versions.get((m.procedure, m.from_version)),
+            versions.get((m.procedure, m.to_version)),
+            m,
+        )
+        for m in migrations
+    )
     rows: list[DossierRow] = []
     for r in queries.dossier_records(connection):
         handover = handed_over.get(r.code)
         version = versions.get((r.procedure, r.workflow_version))
+        migration = migrated.get(r.code)
+        received_under = version
+        if migration is not None and r.received_at is not None and r.received_at < migration.time:
+            # Received under the version it was migrated from, at that version's level.
+            received_under = versions.get((r.procedure, migration.from_version)) or version
         rows.append(
             DossierRow(
                 code=r.code,
@@ -177,7 +201,7 @@ def load_run(
                 workflow_version=r.workflow_version,
                 receiving_agency=r.receiving_agency,
                 # A procedure gone from the catalogue: the level it is at is the best guess.
-                receiving_level=version.receiving_level if version else r.level,
+                receiving_level=received_under.receiving_level if received_under else r.level,
                 deciding_level=version.levels[-1] if version else r.level,
                 agency=r.agency,
                 status_code=r.status_code,
@@ -195,6 +219,7 @@ def load_run(
                 allowed_seconds=version.deadline.working_seconds if version else None,
                 handed_over_at=handover.time if handover is not None else None,
                 handed_over_to_level=handover.to_level if handover is not None else None,
+                migrated_at=migration.time if migration is not None else None,
             )
         )
     letters, notices = Counter[str](), Counter[str]()
@@ -224,12 +249,26 @@ def load_run(
         agency_names=dict(agency_names or {}),
         handovers=handovers,
         history_rows=queries.history_rows(connection),
+        migrations_by_levels=migrations_by_levels,
     )
 
 
 def handover_levels(former: str, new: str) -> str:
     """How the summary names a handover's levels, as the simulator's manifest does."""
     return f"{former} → {new}"
+
+
+def migration_levels(
+    source: ProcedureVersion | None,
+    target: ProcedureVersion | None,
+    record: queries.MigrationRecord,
+) -> str:
+    """How the summary names a migration: the two versions' levels, as the simulator's manifest
+    does ("commune/district → commune/province"); by its versions when the catalogue no longer
+    has them."""
+    if source is None or target is None:
+        return f"{record.procedure} v{record.from_version} → v{record.to_version}"
+    return f"{'/'.join(source.levels)} → {'/'.join(target.levels)}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -329,6 +329,8 @@ def _technical(context: ReportContext) -> str:
         ("dead-lettered", f"{sum(s.dead_letters.values()):,}"),
         ("handovers (engine's own history entries)",
          ", ".join(f"{k} {n:,}" for k, n in sorted(s.handovers.items())) or "none"),
+        ("workflow migrations (engine's own history entries)",
+         ", ".join(f"{k} {n:,}" for k, n in sorted(s.migrations.items())) or "none"),
         ("history rows", f"{s.history_rows:,}"),
         ("status events emitted", f"{s.status_events:,}"),
         ("deadline warnings / overdue notices",

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dossier.tools.report.data import RunData
+from dossier.tools.report.data import DossierRow, RunData
 from engine import indicators as ind
 from engine.calendar import WorkingCalendar
 from engine.procedures import STATUS_LABELS
@@ -40,9 +40,10 @@ class Check:
 
 
 @dataclass(frozen=True, slots=True)
-class HandedOver:
-    """What became of the dossiers handed over to a successor (contract 1.1, "Handover"), by
-    their status now."""
+class Fates:
+    """What became of a set of dossiers the engine moved on its own, by their status now: those
+    handed over to a successor (contract 1.1, "Handover"), those migrated to another workflow
+    version."""
 
     dossiers: int = 0
     returned: int = 0  # result returned to the applicant (status 10)
@@ -82,8 +83,11 @@ class Summary:
     seconds: float | None = None  # from the first input published to the engine caught up
     # Contract 1.1, "Handover", over the whole run: by former → new level; what became of them.
     handovers: Counter[str] = field(default_factory=Counter)
-    handed_over: HandedOver = field(default_factory=HandedOver)
-    history_rows: int = 0  # inputs applied + handovers
+    handed_over: Fates = field(default_factory=Fates)
+    # Workflow migrations over the whole run: by the two versions' levels; what became of them.
+    migrations: Counter[str] = field(default_factory=Counter)
+    migrated: Fates = field(default_factory=Fates)
+    history_rows: int = 0  # inputs applied + handovers + migrations
     checks: list[Check] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -132,18 +136,20 @@ def summarize(
         status_events=run.status_events,
         seconds=seconds,
         handovers=run.handovers_by_level,
-        handed_over=handed_over(run),
+        handed_over=fates(run.handed_over_rows()),
+        migrations=run.migrations_by_levels,
+        migrated=fates(run.migrated_rows()),
         history_rows=run.history_rows,
         checks=reconcile(manifest, run) if manifest is not None else [],
     )
 
 
-def handed_over(run: RunData) -> HandedOver:
-    statuses = Counter(r.status_code for r in run.handed_over_rows())
+def fates(rows: Sequence[DossierRow]) -> Fates:
+    statuses = Counter(r.status_code for r in rows)
     returned, resolved = statuses[10], statuses[9]
     closed = sum(statuses[code] for code in (3, 7, 8))
     total = sum(statuses.values())
-    return HandedOver(total, returned, resolved, closed, total - returned - resolved - closed)
+    return Fates(total, returned, resolved, closed, total - returned - resolved - closed)
 
 
 def reconcile(manifest: Mapping[str, Any], run: RunData) -> list[Check]:
@@ -165,10 +171,17 @@ def reconcile(manifest: Mapping[str, Any], run: RunData) -> list[Check]:
         Check(f"handovers: {levels}", handovers.get(levels, 0), actual[levels])
         for levels in sorted(set(handovers) | set(actual))
     ]
+    # Workflow migrations: each dossier a plan moved, once, an entry of the engine's own too.
+    migrations: Mapping[str, int] = manifest.get("migrations") or {}
+    moved = run.migrations_by_levels
+    checks += [
+        Check(f"migrations: {levels}", migrations.get(levels, 0), moved[levels])
+        for levels in sorted(set(migrations) | set(moved))
+    ]
     checks.append(
         Check(
-            "history rows: inputs applied + handovers",
-            expected.get("valid", 0) + sum(handovers.values()),
+            "history rows: inputs applied + handovers + migrations",
+            expected.get("valid", 0) + sum(handovers.values()) + sum(migrations.values()),
             run.history_rows,
         )
     )
@@ -303,6 +316,7 @@ def print_summary(console: Any, summary: Summary) -> None:
     flow.add_row("duplicates", f"{summary.duplicates:,}")
     flow.add_row("dead-lettered", f"{sum(summary.dead_letters.values()):,}")
     flow.add_row("handovers (engine's own entries)", f"{sum(summary.handovers.values()):,}")
+    flow.add_row("migrations (engine's own entries)", f"{sum(summary.migrations.values()):,}")
     flow.add_row("history rows", f"{summary.history_rows:,}")
     flow.add_row("status events out", f"{summary.status_events:,}")
     flow.add_row("deadline warnings", f"{summary.notices['deadline-warning']:,}")
@@ -315,6 +329,8 @@ def print_summary(console: Any, summary: Summary) -> None:
     console.print(Columns([money, letters]))
     if summary.handovers:
         console.print(handover_line(summary))
+    if summary.migrations:
+        console.print(migration_line(summary))
     console.print(Columns([flow, _checks_table(summary)]) if summary.checks else flow)
 
 
@@ -327,6 +343,18 @@ def handover_line(summary: Summary) -> str:
         f"[bold]handovers[/] (contract 1.1): {total:,} dossiers open at an ended agency passed "
         f"to its successor ({levels}); now {h.finished:,} finished ({h.returned:,} returned, "
         f"{h.resolved:,} resolved), {h.closed:,} withdrawn or stopped, {h.open:,} still open"
+    )
+
+
+def migration_line(summary: Summary) -> str:
+    """The migrations in one line: how many, by the versions' levels, and what became of them."""
+    total = sum(summary.migrations.values())
+    levels = ", ".join(f"{k} {n:,}" for k, n in sorted(summary.migrations.items()))
+    m = summary.migrated
+    return (
+        f"[bold]migrations[/] (workflow plans): {total:,} dossiers open at a plan's cutover moved "
+        f"to its version ({levels}); now {m.finished:,} finished ({m.returned:,} returned, "
+        f"{m.resolved:,} resolved), {m.closed:,} withdrawn or stopped, {m.open:,} still open"
     )
 
 
