@@ -228,6 +228,13 @@ class Decider:
         elif kind == "transferred":
             changes["level"] = str(data["to_level"])
             changes["agency"] = str(data["to_agency"])
+            if state.level in before.acting_levels:
+                # The agency it goes to acts at its own level: a successor that acted for this
+                # level since a handover does no longer (the commune a province sends a result
+                # back to returns it from dossier.commune).
+                changes["acting_levels"] = {
+                    k: v for k, v in before.acting_levels.items() if k != state.level
+                }
         elif kind == "supplement-requested":
             changes["paused_at"] = event.time
         elif kind == "supplement-provided" and before.paused_at is not None:

@@ -96,6 +96,10 @@ def transfer_up(code: str, to_level: str, to_agency: str, when: str) -> Script:
     ]
 
 
+def at(day: str, clock: str) -> str:
+    return f"2025-{day}T{clock}:00+07:00"
+
+
 def types(store: InMemoryStore, code: str) -> list[str]:
     return [row.type.removeprefix("vn.gov.dossier.") for row in history(store, code)]
 
@@ -517,3 +521,52 @@ def test_a_replay_refuses_a_migration_the_plan_could_not_have_made() -> None:
     detail = outbox(rebuilt, "dossier.dlq")[0]["data"]["detail"]
     assert detail.startswith("migration: no plan moves DD.GCN.LD version 2")
     assert dossier(rebuilt, A).workflow_version == 2
+
+
+def test_a_district_received_dossier_finishes_at_a_commune_after_the_province_acted_for_it() -> (
+    None
+):
+    # 1.002449 v1: received at the district, decided by the province; v2: received at the
+    # commune. Open at the district on 1 July: migrated (its step is now the commune's), then
+    # handed to the district's successor, which acts for the commune level from its own topic
+    # until it sends the result to a commune, which returns it from dossier.commune.
+    code = f"{DISTRICT}-250630-0001"
+    script: Script = [
+        (
+            "dossier.submission",
+            ev.submitted(
+                procedure="1.002449", agency=DISTRICT, dossier=code,
+                time="2025-06-30T08:00:00+07:00",
+            ),
+        ),
+        ("dossier.district", ev.received(dossier=code, agency=DISTRICT, time=at("06-30", "08:30"))),
+        ("dossier.district", ev.processing_started(
+            dossier=code, agency=DISTRICT, time=at("06-30", "09:00")
+        )),
+        *other_dossier_on(OTHER, "2025-07-01T08:00:00+07:00"),
+        ("dossier.province", ev.transferred(
+            dossier=code, agency=PROVINCE, to_level="province", to_agency=PROVINCE,
+            time="2025-07-01T09:00:00+07:00",
+        )),
+        ("dossier.province", ev.resolved(dossier=code, agency=PROVINCE, time=at("07-01", "10:00"))),
+        ("dossier.province", ev.transferred(
+            dossier=code, agency=PROVINCE, to_level="commune", to_agency=COMMUNE,
+            time="2025-07-01T11:00:00+07:00",
+        )),
+        ("dossier.commune", ev.result_returned(
+            dossier=code, agency=COMMUNE, time=at("07-01", "14:00")
+        )),
+    ]  # fmt: skip
+    store, feed, made = InMemoryStore(), Feed(), processor()
+    result = run(store, feed, script, made)
+    assert outbox(store, "dossier.dlq") == []
+    assert result.count("applied") == len(script)
+    assert types(store, code)[3:5] == ["workflow-migrated", "handed-over"]
+    done = dossier(store, code)
+    assert (done.workflow_version, done.state, done.agency, done.level) == (
+        2,
+        "returned",
+        COMMUNE,
+        "commune",
+    )
+    assert done.acting_levels == {}
