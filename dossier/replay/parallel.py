@@ -439,7 +439,7 @@ class Fold:
         )
         # From a database, the history's handovers are made again where they stand, as in the
         # serial replay (`replay_from_db_serially`).
-        processor.replaying_handovers = source == "db"
+        processor.replaying_own_steps = source == "db"
         limit = base.config.notice_scan_limit
         return cls(
             store, tracker, processor, clock, decoder, limit, positions, ReplayReport(source)

@@ -456,7 +456,7 @@ def replay_from_db_serially(
     # Contract 1.1, "Handover": the history's handovers are made again where they stand (the
     # database does not keep the order a partition's inputs came in across dossiers, which is
     # what the clock passing a cutover is judged by); a replay from Kafka makes them by the rule.
-    processor.replaying_handovers = True
+    processor.replaying_own_steps = True
     decoder = StoredInputs(settings.max_message_bytes)
     processor.codec = decoder
     with source.connect() as connection:

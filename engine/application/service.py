@@ -209,7 +209,7 @@ class BatchProcessor:
         # A replay from a database's history: handovers and migrations are the history's own
         # entries, made again where they stand, not by the clock (see
         # `_Batch._handle_recorded_step`).
-        self.replaying_handovers = False
+        self.replaying_own_steps = False
 
     def process(
         self,
@@ -285,7 +285,7 @@ class _Batch:
         # The business clock of each inbound partition (the latest time applied from it), as
         # the batch's inputs move it one by one: what handovers are judged by (see `_decide`).
         self.partition_clocks: dict[int, datetime | None] = {}
-        self.replaying_handovers = processor.replaying_handovers
+        self.replaying_own_steps = processor.replaying_own_steps
         self._wall_now = datetime.now(UTC)
 
     # -----------------------------------------------------------------------------------------
@@ -405,7 +405,7 @@ class _Batch:
 
     def _handle(self, raw: RawInput, event: InboundEvent, signature: str | None = None) -> None:
         if raw.contract_topic == ENGINE_TOPIC:
-            if self.replaying_handovers:
+            if self.replaying_own_steps:
                 self._handle_recorded_step(raw, event)
             else:  # pragma: no cover - no transport hands the engine such an input
                 self._dead_letter(raw, DeadLetterReason.MALFORMED, "the engine's own entry")
@@ -549,7 +549,7 @@ class _Batch:
         refused or parked leaves no trace, and changes nothing: its dossier takes the same
         steps, the same way, by the clock or before its next input)."""
         dossier = self._dossier(event.subject)
-        if self.replaying_handovers or not self.decider.takes_own_steps:
+        if self.replaying_own_steps or not self.decider.takes_own_steps:
             return self.decider.apply(dossier, event), ()
         clock = self._partition_clock(partition)
         if dossier is None:
@@ -591,7 +591,7 @@ class _Batch:
 
     def _steps_by_clock(self, code: str, dossier: Dossier) -> tuple[_StagedStep, ...]:
         """The steps the clock of the dossier's partition makes now, if it makes any."""
-        if self.replaying_handovers or not self.decider.takes_own_steps:
+        if self.replaying_own_steps or not self.decider.takes_own_steps:
             return ()
         return self._steps_due(dossier, None, self._partition_clock(self._partition(code)))
 
@@ -662,7 +662,7 @@ class _Batch:
         batches, or just before their next input. Each step is taken once: the dossier is no
         longer on the version the plan moves, or held by the agency that ended, afterwards."""
         decider = self.decider
-        if self.replaying_handovers or not decider.takes_own_steps:
+        if self.replaying_own_steps or not decider.takes_own_steps:
             return
         registry = decider.registry
         endings = registry.endings() if registry is not None else []

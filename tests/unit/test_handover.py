@@ -363,7 +363,7 @@ def replayed_from_history(live: InMemoryStore, codes: Sequence[str]) -> InMemory
     rows.sort(key=lambda r: (r.event_time, r.dossier_code, r.seq))  # not live's order
     rows.sort(key=lambda r: r.dossier_code)  # ... only each dossier's, as the database keeps
     made = processor()
-    made.replaying_handovers = True
+    made.replaying_own_steps = True
     rebuilt = InMemoryStore()
     decoder = StoredInputs(10**6)
     inputs = []
@@ -463,7 +463,7 @@ def test_a_replay_refuses_a_handover_the_rule_could_not_have_made() -> None:
     assert entry.type == HANDED_OVER_TYPE
     rebuilt = InMemoryStore()
     replaying = processor()
-    replaying.replaying_handovers = True
+    replaying.replaying_own_steps = True
     decoder = StoredInputs(10**6)
     replaying.codec = decoder
     # The handover before the dossier reached the district: it is not the district's to hand.

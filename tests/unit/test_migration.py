@@ -482,7 +482,7 @@ def replayed(
     with InMemoryUnitOfWork(live) as uow:
         rows = [row for code in codes for row in (rows_of or uow.repo.history)(code)]
     made = processor()
-    made.replaying_handovers = True
+    made.replaying_own_steps = True
     decoder = StoredInputs(10**6)
     inputs = []
     for row in rows:
