@@ -98,6 +98,9 @@ from engine.store.tables import (
 )
 from engine.store.writer import ChangeSetWriter
 
+# No inbound partition is negative: what `_of_partitions_not_by_index` reads a NULL as.
+_NO_PARTITION = -1
+
 # Values per IN list: well under SQLite's bound-parameter limit, and PostgreSQL plans a list
 # this size as quickly as a smaller one.
 CHUNK = 1000
@@ -507,8 +510,7 @@ class SqlRepository(ChangeSetWriter):
         )
         query = select(*STORED_COLUMNS).where(~c.final, held).order_by(c.code).limit(scan.limit)
         if scan.partitions is not None:
-            owned = self._in(c.partition, sorted(scan.partitions)) if scan.partitions else false()
-            query = query.where(or_(owned, c.partition.is_(None)))
+            query = query.where(self._of_partitions_not_by_index(scan.partitions))
         if scan.lock:
             query = query.with_for_update(skip_locked=True)
         return [stored_dossier(*row) for row in self.connection.execute(query).all()]
@@ -537,10 +539,24 @@ class SqlRepository(ChangeSetWriter):
                 )
             )
         )
-        query = select(*STORED_COLUMNS).where(~c.final, covered).order_by(c.code).limit(scan.limit)
+        # The plans' procedures and versions as terms of their own: what the planner finds the
+        # partial index ix_dossiers_open_procedure_version by (an OR of groups alone it reads
+        # row by row).
+        procedures = sorted({procedure for procedure, _ in scan.plans})
+        versions = sorted({version for _, version in scan.plans})
+        query = (
+            select(*STORED_COLUMNS)
+            .where(
+                ~c.final,
+                self._in(c.procedure, procedures),
+                self._in(c.workflow_version, versions),
+                covered,
+            )
+            .order_by(c.code)
+            .limit(scan.limit)
+        )
         if scan.partitions is not None:
-            owned = self._in(c.partition, sorted(scan.partitions)) if scan.partitions else false()
-            query = query.where(or_(owned, c.partition.is_(None)))
+            query = query.where(self._of_partitions_not_by_index(scan.partitions))
         if scan.lock:
             query = query.with_for_update(skip_locked=True)
         return [stored_dossier(*row) for row in self.connection.execute(query).all()]
@@ -819,6 +835,16 @@ class SqlRepository(ChangeSetWriter):
     @property
     def _postgresql(self) -> bool:
         return self.connection.dialect.name == "postgresql"
+
+    def _of_partitions_not_by_index(self, partitions: Collection[int]) -> ColumnElement[bool]:
+        """Dossiers of these inbound partitions or of none known, as an expression of the
+        column rather than the column itself, so that no planner scans the partition index for
+        it: a handover or migration scan then reads its own partial index (the open dossiers of
+        ended agencies, of the versions a plan moves), a few rows once they have moved, instead
+        of every dossier of the partitions (measured, SQLite, 10,000 dossiers on one partition:
+        12 ms a scan before, in every batch)."""
+        known = dossiers.c.partition
+        return self._in(func.coalesce(known, _NO_PARTITION), [*sorted(partitions), _NO_PARTITION])
 
     def _in(self, col: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
         """`col IN values`; on PostgreSQL `col = ANY(:array)`: one parameter and a short,

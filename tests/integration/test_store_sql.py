@@ -13,13 +13,14 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -28,6 +29,8 @@ from dossier.settings import SettingError, Settings
 from engine.application.ports import (
     ChangeSet,
     ConcurrencyError,
+    HandoverScan,
+    MigrationScan,
     NoticeScan,
     StoredDossier,
     UnitOfWork,
@@ -166,6 +169,45 @@ def test_sqlite_pragmas(tmp_path: Path) -> None:
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_the_handover_and_migration_scans_read_their_partial_indexes(tmp_path: Path) -> None:
+    """The scans run in every batch: each must find the few open dossiers it looks for by its
+    own partial index, not read every dossier of the process's partitions (SQLite uses a
+    partial index only when the query names its condition as the index does; 0011)."""
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'scans.db'}")
+    upgrade(engine)
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().startswith("SELECT") and "ORDER BY dossiers.code" in statement:
+            statements.append((statement, parameters))
+
+    cutover = datetime(2025, 7, 1, tzinfo=UTC)
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with SqlUnitOfWork(engine) as uow:
+            uow.repo.handovers_due(
+                HandoverScan({"000.00.12.H56": cutover}, 10, lock=False, partitions={0, 2})
+            )
+            plans = {("DD.GCN.LD", 1): (cutover, frozenset({"received", "verifying"}))}
+            uow.repo.migrations_due(MigrationScan(plans, 10, lock=False, partitions={1}))
+        with engine.connect() as conn:
+            plans_read = [
+                " / ".join(
+                    row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)
+                )
+                for sql, params in statements
+            ]
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+        engine.dispose()
+    assert len(plans_read) == 2
+    assert "USING INDEX ix_dossiers_open_agency (agency=?)" in plans_read[0], plans_read[0]
+    assert (
+        "USING INDEX ix_dossiers_open_procedure_version (procedure=? AND workflow_version=?)"
+        in plans_read[1]
+    ), plans_read[1]
 
 
 def test_sqlite_reads_see_the_transaction_snapshot(tmp_path: Path) -> None:
