@@ -4,19 +4,27 @@ would move and refuse among the open dossiers, and the exit codes a script can s
 from __future__ import annotations
 
 import textwrap
-from datetime import UTC, datetime
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from dossier.cli import main as cli_main
-from engine.application.ports import ChangeSet, StoredDossier
+from dossier.tools.simulation import ProvinceProfile, Workload
+from engine.application.ports import ChangeSet, Position, StoredDossier
+from engine.application.service import BatchProcessor, RawInput, ServiceConfig
+from engine.calendar import VN_TZ, WorkingCalendar
+from engine.decider import Decider
 from engine.dossier import Dossier
-from engine.procedures import default_workflows_dir
+from engine.procedures import default_workflows_dir, load_catalogue
+from engine.registry import load_registry, registry_files
+from engine.store import queries
 from engine.store.migrate import upgrade
 from engine.store.sql import SqlUnitOfWork, create_db_engine
 from engine.store.tables import dossiers
+from schemas.codec import ContractCodec
 from tests.store_contract import make_dossier
 
 REFERENCE_PLAN = default_workflows_dir() / "migrations" / "reference.yaml"
@@ -247,3 +255,60 @@ def test_a_plan_file_may_be_written_by_hand(
     assert "would move 2 open dossier(s):" in out
     assert f"    upper_processing: 1: {UPPER[0].code}\n" in out
     assert "total: 2 open dossier(s) would move, 13 would be refused" in out
+
+
+def test_the_dry_run_predicts_exactly_what_the_engine_then_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A simulated fortnight of the province across 1 July, in time order: applied up to the
+    cutover, the dry run of the shipped plans counts per plan what would move; the rest applied,
+    the engine's migration entries are exactly those, plan by plan."""
+    catalogue = load_catalogue()
+    messages = Workload(
+        catalogue,
+        WorkingCalendar.load(),
+        seed=619,
+        start=datetime(2025, 6, 23, tzinfo=VN_TZ),
+        end=datetime(2025, 7, 4, tzinfo=VN_TZ),
+        dossiers=600,
+        profile=ProvinceProfile.load(),
+        signing_keys={},
+    ).messages()
+    cutover = datetime(2025, 7, 1, tzinfo=VN_TZ)
+    url = f"sqlite:///{tmp_path / 'month.db'}"
+    db = create_db_engine(url)
+    upgrade(db)
+    registry = load_registry(registry_files())
+    processor = BatchProcessor(
+        Decider(catalogue, WorkingCalendar.load(), registry),
+        ContractCodec(),
+        ServiceConfig("urn:test:engine", "dry-run", parked_ttl=timedelta(days=7)),
+    )
+    inputs = [
+        RawInput(m.topic, Position(m.topic, 0, offset), m.key, m.value)
+        for offset, m in enumerate(messages)
+    ]
+    before = [raw for raw, m in zip(inputs, messages, strict=True) if m.time < cutover]
+    after = inputs[len(before) :]
+    assert before and after and all(m.time >= cutover for m in messages[len(before) :])
+    for chunk in (before[i : i + 500] for i in range(0, len(before), 500)):
+        processor.process(SqlUnitOfWork(db, writes=True), chunk)
+
+    monkeypatch.setenv("DOSSIER_DATABASE_URL", url)
+    predicted: Counter[str] = Counter()
+    for plans in ("thai-nguyen.yaml", "reference.yaml"):
+        assert migrate("--plan", str(REFERENCE_PLAN.parent / plans), "--dry-run") == 0
+        procedure = ""
+        for line in capsys.readouterr().out.splitlines():
+            if " v1 -> v2, effective " in line:
+                procedure = line.split()[0]
+            elif line.startswith("  would move "):
+                predicted[procedure] += int(line.split()[2])
+    assert sum(predicted.values()) > 20
+
+    for chunk in (after[i : i + 500] for i in range(0, len(after), 500)):
+        processor.process(SqlUnitOfWork(db, writes=True), chunk)
+    with db.connect() as connection:
+        made = Counter(m.procedure for m in queries.migrations(connection))
+    db.dispose()
+    assert made == +predicted
