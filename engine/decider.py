@@ -294,14 +294,7 @@ class Decider:
         ending = self.registry.ending_of(dossier.agency)
         if ending is None:
             return None
-        cutover = ending.cutover
-        if input_time is not None and input_time >= cutover:
-            return ending
-        if clock is not None and clock >= cutover:
-            opened = dossier.opened_clock
-            if opened is None or opened < cutover:
-                return ending
-        return None
+        return ending if _past_cutover(ending.cutover, dossier, input_time, clock) else None
 
     def migration_due(
         self, dossier: Dossier | None, input_time: datetime | None, clock: datetime | None
@@ -316,14 +309,7 @@ class Decider:
         plan = self.catalogue.migration_from(dossier.procedure, dossier.workflow_version)
         if plan is None or not plan.maps(dossier.state):
             return None
-        cutover = plan.cutover
-        if input_time is not None and input_time >= cutover:
-            return plan
-        if clock is not None and clock >= cutover:
-            opened = dossier.opened_clock
-            if opened is None or opened < cutover:
-                return plan
-        return None
+        return plan if _past_cutover(plan.cutover, dossier, input_time, clock) else None
 
     def step_due(
         self, dossier: Dossier | None, input_time: datetime | None, clock: datetime | None
@@ -657,6 +643,19 @@ def who_may_not_say(registry: Registry, event: InboundEvent) -> str | None:
 
 
 HANDED_OVER_TYPE = f"{TYPE_PREFIX}handed-over"
+
+
+def _past_cutover(
+    cutover: datetime, dossier: Dossier, input_time: datetime | None, clock: datetime | None
+) -> bool:
+    """Whether a step due at `cutover` is taken now: before an input dated at or after it, or
+    once the business `clock` has passed it, unless the dossier was opened after that (a
+    backfill, whose inputs dated before the cutover still apply as they were)."""
+    if input_time is not None and input_time >= cutover:
+        return True
+    if clock is None or clock < cutover:
+        return False
+    return dossier.opened_clock is None or dossier.opened_clock < cutover
 
 
 def migration_event(plan: MigrationPlan, dossier_code: str, engine_source: str) -> InboundEvent:

@@ -724,12 +724,7 @@ class _Batch:
         candidates: dict[str, Dossier] = {
             code: d for code, d in self.dirty.items() if d.agency in ended and not d.final
         }
-        for stored in self.repo.handovers_due(scan):
-            code = stored.dossier.code
-            if code not in self.dirty:
-                self.stored.setdefault(code, stored)
-                candidates[code] = stored.dossier
-        return candidates
+        return self._with_scanned(candidates, self.repo.handovers_due(scan))
 
     def _migration_candidates(
         self, plans: Sequence[MigrationPlan], latest: datetime, past: Collection[int]
@@ -743,7 +738,14 @@ class _Batch:
             return {}
         scan = MigrationScan(in_effect, self.config.handover_scan_limit, partitions=past)
         candidates = {code: d for code, d in self.dirty.items() if scan.covers(d)}
-        for stored in self.repo.migrations_due(scan):
+        return self._with_scanned(candidates, self.repo.migrations_due(scan))
+
+    def _with_scanned(
+        self, candidates: dict[str, Dossier], scanned: Iterable[StoredDossier]
+    ) -> dict[str, Dossier]:
+        """The batch's own candidates and the stored ones a scan found (the batch's version of
+        a dossier it changed wins: the store's is stale)."""
+        for stored in scanned:
             code = stored.dossier.code
             if code not in self.dirty:
                 self.stored.setdefault(code, stored)

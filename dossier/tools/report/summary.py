@@ -336,25 +336,30 @@ def print_summary(console: Any, summary: Summary) -> None:
 
 def handover_line(summary: Summary) -> str:
     """The handovers in one line: how many, by former → new level, and what became of them."""
-    total = sum(summary.handovers.values())
-    levels = ", ".join(f"{k} {n:,}" for k, n in sorted(summary.handovers.items()))
-    h = summary.handed_over
-    return (
-        f"[bold]handovers[/] (contract 1.1): {total:,} dossiers open at an ended agency passed "
-        f"to its successor ({levels}); now {h.finished:,} finished ({h.returned:,} returned, "
-        f"{h.resolved:,} resolved), {h.closed:,} withdrawn or stopped, {h.open:,} still open"
+    return _own_steps_line(
+        "[bold]handovers[/] (contract 1.1): {total:,} dossiers open at an ended agency passed "
+        "to its successor",
+        summary.handovers,
+        summary.handed_over,
     )
 
 
 def migration_line(summary: Summary) -> str:
     """The migrations in one line: how many, by the versions' levels, and what became of them."""
-    total = sum(summary.migrations.values())
-    levels = ", ".join(f"{k} {n:,}" for k, n in sorted(summary.migrations.items()))
-    m = summary.migrated
+    return _own_steps_line(
+        "[bold]migrations[/] (workflow plans): {total:,} dossiers open at a plan's cutover "
+        "moved to its version",
+        summary.migrations,
+        summary.migrated,
+    )
+
+
+def _own_steps_line(opening: str, counts: Mapping[str, int], fates: Fates) -> str:
+    levels = ", ".join(f"{k} {n:,}" for k, n in sorted(counts.items()))
     return (
-        f"[bold]migrations[/] (workflow plans): {total:,} dossiers open at a plan's cutover moved "
-        f"to its version ({levels}); now {m.finished:,} finished ({m.returned:,} returned, "
-        f"{m.resolved:,} resolved), {m.closed:,} withdrawn or stopped, {m.open:,} still open"
+        f"{opening.format(total=sum(counts.values()))} ({levels}); now {fates.finished:,} "
+        f"finished ({fates.returned:,} returned, {fates.resolved:,} resolved), "
+        f"{fates.closed:,} withdrawn or stopped, {fates.open:,} still open"
     )
 
 
