@@ -367,13 +367,9 @@ class Decider:
         ending = self.registry.ending_of(dossier.agency)
         if ending is None or dossier.final:
             raise ValueError(f"dossier {dossier.code} has no handover to make")
-        successor = ending.successor
-        version = self.workflow(dossier.procedure, dossier.workflow_version).version
-        step_level = version.states[dossier.state].level
+        step_level = self._step_level(dossier)
+        successor = ending.successor_for(step_level)
         acting = dict(dossier.acting_levels)
-        if step_level is None:
-            # A state of no level (none is open today): the level the dossier is at.
-            step_level = next((k for k, v in acting.items() if v == dossier.level), dossier.level)
         # Steps already acted on from the ended level move on with it.
         for workflow_level, level in list(acting.items()):
             if level == dossier.level:
@@ -389,6 +385,30 @@ class Decider:
             inputs_applied=dossier.inputs_applied + 1,
         )
         return Applied(after, (self._status_event(after, handover),), previous_state=dossier.state)
+
+    def _step_level(self, dossier: Dossier) -> str:
+        """The workflow level of the dossier's current step."""
+        version = self.workflow(dossier.procedure, dossier.workflow_version).version
+        step_level = version.states[dossier.state].level
+        if step_level is None:
+            # A state of no level (none is open today): the level the dossier is at.
+            acting = dossier.acting_levels
+            return next((k for k, v in acting.items() if v == dossier.level), dossier.level)
+        return step_level
+
+    def successor_of(self, dossier: Dossier, ending: Ending) -> Agency:
+        """Who takes `dossier` when its agency ends: the successor named for the level of its
+        current step (a district's dossier at a commune step goes to a commune), else the
+        agency's successor."""
+        return ending.successor_for(self._step_level(dossier))
+
+    def own_entry(
+        self, step: MigrationPlan | Ending, dossier: Dossier, engine_source: str
+    ) -> InboundEvent:
+        """The engine's own history entry for a step `step_due` found on `dossier`."""
+        if isinstance(step, MigrationPlan):
+            return migration_event(step, dossier.code, engine_source)
+        return handover_event(step, dossier.code, engine_source, self.successor_of(dossier, step))
 
     # -----------------------------------------------------------------------------------------
     @staticmethod
@@ -678,16 +698,13 @@ def migration_event(plan: MigrationPlan, dossier_code: str, engine_source: str) 
     )
 
 
-def step_event(step: MigrationPlan | Ending, dossier_code: str, engine_source: str) -> InboundEvent:
-    """The engine's own history entry for a step `Decider.step_due` found."""
-    if isinstance(step, MigrationPlan):
-        return migration_event(step, dossier_code, engine_source)
-    return handover_event(step, dossier_code, engine_source)
-
-
-def handover_event(ending: Ending, dossier_code: str, engine_source: str) -> InboundEvent:
+def handover_event(
+    ending: Ending, dossier_code: str, engine_source: str, successor: Agency | None = None
+) -> InboundEvent:
     """The engine's own entry in a dossier's history for a handover (contract 1.1): from the
-    engine's source, id `handover:<agency>:<cutover date>`, at the cutover."""
+    engine's source, id `handover:<agency>:<cutover date>`, at the cutover, to `successor`
+    (`Decider.successor_of`; by default the agency's successor)."""
+    successor = successor or ending.successor
     return InboundEvent(
         source=engine_source,
         id=ending.handover_id,
@@ -697,8 +714,8 @@ def handover_event(ending: Ending, dossier_code: str, engine_source: str) -> Inb
         data={
             "agency": ending.agency.code,
             "level": ending.agency.level,
-            "to_agency": ending.successor.code,
-            "to_level": ending.successor.level,
+            "to_agency": successor.code,
+            "to_level": successor.level,
             "cutover": ending.cutover.isoformat(),
             "basis": ending.agency.successor_basis,
         },

@@ -17,8 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ _AGENCY_KEYS = frozenset(
         "effective_from",
         "effective_to",
         "successor",
+        "successor_by_level",
         "successor_basis",
         "sources",
         "public_keys",
@@ -89,6 +90,9 @@ class Agency:
     effective_from: date | None = None  # first local day it may act
     effective_to: date | None = None  # last local day it may act (inclusive)
     successor: str | None = None  # who holds its open dossiers after effective_to
+    # Who holds those of its open dossiers whose current step is at a given workflow level
+    # instead (a district's dossiers of procedures moved down to the commune): level -> code.
+    successor_by_level: Mapping[str, str] = field(default_factory=dict)
     successor_basis: str | None = None  # the decision the successor comes from, or "illustrative"
     sources: tuple[str, ...] = ()
     public_keys: tuple[PublicKey, ...] = ()
@@ -142,6 +146,15 @@ class Ending:
     agency: Agency
     successor: Agency
     cutover: datetime  # aware, Asia/Ho_Chi_Minh
+    # The successors of `agency.successor_by_level`, as of the cutover, by workflow level.
+    by_level: Mapping[str, Agency] = field(default_factory=dict)
+
+    def successor_for(self, step_level: str | None) -> Agency:
+        """Who takes a dossier whose current step is at `step_level` of its workflow: the
+        successor named for that level, else the agency's successor."""
+        if step_level is None:
+            return self.successor
+        return self.by_level.get(step_level, self.successor)
 
     @property
     def cutover_day(self) -> date:
@@ -225,7 +238,12 @@ class Registry:
             if successor is None:
                 continue  # a registry check names it; nobody to hand over to
             cutover = datetime.combine(cutover_day, time(0, 0), tzinfo=VN_TZ)
-            found.append(Ending(agency, successor, cutover))
+            by_level = {
+                level: acting
+                for level, code in sorted(agency.successor_by_level.items())
+                if (acting := self.successor_on(code, cutover_day)) is not None
+            }
+            found.append(Ending(agency, successor, cutover, by_level))
         endings = tuple(sorted(found, key=lambda e: (e.cutover, e.agency.code)))
         self._endings = endings
         return endings
@@ -505,6 +523,9 @@ def _parse_agency(raw: Any, at: str, file: str, problem: _Problems) -> Agency | 
         problem(f"{at}.successor", "a successor takes over when effective_to ends the agency")
     if successor is not None and successor == code:
         problem(f"{at}.successor", "an agency cannot succeed itself")
+    by_level = _successor_by_level(raw.get("successor_by_level"), code, at, problem)
+    if by_level and successor is None:
+        problem(f"{at}.successor_by_level", "with a successor: the one for the other levels")
     basis = raw.get("successor_basis")
     if basis is not None and (not isinstance(basis, str) or not basis.strip()):
         problem(f"{at}.successor_basis", "a decision, or 'illustrative'")
@@ -520,6 +541,7 @@ def _parse_agency(raw: Any, at: str, file: str, problem: _Problems) -> Agency | 
         effective_from=effective_from,
         effective_to=effective_to,
         successor=successor,
+        successor_by_level=by_level,
         successor_basis=None if basis is None else str(basis),
         sources=sources,
         public_keys=keys,
@@ -570,6 +592,26 @@ def _parse_sender(raw: Any, at: str, file: str, problem: _Problems) -> Sender | 
     if problem.count > before:
         return None
     return Sender(source, str(name), frozenset(types), agencies, keys, file)
+
+
+def _successor_by_level(raw: Any, code: str, at: str, problem: _Problems) -> dict[str, str]:
+    if raw is None:
+        return {}
+    where = f"{at}.successor_by_level"
+    if not isinstance(raw, dict):
+        problem(where, "expected a mapping: workflow level -> the agency that takes over there")
+        return {}
+    found: dict[str, str] = {}
+    for level, successor in raw.items():
+        if level not in LEVELS:
+            problem(f"{where}.{level}", f"must be one of {', '.join(LEVELS)}")
+            continue
+        checked = _optional_code(successor, f"{where}.{level}", problem)
+        if checked == code:
+            problem(f"{where}.{level}", "an agency cannot succeed itself")
+        elif checked is not None:
+            found[str(level)] = checked
+    return found
 
 
 def _optional_code(value: Any, at: str, problem: _Problems) -> str | None:
@@ -671,6 +713,7 @@ def _check_references(
             problem("parent", f"agency {agency.parent} is not registered")
         if agency.successor is None or agency.effective_to is None:
             continue
+        _check_successors_by_level(agency, agencies, broken, problem)
         successor = agencies.get(agency.successor)
         if successor is None and agency.successor in broken:
             continue
@@ -693,6 +736,31 @@ def _check_references(
                         sender.source_file, f"{at}.agencies", f"agency {code} is not registered"
                     )
                 )
+
+
+def _check_successors_by_level(
+    agency: Agency,
+    agencies: Mapping[str, Agency],
+    broken: set[str],
+    problem: Callable[[str, str], None],
+) -> None:
+    assert agency.effective_to is not None
+    cutover = agency.effective_to + timedelta(days=1)
+    for level, code in sorted(agency.successor_by_level.items()):
+        key = f"successor_by_level.{level}"
+        successor = agencies.get(code)
+        if successor is None:
+            if code not in broken:
+                problem(key, f"agency {code} is not registered")
+        elif successor.level != level:
+            # Its steps at that level are taken from its own level's topic: the level must be its.
+            problem(key, f"{code} is a {successor.level} agency, not a {level} one")
+        elif not successor.acts_on(cutover):
+            problem(
+                key,
+                f"{code} does not act on {cutover}, the day after {agency.code} ends "
+                f"(its window: {successor.window})",
+            )
 
 
 def day_of(moment: datetime) -> date:

@@ -631,6 +631,7 @@ class Agency:
     parent: str | None = None
     effective_to: date | None = None
     successor: str | None = None
+    successor_by_level: dict[str, str] = field(default_factory=dict)
     successor_basis: str | None = None
     procedures: list[str] = field(default_factory=list)
 
@@ -650,7 +651,8 @@ SUCCESSOR_BASIS = (
     "illustrative: the district level ends on 2025-06-30 (Law on the Organisation of Local "
     "Government 2025, two-tier local government from 2025-07-01); which agency takes over a "
     "district's open dossiers is the province's decision, here the department that decides the "
-    "former district procedures from 2025-07-01"
+    "former district procedures from 2025-07-01, and a dossier whose step is a commune's from "
+    "then (a procedure moved down) the first-listed commune of the district"
 )
 
 
@@ -668,6 +670,7 @@ def agencies() -> list[Agency]:
     commune_index = 0
     for i, (district, weight, communes) in enumerate(DISTRICTS):
         code = f"000.00.{30 + i}.H56"
+        first_commune = f"000.{20 + commune_index // 90:02d}.{commune_index % 90 + 10:02d}.H56"
         result.append(
             Agency(
                 code,
@@ -676,6 +679,7 @@ def agencies() -> list[Agency]:
                 weight,
                 effective_to=LAST_THREE_TIER_DAY,
                 successor=successor,
+                successor_by_level={"commune": first_commune},
                 successor_basis=SUCCESSOR_BASIS,
             )
         )
@@ -1032,6 +1036,9 @@ def _agency_fields(agency: Agency, catalogue: Catalogue | None, q: Any) -> list[
         parts.append(f"effective_to: {agency.effective_to.isoformat()}")
     if agency.successor:
         parts.append(f"successor: {q(agency.successor)}")
+    if agency.successor_by_level:
+        by_level = ", ".join(f"{k}: {q(v)}" for k, v in sorted(agency.successor_by_level.items()))
+        parts.append(f"successor_by_level: {{{by_level}}}")
     if agency.successor_basis:
         parts.append(f"successor_basis: {q(agency.successor_basis)}")
     parts.append(f"sources: [{q(agency.source)}]")

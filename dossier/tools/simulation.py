@@ -194,8 +194,10 @@ class AgencyInfo:
     effective_from: date | None = None
     effective_to: date | None = None  # inclusive: districts end on 2025-06-30
     procedures: tuple[str, ...] = ()  # procedures it decides (province departments)
-    # Who holds its open dossiers from the day after `effective_to` (contract 1.1, "Handover").
+    # Who holds its open dossiers from the day after `effective_to` (contract 1.1, "Handover"),
+    # and, by the workflow level of a dossier's current step, who holds those instead.
     successor: str | None = None
+    successor_by_level: Mapping[str, str] = field(default_factory=dict)
 
     def in_force_on(self, day: date) -> bool:
         if self.effective_from is not None and day < self.effective_from:
@@ -212,6 +214,7 @@ DEFAULT_DISTRICT_SUCCESSOR = "000.00.42.H56"
 
 
 def _default_districts() -> dict[str, AgencyInfo]:
+    by_level = _shipped_district_successors_by_level()
     return {
         code: AgencyInfo(
             code,
@@ -219,8 +222,22 @@ def _default_districts() -> dict[str, AgencyInfo]:
             "district",
             effective_to=LAST_DISTRICT_DAY,
             successor=DEFAULT_DISTRICT_SUCCESSOR,
+            successor_by_level=by_level.get(code, {}),
         )
         for code in (f"000.00.{30 + i}.H56" for i in range(9))
+    }
+
+
+@functools.cache
+def _shipped_district_successors_by_level() -> dict[str, dict[str, str]]:
+    """The shipped registry's districts' successors by level (its first commune for a dossier
+    at a commune step): the simulator without a profile plays what the engine does with it."""
+    with default_profile_path().open(encoding="utf-8") as handle:
+        document = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return {
+        str(raw["code"]): {str(k): str(v) for k, v in raw["successor_by_level"].items()}
+        for raw in document.get("agencies") or ()
+        if raw.get("level") == "district" and raw.get("successor_by_level")
     }
 
 
@@ -234,11 +251,20 @@ class Ending:
     successor: str
     successor_level: str
     cutover: datetime
+    # By the workflow level of a dossier's current step: (its successor there, that one's level).
+    by_level: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def levels(self) -> str:
         """How the manifest and the summary name a handover: former level → new level."""
         return handover_levels(self.level, self.successor_level)
+
+    def successor_for(self, step_level: str | None) -> tuple[str, str]:
+        """Who takes a dossier whose current step is at `step_level`, and at which level
+        (engine.registry.Ending.successor_for)."""
+        if step_level is not None and step_level in self.by_level:
+            return self.by_level[step_level]
+        return self.successor, self.successor_level
 
 
 def handover_levels(former: str, new: str) -> str:
@@ -311,10 +337,19 @@ class Agencies:
         known = self.info.get(code)
         return known is None or known.in_force_on(day)
 
-    def successor_on(self, code: str, day: date) -> str | None:
+    def successor_on(self, code: str, day: date, step_level: str | None = None) -> str | None:
         """Who acts for agency `code` on `day`: itself while its window is open, else its
-        successor, followed further if that one has ended too (engine.registry.successor_on);
-        None when the chain ends with nobody acting."""
+        successor (the one it names for `step_level`, the level of the dossier's current step,
+        if it names one), followed further if that one has ended too
+        (engine.registry.successor_on); None when the chain ends with nobody acting."""
+        known = self.info.get(code)
+        if (
+            step_level is not None
+            and known is not None
+            and step_level in known.successor_by_level
+            and not self.acts_on(code, day)
+        ):
+            code = known.successor_by_level[step_level]
         seen: set[str] = set()
         current: str | None = code
         while current is not None and current not in seen:
@@ -338,7 +373,13 @@ class Agencies:
             if successor is None or level is None:
                 continue
             cutover = datetime.combine(day, time(0), VN_TZ)
-            found.append(Ending(info.code, info.level, successor, level, cutover))
+            by_level = {
+                step_level: (acting, acting_level)
+                for step_level, code in sorted(info.successor_by_level.items())
+                if (acting := self.successor_on(code, day)) is not None
+                and (acting_level := self.level(acting)) is not None
+            }
+            found.append(Ending(info.code, info.level, successor, level, cutover, by_level))
         return sorted(found, key=lambda e: (e.cutover, e.agency))
 
 
@@ -376,6 +417,9 @@ class ProvinceProfile:
                 effective_to=_as_date(raw.get("effective_to")),
                 procedures=tuple(str(p) for p in raw.get("procedures") or ()),
                 successor=str(raw["successor"]) if raw.get("successor") else None,
+                successor_by_level={
+                    str(k): str(v) for k, v in (raw.get("successor_by_level") or {}).items()
+                },
             )
             infos.append(info)
             for procedure in info.procedures:
@@ -456,6 +500,10 @@ class _Life:
     plan: MigrationPlan | None = None
     states: list[tuple[datetime, str]] = field(default_factory=list)
     migrated_at: datetime | None = None
+    # The version it is pinned to and the plan's, for a dossier with a plan: the workflow level
+    # of its step at a cutover says which successor the engine hands it to.
+    version: ProcedureVersion | None = None
+    target: ProcedureVersion | None = None
 
     def until(self, moment: datetime | None) -> _Life:
         """The life as far as it is played: nothing after `moment`."""
@@ -478,7 +526,23 @@ class _Life:
             self.plan,
             [(t, s) for t, s in self.states if t <= moment],
             migrated,
+            self.version,
+            self.target,
         )
+
+    def step_level_at(self, moment: datetime) -> str | None:
+        """The workflow level of the dossier's step just before `moment` (under the plan's
+        version once the plan has moved it, as the engine migrates before it hands over), for
+        a dossier with a plan; None for the others (a district holds them at a district step,
+        whose successor is the agency's own)."""
+        plan, version = self.plan, self.version
+        before = [state for at, state in self.states if at < moment]
+        if plan is None or version is None or not before:
+            return None
+        state = before[-1]
+        if self.target is not None and moment >= plan.cutover and plan.maps(state):
+            return self.target.states[plan.states[state]].level
+        return version.states[state].level if state in version.states else None
 
     def migration(self, horizon: datetime) -> MigrationPlan | None:
         """The migration the engine makes of this dossier by `horizon` (the latest time it
@@ -494,12 +558,15 @@ class _Life:
         before = [state for at, state in self.states if at < plan.cutover]
         return plan if before and plan.maps(before[-1]) else None
 
-    def handovers(self, endings: Sequence[Ending], horizon: datetime) -> list[Ending]:
-        """The handovers the engine makes of this dossier: at each cutover up to `horizon` (the
-        latest time the engine applies), if the agency that ended holds it and it is not final.
-        A cutover comes before an input at the same instant, as in the engine (an input dated at
-        or after the cutover is decided on the dossier as the successor holds it)."""
-        made: list[Ending] = []
+    def handovers(
+        self, endings: Sequence[Ending], horizon: datetime
+    ) -> list[tuple[Ending, str, str]]:
+        """The handovers the engine makes of this dossier, each with the successor that takes
+        it and that one's level: at each cutover up to `horizon` (the latest time the engine
+        applies), if the agency that ended holds it and it is not final. A cutover comes before
+        an input at the same instant, as in the engine (an input dated at or after the cutover
+        is decided on the dossier as the successor holds it)."""
+        made: list[tuple[Ending, str, str]] = []
         holder: str | None = None
         cutovers = iter(e for e in endings if e.cutover <= horizon)
         pending = next(cutovers, None)
@@ -507,8 +574,9 @@ class _Life:
             while pending is not None and pending.cutover <= at:
                 open_then = self.closed_at is None or self.closed_at >= pending.cutover
                 if holder == pending.agency and open_then:
-                    made.append(pending)
-                    holder = pending.successor
+                    successor, level = pending.successor_for(self.step_level_at(pending.cutover))
+                    made.append((pending, successor, level))
+                    holder = successor
                 pending = next(cutovers, None)
             holder = agency
         return made
@@ -619,9 +687,9 @@ class Workload:
             if not life.messages or life.messages[0].dossier is None:
                 continue
             code = life.messages[0].dossier
-            for ending in life.handovers(self.endings, horizon):
-                self.handovers[ending.levels] += 1
-                self.handed_over[code] = ending.successor
+            for ending, successor, level in life.handovers(self.endings, horizon):
+                self.handovers[handover_levels(ending.level, level)] += 1
+                self.handed_over[code] = successor
             if life.stranded is not None:
                 self.stranded[life.stranded[1]] += 1
         self._expect_migrations(lives, horizon)
@@ -756,7 +824,7 @@ class Workload:
         else one acting at this level in the ended agency's area (its children), else any
         acting at this level; None if nobody acts there."""
         agencies = self.agencies
-        successor = agencies.successor_on(former, day)
+        successor = agencies.successor_on(former, day, level)
         if successor is not None and agencies.level(successor) == level:
             return successor
         if level == "province" and self.profile is not None:
@@ -825,6 +893,9 @@ class Workload:
         # Only a dossier with a plan is followed through its workflow: the others' lives (and
         # the random draws they take) are what they were before plans existed.
         life.plan = plan
+        if plan is not None:
+            life.version = version
+            life.target = self.catalogue.get(plan.procedure, plan.to_version)
         workflow, state = version, version.initial
         # An ended agency's part in this dossier, once a migration sent its step elsewhere:
         # the agency that took it (the successor acts only for dossiers it was handed).
@@ -859,11 +930,15 @@ class Workload:
                 # its open dossiers (the engine hands each over before its first input dated
                 # after the cutover, if its partition's clock has not already) and takes the
                 # steps the ended agency would have taken, from its own level's topic.
-                successor = agencies.successor_on(acting, day)
+                # The successor the engine picks by the level of the dossier's current step.
+                step_level = workflow.states[state].level if plan is not None else level
+                successor = agencies.successor_on(acting, day, step_level)
                 successor_level = agencies.level(successor) if successor is not None else None
                 if successor is None or successor_level is None:
                     stopped = True  # nobody acts for it: the engine would refuse the input
                     return
+                if plan is not None:
+                    stand_ins[acting] = successor  # it holds the dossier from now on
                 data["agency"], level = successor, successor_level
             target = data.get("to_agency")
             if target is not None and plan is not None and life.migrated_at is not None:

@@ -32,7 +32,7 @@ from engine.application.ports import (
     StoredDossier,
     UnitOfWork,
 )
-from engine.decider import Decider, step_event
+from engine.decider import Decider
 from engine.dossier import (
     Applied,
     Decision,
@@ -583,7 +583,7 @@ class _Batch:
             if step is None:
                 break
             staged = self._staged_step(
-                current, step_event(step, current.code, self.config.engine_source)
+                current, self.decider.own_entry(step, current, self.config.engine_source)
             )
             steps.append(staged)
             current = staged.decision.dossier
@@ -1096,7 +1096,7 @@ class _StagedApply:
 
 @dataclass(frozen=True, slots=True)
 class _StagedStep:
-    """A step of the engine's own: a handover or a migration (engine.decider.step_event)."""
+    """A step of the engine's own: a handover or a migration (`Decider.own_entry`)."""
 
     event: InboundEvent
     decision: Applied

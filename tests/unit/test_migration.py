@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +35,7 @@ from engine.procedures import (
     load_migration_plans,
     parse_migration_plans,
 )
+from engine.registry import load_registry
 from engine.store.memory import InMemoryStore, InMemoryUnitOfWork
 from schemas.codec import ContractCodec
 from tests.fixtures import events as ev
@@ -475,13 +477,17 @@ def test_the_migrations_do_not_depend_on_how_inputs_are_cut_into_batches(
 
 
 def replayed(
-    live: InMemoryStore, codes: Sequence[str], rows_of: Any = None
+    live: InMemoryStore,
+    codes: Sequence[str],
+    rows_of: Any = None,
+    made: BatchProcessor | None = None,
 ) -> tuple[InMemoryStore, BatchResult]:
     """What a replay from the database does: each dossier's history rows as inputs, the
-    engine's own entries included, made again where they stand."""
+    engine's own entries included, made again where they stand (by `made`, a processor of its
+    own; by default one with the fixtures' registry)."""
     with InMemoryUnitOfWork(live) as uow:
         rows = [row for code in codes for row in (rows_of or uow.repo.history)(code)]
-    made = processor()
+    made = made or processor()
     made.replaying_own_steps = True
     decoder = StoredInputs(10**6)
     inputs = []
@@ -570,3 +576,66 @@ def test_a_district_received_dossier_finishes_at_a_commune_after_the_province_ac
         "commune",
     )
     assert done.acting_levels == {}
+
+
+def test_a_district_dossier_moved_down_goes_to_the_commune_its_registry_names(
+    tmp_path: Path,
+) -> None:
+    # 1.001184 v1 is decided by the district, v2 by the commune. With the district naming a
+    # commune successor for commune steps, a dossier open at the district on 1 July is migrated
+    # (its step is now a commune's) and handed to that commune, which finishes it on its own
+    # topic; nothing is acted for another level.
+    document = yaml.safe_load(ev.REGISTRY_FILE.read_text(encoding="utf-8"))
+    district = next(a for a in document["agencies"] if a["code"] == DISTRICT)
+    district["successor_by_level"] = {"commune": COMMUNE}
+    extra = tmp_path / "district-to-commune.yaml"
+    extra.write_text(yaml.safe_dump({"agencies": [district]}), encoding="utf-8")
+    registry = load_registry([*ev.registry_files_with_fixtures(), extra])
+    made = BatchProcessor(
+        Decider(CATALOGUE, WorkingCalendar.load(), registry),
+        CODEC,
+        ServiceConfig(ENGINE_SOURCE, GROUP, timedelta(days=7)),
+        verifier=registry,
+    )
+    code = f"{DISTRICT}-250630-0002"
+    script: Script = [
+        (
+            "dossier.submission",
+            ev.submitted(
+                procedure="1.001184", agency=DISTRICT, dossier=code, time=at("06-30", "08:00")
+            ),
+        ),
+        ("dossier.district", ev.received(dossier=code, agency=DISTRICT, time=at("06-30", "08:30"))),
+        ("dossier.district", ev.processing_started(
+            dossier=code, agency=DISTRICT, time=at("06-30", "09:00")
+        )),
+        *other_dossier_on(OTHER, "2025-07-01T08:00:00+07:00"),
+        ("dossier.commune", ev.resolved(dossier=code, agency=COMMUNE, time=at("07-01", "10:00"))),
+        ("dossier.commune", ev.result_returned(
+            dossier=code, agency=COMMUNE, time=at("07-01", "14:00")
+        )),
+    ]  # fmt: skip
+    store, feed = InMemoryStore(), Feed()
+    result = run(store, feed, script, made)
+    assert outbox(store, "dossier.dlq") == []
+    assert result.count("applied") == len(script)
+    assert result.handovers == {("district", "commune"): 1}
+    assert types(store, code)[3:5] == ["workflow-migrated", "handed-over"]
+    handover = history(store, code)[4]
+    assert (handover.envelope["data"]["to_agency"], handover.envelope["data"]["to_level"]) == (
+        COMMUNE,
+        "commune",
+    )
+    done = dossier(store, code)
+    assert (done.workflow_version, done.state, done.agency, done.level) == (
+        2,
+        "returned",
+        COMMUNE,
+        "commune",
+    )
+    assert done.acting_levels == {}
+    # A replay from the database makes the same handover, to the same commune.
+    replaying = BatchProcessor(made.decider, CODEC, made.config, verifier=registry)
+    rebuilt, replayed_result = replayed(store, [code], made=replaying)
+    assert replayed_result.dead_letters == {}
+    assert fingerprint(rebuilt, [code]) == fingerprint(store, [code])

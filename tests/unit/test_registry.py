@@ -217,6 +217,29 @@ def test_the_merger_file_keeps_clear_of_the_generated_file_s_codes() -> None:
     assert not {a["code"] for a in fixtures["agencies"]} & {a["code"] for a in merger["agencies"]}
 
 
+def test_a_successor_by_level_takes_the_dossiers_at_that_level(tmp_path: Path) -> None:
+    document = yaml.safe_load(yaml.safe_dump(BASE))
+    document["agencies"][2]["successor_by_level"] = {"commune": "000.20.22.H56"}
+    registry = load_registry([write(tmp_path, "registry.yaml", document)])
+    ending = registry.ending_of("000.00.31.H56")
+    assert ending is not None
+    assert ending.successor_for("commune").code == "000.20.22.H56"
+    assert ending.successor_for("district").code == "000.00.12.H56"
+    assert ending.successor_for(None).code == "000.00.12.H56"
+
+
+def test_every_shipped_district_names_a_commune_acting_the_day_after() -> None:
+    registry = load_registry()
+    districts = [a for a in registry.agencies() if a.level == "district"]
+    assert districts
+    for district in districts:
+        ending = registry.ending_of(district.code)
+        assert ending is not None
+        commune = ending.successor_for("commune")
+        assert commune.level == "commune" and commune.acts_on(ending.cutover_day), district.code
+        assert ending.successor_for("province").level == "province"
+
+
 def test_a_successor_cycle_leaves_nobody_to_hand_over_to(tmp_path: Path) -> None:
     cycle = {
         "agencies": [
@@ -344,6 +367,40 @@ def test_a_successor_cycle_leaves_nobody_to_hand_over_to(tmp_path: Path) -> None
             "senders[2].source: sender urn:vn:portal:dichvucong.gov.vn is listed twice",
         ),
         (lambda d: d["senders"][0].pop("source"), "senders[0].source: the sender's CloudEvents"),
+        (
+            lambda d: d["agencies"][2].update(successor_by_level={"ward": "000.20.22.H56"}),
+            "agencies[2].successor_by_level.ward: must be one of",
+        ),
+        (
+            lambda d: d["agencies"][2].update(successor_by_level=["000.20.22.H56"]),
+            "agencies[2].successor_by_level: expected a mapping",
+        ),
+        (
+            lambda d: d["agencies"][2].update(successor_by_level={"commune": "000.20.99.H56"}),
+            "agencies[2].successor_by_level.commune: agency 000.20.99.H56 is not registered",
+        ),
+        (
+            # Its steps there are taken from its own level's topic: a province agency cannot.
+            lambda d: d["agencies"][2].update(successor_by_level={"commune": "000.00.12.H56"}),
+            "successor_by_level.commune: 000.00.12.H56 is a province agency, not a commune one",
+        ),
+        (
+            lambda d: d["agencies"][2].update(successor_by_level={"district": "000.00.31.H56"}),
+            "agencies[2].successor_by_level.district: an agency cannot succeed itself",
+        ),
+        (
+            lambda d: (
+                d["agencies"][2].update(successor_by_level={"commune": "000.20.22.H56"})
+                or d["agencies"][3].update(
+                    effective_to=date(2025, 6, 30), successor="000.00.12.H56"
+                )
+            ),
+            "successor_by_level.commune: 000.20.22.H56 does not act on 2025-07-01",
+        ),
+        (
+            lambda d: d["agencies"][0].update(successor_by_level={"commune": "000.20.22.H56"}),
+            "agencies[0].successor_by_level: with a successor",
+        ),
         (lambda d: d.update(sender=[]), "sender: unknown key"),
         (lambda d: d.update(agencies={"a": 1}), "agencies: expected a list of agencies"),
     ],

@@ -26,7 +26,7 @@ from dossier.tools.simulation import (
     value_digest,
 )
 from engine.calendar import VN_TZ, WorkingCalendar
-from engine.decider import Decider, step_event
+from engine.decider import Decider
 from engine.dossier import Applied, Dossier
 from engine.procedures import Catalogue, MigrationPlan, load_catalogue
 from engine.registry import default_registry_file, load_registry
@@ -264,11 +264,21 @@ def test_dossiers_open_at_the_cutover_continue_with_the_successor(
     catalogue: Catalogue, profile: ProvinceProfile
 ) -> None:
     """What a district would have done after 30 June its successor does, on its own level's
-    topic, in its own name; and the dossiers the engine must hand over are counted."""
+    topic, in its own name: the province department, or the commune the registry names for a
+    dossier whose step is a commune's once migrated; and the dossiers the engine must hand over
+    are counted."""
     simulated, messages = played(catalogue, profile)
     handed_over = simulated.handed_over
-    assert handed_over and set(handed_over.values()) == {SUCCESSOR}
-    assert simulated.expected_handovers() == {"district → province": len(handed_over)}
+    communes = {
+        code: info.successor_by_level["commune"]
+        for code, info in profile.agencies.info.items()
+        if info.level == "district"
+    }
+    assert handed_over and set(handed_over.values()) >= {SUCCESSOR}
+    assert set(handed_over.values()) - {SUCCESSOR} <= set(communes.values())
+    expected = simulated.expected_handovers()
+    assert set(expected) == {"district → province", "district → commune"}
+    assert sum(expected.values()) == len(handed_over)
     by_dossier: dict[str, list[SimulatedMessage]] = {}
     for message in messages:
         by_dossier.setdefault(str(message.dossier), []).append(message)
@@ -285,11 +295,12 @@ def test_dossiers_open_at_the_cutover_continue_with_the_successor(
         ]
         assert code.split("-")[0] in profile.agencies.districts or sent_up, code
         assert all(m.time < CUTOVER for m in sent_up)
-        by_successor = [m for m in after if json.loads(m.value)["data"]["agency"] == SUCCESSOR]
+        successor = handed_over[code]
+        by_successor = [m for m in after if json.loads(m.value)["data"]["agency"] == successor]
         for message in by_successor:
             event = json.loads(message.value)
-            assert message.topic == "dossier.province"
-            assert event["source"] == f"urn:vn:agency:{SUCCESSOR}"
+            assert message.topic == f"dossier.{profile.agencies.level(successor)}"
+            assert event["source"] == f"urn:vn:agency:{successor}"
         continued += bool(by_successor)
     # Most go on with the successor; the others wait for an applicant who never comes back,
     # or their next step falls after the workload's end.
@@ -314,11 +325,18 @@ def test_a_dossier_submitted_to_a_district_before_the_cutover_is_received_by_its
         and received[m.dossier].time >= CUTOVER
     ]
     assert late, "no district dossier waits over the cutover for its reception"
+    takers = set()
     for submission in late:
         reception = received[str(submission.dossier)]
-        assert reception.topic == "dossier.province"
-        assert json.loads(reception.value)["data"]["agency"] == SUCCESSOR
-        assert simulated.handed_over[str(submission.dossier)] == SUCCESSOR
+        successor = simulated.handed_over[str(submission.dossier)]
+        district = json.loads(submission.value)["data"]["agency"]
+        # The province department, or the district's commune for a procedure moved down.
+        named = profile.agencies.info[district].successor_by_level["commune"]
+        assert successor in (SUCCESSOR, named)
+        assert reception.topic == f"dossier.{profile.agencies.level(successor)}"
+        assert json.loads(reception.value)["data"]["agency"] == successor
+        takers.add(profile.agencies.level(successor))
+    assert takers == {"province", "commune"}
 
 
 def test_the_handovers_are_the_same_for_the_same_seed(
@@ -396,7 +414,7 @@ def decided(catalogue: Catalogue, messages: list[SimulatedMessage]) -> tuple[Cou
         dossier = dossiers.get(code)
         step = decider.step_due(dossier, at, clock)
         while dossier is not None and step is not None:
-            entry = step_event(step, code, "urn:test:engine")
+            entry = decider.own_entry(step, dossier, "urn:test:engine")
             dossier = dossiers[code] = decider.take_step(dossier, entry).dossier
             steps[entry.type.removeprefix("vn.gov.dossier.")] += 1
             step = decider.step_due(dossier, at, clock)
