@@ -202,7 +202,8 @@ def database_facts(url: str, group: str, start: datetime, end: datetime) -> dict
                     {
                         code
                         for code, topic in after_cutover
-                        if code in handed_over and topic.endswith("dossier.province")
+                        if code in handed_over
+                        and topic.endswith(("dossier.province", "dossier.commune"))
                     }
                 ),
                 "consumed": connection.scalar(
