@@ -151,20 +151,21 @@ def _private_sqlite_file(database: Path) -> None:
         except FileExistsError:
             continue  # made meanwhile by someone else: not ours to change
         os.chmod(directory, 0o700)  # mkdir's mode passes through the umask
+    # By path, never by opening an existing file: closing any descriptor of a file releases
+    # every POSIX lock this process holds on it, and SQLite's locks on the database and its
+    # -shm are POSIX locks. A second engine made in a process that has the database open (a
+    # migration beside the batch engine, a test's writer beside its reader) would otherwise
+    # strip the first one's locks, and a reader in another process was seen to read a stale
+    # snapshot for good (tests/integration/test_relay_process.py, under load).
+    with suppress(OSError):  # there already (or not ours to make): its mode is seen to below
+        os.close(os.open(database, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
-        flags = os.O_RDWR | (os.O_CREAT if path == database else 0)
         try:
-            descriptor = os.open(path, flags, 0o600)
+            mode = path.stat().st_mode
+            if mode & 0o077:
+                os.chmod(path, mode & 0o700)
         except OSError:
             continue
-        try:
-            mode = os.fstat(descriptor).st_mode
-            if mode & 0o077:
-                os.fchmod(descriptor, mode & 0o700)
-        except OSError:
-            pass
-        finally:
-            os.close(descriptor)
 
 
 def _postgresql_on_connect(dbapi_connection: Any, _record: object) -> None:

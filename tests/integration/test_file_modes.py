@@ -114,3 +114,36 @@ def test_an_existing_database_readable_by_others_is_tightened(tmp_path: Path) ->
         assert mode(tmp_path) == 0o755, "a directory the engine did not make is not its to change"
     finally:
         db.dispose()
+
+
+def _posix_locks_of_this_process(*paths: Path) -> int:
+    """POSIX locks this process holds on these files (/proc/locks, by inode)."""
+    inodes = {path.stat().st_ino for path in paths if path.exists()}
+    held = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "POSIX" in fields and str(os.getpid()) in fields:
+            inode = int(fields[fields.index(str(os.getpid())) + 1].rsplit(":", 1)[1])
+            held += inode in inodes
+    return held
+
+
+def test_making_a_second_engine_keeps_the_first_one_s_sqlite_locks(tmp_path: Path) -> None:
+    """SQLite's locks are POSIX locks, which closing any descriptor of the file releases: making
+    the files private must not open them while this process has the database open (a
+    migration's engine beside the batch's). With its locks gone a connection's snapshot goes
+    stale for other processes' writes, and a checkpoint can delete what a reader reads."""
+    database = tmp_path / "locks.db"
+    first = create_db_engine(f"sqlite:///{database}")
+    upgrade(first)
+    shm = Path(f"{database}-shm")
+    try:
+        with first.connect() as connection:
+            connection.execute(text("SELECT count(*) FROM dossiers")).scalar()  # a read lock
+            before = _posix_locks_of_this_process(database, shm)
+            assert before > 0
+            second = create_db_engine(f"sqlite:///{database}")
+            assert _posix_locks_of_this_process(database, shm) == before
+            second.dispose()
+    finally:
+        first.dispose()

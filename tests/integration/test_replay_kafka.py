@@ -149,7 +149,20 @@ def test_parallel_kafka_replay_rebuilds_the_serial_rows(
     assert told == [(FOLDED, n, report.batches) for n in range(1, report.batches + 1)]
     outcomes = report.outcomes
     assert outcomes["parked"] >= 5 and outcomes["duplicate"] > 5 and outcomes["dead_lettered"] > 10
-    assert len(table_rows(serial, "parked_inputs")) == 1  # the dossier never submitted
+    # Left parked: the input of the dossier never submitted, and those waiting behind an input of
+    # their own dossier that was refused (a conflicting copy delivered first, which then makes
+    # the right payment wrong: which dossiers the disorder does that to depends on the seed's
+    # draws, and so on every simulated life before them).
+    waiting = {row[2] for row in table_rows(serial, "parked_inputs")}
+    never = {code for code in waiting if code.endswith("-9999")}
+    with serial.connect() as connection:
+        refused = {
+            key.decode()
+            for (key,) in connection.exec_driver_sql(
+                "SELECT key FROM outbox WHERE topic = 'dossier.dlq' AND key IS NOT NULL"
+            )
+        }
+    assert len(never) == 1 and waiting - never <= refused
     outbox = Counter(row[1] for row in table_rows(serial, "outbox"))
     assert outbox["dossier.deadline"] > 10 and outbox["dossier.dlq"] >= outcomes["dead_lettered"]
     assert len(table_rows(serial, "consumer_positions")) == 4 * PARTITIONS
