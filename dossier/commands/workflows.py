@@ -249,9 +249,10 @@ def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
         with db.connect() as connection:
             found = queries.open_by_version_state(connection, {p.procedure for p in plans})
             clock = queries.business_clock(connection)
+            clocks = queries.partition_clocks(connection)
     finally:
         db.dispose()
-    lines, refused = dry_run_report(plans, found, clock)
+    lines, refused = dry_run_report(plans, found, clock, clocks)
     print("\n".join(lines))
     return 1 if refused else 0
 
@@ -260,6 +261,7 @@ def dry_run_report(
     plans: Sequence[MigrationPlan],
     found: Mapping[tuple[str, int, str], Sequence[str]],
     clock: datetime | None,
+    partition_clocks: Mapping[int, datetime] | None = None,
 ) -> tuple[list[str], int]:
     """What each plan would do to the open dossiers `found` (by procedure, version, state):
     the lines to print, and how many dossiers it would refuse. Only dossier codes and states
@@ -290,6 +292,16 @@ def dry_run_report(
         )
         if clock is None:
             lines.append("  the database has no business clock yet: the engine has applied nothing")
+        elif partition_clocks:
+            # The engine moves a dossier by the clock of its own partition: say how many have
+            # passed the cutover, and where the slowest one stands.
+            past = sum(1 for at in partition_clocks.values() if at >= plan.cutover)
+            slowest = min(partition_clocks.values()).astimezone(plan.cutover.tzinfo)
+            lines.append(
+                f"  the engine applies this plan by each partition's business clock: "
+                f"{past} of {len(partition_clocks)} partition(s) have passed the cutover "
+                f"(the slowest is at {slowest.isoformat()})"
+            )
         else:
             passed = "has passed" if clock >= plan.cutover else "has not passed"
             lines.append(

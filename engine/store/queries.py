@@ -50,6 +50,18 @@ def business_clock(connection: Connection) -> datetime | None:
     return value
 
 
+def partition_clocks(connection: Connection) -> dict[int, datetime]:
+    """The business clock of each inbound partition: the latest time applied from it (what
+    handovers and workflow migrations are judged by, docs/CONTRACT.md)."""
+    c = dossiers.c
+    query = (
+        select(c.partition, func.max(c.last_event_at))
+        .where(c.partition.is_not(None))
+        .group_by(c.partition)
+    )
+    return {int(p): at for p, at in connection.execute(query) if at is not None}
+
+
 def positions(connection: Connection, group: str) -> dict[tuple[str, int], int]:
     """Next offset to consume per (topic, partition) that the group committed."""
     c = consumer_positions.c

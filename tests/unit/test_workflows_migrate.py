@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -158,6 +159,37 @@ def test_the_business_clock_against_the_cutover(
         assert said in out, out
         if clock is not None:
             assert "the engine applies this plan by the business clock" in out
+
+
+def test_the_clock_of_each_partition_against_the_cutover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The engine moves a dossier by its own partition's clock: the dry run says how many
+    partitions have passed the cutover, and where the slowest stands."""
+    url = f"sqlite:///{tmp_path / 'partitions.db'}"
+    db = create_db_engine(url)
+    try:
+        upgrade(db)
+        stored = [
+            StoredDossier(replace(d, last_event_at=at), 0, None, partition=p)
+            for d, at, p in [
+                (VERIFYING[0], AFTER_CUTOVER, 0),
+                (VERIFYING[1], BEFORE_CUTOVER, 1),
+                (UPPER[0], AFTER_CUTOVER, 2),
+            ]
+        ]
+        with SqlUnitOfWork(db) as uow:
+            uow.repo.write(ChangeSet(dossiers=stored, clock=AFTER_CUTOVER))
+            uow.commit()
+    finally:
+        db.dispose()
+    monkeypatch.setenv("DOSSIER_DATABASE_URL", url)
+    assert migrate("--plan", str(REFERENCE_PLAN), "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert (
+        "by each partition's business clock: 2 of 3 partition(s) have passed the cutover "
+        "(the slowest is at 2025-06-30T16:00:00+07:00)"
+    ) in out, out
 
 
 def test_without_dry_run_nothing_changes_and_it_says_how_plans_apply(
