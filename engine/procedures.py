@@ -215,6 +215,10 @@ class Catalogue:
         for versions_of_code in self._by_code.values():
             versions_of_code.sort(key=lambda v: v.effective_from)
         self._migrations = {(m.procedure, m.from_version): m for m in migrations}
+        # Read by every batch once a cutover is near: sorted once, the catalogue is immutable.
+        self._migrations_in_order = sorted(
+            self._migrations.values(), key=lambda m: (m.effective, m.procedure, m.from_version)
+        )
 
     def migration_from(self, code: str, version: int) -> MigrationPlan | None:
         """The plan that moves dossiers pinned to this version, if any."""
@@ -222,9 +226,7 @@ class Catalogue:
 
     def migrations(self) -> list[MigrationPlan]:
         """Every plan, by effective date then procedure."""
-        return sorted(
-            self._migrations.values(), key=lambda m: (m.effective, m.procedure, m.from_version)
-        )
+        return list(self._migrations_in_order)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_code.values())
@@ -309,7 +311,7 @@ def load_catalogue(root: Path | None = None) -> Catalogue:
     migrations: list[MigrationPlan] = []
     for path in sorted((root / "migrations").rglob("*.yaml")):
         migrations.extend(load_migration_plans(path, catalogue, problems))
-    _check_unique_plans(migrations, problems)
+    check_unique_plans(migrations, problems)
     if problems:
         raise WorkflowError(problems)
     return Catalogue(versions, migrations)
@@ -459,7 +461,8 @@ def _plan_states(
     return states
 
 
-def _check_unique_plans(plans: Sequence[MigrationPlan], problems: list[Problem]) -> None:
+def check_unique_plans(plans: Sequence[MigrationPlan], problems: list[Problem]) -> None:
+    """A problem for each plan of a version another plan already moves."""
     seen: dict[tuple[str, int], MigrationPlan] = {}
     for plan in plans:
         key = (plan.procedure, plan.from_version)

@@ -206,7 +206,7 @@ def run_show(settings: Settings, args: argparse.Namespace) -> int:
 def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from engine.procedures import Problem, load_migration_plans
+    from engine.procedures import Problem, check_unique_plans, load_migration_plans
     from engine.store import queries
     from engine.store.sql import create_db_engine
 
@@ -228,17 +228,7 @@ def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     problems: list[Problem] = []
     plans = load_migration_plans(Path(args.plan), catalogue, problems)
-    seen: set[tuple[str, int]] = set()
-    for plan in plans:
-        if (plan.procedure, plan.from_version) in seen:
-            problems.append(
-                Problem(
-                    args.plan,
-                    plan.procedure,
-                    f"a second plan for version {plan.from_version}: a dossier moves by one plan",
-                )
-            )
-        seen.add((plan.procedure, plan.from_version))
+    check_unique_plans(plans, problems)
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)

@@ -152,39 +152,19 @@ class StagingRepository:
         return clocks
 
     def handovers_due(self, scan: HandoverScan) -> list[StoredDossier]:
-        # As notices_due: never locked; the batch in flight's dossiers as it leaves them.
-        due: dict[str, StoredDossier] = {}
-        for stored in self._reads.handovers_due(replace(scan, lock=False)):
-            if stored.dossier.code not in self._overlay.dossiers:
-                due[stored.dossier.code] = stored
-        for code, staged in self._overlay.dossiers.items():
-            d = staged.dossier
-            cutover = scan.cutovers.get(d.agency)
-            if (
-                cutover is not None
-                and not d.final
-                and (d.opened_clock is None or d.opened_clock < cutover)
-                and (
-                    scan.partitions is None
-                    or staged.partition is None
-                    or staged.partition in scan.partitions
-                )
-            ):
-                due[code] = staged
-        return sorted(due.values(), key=lambda d: d.dossier.code)[: scan.limit]
+        return self._with_overlay(scan, self._reads.handovers_due(replace(scan, lock=False)))
 
     def migrations_due(self, scan: MigrationScan) -> list[StoredDossier]:
-        # As notices_due: never locked; the batch in flight's dossiers as it leaves them.
-        due: dict[str, StoredDossier] = {}
-        for stored in self._reads.migrations_due(replace(scan, lock=False)):
-            if stored.dossier.code not in self._overlay.dossiers:
-                due[stored.dossier.code] = stored
+        return self._with_overlay(scan, self._reads.migrations_due(replace(scan, lock=False)))
+
+    def _with_overlay(
+        self, scan: HandoverScan | MigrationScan, stored: list[StoredDossier]
+    ) -> list[StoredDossier]:
+        """As notices_due: what the store found (never locked), with the batch in flight's
+        dossiers as it leaves them in its place."""
+        due = {s.dossier.code: s for s in stored if s.dossier.code not in self._overlay.dossiers}
         for code, staged in self._overlay.dossiers.items():
-            if scan.covers(staged.dossier) and (
-                scan.partitions is None
-                or staged.partition is None
-                or staged.partition in scan.partitions
-            ):
+            if scan.selects(staged):
                 due[code] = staged
         return sorted(due.values(), key=lambda d: d.dossier.code)[: scan.limit]
 

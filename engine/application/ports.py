@@ -129,6 +129,19 @@ class HandoverScan:
     lock: bool = True
     partitions: Collection[int] | None = None
 
+    def covers(self, dossier: Dossier) -> bool:
+        """Whether `dossier` is one the scan looks for (partitions aside): open, held by an
+        agency that ended, and opened before its cutover (a backfill is not handed over by
+        the clock)."""
+        cutover = self.cutovers.get(dossier.agency)
+        if cutover is None or dossier.final:
+            return False
+        return dossier.opened_clock is None or dossier.opened_clock < cutover
+
+    def selects(self, stored: StoredDossier) -> bool:
+        """Whether the scan finds `stored`: it covers the dossier, of its partitions."""
+        return self.covers(stored.dossier) and _of_partitions(stored, self.partitions)
+
 
 @dataclass(frozen=True, slots=True)
 class MigrationScan:
@@ -151,6 +164,15 @@ class MigrationScan:
         return dossier.state in states and (
             dossier.opened_clock is None or dossier.opened_clock < cutover
         )
+
+    def selects(self, stored: StoredDossier) -> bool:
+        """Whether the scan finds `stored`: it covers the dossier, of its partitions."""
+        return self.covers(stored.dossier) and _of_partitions(stored, self.partitions)
+
+
+def _of_partitions(stored: StoredDossier, partitions: Collection[int] | None) -> bool:
+    """A dossier of these inbound partitions, or of none known (anyone's); all for None."""
+    return partitions is None or stored.partition is None or stored.partition in partitions
 
 
 class BatchRepository(Protocol):

@@ -721,9 +721,7 @@ class _Batch:
         if not ended:
             return {}
         scan = HandoverScan(ended, self.config.handover_scan_limit, partitions=past)
-        candidates: dict[str, Dossier] = {
-            code: d for code, d in self.dirty.items() if d.agency in ended and not d.final
-        }
+        candidates = {code: d for code, d in self.dirty.items() if scan.covers(d)}
         return self._with_scanned(candidates, self.repo.handovers_due(scan))
 
     def _migration_candidates(

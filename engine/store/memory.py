@@ -181,36 +181,12 @@ class InMemoryRepository(ChangeSetWriter):
         return clocks
 
     def handovers_due(self, scan: HandoverScan) -> list[StoredDossier]:
-        due = []
-        for _, stored in self._dossiers.items():
-            d = stored.dossier
-            cutover = scan.cutovers.get(d.agency)
-            if (
-                cutover is None
-                or d.final
-                or (d.opened_clock is not None and d.opened_clock >= cutover)
-                or not (
-                    scan.partitions is None
-                    or stored.partition is None
-                    or stored.partition in scan.partitions
-                )
-            ):
-                continue
-            due.append(stored)
+        due = [stored for _, stored in self._dossiers.items() if scan.selects(stored)]
         due.sort(key=lambda stored: stored.dossier.code)
         return due[: scan.limit]
 
     def migrations_due(self, scan: MigrationScan) -> list[StoredDossier]:
-        due = [
-            stored
-            for _, stored in self._dossiers.items()
-            if scan.covers(stored.dossier)
-            and (
-                scan.partitions is None
-                or stored.partition is None
-                or stored.partition in scan.partitions
-            )
-        ]
+        due = [stored for _, stored in self._dossiers.items() if scan.selects(stored)]
         due.sort(key=lambda stored: stored.dossier.code)
         return due[: scan.limit]
 
